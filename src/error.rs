@@ -1,0 +1,125 @@
+//! The library's one error type.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::backend::BackendError;
+
+/// Everything that can go wrong with a lock, grouped by what the caller does next.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Someone else holds the lock (after waiting, if a wait was asked for).
+    #[error("lock {lock} is busy: {holder}")]
+    Busy { lock: String, holder: HolderSummary },
+
+    /// The lease is gone; work done under it must not be committed.
+    #[error("lease on {lock} lost: {reason}")]
+    LeaseLost { lock: String, reason: LossReason },
+
+    /// `commit` refused because too little of the lease is left.
+    #[error("lease on {lock} has {left:?} left, less than the {needed:?} the commit needs")]
+    InsufficientTime {
+        lock: String,
+        left: Duration,
+        needed: Duration,
+    },
+
+    /// A bad URL, name, TTL or option, detected before any request was sent.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// The object exists but is not a gcslock lock (no or malformed gcslock metadata).
+    /// It is never overwritten.
+    #[error("{lock} is not a gcslock lock object: {why}")]
+    NotALock { lock: String, why: String },
+
+    /// Credentials are missing or lack a permission.
+    #[error("permission denied on {lock}: {source}")]
+    PermissionDenied { lock: String, source: BackendError },
+
+    /// The bucket does not exist.
+    #[error("bucket of {lock} does not exist")]
+    BucketNotFound { lock: String },
+
+    /// The storage service could not be reached or kept failing until the time
+    /// allowed ran out.
+    #[error("storage unavailable for {lock}: {source}")]
+    Unavailable { lock: String, source: BackendError },
+
+    /// The operation was cancelled through its cancellation token.
+    #[error("cancelled while waiting for {lock}")]
+    Cancelled { lock: String },
+}
+
+impl Error {
+    /// Maps a backend failure that the algorithm cannot handle itself.
+    pub(crate) fn from_backend(lock: &str, source: BackendError) -> Self {
+        let lock = lock.to_owned();
+        match source {
+            BackendError::PermissionDenied(_) => Self::PermissionDenied { lock, source },
+            BackendError::BucketNotFound(_) => Self::BucketNotFound { lock },
+            BackendError::Rejected { .. } => Self::InvalidInput(format!("{lock}: {source}")),
+            source => Self::Unavailable { lock, source },
+        }
+    }
+}
+
+/// Who holds a lock, as far as the last read showed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HolderSummary {
+    pub identity: String,
+    pub token: u64,
+    /// Time left before the lock counts as stale, by the server's clock.
+    pub expires_in: Option<Duration>,
+}
+
+impl fmt::Display for HolderSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "held by {} (token {})", self.identity, self.token)?;
+        if let Some(left) = self.expires_in {
+            write!(
+                f,
+                ", stale in {}",
+                humantime::format_duration(Duration::from_secs(left.as_secs()))
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a lease ended without a release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LossReason {
+    /// The lock object changed under us: someone took it over or broke it.
+    Superseded { holder: Option<String> },
+    /// The lock object was deleted.
+    Deleted,
+    /// No refresh succeeded before the holder's deadline; the last error is given.
+    Expired { last_error: String },
+    /// The guard was released or dropped.
+    Released,
+}
+
+impl fmt::Display for LossReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Superseded {
+                holder: Some(holder),
+            } => {
+                write!(
+                    f,
+                    "the lock was taken over or broken; it is now held by {holder}"
+                )
+            }
+            Self::Superseded { holder: None } => {
+                write!(f, "the lock was broken or taken over by someone else")
+            }
+            Self::Deleted => write!(f, "the lock object was deleted"),
+            Self::Expired { last_error } => write!(
+                f,
+                "no refresh succeeded before the lease deadline (last error: {last_error})"
+            ),
+            Self::Released => write!(f, "the lock was released"),
+        }
+    }
+}

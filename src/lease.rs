@@ -1,0 +1,462 @@
+//! A held lease: the keep-alive task, the holder's own deadline, loss notification,
+//! the commit guard and release.
+//!
+//! The deadline is `send time of the last successful refresh + TTL - margin` on the
+//! monotonic clock: network delay can only shorten the holder's belief, and no
+//! wall clock is consulted.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::backend::{BackendError, ObjectInfo, ObjectVersion};
+use crate::error::{Error, LossReason};
+use crate::lock::{Backoff, FencingToken, LockInner};
+use crate::record::{LockRecord, LockState};
+
+/// Proof of holding a lock. Refreshes the lease in the background until released
+/// or dropped.
+///
+/// Dropping a guard without [`Guard::release`] stops the refresh task at once and,
+/// if a tokio runtime is still running, releases the lock in a background task
+/// (best effort: if the runtime shuts down first, the lock simply expires after its
+/// TTL). Call `release().await` to know the release happened.
+#[derive(Debug)]
+pub struct Guard {
+    lease: Arc<Lease>,
+    keep_alive: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Lease {
+    lock: Arc<LockInner>,
+    /// The record we wrote; refreshes rewrite it with a higher `refresh_seq`.
+    record: LockRecord,
+    state: Mutex<LeaseState>,
+    lost: watch::Sender<Option<LossReason>>,
+}
+
+#[derive(Debug)]
+struct LeaseState {
+    version: ObjectVersion,
+    deadline: Instant,
+    refresh_seq: u64,
+}
+
+impl Guard {
+    pub(crate) fn start(
+        lock: Arc<LockInner>,
+        record: LockRecord,
+        version: ObjectVersion,
+        sent: Instant,
+    ) -> Self {
+        let deadline = sent + lock.ttl - lock.margin;
+        tracing::info!(lock = %lock.url, token = record.token, "lock acquired");
+        let lease = Arc::new(Lease {
+            state: Mutex::new(LeaseState {
+                version,
+                deadline,
+                refresh_seq: record.refresh_seq,
+            }),
+            lock,
+            record,
+            lost: watch::channel(None).0,
+        });
+        let keep_alive = tokio::spawn(keep_alive(Arc::clone(&lease), sent));
+        Self {
+            lease,
+            keep_alive: Some(keep_alive),
+        }
+    }
+
+    /// This holder's fencing token: larger than every earlier holder's.
+    pub fn token(&self) -> FencingToken {
+        FencingToken(self.lease.record.token)
+    }
+
+    /// Where the lock lives, for messages.
+    pub fn url(&self) -> &str {
+        &self.lease.lock.url
+    }
+
+    /// The holder identity written into the lock.
+    pub fn identity(&self) -> &str {
+        &self.lease.record.holder
+    }
+
+    /// Cheap and synchronous: the lease is not lost and its deadline has not passed.
+    pub fn is_valid(&self) -> bool {
+        self.check().is_ok()
+    }
+
+    /// `Ok` while the lease is valid, or why it is not.
+    pub fn check(&self) -> Result<(), Error> {
+        if let Some(reason) = self.lease.lost.borrow().clone() {
+            return Err(self.lost_error(reason));
+        }
+        if self.time_left().is_zero() {
+            return Err(self.lost_error(LossReason::Expired {
+                last_error: "the lease deadline passed before a refresh succeeded".into(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Time until the holder's own deadline (zero once lost).
+    pub fn time_left(&self) -> Duration {
+        if self.lease.lost.borrow().is_some() {
+            return Duration::ZERO;
+        }
+        self.lease
+            .state()
+            .deadline
+            .saturating_duration_since(Instant::now())
+    }
+
+    /// Resolves when the lease is lost, with the reason. Use it in `select!` to stop
+    /// work the moment the lock is gone.
+    pub fn lost(&self) -> impl Future<Output = LossReason> + Send + 'static {
+        let mut receiver = self.lease.lost.subscribe();
+        async move {
+            match receiver.wait_for(Option::is_some).await {
+                Ok(reason) => reason.clone().unwrap_or(LossReason::Released),
+                // The sender lives in the lease, which outlives every guard; treat
+                // its disappearance as a release all the same.
+                Err(_) => LossReason::Released,
+            }
+        }
+    }
+
+    /// Runs a short commit step only after a final validity check that leaves at
+    /// least `needed` of the lease. The closure gets the fencing token to pass on.
+    pub fn commit<T>(
+        &self,
+        needed: Duration,
+        commit: impl FnOnce(FencingToken) -> T,
+    ) -> Result<T, Error> {
+        self.check_time_for(needed)?;
+        Ok(commit(self.token()))
+    }
+
+    /// Like [`Guard::commit`] for an async step, which is also abandoned (dropped)
+    /// if the lease is lost or runs out while it runs.
+    pub async fn commit_async<T, F>(
+        &self,
+        needed: Duration,
+        commit: impl FnOnce(FencingToken) -> F,
+    ) -> Result<T, Error>
+    where
+        F: Future<Output = T>,
+    {
+        self.check_time_for(needed)?;
+        let deadline = self.lease.state().deadline;
+        tokio::select! {
+            value = commit(self.token()) => Ok(value),
+            reason = self.lost() => Err(self.lost_error(reason)),
+            () = tokio::time::sleep_until(deadline) => Err(self.lost_error(LossReason::Expired {
+                last_error: "the lease ran out during the commit".into(),
+            })),
+        }
+    }
+
+    /// Releases the lock: stops refreshing and marks the object released, conditioned
+    /// on our exact version. A lost response is resolved by reading back our nonce.
+    /// Returns `Error::LeaseLost` if the lease had already been lost (someone else may
+    /// have held the lock meanwhile).
+    pub async fn release(mut self) -> Result<(), Error> {
+        if let Some(task) = self.keep_alive.take() {
+            task.abort();
+            // Wait until it is gone so no refresh races the release.
+            let _ = task.await;
+        }
+        let result = release(&self.lease).await;
+        self.lease.mark_lost(LossReason::Released);
+        result
+    }
+
+    fn check_time_for(&self, needed: Duration) -> Result<(), Error> {
+        self.check()?;
+        let left = self.time_left();
+        if left < needed {
+            return Err(Error::InsufficientTime {
+                lock: self.lease.lock.url.clone(),
+                left,
+                needed,
+            });
+        }
+        Ok(())
+    }
+
+    fn lost_error(&self, reason: LossReason) -> Error {
+        Error::LeaseLost {
+            lock: self.lease.lock.url.clone(),
+            reason,
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let Some(task) = self.keep_alive.take() else {
+            return; // released
+        };
+        task.abort();
+        let lease = Arc::clone(&self.lease);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = task.await;
+                    if let Err(error) = release(&lease).await {
+                        tracing::warn!(lock = %lease.lock.url, %error, "background release after drop failed");
+                    }
+                    lease.mark_lost(LossReason::Released);
+                });
+            }
+            Err(_) => {
+                tracing::warn!(lock = %lease.lock.url, "guard dropped outside a runtime; the lock will expire after its TTL");
+                lease.mark_lost(LossReason::Released);
+            }
+        }
+    }
+}
+
+impl Lease {
+    fn state(&self) -> MutexGuard<'_, LeaseState> {
+        // Every critical section only assigns plain fields, so a poisoned lock
+        // still holds consistent state.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn mark_lost(&self, reason: LossReason) {
+        self.lost.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            if reason != LossReason::Released {
+                tracing::warn!(lock = %self.lock.url, token = self.record.token, %reason, "lease lost");
+            }
+            *current = Some(reason);
+            true
+        });
+    }
+
+    /// Our record as of refresh `seq`, in the given state.
+    fn record(&self, state: LockState, refresh_seq: u64) -> LockRecord {
+        LockRecord {
+            state,
+            refresh_seq,
+            ..self.record.clone()
+        }
+    }
+
+    fn owns(&self, info: &ObjectInfo) -> Option<LockRecord> {
+        LockRecord::from_metadata(&info.metadata)
+            .ok()
+            .filter(|record| record.nonce == self.record.nonce)
+    }
+}
+
+/// What a read-back after a 412/404 shows about our lease.
+enum ReadBack {
+    /// Still ours, at this version (one of our writes applied without our seeing it).
+    Ours(ObjectVersion, LockRecord),
+    Gone(LossReason),
+}
+
+async fn read_back(lease: &Lease) -> Result<ReadBack, BackendError> {
+    let read = lease.lock.backend.read(&lease.lock.object).await?;
+    Ok(match read.value {
+        None => ReadBack::Gone(LossReason::Deleted),
+        Some(info) => match lease.owns(&info) {
+            Some(record) => ReadBack::Ours(info.version, record),
+            None => ReadBack::Gone(LossReason::Superseded {
+                holder: LockRecord::from_metadata(&info.metadata)
+                    .ok()
+                    .filter(|record| record.state == LockState::Held)
+                    .map(|record| format!("{} (token {})", record.holder, record.token)),
+            }),
+        },
+    })
+}
+
+/// Refreshes every `refresh_interval` until lost; transient failures are retried
+/// until the deadline, and the deadline itself ends the lease even if a request hangs.
+async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
+    let lock = &lease.lock;
+    let interval = lock.refresh_interval;
+    let mut next = acquired_at + interval;
+    let mut retry = Backoff::new(interval / 8, interval);
+    let mut last_error = String::from("none");
+    // Send time of a refresh whose response was lost: if it applied, the lease runs
+    // from then.
+    let mut unconfirmed: Option<Instant> = None;
+    loop {
+        let deadline = lease.state().deadline;
+        tokio::time::sleep_until(next.min(deadline)).await;
+        if Instant::now() >= deadline {
+            lease.mark_lost(LossReason::Expired { last_error });
+            return;
+        }
+        let (version, seq) = {
+            let state = lease.state();
+            (state.version, state.refresh_seq + 1)
+        };
+        let metadata = lease.record(LockState::Held, seq).to_metadata();
+        let sent = Instant::now();
+        let outcome = tokio::time::timeout_at(
+            deadline,
+            lock.backend
+                .update_metadata(&lock.object, version, &metadata),
+        )
+        .await;
+        let result = match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                last_error = "refresh request still pending at the lease deadline".into();
+                continue; // the loop top sees the deadline has passed
+            }
+        };
+        match result {
+            Ok(written) => match lease.owns(&written.value) {
+                Some(record) if written.value.version.generation == version.generation => {
+                    renewed(&lease, written.value.version, record.refresh_seq, sent);
+                    unconfirmed = None;
+                    retry = Backoff::new(interval / 8, interval);
+                    next = sent + interval;
+                }
+                _ => {
+                    lease.mark_lost(LossReason::Superseded { holder: None });
+                    return;
+                }
+            },
+            Err(BackendError::PreconditionFailed | BackendError::NotFound) => {
+                match read_back(&lease).await {
+                    Ok(ReadBack::Ours(current, record)) if record.state == LockState::Held => {
+                        // One of our refreshes applied unseen; it was sent no earlier
+                        // than `unconfirmed`, so the lease runs at least from then.
+                        let state_seq = record.refresh_seq;
+                        match unconfirmed.take() {
+                            Some(at) => renewed(&lease, current, state_seq, at),
+                            None => {
+                                let mut state = lease.state();
+                                state.version = current;
+                                state.refresh_seq = state_seq;
+                            }
+                        }
+                        next = Instant::now();
+                    }
+                    Ok(ReadBack::Ours(..)) => {
+                        lease.mark_lost(LossReason::Released);
+                        return;
+                    }
+                    Ok(ReadBack::Gone(reason)) => {
+                        lease.mark_lost(reason);
+                        return;
+                    }
+                    Err(error) => {
+                        last_error = error.to_string();
+                        next = Instant::now() + retry.next();
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::debug!(lock = %lock.url, %error, "refresh failed; retrying before the deadline");
+                if error.may_have_applied() {
+                    unconfirmed.get_or_insert(sent);
+                }
+                if let BackendError::RateLimited { retry_after } = error {
+                    retry.slow_down(retry_after);
+                }
+                last_error = error.to_string();
+                next = Instant::now() + retry.next();
+            }
+        }
+    }
+}
+
+fn renewed(lease: &Lease, version: ObjectVersion, refresh_seq: u64, sent: Instant) {
+    let mut state = lease.state();
+    state.version = version;
+    state.refresh_seq = refresh_seq;
+    state.deadline = state
+        .deadline
+        .max(sent + lease.lock.ttl - lease.lock.margin);
+}
+
+/// Marks the object released if it is still ours. Retries transient failures until
+/// the lease would have gone stale anyway.
+async fn release(lease: &Lease) -> Result<(), Error> {
+    let lock = &lease.lock;
+    let lost_before = lease.lost.borrow().clone();
+    let outcome = || match lost_before.clone() {
+        // An expired lease may still be ours on the server: release it, but tell the
+        // caller its critical section may not have been exclusive.
+        Some(reason) => Err(Error::LeaseLost {
+            lock: lock.url.clone(),
+            reason,
+        }),
+        None => Ok(()),
+    };
+    if let Some(LossReason::Superseded { .. } | LossReason::Deleted | LossReason::Released) =
+        lost_before
+    {
+        return outcome(); // nothing of ours left to release
+    }
+    let give_up_at = (lease.state().deadline + lock.margin * 2).max(Instant::now() + lock.poll_min);
+    let mut backoff = Backoff::new(
+        lock.poll_min.min(Duration::from_millis(100)),
+        lock.refresh_interval,
+    );
+    loop {
+        let (version, seq) = {
+            let state = lease.state();
+            (state.version, state.refresh_seq + 1)
+        };
+        let tombstone = lease.record(LockState::Released, seq).to_metadata();
+        let error = match lock
+            .backend
+            .update_metadata(&lock.object, version, &tombstone)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(lock = %lock.url, token = lease.record.token, "lock released");
+                return outcome();
+            }
+            Err(BackendError::PreconditionFailed | BackendError::NotFound) => {
+                match read_back(lease).await {
+                    Ok(ReadBack::Ours(_, record)) if record.state == LockState::Released => {
+                        return outcome(); // an earlier attempt applied unseen
+                    }
+                    Ok(ReadBack::Ours(current, record)) => {
+                        // A refresh applied unseen; release that version instead.
+                        let mut state = lease.state();
+                        state.version = current;
+                        state.refresh_seq = record.refresh_seq;
+                        continue;
+                    }
+                    Ok(ReadBack::Gone(reason)) => {
+                        return Err(Error::LeaseLost {
+                            lock: lock.url.clone(),
+                            reason,
+                        })
+                    }
+                    Err(error) => error,
+                }
+            }
+            Err(error) => error,
+        };
+        if !error.is_transient() || Instant::now() >= give_up_at {
+            return Err(Error::from_backend(&lock.url, error));
+        }
+        if let BackendError::RateLimited { retry_after } = error {
+            backoff.slow_down(retry_after);
+        }
+        tokio::time::sleep(backoff.next()).await;
+    }
+}

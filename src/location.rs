@@ -1,0 +1,203 @@
+//! `gs://BUCKET/OBJECT` URLs and GCS's naming rules, checked before any request.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::Error;
+
+/// A lock's address: a bucket and an object name inside it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LockUrl {
+    bucket: String,
+    object: String,
+}
+
+impl LockUrl {
+    /// Builds a URL from parts, validating both.
+    pub fn new(bucket: &str, object: &str) -> Result<Self, Error> {
+        validate_bucket_name(bucket)?;
+        validate_object_name(object)?;
+        Ok(Self {
+            bucket: bucket.to_owned(),
+            object: object.to_owned(),
+        })
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn object(&self) -> &str {
+        &self.object
+    }
+}
+
+impl fmt::Display for LockUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "gs://{}/{}", self.bucket, self.object)
+    }
+}
+
+impl FromStr for LockUrl {
+    type Err = Error;
+
+    fn from_str(url: &str) -> Result<Self, Error> {
+        let (bucket, object) = parse_gs_url(url)?;
+        if object.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "{url:?} names no object: expected gs://BUCKET/OBJECT"
+            )));
+        }
+        Self::new(bucket, object)
+    }
+}
+
+/// A bucket and an object-name prefix, for listing: `gs://BUCKET` or `gs://BUCKET/PREFIX`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixUrl {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl FromStr for PrefixUrl {
+    type Err = Error;
+
+    fn from_str(url: &str) -> Result<Self, Error> {
+        let (bucket, prefix) = parse_gs_url(url)?;
+        validate_bucket_name(bucket)?;
+        if !prefix.is_empty() {
+            check_object_characters(prefix)?;
+        }
+        Ok(Self {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+        })
+    }
+}
+
+fn parse_gs_url(url: &str) -> Result<(&str, &str), Error> {
+    let rest = url.strip_prefix("gs://").ok_or_else(|| {
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+        Error::InvalidInput(match scheme {
+            Some(scheme) => {
+                format!("unsupported scheme {scheme:?} in {url:?}: expected gs://BUCKET/OBJECT")
+            }
+            None => format!("{url:?} is not a gs:// URL: expected gs://BUCKET/OBJECT"),
+        })
+    })?;
+    Ok(rest.split_once('/').unwrap_or((rest, "")))
+}
+
+/// GCS bucket naming rules (<https://cloud.google.com/storage/docs/buckets#naming>).
+pub fn validate_bucket_name(bucket: &str) -> Result<(), Error> {
+    let invalid = |why: &str| {
+        Err(Error::InvalidInput(format!(
+            "invalid bucket name {bucket:?}: {why}"
+        )))
+    };
+    if bucket.is_empty() {
+        return invalid("it is empty");
+    }
+    if !bucket
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return invalid("only lowercase letters, digits, '-', '_' and '.' are allowed");
+    }
+    let max = if bucket.contains('.') { 222 } else { 63 };
+    if bucket.len() < 3 || bucket.len() > max {
+        return invalid(&format!("it must be 3 to {max} characters long"));
+    }
+    let alnum = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !alnum(bucket.bytes().next()) || !alnum(bucket.bytes().last()) {
+        return invalid("it must start and end with a letter or digit");
+    }
+    if bucket
+        .split('.')
+        .any(|part| part.is_empty() || part.len() > 63)
+    {
+        return invalid("each dot-separated part must be 1 to 63 characters long");
+    }
+    if bucket.parse::<std::net::Ipv4Addr>().is_ok() {
+        return invalid("it must not be an IP address");
+    }
+    if bucket.starts_with("goog") || bucket.contains("google") || bucket.contains("g00gle") {
+        return invalid("it must not start with \"goog\" or contain \"google\"");
+    }
+    Ok(())
+}
+
+/// GCS object naming rules (<https://cloud.google.com/storage/docs/objects#naming>).
+pub fn validate_object_name(object: &str) -> Result<(), Error> {
+    if object.is_empty() {
+        return Err(Error::InvalidInput("the object name is empty".into()));
+    }
+    if object == "." || object == ".." {
+        return Err(Error::InvalidInput(format!(
+            "invalid object name {object:?}: \".\" and \"..\" are not allowed"
+        )));
+    }
+    if object.starts_with(".well-known/acme-challenge/") {
+        return Err(Error::InvalidInput(format!(
+            "invalid object name {object:?}: the .well-known/acme-challenge/ prefix is reserved"
+        )));
+    }
+    check_object_characters(object)
+}
+
+fn check_object_characters(object: &str) -> Result<(), Error> {
+    if object.len() > 1024 {
+        return Err(Error::InvalidInput(format!(
+            "invalid object name: {} bytes long, at most 1024 are allowed",
+            object.len()
+        )));
+    }
+    if object
+        .chars()
+        .any(|c| c == '\r' || c == '\n' || c.is_control())
+    {
+        return Err(Error::InvalidInput(format!(
+            "invalid object name {object:?}: control characters (such as newlines) are not allowed"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_valid_urls() {
+        let url: LockUrl = "gs://my-bucket/jobs/nightly".parse().expect("valid");
+        assert_eq!(url.bucket(), "my-bucket");
+        assert_eq!(url.object(), "jobs/nightly");
+        assert_eq!(url.to_string(), "gs://my-bucket/jobs/nightly");
+        let prefix: PrefixUrl = "gs://my-bucket".parse().expect("valid");
+        assert_eq!(prefix.prefix, "");
+    }
+
+    #[test]
+    fn rejects_malformed_urls_with_a_reason() {
+        for (url, reason) in [
+            ("s3://bucket/object", "unsupported scheme"),
+            ("bucket/object", "not a gs:// URL"),
+            ("gs://bucket", "names no object"),
+            ("gs://bucket/", "names no object"),
+            ("gs://Bucket/o", "lowercase"),
+            ("gs://ab/o", "3 to 63"),
+            ("gs://-abc/o", "start and end"),
+            ("gs://192.168.1.1/o", "IP address"),
+            ("gs://googlebucket/o", "goog"),
+            ("gs://a..b/o", "dot-separated"),
+            ("gs://bucket/a\nb", "control characters"),
+            ("gs://bucket/..", "not allowed"),
+            ("gs:///object", "empty"),
+        ] {
+            let err = url.parse::<LockUrl>().expect_err(url).to_string();
+            assert!(err.contains(reason), "{url}: {err}");
+        }
+        let long = format!("gs://bucket/{}", "x".repeat(1025));
+        assert!(long.parse::<LockUrl>().is_err());
+    }
+}
