@@ -153,11 +153,20 @@ impl Guard {
         F: Future<Output = T>,
     {
         self.check_time_for(needed)?;
-        let deadline = self.lease.state().deadline;
+        // Refreshes may push the deadline out while the commit runs: re-read it.
+        let expiry = async {
+            loop {
+                let left = self.time_left();
+                if left.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(left).await;
+            }
+        };
         tokio::select! {
             value = commit(self.token()) => Ok(value),
             reason = self.lost() => Err(self.lost_error(reason)),
-            () = tokio::time::sleep_until(deadline) => Err(self.lost_error(LossReason::Expired {
+            () = expiry => Err(self.lost_error(LossReason::Expired {
                 last_error: "the lease ran out during the commit".into(),
             })),
         }

@@ -1,6 +1,39 @@
 //! gcslock: a distributed lease lock whose only server is a cloud storage bucket.
 //!
-//! See the README for the protocol, its guarantees and its limits.
+//! A lock is one object in a bucket. It is created only if absent, kept alive by
+//! conditional metadata updates (every TTL/8 by default), judged stale only by the
+//! storage server's own clock, and handed to each new holder with a larger
+//! [`FencingToken`]. Work is split into a long, discardable *prepare* phase and a
+//! short *commit* that runs only after a final validity check ([`Guard::commit`]).
+//!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//! use gcslock::{backend::memory::MemoryBackend, Lock, LockOptions, Wait};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), gcslock::Error> {
+//! // On GCS: Arc::new(gcslock::backend::gcs::GcsBackend::builder("my-bucket").build()?)
+//! let bucket = Arc::new(MemoryBackend::new("my-bucket"));
+//! let lock = Lock::new(bucket, "jobs/nightly", LockOptions::default().ttl(Duration::from_secs(60)))?;
+//!
+//! let guard = lock.acquire(Wait::For(Duration::from_secs(30))).await?;
+//! let report = tokio::select! {
+//!     report = async { "prepared".to_string() } => report,      // long, discardable
+//!     reason = guard.lost() => panic!("lease lost: {reason}"),
+//! };
+//! guard.commit(Duration::from_secs(5), |token| {
+//!     // short; pass `token` to the system you write to so it can fence stale holders
+//!     assert_eq!(token.value(), 1);
+//!     drop(report);
+//! })?;
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The layout: [`backend`] holds the small storage trait and one module per
+//! backend; `lock` is the acquire/takeover algorithm; `lease` the keep-alive task
+//! and validity checks. The README states what the lock guarantees and what it
+//! cannot.
 
 pub mod backend;
 mod error;

@@ -102,6 +102,55 @@ impl MemoryBackend {
         self.inner.requests.load(Ordering::SeqCst)
     }
 
+    /// The one atomic primitive every mutation goes through: under the bucket's
+    /// mutex, `decide` sees the live object (if any) and returns what to do; an
+    /// `Err` changes nothing. Returns the object afterwards (`None` once deleted).
+    /// Counts as one request.
+    pub fn mutate<E>(
+        &self,
+        name: &str,
+        decide: impl FnOnce(Option<(&ObjectInfo, &Bytes)>) -> Result<Mutation, E>,
+    ) -> Result<Stamped<Option<ObjectInfo>>, E> {
+        self.count();
+        let mut objects = self.objects();
+        // Read the clock under the mutex so `updated` follows the order of application.
+        let now = self.inner.clock.now();
+        let current = objects
+            .get(name)
+            .map(|object| (to_info(name, object), object.body.clone()));
+        let mutation = decide(current.as_ref().map(|(info, body)| (info, body)))?;
+        let after = match mutation {
+            Mutation::Keep => current.map(|(info, _)| info),
+            Mutation::Put { metadata, body } => {
+                let generation = self.inner.next_generation.fetch_add(1, Ordering::SeqCst) as i64;
+                let object = StoredObject {
+                    generation,
+                    metageneration: 1,
+                    updated: now,
+                    metadata,
+                    body,
+                };
+                let info = to_info(name, &object);
+                objects.insert(name.to_owned(), object);
+                Some(info)
+            }
+            Mutation::SetMetadata(metadata) => match objects.get_mut(name) {
+                Some(object) => {
+                    object.metadata = metadata;
+                    object.metageneration += 1;
+                    object.updated = now;
+                    Some(to_info(name, object))
+                }
+                None => None,
+            },
+            Mutation::Delete => {
+                objects.remove(name);
+                None
+            }
+        };
+        Ok(self.stamp(after))
+    }
+
     /// Writes an object with a body, as `write` does for lock objects.
     /// `condition` `None` writes unconditionally.
     pub fn put_object(
@@ -111,23 +160,16 @@ impl MemoryBackend {
         metadata: &Metadata,
         body: Bytes,
     ) -> Result<Stamped<ObjectInfo>, BackendError> {
-        self.count();
-        let mut objects = self.objects();
-        if let Some(condition) = condition {
-            check_write_condition(objects.get(name), condition)?;
-        }
-        let now = self.inner.clock.now();
-        let generation = self.inner.next_generation.fetch_add(1, Ordering::SeqCst) as i64;
-        let object = StoredObject {
-            generation,
-            metageneration: 1,
-            updated: now,
-            metadata: metadata.clone(),
-            body,
-        };
-        let info = to_info(name, &object);
-        objects.insert(name.to_owned(), object);
-        Ok(self.stamp(info))
+        let written = self.mutate(name, |current| {
+            if let Some(condition) = condition {
+                check_write_condition(current.map(|(info, _)| info), condition)?;
+            }
+            Ok(Mutation::Put {
+                metadata: metadata.clone(),
+                body,
+            })
+        })?;
+        require(written)
     }
 
     /// Reads an object's metadata and body.
@@ -171,15 +213,27 @@ fn to_info(name: &str, object: &StoredObject) -> ObjectInfo {
     }
 }
 
+/// What [`MemoryBackend::mutate`] does to the object it inspected.
+#[derive(Clone, Debug)]
+pub enum Mutation {
+    /// Nothing.
+    Keep,
+    /// Create or replace: a new generation, metageneration 1.
+    Put { metadata: Metadata, body: Bytes },
+    /// Replace the metadata of the live object: metageneration + 1.
+    SetMetadata(Metadata),
+    /// Remove the object.
+    Delete,
+}
+
 fn check_write_condition(
-    current: Option<&StoredObject>,
+    current: Option<&ObjectInfo>,
     condition: WriteCondition,
 ) -> Result<(), BackendError> {
     let holds = match (condition, current) {
-        (WriteCondition::DoesNotExist, None) => true,
-        (WriteCondition::DoesNotExist, Some(_)) => false,
+        (WriteCondition::DoesNotExist, current) => current.is_none(),
         (WriteCondition::Matches(_), None) => false,
-        (WriteCondition::Matches(expected), Some(object)) => is_version(object, expected),
+        (WriteCondition::Matches(expected), Some(object)) => object.version == expected,
     };
     if holds {
         Ok(())
@@ -188,21 +242,27 @@ fn check_write_condition(
     }
 }
 
-fn is_version(object: &StoredObject, expected: ObjectVersion) -> bool {
-    object.generation == expected.generation && object.metageneration == expected.metageneration
-}
-
 /// GCS answers 404 for a missing object and 412 for a present object in another
 /// version, even when both generation and metageneration preconditions are given.
 fn check_version(
-    current: Option<&StoredObject>,
+    current: Option<&ObjectInfo>,
     expected: ObjectVersion,
-) -> Result<&StoredObject, BackendError> {
+) -> Result<&ObjectInfo, BackendError> {
     let object = current.ok_or(BackendError::NotFound)?;
-    if is_version(object, expected) {
+    if object.version == expected {
         Ok(object)
     } else {
         Err(BackendError::PreconditionFailed)
+    }
+}
+
+fn require(written: Stamped<Option<ObjectInfo>>) -> Result<Stamped<ObjectInfo>, BackendError> {
+    match written.value {
+        Some(value) => Ok(Stamped {
+            value,
+            server_time: written.server_time,
+        }),
+        None => Err(BackendError::NotFound),
     }
 }
 
@@ -229,26 +289,22 @@ impl Backend for MemoryBackend {
         expected: ObjectVersion,
         metadata: &Metadata,
     ) -> Result<Stamped<ObjectInfo>, BackendError> {
-        self.count();
-        let now = self.inner.clock.now();
-        let mut objects = self.objects();
-        check_version(objects.get(name), expected)?;
-        let object = objects.get_mut(name).ok_or(BackendError::NotFound)?;
-        object
-            .metadata
-            .extend(metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
-        object.metageneration += 1;
-        object.updated = now;
-        let info = to_info(name, object);
-        Ok(self.stamp(info))
+        let updated = self.mutate(name, |current| {
+            let mut merged = check_version(current.map(|(info, _)| info), expected)?
+                .metadata
+                .clone();
+            merged.extend(metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Ok(Mutation::SetMetadata(merged))
+        })?;
+        require(updated)
     }
 
     async fn delete(&self, name: &str, expected: ObjectVersion) -> Result<(), BackendError> {
-        self.count();
-        let mut objects = self.objects();
-        check_version(objects.get(name), expected)?;
-        objects.remove(name);
-        Ok(())
+        self.mutate(name, |current| {
+            check_version(current.map(|(info, _)| info), expected)?;
+            Ok(Mutation::Delete)
+        })
+        .map(|_| ())
     }
 
     async fn list(&self, prefix: &str) -> Result<Stamped<Vec<ObjectInfo>>, BackendError> {

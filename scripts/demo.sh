@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# gcslock in one minute, on this machine: no cloud account needed.
+#
+#   scripts/demo.sh
+#
+# Builds gcslock and a local GCS emulator (strict-gcs, which enforces GCS's
+# conditional requests exactly; fake-gcs-server if strict-gcs cannot be built), then:
+#   1. three jobs start at once on one lock: one runs, the other two are told it is busy;
+#   2. a holder crashes (SIGKILL) without releasing; a waiter takes the lock over once
+#      the crashed holder's lease has run out by the storage server's clock.
+# Everything it starts is stopped on exit.
+#
+# GCSLOCK_DEMO_EMULATOR=fake-gcs-server skips strict-gcs and uses fake-gcs-server.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+BUCKET=gcslock-demo
+LOCK="gs://$BUCKET/jobs/nightly-report"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/gcslock-demo.XXXXXX")"
+
+EMULATOR_PID=""
+FAKE_GCS_PORT=""
+BACKGROUND=()
+
+if [[ -t 1 ]]; then
+  bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+else
+  bold() { printf '\n%s\n' "$*"; }
+fi
+say() { printf '  %s\n' "$*"; }
+die() { printf 'demo: error: %s\n' "$*" >&2; exit 1; }
+
+cleanup() {
+  local status=$?
+  for pid in "${BACKGROUND[@]}"; do
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  if [[ -f "$WORK/holder-child.pid" ]]; then
+    kill -KILL -- "-$(cat "$WORK/holder-child.pid")" 2>/dev/null || true
+  fi
+  if [[ -n "$EMULATOR_PID" ]]; then
+    kill -TERM "$EMULATOR_PID" 2>/dev/null || true
+    wait "$EMULATOR_PID" 2>/dev/null || true
+  fi
+  if [[ -n "$FAKE_GCS_PORT" ]]; then
+    fake-gcs/start-fake-gcs-server.sh --stop "$FAKE_GCS_PORT" "$WORK/fake-gcs" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Waits (at most ~30s) for a file to exist and be non-empty.
+wait_for_file() {
+  local file="$1" what="$2"
+  for _ in $(seq 300); do
+    [[ -s "$file" ]] && return 0
+    sleep 0.1
+  done
+  die "timed out waiting for $what"
+}
+
+command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
+
+bold "Building gcslock and the strict GCS emulator (first run: a few minutes)..."
+cargo build --quiet -p gcslock --bin gcslock
+GCSLOCK="$TARGET_DIR/debug/gcslock"
+
+start_strict_gcs() {
+  cargo build --quiet -p strict-gcs 2>"$WORK/strict-build.log" || return 1
+  "$TARGET_DIR/debug/strict-gcs" --host 127.0.0.1 --port 0 --bucket "$BUCKET" \
+    >"$WORK/strict.out" 2>"$WORK/strict.err" &
+  EMULATOR_PID=$!
+  for _ in $(seq 100); do
+    if read -r first <"$WORK/strict.out" 2>/dev/null && [[ "$first" == "listening on "* ]]; then
+      STORAGE_EMULATOR_HOST="${first#listening on }"
+      return 0
+    fi
+    kill -0 "$EMULATOR_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -TERM "$EMULATOR_PID" 2>/dev/null || true
+  EMULATOR_PID=""
+  return 1
+}
+
+start_fake_gcs() {
+  FAKE_GCS_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+  STORAGE_EMULATOR_HOST="$(fake-gcs/start-fake-gcs-server.sh --bucket "$BUCKET" "$FAKE_GCS_PORT" "$WORK/fake-gcs" 2>"$WORK/fake-gcs.log")" \
+    || { cat "$WORK/fake-gcs.log" >&2; die "cannot start fake-gcs-server either"; }
+}
+
+if [[ "${GCSLOCK_DEMO_EMULATOR:-strict-gcs}" == fake-gcs-server ]]; then
+  start_fake_gcs
+  say "fake-gcs-server is serving bucket $BUCKET at $STORAGE_EMULATOR_HOST"
+elif start_strict_gcs; then
+  say "strict-gcs is serving bucket $BUCKET at $STORAGE_EMULATOR_HOST"
+else
+  say "strict-gcs could not be built or started (see below); falling back to fake-gcs-server."
+  say "(fake-gcs-server ignores some preconditions, so expect warnings from gcslock.)"
+  tail -n 5 "$WORK/strict-build.log" "$WORK/strict.err" 2>/dev/null | sed 's/^/    /' || true
+  start_fake_gcs
+  say "fake-gcs-server is serving bucket $BUCKET at $STORAGE_EMULATOR_HOST"
+fi
+# gcslock talks to the emulator (plain HTTP, no credentials) when this is set.
+export STORAGE_EMULATOR_HOST
+
+# ---------------------------------------------------------------------------
+bold "1. Three machines start the same nightly job at the same moment."
+say "Each runs:  gcslock run --identity job-X $LOCK -- ./report.sh"
+say "The lock is free, so exactly one of them gets it; the others exit at once with 75 (busy)."
+echo
+mkfifo "$WORK/finish"
+export FINISH="$WORK/finish"
+for job in A B C; do
+  (
+    set +e
+    "$GCSLOCK" run --identity "job-$job" "$LOCK" -- sh -c '
+      echo "  [job '"$job"'] got the lock: fencing token $GCSLOCK_TOKEN; working..."
+      read _ <"$FINISH"
+      echo "  [job '"$job"'] done"' 2> >(sed "s/^/  [job $job] /" >&2)
+    echo $? >"$WORK/job-$job.rc"
+  ) &
+  BACKGROUND+=($!)
+done
+
+# Wait until two of the three have given up (they answer within milliseconds).
+for _ in $(seq 300); do
+  done_jobs=$(find "$WORK" -maxdepth 1 -name 'job-*.rc' | wc -l)
+  ((done_jobs >= 2)) && break
+  sleep 0.1
+done
+((done_jobs >= 2)) || die "the busy jobs did not exit"
+echo
+say "While the winner works, anyone can ask who holds the lock:"
+"$GCSLOCK" status "$LOCK" | sed 's/^/  $ gcslock status: /'
+echo >"$WORK/finish" # let the winner finish; it releases the lock on exit
+wait "${BACKGROUND[@]}" 2>/dev/null || true
+BACKGROUND=()
+echo
+for job in A B C; do
+  say "job $job exited with $(cat "$WORK/job-$job.rc")"
+done
+say "(0: it ran; 75: busy, did not run.)  The lock is free again:"
+"$GCSLOCK" status "$LOCK" | sed 's/^/  $ gcslock status: /'
+
+# ---------------------------------------------------------------------------
+bold "2. A holder crashes without releasing the lock."
+say "It runs with a 5s lease, refreshed every second while it works."
+export PIDFILE="$WORK/holder-child.pid"
+"$GCSLOCK" run --identity crashing-holder --ttl 5s --refresh-interval 1s "$LOCK" -- sh -c '
+  echo $$ >"$PIDFILE"
+  echo "  [holder] got the lock: fencing token $GCSLOCK_TOKEN; working..."
+  exec sleep 600' &
+HOLDER_PID=$!
+BACKGROUND+=("$HOLDER_PID")
+wait_for_file "$PIDFILE" "the holder to start"
+CHILD_PGID="$(cat "$PIDFILE")"
+say "Now the machine dies: SIGKILL to gcslock and to its job. Nobody releases the lock."
+kill -KILL "$HOLDER_PID"
+kill -KILL -- "-$CHILD_PGID" 2>/dev/null || true
+wait "$HOLDER_PID" 2>/dev/null || true
+BACKGROUND=()
+rm -f "$PIDFILE"
+"$GCSLOCK" status "$LOCK" | sed 's/^/  $ gcslock status: /'
+
+bold "3. Another machine waits for the lock (--wait 1m)."
+say "The waiter only reads while the lease could still be alive. Once the lease has provably"
+say "run out (by the storage server's clock, or because the lock stayed unchanged for a whole"
+say "TTL on the waiter's own clock), it takes the lock over with a larger fencing token."
+started=$SECONDS
+# gcslock's own messages (stderr, -v: key events) and the job's output, in order.
+"$GCSLOCK" -v run --identity waiter --wait 1m --ttl 5s --refresh-interval 1s "$LOCK" -- \
+  sh -c 'echo "took over the lock: fencing token $GCSLOCK_TOKEN"' 2>&1 \
+  | grep -E 'busy|taking over|took over' | sed -E 's/ lock=[^ ]+( via [^ ]+)?//; s/^/  [waiter] /'
+say "(after about $((SECONDS - started))s: the 5s lease plus a safety margin)"
+"$GCSLOCK" status "$LOCK" | sed 's/^/  $ gcslock status: /'
+
+bold "That's it."
+say "Tokens only grow, so storage that records the highest token it has seen can refuse"
+say "writes from a holder that lost its lease. See 'gcslock run --help' for the exit codes."

@@ -1,0 +1,292 @@
+//! `status`, `list` and `break`: reads and one forced release, printed for people
+//! (one line each) or for programs (JSON).
+
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, SecondsFormat, Utc};
+use gcslock::backend::Backend;
+use gcslock::{BreakOutcome, HeldStatus, Lock, LockOptions, LockStatus};
+use serde::Serialize;
+
+use crate::cli::{BreakArgs, GlobalArgs, ListArgs, StatusArgs};
+use crate::exit::{self, Coded};
+
+/// The TTL and safety margin of the `Lock` used to read others' locks. The margin
+/// is the largest default margin, so the time left it reports is an upper bound
+/// that [`rejudge`] corrects to the holder's own TTL.
+const READ_TTL: Duration = Duration::from_secs(300);
+const READ_MARGIN: Duration = Duration::from_secs(30);
+
+pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<u8> {
+    let backend = crate::backend(global, args.url.bucket())?;
+    let options = LockOptions::default()
+        .ttl(READ_TTL)
+        .safety_margin(READ_MARGIN);
+    let lock = Lock::new(backend, args.url.object(), options)?;
+    let status = rejudge(lock.status().await?);
+    let url = args.url.to_string();
+    let line = if args.json {
+        serde_json::to_string(&StatusView::new(&url, &status))
+            .context("cannot encode the status as JSON")?
+    } else {
+        describe(&url, &status)
+    };
+    print_lines([line])?;
+    Ok(0)
+}
+
+pub async fn list(global: &GlobalArgs, args: &ListArgs) -> anyhow::Result<u8> {
+    let backend = crate::backend(global, &args.url.bucket)?;
+    let locks = gcslock::list_locks(&*backend, &args.url.prefix).await?;
+    let mut lines = Vec::with_capacity(locks.len());
+    for (name, status) in &locks {
+        let url = format!("gs://{}/{name}", args.url.bucket);
+        lines.push(if args.json {
+            serde_json::to_string(&StatusView::new(&url, status))
+                .context("cannot encode the listing as JSON")?
+        } else {
+            describe(&url, status)
+        });
+    }
+    print_lines(lines)?;
+    Ok(0)
+}
+
+pub async fn break_lock(global: &GlobalArgs, args: &BreakArgs) -> anyhow::Result<u8> {
+    let backend: Arc<dyn Backend> = crate::backend(global, args.url.bucket())?;
+    let mut options = LockOptions::default();
+    if let Some(identity) = &args.identity {
+        options = options.identity(identity.clone());
+    }
+    let lock = Lock::new(backend, args.url.object(), options)?;
+    let line = match lock.break_lock(args.token).await {
+        Ok(BreakOutcome::Broken {
+            previous_holder,
+            token,
+        }) => format!(
+            "{}: broken (it was held by {previous_holder}, token {token})",
+            args.url
+        ),
+        Ok(BreakOutcome::AlreadyFree) => format!("{}: already free; nothing to break", args.url),
+        // The library reports a token mismatch and a concurrent change this way.
+        Err(gcslock::Error::InvalidInput(message)) => {
+            return Err(Coded::new(exit::BUSY, message).into())
+        }
+        Err(error) => return Err(error.into()),
+    };
+    print_lines([line])?;
+    Ok(0)
+}
+
+/// Writes lines to stdout; a closed pipe (`gcslock list | head -1`) ends quietly.
+fn print_lines(lines: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let result = lines
+        .into_iter()
+        .try_for_each(|line| writeln!(out, "{line}"))
+        .and_then(|()| out.flush());
+    match result {
+        Err(error) if error.kind() != io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(error).context("cannot write to stdout"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Corrects the time left, computed with [`READ_MARGIN`], to the margin of the
+/// holder's own TTL (what its contenders use), as `list_locks` does.
+fn rejudge(status: LockStatus) -> LockStatus {
+    let (mut held, was_stale) = match status {
+        LockStatus::Held(held) => (held, false),
+        LockStatus::Stale(held) => (held, true),
+        other => return other,
+    };
+    let Some(left) = held.expires_in else {
+        return if was_stale {
+            LockStatus::Stale(held)
+        } else {
+            LockStatus::Held(held)
+        };
+    };
+    let excess = READ_MARGIN.saturating_sub(LockStatus::default_margin(held.ttl));
+    let left = left.saturating_sub(excess);
+    held.expires_in = Some(left);
+    if left.is_zero() {
+        LockStatus::Stale(held)
+    } else {
+        LockStatus::Held(held)
+    }
+}
+
+/// One line for people.
+pub fn describe(url: &str, status: &LockStatus) -> String {
+    match status {
+        LockStatus::Free => format!("{url}: free (no lock object)"),
+        LockStatus::Released { token, released_at } => format!(
+            "{url}: free (released {}, last token {token})",
+            timestamp(released_at)
+        ),
+        LockStatus::Held(held) => {
+            let left = held
+                .expires_in
+                .map(|left| format!(", stale in {}", short_duration(left)))
+                .unwrap_or_default();
+            format!(
+                "{url}: held by {} (token {}){left}; last refresh {}, ttl {}",
+                held.holder,
+                held.token,
+                timestamp(&held.last_refresh),
+                short_duration(held.ttl)
+            )
+        }
+        LockStatus::Stale(held) => format!(
+            "{url}: stale: held by {} (token {}) but not refreshed since {} (ttl {}); \
+             the next contender takes it over",
+            held.holder,
+            held.token,
+            timestamp(&held.last_refresh),
+            short_duration(held.ttl)
+        ),
+        LockStatus::NotALock { why } => format!("{url}: not a gcslock lock: {why}"),
+    }
+}
+
+fn timestamp(time: &DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Whole seconds from a minute up, milliseconds below.
+pub fn short_duration(duration: Duration) -> String {
+    let rounded = if duration >= Duration::from_secs(60) {
+        Duration::from_secs(duration.as_secs())
+    } else {
+        Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+    };
+    humantime::format_duration(rounded).to_string()
+}
+
+/// The JSON form of a lock's status (`status --json`, one line of `list --json`).
+#[derive(Debug, Serialize)]
+struct StatusView<'a> {
+    url: &'a str,
+    state: &'static str,
+    /// Free to take at once without a takeover: no object, or released.
+    free: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holder: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl_ms: Option<u128>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_refresh: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in_ms: Option<u128>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    released_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metageneration: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+impl<'a> StatusView<'a> {
+    fn new(url: &'a str, status: &'a LockStatus) -> Self {
+        let empty = |state, free| Self {
+            url,
+            state,
+            free,
+            token: None,
+            holder: None,
+            ttl_ms: None,
+            last_refresh: None,
+            expires_in_ms: None,
+            released_at: None,
+            generation: None,
+            metageneration: None,
+            reason: None,
+        };
+        let held = |state, held: &'a HeldStatus| Self {
+            token: Some(held.token),
+            holder: Some(&held.holder),
+            ttl_ms: Some(held.ttl.as_millis()),
+            last_refresh: Some(timestamp(&held.last_refresh)),
+            expires_in_ms: held.expires_in.map(|left| left.as_millis()),
+            generation: Some(held.version.generation),
+            metageneration: Some(held.version.metageneration),
+            ..empty(state, false)
+        };
+        match status {
+            LockStatus::Free => empty("free", true),
+            LockStatus::Released { token, released_at } => Self {
+                token: Some(*token),
+                released_at: Some(timestamp(released_at)),
+                ..empty("released", true)
+            },
+            LockStatus::Held(status) => held("held", status),
+            LockStatus::Stale(status) => held("stale", status),
+            LockStatus::NotALock { why } => Self {
+                reason: Some(why),
+                ..empty("not-a-lock", false)
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gcslock::backend::ObjectVersion;
+
+    fn held(ttl: Duration, left: Duration) -> LockStatus {
+        LockStatus::Held(HeldStatus {
+            holder: "host:1".into(),
+            token: 7,
+            ttl,
+            last_refresh: DateTime::<Utc>::UNIX_EPOCH,
+            expires_in: Some(left),
+            version: ObjectVersion {
+                generation: 1,
+                metageneration: 2,
+            },
+        })
+    }
+
+    #[test]
+    fn rejudges_to_the_holders_own_margin() {
+        // A 2s TTL has a 200ms margin: 30s - 200ms of the reported time is excess.
+        let reported = held(Duration::from_secs(2), Duration::from_secs(31));
+        let LockStatus::Held(status) = rejudge(reported) else {
+            panic!("still held");
+        };
+        assert_eq!(status.expires_in, Some(Duration::from_millis(1200)));
+        let reported = held(Duration::from_secs(2), Duration::from_secs(20));
+        assert!(matches!(rejudge(reported), LockStatus::Stale(_)));
+        // The default TTL's margin is the read margin: nothing changes.
+        let reported = held(Duration::from_secs(300), Duration::from_secs(20));
+        assert_eq!(rejudge(reported.clone()), reported);
+    }
+
+    #[test]
+    fn describes_states_in_one_line() {
+        let line = describe(
+            "gs://b/o",
+            &held(Duration::from_secs(300), Duration::from_secs(250)),
+        );
+        assert!(
+            line.starts_with("gs://b/o: held by host:1 (token 7), stale in 4m 10s;"),
+            "{line}"
+        );
+        let json = serde_json::to_value(StatusView::new("gs://b/o", &LockStatus::Free))
+            .unwrap_or_default();
+        assert_eq!(json["state"], "free");
+        assert_eq!(json["free"], true);
+        assert!(json.get("token").is_none());
+    }
+}
