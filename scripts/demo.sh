@@ -11,6 +11,8 @@
 # Everything it starts is stopped on exit.
 #
 # GCSLOCK_DEMO_EMULATOR=fake-gcs-server skips strict-gcs and uses fake-gcs-server.
+# The jobs' scripts are single-quoted on purpose: $GCSLOCK_TOKEN expands in the job.
+# shellcheck disable=SC2016
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -119,10 +121,10 @@ export FINISH="$WORK/finish"
 for job in A B C; do
   (
     set +e
-    "$GCSLOCK" run --identity "job-$job" "$LOCK" -- sh -c '
-      echo "  [job '"$job"'] got the lock: fencing token $GCSLOCK_TOKEN; working..."
+    JOB="$job" "$GCSLOCK" run --identity "job-$job" "$LOCK" -- sh -c '
+      echo "  [job $JOB] got the lock: fencing token $GCSLOCK_TOKEN; working..."
       read _ <"$FINISH"
-      echo "  [job '"$job"'] done"' 2> >(sed "s/^/  [job $job] /" >&2)
+      echo "  [job $JOB] done"' 2> >(sed "s/^/  [job $job] /" >&2)
     echo $? >"$WORK/job-$job.rc"
   ) &
   BACKGROUND+=($!)

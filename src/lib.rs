@@ -50,3 +50,8 @@ pub use lock::{
     LockStatus, Wait,
 };
 pub use record::{LockRecord, LockState};
+
+/// The README's Rust examples are compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

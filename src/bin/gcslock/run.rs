@@ -109,13 +109,21 @@ async fn acquire(
     let cancel = CancellationToken::new();
     let mut interrupted = None;
     let first = cancellable(lock, Wait::No, &cancel, signals, &mut interrupted).await;
+    if wait == Wait::No || interrupted.is_some() {
+        return (first, interrupted);
+    }
+    let how_long = match wait {
+        Wait::For(limit) => format!("up to {}", short_duration(limit)),
+        _ => "until it is free".to_owned(),
+    };
     let result = match first {
-        Err(gcslock::Error::Busy { holder, .. }) if wait != Wait::No && interrupted.is_none() => {
-            let how_long = match wait {
-                Wait::For(limit) => format!("up to {}", short_duration(limit)),
-                _ => "until it is free".to_owned(),
-            };
+        Err(gcslock::Error::Busy { holder, .. }) => {
             tracing::info!("{url} is busy: {holder}; waiting {how_long}");
+            cancellable(lock, wait, &cancel, signals, &mut interrupted).await
+        }
+        // --wait also covers an outage.
+        Err(error @ gcslock::Error::Unavailable { .. }) => {
+            tracing::warn!("{error}; still trying {how_long}");
             cancellable(lock, wait, &cancel, signals, &mut interrupted).await
         }
         other => other,
