@@ -34,8 +34,8 @@ pub enum Error {
     NotALock { lock: String, why: String },
 
     /// Credentials are missing or lack a permission.
-    #[error("permission denied on {lock}: {source}")]
-    PermissionDenied { lock: String, source: BackendError },
+    #[error("permission denied on {lock}: {cause}")]
+    PermissionDenied { lock: String, cause: BackendError },
 
     /// The bucket does not exist.
     #[error("bucket of {lock} does not exist")]
@@ -43,8 +43,13 @@ pub enum Error {
 
     /// The storage service could not be reached or kept failing until the time
     /// allowed ran out.
-    #[error("storage unavailable for {lock}: {source}")]
-    Unavailable { lock: String, source: BackendError },
+    #[error("storage unavailable for {lock}: {cause}")]
+    Unavailable { lock: String, cause: BackendError },
+
+    /// The lock is not in the state the operation was conditioned on (a `break`
+    /// with another token, or a lock that changed while being broken).
+    #[error("{lock}: {why}")]
+    Conflict { lock: String, why: String },
 
     /// The operation was cancelled through its cancellation token.
     #[error("cancelled while waiting for {lock}")]
@@ -52,14 +57,15 @@ pub enum Error {
 }
 
 impl Error {
-    /// Maps a backend failure that the algorithm cannot handle itself.
-    pub(crate) fn from_backend(lock: &str, source: BackendError) -> Self {
+    /// Maps a backend failure that the algorithm cannot handle itself. The cause
+    /// is part of the message (not `source()`), so error chains don't repeat it.
+    pub(crate) fn from_backend(lock: &str, cause: BackendError) -> Self {
         let lock = lock.to_owned();
-        match source {
-            BackendError::PermissionDenied(_) => Self::PermissionDenied { lock, source },
+        match cause {
+            BackendError::PermissionDenied(_) => Self::PermissionDenied { lock, cause },
             BackendError::BucketNotFound(_) => Self::BucketNotFound { lock },
-            BackendError::Rejected { .. } => Self::InvalidInput(format!("{lock}: {source}")),
-            source => Self::Unavailable { lock, source },
+            BackendError::Rejected { .. } => Self::InvalidInput(format!("{lock}: {cause}")),
+            cause => Self::Unavailable { lock, cause },
         }
     }
 }

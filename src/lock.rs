@@ -182,12 +182,9 @@ pub struct HeldStatus {
 }
 
 impl LockStatus {
-    /// Judges an object by the server's clock reading taken with it.
-    pub fn judge(
-        info: Option<&ObjectInfo>,
-        server_time: Option<DateTime<Utc>>,
-        margin: Duration,
-    ) -> Self {
+    /// Judges an object by the server's clock reading taken with it. The margin
+    /// comes from the holder's recorded TTL, so every observer agrees on it.
+    pub fn judge(info: Option<&ObjectInfo>, server_time: Option<DateTime<Utc>>) -> Self {
         let Some(info) = info else {
             return Self::Free;
         };
@@ -201,7 +198,7 @@ impl LockStatus {
                 released_at: info.updated,
             };
         }
-        let stale_at = chrono::Duration::from_std(record.ttl + margin)
+        let stale_at = chrono::Duration::from_std(record.ttl + default_margin(record.ttl))
             .ok()
             .map(|lease| info.updated + lease);
         let expires_in = match (stale_at, server_time) {
@@ -225,7 +222,7 @@ impl LockStatus {
         }
     }
 
-    /// The default safety margin for a TTL; what status and list use for others' locks.
+    /// The default safety margin for a TTL; what observers add to a holder's TTL.
     pub fn default_margin(ttl: Duration) -> Duration {
         default_margin(ttl)
     }
@@ -453,11 +450,7 @@ impl Lock {
             .read(&self.inner.object)
             .await
             .map_err(|error| Error::from_backend(&self.inner.url, error))?;
-        Ok(LockStatus::judge(
-            read.value.as_ref(),
-            read.server_time,
-            self.inner.margin,
-        ))
+        Ok(LockStatus::judge(read.value.as_ref(), read.server_time))
     }
 
     /// Force-releases the lock, like `terraform force-unlock`. With `expected_token`,
@@ -476,10 +469,13 @@ impl Lock {
         })?;
         if let Some(expected) = expected_token {
             if record.token != expected {
-                return Err(Error::InvalidInput(format!(
-                    "{} carries token {}, not {expected}; not broken",
-                    lock.url, record.token
-                )));
+                return Err(Error::Conflict {
+                    lock: lock.url.clone(),
+                    why: format!(
+                        "it carries token {}, not {expected}; not broken",
+                        record.token
+                    ),
+                });
             }
         }
         if record.state == LockState::Released {
@@ -502,11 +498,12 @@ impl Lock {
                 token: record.token,
             }),
             Err(BackendError::PreconditionFailed | BackendError::NotFound) => {
-                Err(Error::InvalidInput(format!(
-                    "{} changed while it was being broken (a refresh or a new holder); \
-                     check its status and try again",
-                    lock.url
-                )))
+                Err(Error::Conflict {
+                    lock: lock.url.clone(),
+                    why: "it changed while it was being broken (a refresh or a new holder); \
+                      check its status and try again"
+                        .into(),
+                })
             }
             Err(error) => Err(fail(error)),
         }
@@ -602,7 +599,7 @@ impl Lock {
             ))),
             Some(info) => {
                 let record = self.decode(info)?;
-                let status = LockStatus::judge(Some(info), read.server_time, lock.margin);
+                let status = LockStatus::judge(Some(info), read.server_time);
                 let retry_in = match status {
                     LockStatus::Held(held) => held.expires_in,
                     _ => Some(Duration::ZERO),
@@ -680,7 +677,7 @@ impl Lock {
         received: Instant,
         seen: &mut Option<(ObjectVersion, Instant)>,
     ) -> Staleness {
-        let margin = self.inner.margin;
+        let margin = default_margin(record.ttl);
         // Local rule: the holder must change the version within its TTL to keep the
         // lease; one version unchanged for TTL + margin on our monotonic clock means
         // its holder's deadline has passed.
@@ -697,7 +694,7 @@ impl Lock {
                 by: "version unchanged for a full TTL on the local clock",
             };
         }
-        match LockStatus::judge(Some(info), server_time, margin) {
+        match LockStatus::judge(Some(info), server_time) {
             LockStatus::Stale(_) => Staleness::Stale { by: "server clock" },
             LockStatus::Held(held) => Staleness::Fresh {
                 retry_in: Some(
@@ -748,15 +745,7 @@ pub async fn list_locks(
     let objects = listing.value;
     Ok(objects
         .iter()
-        .map(|info| {
-            let margin = LockRecord::from_metadata(&info.metadata)
-                .map(|record| default_margin(record.ttl))
-                .unwrap_or_default();
-            (
-                info.name.clone(),
-                LockStatus::judge(Some(info), now, margin),
-            )
-        })
+        .map(|info| (info.name.clone(), LockStatus::judge(Some(info), now)))
         .collect())
 }
 

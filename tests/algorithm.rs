@@ -721,3 +721,43 @@ fn bad_options_are_refused_before_any_request() {
     assert!(matches!(error, Error::InvalidInput(_)));
     assert_eq!(memory.describe(), "memory://b");
 }
+
+#[tokio::test(start_paused = true)]
+async fn waiters_judge_a_lock_by_its_holders_ttl_not_their_own() {
+    let memory = MemoryBackend::new("b");
+    let crashed_backend = FaultyBackend::new(Arc::new(memory.clone()));
+    crashed_backend.inject_times(
+        Operation::UpdateMetadata,
+        Fault::Reject(FaultError::Unavailable),
+        1000,
+    );
+    let short = Lock::new(
+        Arc::new(crashed_backend),
+        "jobs/nightly",
+        LockOptions::default()
+            .ttl(Duration::from_secs(10))
+            .identity("short"),
+    )
+    .expect("valid");
+    let guard = short.try_acquire().await.expect("free");
+    let acquired = Instant::now();
+    // The waiter's own TTL (5 min) and margin (30 s) must not delay the takeover.
+    let waiter = Lock::new(
+        Arc::new(memory.clone()),
+        "jobs/nightly",
+        LockOptions::default().identity("long"),
+    )
+    .expect("valid");
+    let taken = waiter.acquire(Wait::Forever).await.expect("takeover");
+    let after = Instant::now() - acquired;
+    assert!(!guard.is_valid());
+    assert!(
+        after >= Duration::from_secs(11),
+        "{after:?}: before the holder's TTL + margin"
+    );
+    assert!(
+        after <= Duration::from_secs(13),
+        "{after:?}: waited on its own, longer margin"
+    );
+    assert_eq!(taken.token().value(), 2);
+}

@@ -14,19 +14,10 @@ use serde::Serialize;
 use crate::cli::{BreakArgs, GlobalArgs, ListArgs, StatusArgs};
 use crate::exit::{self, Coded};
 
-/// The TTL and safety margin of the `Lock` used to read others' locks. The margin
-/// is the largest default margin, so the time left it reports is an upper bound
-/// that [`rejudge`] corrects to the holder's own TTL.
-const READ_TTL: Duration = Duration::from_secs(300);
-const READ_MARGIN: Duration = Duration::from_secs(30);
-
 pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<u8> {
     let backend = crate::backend(global, args.url.bucket())?;
-    let options = LockOptions::default()
-        .ttl(READ_TTL)
-        .safety_margin(READ_MARGIN);
-    let lock = Lock::new(backend, args.url.object(), options)?;
-    let status = rejudge(lock.status().await?);
+    let lock = Lock::new(backend, args.url.object(), LockOptions::default())?;
+    let status = lock.status().await?;
     let url = args.url.to_string();
     let line = if args.json {
         serde_json::to_string(&StatusView::new(&url, &status))
@@ -71,10 +62,6 @@ pub async fn break_lock(global: &GlobalArgs, args: &BreakArgs) -> anyhow::Result
             args.url
         ),
         Ok(BreakOutcome::AlreadyFree) => format!("{}: already free; nothing to break", args.url),
-        // The library reports a token mismatch and a concurrent change this way.
-        Err(gcslock::Error::InvalidInput(message)) => {
-            return Err(Coded::new(exit::BUSY, message).into())
-        }
         Err(error) => return Err(error.into()),
     };
     print_lines([line])?;
@@ -94,31 +81,6 @@ fn print_lines(lines: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
             Err(anyhow::Error::new(error).context("cannot write to stdout"))
         }
         _ => Ok(()),
-    }
-}
-
-/// Corrects the time left, computed with [`READ_MARGIN`], to the margin of the
-/// holder's own TTL (what its contenders use), as `list_locks` does.
-fn rejudge(status: LockStatus) -> LockStatus {
-    let (mut held, was_stale) = match status {
-        LockStatus::Held(held) => (held, false),
-        LockStatus::Stale(held) => (held, true),
-        other => return other,
-    };
-    let Some(left) = held.expires_in else {
-        return if was_stale {
-            LockStatus::Stale(held)
-        } else {
-            LockStatus::Held(held)
-        };
-    };
-    let excess = READ_MARGIN.saturating_sub(LockStatus::default_margin(held.ttl));
-    let left = left.saturating_sub(excess);
-    held.expires_in = Some(left);
-    if left.is_zero() {
-        LockStatus::Stale(held)
-    } else {
-        LockStatus::Held(held)
     }
 }
 
@@ -256,21 +218,6 @@ mod tests {
                 metageneration: 2,
             },
         })
-    }
-
-    #[test]
-    fn rejudges_to_the_holders_own_margin() {
-        // A 2s TTL has a 200ms margin: 30s - 200ms of the reported time is excess.
-        let reported = held(Duration::from_secs(2), Duration::from_secs(31));
-        let LockStatus::Held(status) = rejudge(reported) else {
-            panic!("still held");
-        };
-        assert_eq!(status.expires_in, Some(Duration::from_millis(1200)));
-        let reported = held(Duration::from_secs(2), Duration::from_secs(20));
-        assert!(matches!(rejudge(reported), LockStatus::Stale(_)));
-        // The default TTL's margin is the read margin: nothing changes.
-        let reported = held(Duration::from_secs(300), Duration::from_secs(20));
-        assert_eq!(rejudge(reported.clone()), reported);
     }
 
     #[test]

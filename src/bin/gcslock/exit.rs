@@ -57,7 +57,7 @@ impl std::error::Error for Coded {}
 pub fn for_lock_error(error: &gcslock::Error) -> u8 {
     use gcslock::Error;
     match error {
-        Error::Busy { .. } => BUSY,
+        Error::Busy { .. } | Error::Conflict { .. } => BUSY,
         Error::LeaseLost { .. } => LEASE_LOST,
         Error::InvalidInput(_) => USAGE,
         Error::NotALock { .. } => NOT_A_LOCK,

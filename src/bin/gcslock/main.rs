@@ -136,7 +136,7 @@ mod tests {
     fn repeated_causes_are_printed_once() {
         let error = anyhow::Error::new(gcslock::Error::Unavailable {
             lock: "gs://b/o".into(),
-            source: gcslock::backend::BackendError::Timeout(Duration::from_secs(1)),
+            cause: gcslock::backend::BackendError::Timeout(Duration::from_secs(1)),
         })
         .context("reading the lock");
         assert_eq!(
