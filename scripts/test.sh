@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test against emulators this script starts itself:
-#   fake-gcs-server (wire compatibility) and strict-gcs (GCS's conditional semantics).
-# Needs only the Rust toolchain, python3 with pip and venv, and curl.
+#   fake-gcs-server (GCS wire compatibility), strict-gcs (GCS's conditional
+#   semantics, with faults), moto (S3) and Azurite (Azure Blob).
+# Needs only the Rust toolchain, python3 with pip and venv, curl, node and npm.
 # Extra arguments are passed to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,7 @@ stop_emulators() {
   if [[ -n "$STRICT_PORT" ]]; then
     STRICT_GCS_RUN_DIR="$STATE_DIR" fake-gcs/strict-gcs/stop.sh "$STRICT_PORT" >/dev/null 2>&1 || true
   fi
+  emulators/stop.sh "$STATE_DIR/object-store" >/dev/null 2>&1 || true
   rm -rf "$STATE_DIR"
   exit "$status"
 }
@@ -45,5 +47,10 @@ export GCSLOCK_REQUIRE_STRICT=1
 export GCSLOCK_TEST_BUCKET="$BUCKET"
 echo "GCSLOCK_STRICT_EMULATOR_HOST=$GCSLOCK_STRICT_EMULATOR_HOST"
 
+section "moto (S3) and Azurite (Azure Blob)"
+eval "$(emulators/start.sh "$STATE_DIR/object-store" "$BUCKET")"
+# object_store tests must never be skipped silently either.
+export GCSLOCK_REQUIRE_OBJECT_STORE=1
+
 section "cargo test"
-cargo test --workspace "$@"
+cargo test --workspace --all-features "$@"

@@ -37,12 +37,14 @@
 
 pub mod backend;
 mod error;
+pub mod fence;
 mod lease;
 mod location;
 mod lock;
 mod record;
 
 pub use error::{Error, HolderSummary, LossReason};
+pub use fence::{BodySource, FenceError, FencedObject, FencedWriteExt};
 pub use lease::Guard;
 pub use location::{validate_bucket_name, validate_object_name, LockUrl, PrefixUrl};
 pub use lock::{

@@ -347,7 +347,7 @@ async fn usage_errors_exit_64_with_one_line() {
         &["frobnicate"],
         &["run", "gs://gcslock-test/o"],
         &["run", "gs://gcslock-test/o", "true"],
-        &["run", "s3://bucket/o", "--", "true"],
+        &["run", "ftp://bucket/o", "--", "true"],
         &["run", "gs://Bad_Bucket/o", "--", "true"],
         &["run", "gs://gcslock-test/", "--", "true"],
         &["run", "--wait", "soon", "gs://gcslock-test/o", "--", "true"],
@@ -362,7 +362,7 @@ async fn usage_errors_exit_64_with_one_line() {
         ],
         &["run", "--bogus", "gs://gcslock-test/o", "--", "true"],
         &["status"],
-        &["list", "s3://x"],
+        &["list", "ftp://x"],
         &["break", "gs://gcslock-test/o", "--token", "x"],
     ];
     for args in cases {

@@ -14,13 +14,17 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::stream::{self, StreamExt as _};
 use google_cloud_auth::credentials::{CacheableResource, Credentials};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::header::{HeaderMap, CONTENT_TYPE, DATE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, DATE, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder};
 use serde::{Deserialize, Deserializer};
 
-use super::{Backend, BackendError, Metadata, ObjectInfo, ObjectVersion, Stamped, WriteCondition};
+use super::{
+    Backend, BackendError, Download, Metadata, ObjectBodies, ObjectInfo, ObjectVersion, Stamped,
+    UploadBody, WriteCondition,
+};
 use crate::Error;
 
 /// The production endpoint.
@@ -31,6 +35,8 @@ pub const EMULATOR_HOST_VAR: &str = "STORAGE_EMULATOR_HOST";
 const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Object bodies may be large: an upload or download may take this long in all.
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Lock objects and list pages are small; anything bigger is not the API talking.
 const MAX_BODY_BYTES: usize = 32 << 20;
 /// How much of an unexpected body goes into an error message.
@@ -54,7 +60,6 @@ struct Endpoint {
     base: String,
     /// True only for HTTPS endpoints that are not `STORAGE_EMULATOR_HOST`.
     authenticated: bool,
-    is_default: bool,
 }
 
 /// Picks the endpoint: `explicit` wins, then the emulator host, then production.
@@ -72,7 +77,6 @@ fn resolve_endpoint(
         // allowed, but without credentials.
         let authenticated = base.starts_with("https://");
         return Ok(Endpoint {
-            is_default: base == DEFAULT_ENDPOINT,
             base,
             authenticated,
         });
@@ -81,13 +85,11 @@ fn resolve_endpoint(
         return Ok(Endpoint {
             base: normalize_endpoint(raw, EMULATOR_HOST_VAR)?,
             authenticated: false,
-            is_default: false,
         });
     }
     Ok(Endpoint {
         base: DEFAULT_ENDPOINT.to_owned(),
         authenticated: true,
-        is_default: true,
     })
 }
 
@@ -127,6 +129,7 @@ pub struct GcsBackendBuilder {
     endpoint: Option<String>,
     request_timeout: Duration,
     connect_timeout: Duration,
+    body_timeout: Duration,
     list_page_size: Option<u32>,
     credentials: Option<Credentials>,
 }
@@ -138,6 +141,7 @@ impl fmt::Debug for GcsBackendBuilder {
             .field("endpoint", &self.endpoint)
             .field("request_timeout", &self.request_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("body_timeout", &self.body_timeout)
             .field("list_page_size", &self.list_page_size)
             .field(
                 "credentials",
@@ -165,6 +169,14 @@ impl GcsBackendBuilder {
     /// The longest establishing a connection may take (default 5s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// The longest one upload or download of an object body ([`ObjectBodies`]) may
+    /// take in all (default 1 hour). A download also fails when no byte arrives for
+    /// the request timeout. Lock requests keep the request timeout.
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
         self
     }
 
@@ -199,9 +211,9 @@ impl GcsBackendBuilder {
                 endpoint.base
             )));
         }
-        if self.request_timeout.is_zero() {
+        if self.request_timeout.is_zero() || self.body_timeout.is_zero() {
             return Err(Error::InvalidInput(
-                "the request timeout must not be zero".into(),
+                "the request and body timeouts must not be zero".into(),
             ));
         }
         let client = reqwest::Client::builder()
@@ -209,12 +221,14 @@ impl GcsBackendBuilder {
             .connect_timeout(self.connect_timeout.min(self.request_timeout))
             .user_agent(concat!("gcslock/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| Error::Unavailable {
-                lock: format!("gs://{}", self.bucket),
-                source: BackendError::Transport(format!(
-                    "cannot initialise the HTTP client: {}",
-                    error_chain(&e)
-                )),
+            .map_err(|e| {
+                Error::from_backend(
+                    &format!("gs://{}", self.bucket),
+                    BackendError::Transport(format!(
+                        "cannot initialise the HTTP client: {}",
+                        error_chain(&e)
+                    )),
+                )
             })?;
         let auth = endpoint.authenticated.then(|| Auth {
             credentials: tokio::sync::OnceCell::new_with(self.credentials.map(|credentials| {
@@ -231,6 +245,7 @@ impl GcsBackendBuilder {
                 endpoint,
                 client,
                 request_timeout: self.request_timeout,
+                body_timeout: self.body_timeout,
                 list_page_size: self.list_page_size,
                 auth,
             }),
@@ -249,6 +264,7 @@ struct Inner {
     endpoint: Endpoint,
     client: reqwest::Client,
     request_timeout: Duration,
+    body_timeout: Duration,
     list_page_size: Option<u32>,
     /// `None` for emulators: nothing is ever attached to their requests.
     auth: Option<Auth>,
@@ -323,6 +339,7 @@ impl GcsBackend {
             endpoint: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             list_page_size: None,
             credentials: None,
         }
@@ -373,6 +390,29 @@ impl GcsBackend {
         )
     }
 
+    /// Sends one request and returns the response once its headers arrived.
+    /// Transport failures become errors here; HTTP statuses are left to the caller.
+    async fn send(
+        &self,
+        method: &Method,
+        url: String,
+        object: &str,
+        build: impl FnOnce(RequestBuilder) -> RequestBuilder,
+    ) -> Result<reqwest::Response, BackendError> {
+        let mut request = build(self.inner.client.request(method.clone(), url));
+        if let Some(headers) = self.auth_headers().await? {
+            request = request.headers(headers);
+        }
+        match request.send().await {
+            Ok(response) => Ok(response),
+            Err(err) => {
+                let err = self.classify_transport(&err);
+                tracing::debug!(%method, object, error = %err, "GCS request failed");
+                Err(err)
+            }
+        }
+    }
+
     /// Sends one request and reads the whole response. Transport failures become
     /// errors here; HTTP statuses are left to the caller.
     async fn execute(
@@ -382,19 +422,8 @@ impl GcsBackend {
         object: &str,
         build: impl FnOnce(RequestBuilder) -> RequestBuilder,
     ) -> Result<Reply, BackendError> {
-        let mut request = build(self.inner.client.request(method.clone(), url));
-        if let Some(headers) = self.auth_headers().await? {
-            request = request.headers(headers);
-        }
         let started = Instant::now();
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(err) => {
-                let err = self.classify_transport(&err);
-                tracing::debug!(%method, object, error = %err, "GCS request failed");
-                return Err(err);
-            }
-        };
+        let response = self.send(&method, url, object, build).await?;
         let status = response.status().as_u16();
         let headers = response.headers();
         let date = headers
@@ -673,15 +702,119 @@ impl Backend for GcsBackend {
         })
     }
 
+    /// `gs://BUCKET` whatever the endpoint: lock URLs in messages stay the ones users
+    /// wrote (connection errors name the endpoint themselves).
     fn describe(&self) -> String {
-        if self.inner.endpoint.is_default {
-            format!("gs://{}", self.inner.bucket)
-        } else {
-            format!(
-                "gs://{} via {}",
-                self.inner.bucket, self.inner.endpoint.base
-            )
+        format!("gs://{}", self.inner.bucket)
+    }
+}
+
+/// Bodies of ordinary objects, for fenced writes: a multipart upload whose media
+/// part is streamed (never buffered whole), and a streamed `alt=media` download.
+#[async_trait]
+impl ObjectBodies for GcsBackend {
+    async fn upload(
+        &self,
+        name: &str,
+        condition: WriteCondition,
+        metadata: &Metadata,
+        body: UploadBody,
+    ) -> Result<Stamped<ObjectInfo>, BackendError> {
+        check_name(name)?;
+        let mut query = vec![("uploadType", "multipart".to_owned())];
+        query.extend(condition_query(condition));
+        let frame = multipart_frame(name, metadata)?;
+        // Announced up front, so the request is not chunked and GCS knows the size.
+        let length = frame.head.len() as u64 + body.len() + frame.tail.len() as u64;
+        let head = bytes::Bytes::from(frame.head);
+        let tail = bytes::Bytes::from(frame.tail);
+        let stream = stream::once(async move { Ok(head) })
+            .chain(body.into_stream())
+            .chain(stream::once(async move { Ok(tail) }));
+        let timeout = self.inner.body_timeout;
+        let reply = self
+            .execute(Method::POST, self.upload_url(), name, |r| {
+                r.query(&query)
+                    .header(CONTENT_TYPE, frame.content_type)
+                    .header(CONTENT_LENGTH, length)
+                    .body(reqwest::Body::wrap_stream(stream))
+                    .timeout(timeout)
+            })
+            .await?;
+        if !is_success(reply.status) {
+            return Err(self.status_error(&reply, NotFoundMeans::Bucket));
         }
+        Ok(Stamped {
+            value: parse_object(&reply.body, "upload", name)?,
+            server_time: reply.date,
+        })
+    }
+
+    async fn download(
+        &self,
+        name: &str,
+        expected: ObjectVersion,
+    ) -> Result<Download, BackendError> {
+        check_name(name)?;
+        let mut query = condition_query(WriteCondition::Matches(expected));
+        query.push(("alt", "media".to_owned()));
+        let method = Method::GET;
+        let timeout = self.inner.body_timeout;
+        let response = self
+            .send(&method, self.object_url(name), name, |r| {
+                r.query(&query).timeout(timeout)
+            })
+            .await?;
+        let status = response.status().as_u16();
+        if !is_success(status) {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let body = self.read_body(response).await?;
+            tracing::debug!(%method, object = name, status, "GCS download refused");
+            return Err(status_error(
+                status,
+                retry_after,
+                &body,
+                NotFoundMeans::Object,
+                &self.inner.bucket,
+            ));
+        }
+        // An endpoint that ignores the preconditions still says what it sent.
+        let header = |key: &str| {
+            response
+                .headers()
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<i64>().ok())
+        };
+        let served = (header("x-goog-generation"), header("x-goog-metageneration"));
+        if served.0.is_some_and(|g| g != expected.generation)
+            || served.1.is_some_and(|m| m != expected.metageneration)
+        {
+            return Err(BackendError::PreconditionFailed);
+        }
+        let len = response.content_length();
+        let idle = self.inner.request_timeout;
+        let backend = self.clone();
+        let stream = stream::try_unfold(
+            (response, backend),
+            move |(mut response, backend)| async move {
+                match tokio::time::timeout(idle, response.chunk()).await {
+                    Err(_) => Err(BackendError::Timeout(idle)),
+                    Ok(Err(e)) => Err(backend.classify_transport(&e)),
+                    Ok(Ok(None)) => Ok(None),
+                    Ok(Ok(Some(chunk))) => Ok(Some((chunk, (response, backend)))),
+                }
+            },
+        );
+        Ok(Download {
+            version: expected,
+            len,
+            stream: stream.boxed(),
+        })
     }
 }
 
@@ -706,23 +839,39 @@ fn encode_segment(name: &str) -> String {
 /// A multipart/related body: the object resource (name and metadata, so both are
 /// set atomically) and an empty media part.
 fn multipart_body(name: &str, metadata: &Metadata) -> Result<(String, Vec<u8>), BackendError> {
+    let frame = multipart_frame(name, metadata)?;
+    let body = [frame.head.as_bytes(), frame.tail.as_bytes()].concat();
+    Ok((frame.content_type, body))
+}
+
+/// What surrounds the media of a multipart/related upload.
+struct MultipartFrame {
+    content_type: String,
+    /// The JSON part and the media part's headers.
+    head: String,
+    /// The closing delimiter.
+    tail: String,
+}
+
+/// The frame of a multipart upload whose media is streamed between `head` and
+/// `tail`. The boundary is random (128 bits), so media bytes cannot realistically
+/// contain it; the JSON part, which is known, is checked.
+fn multipart_frame(name: &str, metadata: &Metadata) -> Result<MultipartFrame, BackendError> {
     let resource = serde_json::json!({ "name": name, "metadata": metadata });
     let json = serde_json::to_string(&resource)
         .map_err(|e| BackendError::InvalidResponse(format!("cannot encode metadata: {e}")))?;
     let mut boundary = format!("gcslock-{:032x}", rand::random::<u128>());
-    // A random 128-bit boundary cannot realistically collide, but be sure.
     while json.contains(&boundary) {
         boundary = format!("gcslock-{:032x}", rand::random::<u128>());
     }
-    let body = format!(
-        "--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{json}\r\n\
-         --{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n\r\n\
-         --{boundary}--\r\n"
-    );
-    Ok((
-        format!("multipart/related; boundary={boundary}"),
-        body.into_bytes(),
-    ))
+    Ok(MultipartFrame {
+        content_type: format!("multipart/related; boundary={boundary}"),
+        head: format!(
+            "--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{json}\r\n\
+             --{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n"
+        ),
+        tail: format!("\r\n--{boundary}--\r\n"),
+    })
 }
 
 /// The object resource fields the lock needs.
@@ -942,7 +1091,7 @@ mod tests {
     fn endpoint_resolution_order_and_credentials() {
         let default = resolve_endpoint(None, None).expect("default");
         assert_eq!(default.base, DEFAULT_ENDPOINT);
-        assert!(default.authenticated && default.is_default);
+        assert!(default.authenticated);
 
         // The emulator host never gets credentials, whatever its scheme.
         for (raw, base) in [
@@ -954,13 +1103,11 @@ mod tests {
             let e = resolve_endpoint(None, Some(raw)).expect(raw);
             assert_eq!(e.base, base, "{raw}");
             assert!(!e.authenticated, "{raw}");
-            assert!(!e.is_default, "{raw}");
         }
         // Empty values count as unset, like the Google client libraries.
-        assert!(
-            resolve_endpoint(Some(" "), Some(""))
-                .expect("empty")
-                .is_default
+        assert_eq!(
+            resolve_endpoint(Some(" "), Some("")).expect("empty").base,
+            DEFAULT_ENDPOINT
         );
 
         // The explicit endpoint wins; only https carries credentials.
@@ -971,9 +1118,9 @@ mod tests {
         let e = resolve_endpoint(Some("https://proxy.example/gcs/"), Some("127.0.0.1:2"))
             .expect("https");
         assert_eq!(e.base, "https://proxy.example/gcs");
-        assert!(e.authenticated && !e.is_default);
+        assert!(e.authenticated);
         let e = resolve_endpoint(Some("https://storage.googleapis.com/"), None).expect("prod");
-        assert!(e.is_default && e.authenticated);
+        assert!(e.base == DEFAULT_ENDPOINT && e.authenticated);
     }
 
     #[test]
@@ -1009,7 +1156,8 @@ mod tests {
         let b = GcsBackend::builder("my-bucket")
             .build_with(Some("127.0.0.1:4443"))
             .expect("emulator");
-        assert_eq!(b.describe(), "gs://my-bucket via http://127.0.0.1:4443");
+        assert_eq!(b.describe(), "gs://my-bucket");
+        assert_eq!(b.endpoint(), "http://127.0.0.1:4443");
         assert!(!b.sends_credentials());
         let debug = format!("{b:?}");
         assert!(debug.contains("none (emulator)"), "{debug}");

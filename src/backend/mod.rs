@@ -17,6 +17,8 @@ use chrono::{DateTime, Utc};
 pub mod fault;
 pub mod gcs;
 pub mod memory;
+#[cfg(feature = "object-store")]
+pub mod object_store;
 
 /// Custom metadata of an object (GCS `metadata`, string to string).
 pub type Metadata = BTreeMap<String, String>;
@@ -160,5 +162,223 @@ impl BackendError {
             self,
             Self::Server { .. } | Self::Timeout(_) | Self::Transport(_) | Self::InvalidResponse(_)
         )
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Object bodies, for fenced writes (`crate::fence`). The lock itself never uses
+// them: lock objects have empty bodies and go through `Backend` alone.
+// ---------------------------------------------------------------------------
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, Stream, StreamExt as _, TryStreamExt as _};
+
+/// The bytes of a download, in order; an error ends it.
+pub type ByteStream = BoxStream<'static, Result<Bytes, BackendError>>;
+
+/// The body of one upload: a stream read once, and its exact length (GCS needs the
+/// length up front to stream a multipart upload without buffering it).
+///
+/// A stream that yields more or fewer bytes than announced ends with an error
+/// instead, so a file that changes while it is uploaded fails the upload rather
+/// than writing a torn object.
+pub struct UploadBody {
+    len: u64,
+    stream: BoxStream<'static, io::Result<Bytes>>,
+}
+
+impl fmt::Debug for UploadBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UploadBody")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UploadBody {
+    /// A body already in memory.
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        Self {
+            len: bytes.len() as u64,
+            stream: stream::once(async move { Ok(bytes) }).boxed(),
+        }
+    }
+
+    /// A body of exactly `len` bytes produced by `stream`.
+    pub fn from_stream(
+        len: u64,
+        stream: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
+    ) -> Self {
+        Self {
+            len,
+            stream: ExactLength {
+                inner: stream.boxed(),
+                expected: len,
+                seen: 0,
+                done: false,
+            }
+            .boxed(),
+        }
+    }
+
+    /// The number of bytes the stream yields.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes, for a transport that streams them.
+    pub fn into_stream(self) -> BoxStream<'static, io::Result<Bytes>> {
+        self.stream
+    }
+
+    /// The whole body in memory, for backends that keep objects in memory anyway.
+    pub async fn into_bytes(self) -> io::Result<Bytes> {
+        let capacity = usize::try_from(self.len).unwrap_or(0);
+        let mut chunks: Vec<Bytes> = self.stream.try_collect().await?;
+        if chunks.len() == 1 {
+            return Ok(chunks.swap_remove(0));
+        }
+        let mut all = bytes::BytesMut::with_capacity(capacity);
+        for chunk in chunks {
+            all.extend_from_slice(&chunk);
+        }
+        Ok(all.freeze())
+    }
+}
+
+/// Ends a stream with an error if it yields more or fewer bytes than `expected`.
+struct ExactLength {
+    inner: BoxStream<'static, io::Result<Bytes>>,
+    expected: u64,
+    seen: u64,
+    done: bool,
+}
+
+impl Stream for ExactLength {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let item = match self.inner.poll_next_unpin(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(item) => item,
+        };
+        let expected = self.expected;
+        Poll::Ready(match item {
+            Some(Ok(chunk)) => {
+                self.seen += chunk.len() as u64;
+                if self.seen > expected {
+                    self.done = true;
+                    Some(Err(io::Error::other(format!(
+                        "the body grew while it was being uploaded: more than the {expected} \
+                         bytes announced"
+                    ))))
+                } else {
+                    Some(Ok(chunk))
+                }
+            }
+            Some(Err(error)) => {
+                self.done = true;
+                Some(Err(error))
+            }
+            None => {
+                self.done = true;
+                (self.seen < expected).then(|| {
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "the body ended after {} of the {expected} bytes announced",
+                            self.seen
+                        ),
+                    ))
+                })
+            }
+        })
+    }
+}
+
+/// A body being downloaded, from exactly one version of an object.
+pub struct Download {
+    pub version: ObjectVersion,
+    /// The body's length, when the server said it.
+    pub len: Option<u64>,
+    pub stream: ByteStream,
+}
+
+impl fmt::Debug for Download {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Download")
+            .field("version", &self.version)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Object bodies in the same bucket as a [`Backend`]: a conditional upload of body
+/// and metadata in one request, and a download pinned to one version. Like
+/// `Backend`, each call is exactly one request and never retries; reading metadata
+/// is [`Backend::read`].
+#[async_trait]
+pub trait ObjectBodies: Backend {
+    /// Creates or replaces the object `name` with `body`, its custom metadata being
+    /// exactly `metadata`, only if `condition` holds (`ifGenerationMatch=0`, or
+    /// `ifGenerationMatch=G&ifMetagenerationMatch=M`). A replaced object gets a new
+    /// generation. The body is streamed, not buffered, where the transport allows.
+    async fn upload(
+        &self,
+        name: &str,
+        condition: WriteCondition,
+        metadata: &Metadata,
+        body: UploadBody,
+    ) -> Result<Stamped<ObjectInfo>, BackendError>;
+
+    /// Streams the body of `name` if the live object is exactly `expected`:
+    /// `PreconditionFailed` if it is another version, `NotFound` if there is none.
+    async fn download(&self, name: &str, expected: ObjectVersion)
+        -> Result<Download, BackendError>;
+}
+
+#[async_trait]
+impl ObjectBodies for memory::MemoryBackend {
+    async fn upload(
+        &self,
+        name: &str,
+        condition: WriteCondition,
+        metadata: &Metadata,
+        body: UploadBody,
+    ) -> Result<Stamped<ObjectInfo>, BackendError> {
+        // Everything lives in memory here anyway. A body that cannot be read fails
+        // before anything is written, like a broken upload connection.
+        let body = body
+            .into_bytes()
+            .await
+            .map_err(|e| BackendError::Transport(format!("cannot read the body to upload: {e}")))?;
+        self.put_object(name, Some(condition), metadata, body)
+    }
+
+    async fn download(
+        &self,
+        name: &str,
+        expected: ObjectVersion,
+    ) -> Result<Download, BackendError> {
+        let (info, body) = self.get_object(name)?.value;
+        if info.version != expected {
+            return Err(BackendError::PreconditionFailed);
+        }
+        Ok(Download {
+            version: info.version,
+            len: Some(body.len() as u64),
+            stream: stream::once(async move { Ok(body) }).boxed(),
+        })
     }
 }

@@ -12,10 +12,9 @@ use gcslock::{BreakOutcome, HeldStatus, Lock, LockOptions, LockStatus};
 use serde::Serialize;
 
 use crate::cli::{BreakArgs, GlobalArgs, ListArgs, StatusArgs};
-use crate::exit::{self, Coded};
 
 pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<u8> {
-    let backend = crate::backend(global, args.url.bucket())?;
+    let backend = args.url.backend(global)?;
     let lock = Lock::new(backend, args.url.object(), LockOptions::default())?;
     let status = lock.status().await?;
     let url = args.url.to_string();
@@ -30,11 +29,11 @@ pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<u8
 }
 
 pub async fn list(global: &GlobalArgs, args: &ListArgs) -> anyhow::Result<u8> {
-    let backend = crate::backend(global, &args.url.bucket)?;
-    let locks = gcslock::list_locks(&*backend, &args.url.prefix).await?;
+    let backend = args.url.backend(global)?;
+    let locks = gcslock::list_locks(&*backend, args.url.prefix()).await?;
     let mut lines = Vec::with_capacity(locks.len());
     for (name, status) in &locks {
-        let url = format!("gs://{}/{name}", args.url.bucket);
+        let url = args.url.object_url(name);
         lines.push(if args.json {
             serde_json::to_string(&StatusView::new(&url, status))
                 .context("cannot encode the listing as JSON")?
@@ -47,7 +46,7 @@ pub async fn list(global: &GlobalArgs, args: &ListArgs) -> anyhow::Result<u8> {
 }
 
 pub async fn break_lock(global: &GlobalArgs, args: &BreakArgs) -> anyhow::Result<u8> {
-    let backend: Arc<dyn Backend> = crate::backend(global, args.url.bucket())?;
+    let backend: Arc<dyn Backend> = args.url.backend(global)?;
     let mut options = LockOptions::default();
     if let Some(identity) = &args.identity {
         options = options.identity(identity.clone());

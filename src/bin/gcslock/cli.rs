@@ -4,7 +4,9 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
-use gcslock::{LockUrl, PrefixUrl, Wait};
+use gcslock::Wait;
+
+use crate::target::{ListTarget, LockTarget};
 
 use crate::exit;
 
@@ -23,21 +25,27 @@ credentials), else https://storage.googleapis.com with Application Default Crede
 const AFTER_HELP: &str = "\
 Exit codes: the command's own (128+N if it died of signal N); 75 busy; 76 lease lost;
 64 usage; 65 not a lock; 66 no such bucket; 69 storage unavailable; 70 internal;
-77 permission denied; 126/127 command not executable/not found. See --help for details.";
+74 I/O error; 77 permission denied; 78 stale fencing token (put);
+126/127 command not executable/not found. See --help for details.";
 
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0-255  gcslock run: the command's own exit code; 128+N if it died of signal N
   64     usage error: bad arguments, URL, duration or option (EX_USAGE)
-  65     the object exists but is not a gcslock lock; it is never overwritten (EX_DATAERR)
-  66     the bucket does not exist (EX_NOINPUT)
+  65     the object exists but is not a gcslock lock; it is never overwritten (EX_DATAERR).
+         `gcslock put`: the object has no fencing token (see --adopt-unfenced)
+  66     the bucket does not exist (EX_NOINPUT); `gcslock cat`: no such object
   69     storage unreachable or failing until the time allowed ran out (EX_UNAVAILABLE)
   70     internal error in gcslock itself (EX_SOFTWARE)
+  74     `gcslock put`/`cat`: I/O error on stdin, the spool file or stdout (EX_IOERR)
   75     the lock is busy: held by someone else after any --wait (EX_TEMPFAIL);
          --busy-exit-code changes it. `gcslock break --token N`: the lock carries
-         another token or changed meanwhile; nothing was broken
+         another token or changed meanwhile; nothing was broken. `gcslock put`:
+         concurrent writers kept winning the race (contended)
   76     the lease was lost while the command ran; the command was stopped
   77     permission denied by storage, or no credentials (EX_NOPERM)
+  78     `gcslock put`: the fencing token is stale: the object was already written with
+         a larger one, by a newer holder; nothing was written
   126    the command could not be executed (permission denied, not executable)
   127    the command was not found
   128+N  gcslock itself got signal N (INT, TERM, HUP, QUIT) while waiting for the lock;
@@ -125,6 +133,14 @@ pub enum Command {
     /// Force-release a lock (its holder notices at its next refresh and stops)
     #[command(name = "break", after_long_help = BREAK_HELP)]
     Break(BreakArgs),
+
+    /// Write stdin to an object, refused if the fencing token is stale
+    #[command(long_about = crate::fence_cmd::PUT_LONG_ABOUT, after_long_help = crate::fence_cmd::PUT_HELP)]
+    Put(crate::fence_cmd::PutArgs),
+
+    /// Write an object's body to stdout (and, with --show-token, its token to stderr)
+    #[command(long_about = crate::fence_cmd::CAT_LONG_ABOUT, after_long_help = crate::fence_cmd::CAT_HELP)]
+    Cat(crate::fence_cmd::CatArgs),
 }
 
 const STATUS_HELP: &str = "\
@@ -153,9 +169,9 @@ token or changed meanwhile; 65 not a gcslock lock; otherwise as for run.";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The lock: gs://BUCKET/OBJECT
-    #[arg(value_name = "URL", value_parser = parse_lock_url)]
-    pub url: LockUrl,
+    /// The lock: gs://BUCKET/OBJECT (with the object-store feature also s3://, az://)
+    #[arg(value_name = "URL", value_parser = LockTarget::parse)]
+    pub url: LockTarget,
 
     /// How long to wait for a lock someone else holds: a duration (30s, 5m, 1h30m) or
     /// `forever`. Default: a single attempt
@@ -200,9 +216,9 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The lock: gs://BUCKET/OBJECT
-    #[arg(value_name = "URL", value_parser = parse_lock_url)]
-    pub url: LockUrl,
+    /// The lock: gs://BUCKET/OBJECT (with the object-store feature also s3://, az://)
+    #[arg(value_name = "URL", value_parser = LockTarget::parse)]
+    pub url: LockTarget,
 
     /// Print one JSON object instead of a line of text
     #[arg(long)]
@@ -212,8 +228,8 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// gs://BUCKET or gs://BUCKET/PREFIX
-    #[arg(value_name = "URL", value_parser = parse_prefix_url)]
-    pub url: PrefixUrl,
+    #[arg(value_name = "URL", value_parser = ListTarget::parse)]
+    pub url: ListTarget,
 
     /// Print JSON lines (one object per lock) instead of text
     #[arg(long)]
@@ -222,9 +238,9 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct BreakArgs {
-    /// The lock: gs://BUCKET/OBJECT
-    #[arg(value_name = "URL", value_parser = parse_lock_url)]
-    pub url: LockUrl,
+    /// The lock: gs://BUCKET/OBJECT (with the object-store feature also s3://, az://)
+    #[arg(value_name = "URL", value_parser = LockTarget::parse)]
+    pub url: LockTarget,
 
     /// Break it only if it still carries this fencing token
     #[arg(long, value_name = "N")]
@@ -233,21 +249,6 @@ pub struct BreakArgs {
     /// Who is breaking it, recorded in the lock. Default: HOST:PID
     #[arg(long, value_name = "NAME")]
     pub identity: Option<String>,
-}
-
-fn strip_invalid_input(error: gcslock::Error) -> String {
-    match error {
-        gcslock::Error::InvalidInput(message) => message,
-        other => other.to_string(),
-    }
-}
-
-fn parse_lock_url(value: &str) -> Result<LockUrl, String> {
-    value.parse().map_err(strip_invalid_input)
-}
-
-fn parse_prefix_url(value: &str) -> Result<PrefixUrl, String> {
-    value.parse().map_err(strip_invalid_input)
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {

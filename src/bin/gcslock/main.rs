@@ -5,22 +5,21 @@
 mod admin;
 mod cli;
 mod exit;
+mod fence_cmd;
 mod logging;
 mod run;
+mod target;
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::Parser;
-use gcslock::backend::gcs::GcsBackend;
-use gcslock::backend::Backend;
 
-use crate::cli::{Cli, Command, GlobalArgs};
+use crate::cli::{Cli, Command};
 
 /// The longest one storage request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -56,21 +55,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(args) => admin::status(&cli.global, &args).await,
         Command::List(args) => admin::list(&cli.global, &args).await,
         Command::Break(args) => admin::break_lock(&cli.global, &args).await,
+        Command::Put(args) => fence_cmd::put(&cli.global, &args).await,
+        Command::Cat(args) => fence_cmd::cat(&cli.global, &args).await,
     }
-}
-
-/// The storage backend for `bucket`, per `--endpoint` / `STORAGE_EMULATOR_HOST`.
-fn backend(global: &GlobalArgs, bucket: &str) -> anyhow::Result<Arc<dyn Backend>> {
-    let backend = GcsBackend::builder(bucket)
-        .endpoint(global.endpoint.clone())
-        .request_timeout(REQUEST_TIMEOUT)
-        .build()?;
-    tracing::debug!(
-        endpoint = backend.endpoint(),
-        credentials = backend.sends_credentials(),
-        "storage backend"
-    );
-    Ok(Arc::new(backend))
 }
 
 /// The error and its causes on one line, skipping a cause whose text the message

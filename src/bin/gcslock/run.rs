@@ -41,7 +41,7 @@ const AFTER_SIGKILL: Duration = Duration::from_secs(5);
 pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     // Catch signals before anything can take time, so none is lost or kills us.
     let mut signals = Signals::install()?;
-    let backend = crate::backend(global, args.url.bucket())?;
+    let backend = args.url.backend(global)?;
     let mut options = LockOptions::default()
         .ttl(args.ttl)
         .unavailable_timeout(args.storage_timeout);

@@ -1,0 +1,485 @@
+//! 2. Latency of acquire, release and refresh against the round trip of one bare
+//!    GET made with the same HTTP client (reqwest, same settings as `GcsBackend`)
+//!    against the same emulator.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use gcslock::backend::{Backend, BackendError, WriteCondition};
+use gcslock::{Lock, LockOptions, LockRecord, LockState};
+use tokio::time::Instant;
+
+use crate::counting::{Counting, Op};
+use crate::emulator::{Emulator, BUCKET};
+use crate::report::{table, Config, Report};
+use crate::summary::{ratio, ratio_f, summarize, us, Summary};
+use crate::sys;
+
+/// What `GcsBackend` builds its client with (request and connect timeouts).
+fn http_client() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5))
+        .build()?)
+}
+
+fn record(seq: u64) -> LockRecord {
+    LockRecord {
+        state: LockState::Held,
+        token: 1,
+        holder: "bench-latency:1".into(),
+        nonce: "0123456789abcdef0123456789abcdef".into(),
+        ttl: Duration::from_secs(60),
+        refresh_seq: seq,
+    }
+}
+
+/// Creates `name` unless it exists.
+async fn ensure_object(backend: &dyn Backend, name: &str) -> Result<()> {
+    match backend
+        .write(name, WriteCondition::DoesNotExist, &record(0).to_metadata())
+        .await
+    {
+        Ok(_) | Err(BackendError::PreconditionFailed) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Wall time of each call, and the process's CPU time per call.
+struct Timed {
+    samples: Vec<Duration>,
+    cpu_per_op: Duration,
+}
+
+async fn timed_loop<F, Fut>(n: usize, warmup: usize, mut call: F) -> Result<Timed>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    for i in 0..warmup {
+        call(i).await?;
+    }
+    let mut samples = Vec::with_capacity(n);
+    let cpu = sys::cpu_time()?;
+    for i in 0..n {
+        let start = Instant::now();
+        call(warmup + i).await?;
+        samples.push(start.elapsed());
+    }
+    let cpu_per_op = (sys::cpu_time()? - cpu) / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    Ok(Timed {
+        samples,
+        cpu_per_op,
+    })
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Result<()> {
+    let response = request.send().await?;
+    let status = response.status();
+    let _ = response.bytes().await?;
+    if !status.is_success() {
+        bail!("bare request: HTTP {status}");
+    }
+    Ok(())
+}
+
+fn multipart(name: &str, metadata: &gcslock::backend::Metadata) -> Result<(String, String)> {
+    let json = serde_json::to_string(&serde_json::json!({ "name": name, "metadata": metadata }))?;
+    let boundary = "gcslock-bench-0123456789abcdef0123456789abcdef";
+    Ok((
+        format!("multipart/related; boundary={boundary}"),
+        format!(
+            "--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{json}\r\n\
+             --{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n\r\n--{boundary}--\r\n"
+        ),
+    ))
+}
+
+struct Row {
+    name: String,
+    requests: u32,
+    summary: Summary,
+    cpu: Option<Duration>,
+    /// The baseline it is compared with, and the raw requests it is made of.
+    against: Summary,
+    against_name: &'static str,
+    raw_equivalent: Option<Duration>,
+}
+
+pub struct LatencyOutcome {
+    pub get: Summary,
+    pub get_cpu: Duration,
+}
+
+pub async fn run(
+    emulator: &Emulator,
+    config: &Config,
+    report: &mut Report,
+) -> Result<LatencyOutcome> {
+    eprintln!("== 2. latency ratios");
+    let n = config.lat_ops;
+    let warmup = config.lat_warmup;
+    let stats_before = emulator.stats().await?;
+    let sockets_before = emulator.client_connections()?;
+    let gcs: Arc<dyn Backend> = Arc::new(emulator.backend()?);
+    let client = http_client()?;
+    let object_url = |name: &str| {
+        format!(
+            "{}/storage/v1/b/{BUCKET}/o/{}",
+            emulator.url,
+            name.replace('/', "%2F")
+        )
+    };
+    ensure_object(gcs.as_ref(), "lat/get").await?;
+    ensure_object(gcs.as_ref(), "lat/raw-patch").await?;
+    let get_url = object_url("lat/get");
+
+    // Baselines: bare requests on the reqwest client; then the backend's GET.
+    let get = timed_loop(config.lat_gets, warmup, |_| send(client.get(&get_url))).await?;
+    let read = timed_loop(config.lat_gets, warmup, |_| {
+        let gcs = Arc::clone(&gcs);
+        async move {
+            gcs.read("lat/get").await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let metadata = record(1).to_metadata();
+    let patch_url = object_url("lat/raw-patch");
+    let patch_body = serde_json::json!({ "metadata": metadata });
+    let raw_patch = timed_loop(n, warmup, |_| {
+        send(client.patch(&patch_url).json(&patch_body))
+    })
+    .await?;
+    let (content_type, body) = multipart("lat/raw-post", &metadata)?;
+    let upload_url = format!(
+        "{}/upload/storage/v1/b/{BUCKET}/o?uploadType=multipart",
+        emulator.url
+    );
+    let raw_post = timed_loop(n, warmup, |_| {
+        send(
+            client
+                .post(&upload_url)
+                .header("content-type", &content_type)
+                .body(body.clone()),
+        )
+    })
+    .await?;
+
+    // Acquire on brand-new names, and release them.
+    let options = || {
+        LockOptions::default()
+            .ttl(Duration::from_secs(60))
+            .identity("bench-latency")
+    };
+    let mut acquire_new = Vec::with_capacity(n);
+    let mut release_samples = Vec::with_capacity(2 * n);
+    let (mut acquire_cpu, mut release_cpu) = (Duration::ZERO, Duration::ZERO);
+    for i in 0..warmup + n {
+        let lock = Lock::new(Arc::clone(&gcs), &format!("lat/new/{i:06}"), options())?;
+        let (cpu, start) = (sys::cpu_time()?, Instant::now());
+        let guard = lock.try_acquire().await?;
+        let (took, cpu_took) = (start.elapsed(), sys::cpu_time()? - cpu);
+        let (cpu, start) = (sys::cpu_time()?, Instant::now());
+        guard.release().await?;
+        let (released, cpu_released) = (start.elapsed(), sys::cpu_time()? - cpu);
+        if i >= warmup {
+            acquire_new.push(took);
+            release_samples.push(released);
+            acquire_cpu += cpu_took;
+            release_cpu += cpu_released;
+        }
+    }
+    // Acquire the same released name again and again.
+    let lock = Lock::new(Arc::clone(&gcs), "lat/reuse", options())?;
+    let mut acquire_released = Vec::with_capacity(n);
+    let mut acquire_released_cpu = Duration::ZERO;
+    for i in 0..warmup + n {
+        let (cpu, start) = (sys::cpu_time()?, Instant::now());
+        let guard = lock.try_acquire().await?;
+        let (took, cpu_took) = (start.elapsed(), sys::cpu_time()? - cpu);
+        let (cpu, start) = (sys::cpu_time()?, Instant::now());
+        guard.release().await?;
+        let (released, cpu_released) = (start.elapsed(), sys::cpu_time()? - cpu);
+        if i >= warmup {
+            acquire_released.push(took);
+            release_samples.push(released);
+            acquire_released_cpu += cpu_took;
+            release_cpu += cpu_released;
+        }
+    }
+    let per = |total: Duration, count: usize| total / u32::try_from(count.max(1)).unwrap_or(1);
+
+    // Refresh, part 1: the backend call the lease makes, back to back.
+    let info = gcs
+        .write(
+            "lat/refresh",
+            WriteCondition::DoesNotExist,
+            &record(0).to_metadata(),
+        )
+        .await;
+    let mut version = match info {
+        Ok(written) => written.value.version,
+        Err(BackendError::PreconditionFailed) => match gcs.read("lat/refresh").await?.value {
+            Some(info) => info.version,
+            None => bail!("lat/refresh vanished"),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    let mut update_samples = Vec::with_capacity(n);
+    let mut update_cpu = Duration::ZERO;
+    for seq in 1..=(warmup + n) as u64 {
+        let metadata = record(seq).to_metadata();
+        let (cpu, start) = (sys::cpu_time()?, Instant::now());
+        let written = gcs
+            .update_metadata("lat/refresh", version, &metadata)
+            .await?;
+        let (took, cpu_took) = (start.elapsed(), sys::cpu_time()? - cpu);
+        version = written.value.version;
+        if seq > warmup as u64 {
+            update_samples.push(took);
+            update_cpu += cpu_took;
+        }
+    }
+
+    // Refresh, part 2: driven by the lease itself at a short interval, timed by the
+    // wrapper; beside it a bare GET paced at the same interval.
+    let interval = config.lat_paced_interval;
+    let counting = Counting::new(Arc::clone(&gcs));
+    let lease_lock = Lock::new(
+        counting.clone(),
+        "lat/lease",
+        options().refresh_interval(interval),
+    )?;
+    let guard = lease_lock.try_acquire().await?;
+    let _ = counting.take_calls();
+    let cpu = sys::cpu_time()?;
+    let target = counting.count(Op::Update) + (warmup + config.lat_paced) as u64;
+    let hang_guard = Instant::now() + Duration::from_secs(300);
+    while counting.count(Op::Update) < target && Instant::now() < hang_guard {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lease_cpu_total = sys::cpu_time()? - cpu;
+    let calls = counting.take_calls();
+    guard.release().await?;
+    let refreshes: Vec<Duration> = calls
+        .iter()
+        .filter(|c| c.op == Op::Update && c.ok)
+        .skip(warmup)
+        .take(config.lat_paced)
+        .map(|c| c.elapsed)
+        .collect();
+    let lease_updates = calls.iter().filter(|c| c.op == Op::Update).count();
+    let lease_cpu = per(lease_cpu_total, lease_updates);
+    let start = Instant::now();
+    let mut paced_samples = Vec::with_capacity(config.lat_paced);
+    let paced_cpu = sys::cpu_time()?;
+    for i in 0..config.lat_paced {
+        tokio::time::sleep_until(start + interval * u32::try_from(i).unwrap_or(u32::MAX)).await;
+        let t = Instant::now();
+        send(client.get(&get_url)).await?;
+        paced_samples.push(t.elapsed());
+    }
+    let paced_cpu = per(sys::cpu_time()? - paced_cpu, config.lat_paced);
+
+    let connections = emulator.client_connections()?;
+    let requests = emulator.stats().await?.since(&stats_before).total();
+    let closed = connections
+        .client_time_wait
+        .saturating_sub(sockets_before.client_time_wait)
+        + connections
+            .server_time_wait
+            .saturating_sub(sockets_before.server_time_wait);
+    let get_s = summarize(&get.samples);
+    let read_s = summarize(&read.samples);
+    let patch_s = summarize(&raw_patch.samples);
+    let post_s = summarize(&raw_post.samples);
+    let paced_s = summarize(&paced_samples);
+    let rows = vec![
+        Row {
+            name: "bare GET (reqwest, back to back) — **baseline**".into(),
+            requests: 1,
+            summary: get_s,
+            cpu: Some(get.cpu_per_op),
+            against: get_s,
+            against_name: "GET",
+            raw_equivalent: Some(get_s.p50),
+        },
+        Row {
+            name: "`GcsBackend::read` (GET + JSON parse)".into(),
+            requests: 1,
+            summary: read_s,
+            cpu: Some(read.cpu_per_op),
+            against: get_s,
+            against_name: "GET",
+            raw_equivalent: Some(get_s.p50),
+        },
+        Row {
+            name: "bare PATCH (reqwest, lock-sized metadata)".into(),
+            requests: 1,
+            summary: patch_s,
+            cpu: Some(raw_patch.cpu_per_op),
+            against: get_s,
+            against_name: "GET",
+            raw_equivalent: None,
+        },
+        Row {
+            name: "bare multipart POST upload (reqwest)".into(),
+            requests: 1,
+            summary: post_s,
+            cpu: Some(raw_post.cpu_per_op),
+            against: get_s,
+            against_name: "GET",
+            raw_equivalent: None,
+        },
+        Row {
+            name: "**acquire**, brand-new name".into(),
+            requests: 2,
+            summary: summarize(&acquire_new),
+            cpu: Some(per(acquire_cpu, acquire_new.len())),
+            against: get_s,
+            against_name: "GET",
+            raw_equivalent: Some(get_s.p50 + post_s.p50),
+        },
+        Row {
+            name: "**acquire**, released name".into(),
+            requests: 2,
+            summary: summarize(&acquire_released),
+            cpu: Some(per(acquire_released_cpu, acquire_released.len())),
+            against: get_s,
+            against_name: "GET",
+            raw_equivalent: Some(get_s.p50 + post_s.p50),
+        },
+        Row {
+            name: "**release** (tombstone PATCH)".into(),
+            requests: 1,
+            summary: summarize(&release_samples),
+            cpu: Some(per(release_cpu, release_samples.len())),
+            against: get_s,
+            against_name: "GET",
+            raw_equivalent: Some(patch_s.p50),
+        },
+        Row {
+            name: "**refresh**: `update_metadata`, back to back".into(),
+            requests: 1,
+            summary: summarize(&update_samples),
+            cpu: Some(per(update_cpu, update_samples.len())),
+            against: get_s,
+            against_name: "GET",
+            raw_equivalent: Some(patch_s.p50),
+        },
+        Row {
+            name: format!("bare GET paced every {} ms", interval.as_millis()),
+            requests: 1,
+            summary: paced_s,
+            cpu: Some(paced_cpu),
+            against: paced_s,
+            against_name: "paced GET",
+            raw_equivalent: Some(paced_s.p50),
+        },
+        Row {
+            name: format!(
+                "**refresh** driven by the lease every {} ms",
+                interval.as_millis()
+            ),
+            requests: 1,
+            summary: summarize(&refreshes),
+            cpu: Some(lease_cpu),
+            against: paced_s,
+            against_name: "paced GET",
+            raw_equivalent: None,
+        },
+    ];
+    let mut table_rows = Vec::new();
+    for row in &rows {
+        table_rows.push(vec![
+            row.name.clone(),
+            row.requests.to_string(),
+            row.summary.n.to_string(),
+            us(row.summary.p50),
+            us(row.summary.p99),
+            format!(
+                "{} / {}",
+                ratio(row.summary.p50, row.against.p50),
+                ratio(row.summary.p99, row.against.p99)
+            ),
+            format!(
+                "{:.2}x",
+                ratio_f(row.summary.p50, row.against.p50) / f64::from(row.requests)
+            ),
+            row.against_name.to_owned(),
+            row.raw_equivalent
+                .map_or("–".into(), |raw| ratio(row.summary.p50, raw)),
+            row.cpu.map_or("–".into(), us),
+        ]);
+    }
+    report.section(
+        "2. Latency (same reqwest client settings, same emulator, loopback)",
+        table(
+            &[
+                "operation",
+                "requests",
+                "n",
+                "p50",
+                "p99",
+                "p50 / p99 ÷ baseline",
+                "p50 ÷ baseline ÷ requests",
+                "baseline",
+                "p50 ÷ its raw requests",
+                "client CPU / op",
+            ],
+            &table_rows,
+        ) + "\n\"÷ its raw requests\" divides by the p50 sum of the same bare requests \
+             (acquire: GET + POST; release and refresh: PATCH): the library's own share. \
+             The emulator does more work for a write than for a GET, so the per-request \
+             ratio against GET overstates the library's overhead.\n"
+            + &format!(
+                "\nConnections: over this section's {requests} requests (two clients: the bare \
+             reqwest client and one `GcsBackend`), this process's established connections to \
+             the emulator went from {} to {}, and TIME_WAIT sockets on the emulator's port went \
+             from {} to {} (client side) and {} to {} (server side): {}.\n",
+                sockets_before.owned_established.len(),
+                connections.owned_established.len(),
+                sockets_before.client_time_wait,
+                connections.client_time_wait,
+                sockets_before.server_time_wait,
+                connections.server_time_wait,
+                if closed < 10 {
+                    "connections are kept alive and reused, no reconnect per request"
+                } else {
+                    "**connections were closed and reopened during the section**"
+                }
+            ),
+    );
+    for (what, row) in [
+        ("acquire (released name)", &rows[5]),
+        ("release", &rows[6]),
+        ("refresh (`update_metadata`)", &rows[7]),
+    ] {
+        let per_request = ratio_f(row.summary.p50, row.against.p50) / f64::from(row.requests);
+        report.headline(
+            "2",
+            format!("latency: {what} p50 / p99 vs bare GET"),
+            format!(
+                "{} / {} ({:.2}x per request; {} of its raw requests)",
+                ratio(row.summary.p50, row.against.p50),
+                ratio(row.summary.p99, row.against.p99),
+                per_request,
+                row.raw_equivalent
+                    .map_or("–".into(), |raw| ratio(row.summary.p50, raw)),
+            ),
+            format!("GET p50 {} p99 {}", us(get_s.p50), us(get_s.p99)),
+            if per_request <= 1.3 {
+                "within 1.3x per request"
+            } else {
+                "over 1.3x per request vs GET (see raw-request column)"
+            },
+        );
+    }
+    Ok(LatencyOutcome {
+        get: get_s,
+        get_cpu: get.cpu_per_op,
+    })
+}

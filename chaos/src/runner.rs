@@ -1,0 +1,872 @@
+//! Runs one scenario: a fresh strict-gcs, N worker threads each looping real
+//! `gcslock run` processes (whose child is `gcslock-chaos record`), a chaos
+//! thread that kills or pauses holders, a wall-time bound, the final check of the
+//! lock, and the analysis of the history.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::unistd::Pid;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use serde_json::{json, Value};
+
+use crate::clock::{mono_ns, ms, wall_ns};
+use crate::emulator::{faults_injected, Emulator};
+use crate::history::{self, Analysis, Event, Kind, Log, RunId};
+use crate::procs::{is_dead, signal_group, stopped_group_children, wait_dead};
+use crate::scenario::{Chaos, Scenario};
+
+pub const BUCKET: &str = "chaos";
+pub const LOCK_URL: &str = "gs://chaos/lock";
+pub const FENCED_STORE_URL: &str = "gs://chaos/fenced-data";
+
+/// What every scenario needs from outside.
+#[derive(Debug)]
+pub struct Context {
+    pub gcslock: PathBuf,
+    pub strict_gcs: PathBuf,
+    /// `faketime`, when installed and not disabled.
+    pub faketime: Option<PathBuf>,
+    pub self_exe: PathBuf,
+    pub out_dir: PathBuf,
+    pub fenced: bool,
+}
+
+/// The figures of one scenario.
+#[derive(Debug)]
+pub struct Outcome {
+    pub scenario: Scenario,
+    pub seed: u64,
+    pub dir: PathBuf,
+    pub events: Vec<Event>,
+    pub analysis: Analysis,
+    pub attempts: usize,
+    pub committed: usize,
+    pub aborted: usize,
+    pub killed: usize,
+    pub paused: usize,
+    /// Final token shown by `gcslock status`: lock instances issued.
+    pub tokens_issued: Option<u64>,
+    pub exit_codes: BTreeMap<String, usize>,
+    pub faults: Vec<(String, u64)>,
+    pub mutations: u64,
+    pub requests: u64,
+    pub final_state: String,
+    /// After the last worker, how long until the lock showed free/released/stale.
+    pub final_after: Duration,
+    pub duration: Duration,
+    pub wall_limit_hit: bool,
+    /// faketime offset → (min, max) wall-clock offset the recorders saw, seconds.
+    pub wall_skew: BTreeMap<String, (f64, f64)>,
+    pub notes: Vec<String>,
+}
+
+impl Outcome {
+    pub fn acquisitions(&self) -> usize {
+        self.analysis.sections.len()
+    }
+
+    pub fn faults_total(&self) -> u64 {
+        self.faults.iter().map(|(_, n)| n).sum()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Running {
+    attempt: u32,
+    pgid: i32,
+}
+
+struct Shared<'a> {
+    ctx: &'a Context,
+    scenario: &'a Scenario,
+    endpoint: String,
+    dir: PathBuf,
+    log_path: PathBuf,
+    log: Log,
+    running: Mutex<HashMap<u32, Running>>,
+    /// No new `gcslock run` after this (wall-time limit reached).
+    stop: AtomicBool,
+    /// Every worker has finished.
+    done: AtomicBool,
+    notes: Mutex<Vec<String>>,
+}
+
+impl Shared<'_> {
+    fn running(&self) -> MutexGuard<'_, HashMap<u32, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn note(&self, note: String) {
+        eprintln!("gcslock-chaos: {}: {note}", self.scenario.name);
+        self.notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(note);
+    }
+
+    fn events(&self) -> Vec<Event> {
+        history::read(&self.log_path, true)
+            .map(|(events, _)| events)
+            .unwrap_or_default()
+    }
+}
+
+/// Runs `scenario` and judges it. Errors are failures of the harness itself.
+pub fn run(ctx: &Context, scenario: &Scenario, seed: u64) -> anyhow::Result<Outcome> {
+    let dir = ctx
+        .out_dir
+        .join(format!("{}-{}", scenario.id, scenario.name));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let log_path = dir.join("events.jsonl");
+    let log = Log::create(&log_path)?;
+
+    let mut args = vec![
+        "--port".to_owned(),
+        "0".to_owned(),
+        "--bucket".to_owned(),
+        BUCKET.to_owned(),
+        "--seed".to_owned(),
+        seed.to_string(),
+    ];
+    args.extend(scenario.emulator.iter().cloned());
+    let mut emulator = Emulator::start(&ctx.strict_gcs, &args, &dir.join("strict-gcs.stderr"))?;
+
+    let started = Instant::now();
+    let t0 = mono_ns()?;
+    let mut begin = Event::new(Kind::Begin, t0);
+    begin.wall = Some(wall_ns()?);
+    begin.ttl_ms = Some(scenario.ttl_ms);
+    begin.note = Some(format!(
+        "scenario {} seed {seed} strict-gcs {} {}",
+        scenario.name,
+        emulator.endpoint,
+        scenario.emulator.join(" ")
+    ));
+    log.append(&begin)?;
+
+    let shared = Shared {
+        ctx,
+        scenario,
+        endpoint: emulator.endpoint.clone(),
+        dir: dir.clone(),
+        log_path: log_path.clone(),
+        log,
+        running: Mutex::new(HashMap::new()),
+        stop: AtomicBool::new(false),
+        done: AtomicBool::new(false),
+        notes: Mutex::new(Vec::new()),
+    };
+
+    let mut wall_limit_hit = false;
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let workers: Vec<_> = match scenario.chaos {
+            Chaos::PauseAcquire {
+                rounds,
+                stop_after_ms,
+                pause_ms,
+                contender_hold_ms,
+            } => {
+                let shared = &shared;
+                vec![scope.spawn(move || {
+                    pause_acquire_rounds(shared, rounds, stop_after_ms, pause_ms, contender_hold_ms)
+                })]
+            }
+            _ => (0..scenario.workers)
+                .map(|w| {
+                    let shared = &shared;
+                    scope.spawn(move || worker(shared, w, seed))
+                })
+                .collect(),
+        };
+        let chaos = {
+            let shared = &shared;
+            scope.spawn(move || chaos(shared, seed))
+        };
+        let deadline = started + scenario.wall_limit;
+        let mut terminated_at: Option<Instant> = None;
+        let mut killed = false;
+        while workers.iter().any(|w| !w.is_finished()) {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = Instant::now();
+            if now >= deadline && terminated_at.is_none() {
+                wall_limit_hit = true;
+                shared.stop.store(true, Ordering::SeqCst);
+                shared.note(format!(
+                    "wall-time limit {}s reached: stopping the workers (SIGTERM)",
+                    scenario.wall_limit.as_secs()
+                ));
+                for running in shared.running().values() {
+                    signal_group(running.pgid, Signal::SIGTERM);
+                    signal_group(running.pgid, Signal::SIGCONT);
+                }
+                terminated_at = Some(now);
+            }
+            if let Some(at) = terminated_at {
+                if !killed && now >= at + Duration::from_secs(8) {
+                    killed = true;
+                    shared.note("workers still running 8s after SIGTERM: SIGKILL".into());
+                    kill_everything(&shared);
+                }
+            }
+        }
+        shared.done.store(true, Ordering::SeqCst);
+        for handle in workers {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => shared.note(format!("worker failed: {error:#}")),
+                Err(_) => shared.note("a worker thread panicked".into()),
+            }
+        }
+        match chaos.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => shared.note(format!("chaos thread failed: {error:#}")),
+            Err(_) => shared.note("the chaos thread panicked".into()),
+        }
+        Ok(())
+    })?;
+
+    // 3. The lock after the last worker: faults off (the server's skew stays, or
+    // the lock's age would jump), then poll status until it is not held.
+    let quiet = json!({
+        "fail_503": 0.0, "fail_429": 0.0, "reset_before": 0.0, "reset_after": 0.0,
+        "stall": 0.0, "latency_ms": 0, "jitter_ms": 0, "object_rate_limit": null
+    });
+    if let Err(error) = emulator.set_faults(&quiet) {
+        shared.note(format!(
+            "cannot turn faults off for the final check: {error:#}"
+        ));
+    }
+    let events = shared.events();
+    let last_exit = events
+        .iter()
+        .filter(|e| matches!(e.ev, Kind::Exit | Kind::Kill | Kind::Dead))
+        .map(|e| e.t)
+        .max()
+        .unwrap_or(t0);
+    let lock_deadline = history::lock_free_deadline(last_exit, ms(scenario.ttl_ms));
+    let (final_state, final_json, final_t) = loop {
+        let (state, json) = lock_status(ctx, &shared.endpoint);
+        let now = mono_ns()?;
+        if matches!(state.as_str(), "free" | "released" | "stale") || now > lock_deadline {
+            break (state, json, now);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut last = Event::new(Kind::Final, final_t);
+    last.state = Some(final_state.clone());
+    last.note = Some(final_json.to_string());
+    shared.log.append(&last)?;
+    let tokens_issued = final_json.get("token").and_then(Value::as_u64);
+
+    let stats = emulator.stats().unwrap_or_else(|error| {
+        shared.note(format!("cannot read strict-gcs stats: {error:#}"));
+        Value::Null
+    });
+    emulator.stop();
+    let duration = started.elapsed();
+
+    let (events, malformed) = history::read(&log_path, false)?;
+    let analysis = history::analyze(&events, &malformed);
+    let count = |kind: Kind| events.iter().filter(|e| e.ev == kind).count();
+    let mut exit_codes = BTreeMap::new();
+    for event in events.iter().filter(|e| e.ev == Kind::Exit) {
+        let key = match (event.code, event.signal) {
+            (Some(code), _) => code.to_string(),
+            (None, Some(signal)) => format!("sig{signal}"),
+            (None, None) => "?".to_owned(),
+        };
+        *exit_codes.entry(key).or_insert(0) += 1;
+    }
+    let notes = shared
+        .notes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(Outcome {
+        scenario: scenario.clone(),
+        seed,
+        dir,
+        attempts: count(Kind::Spawn),
+        committed: count(Kind::End),
+        aborted: count(Kind::Abort),
+        killed: count(Kind::Kill),
+        paused: count(Kind::Stop),
+        tokens_issued,
+        exit_codes,
+        faults: faults_injected(&stats),
+        mutations: stats
+            .get("mutations_applied")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        requests: stats
+            .get("requests")
+            .and_then(Value::as_object)
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0),
+        final_state,
+        final_after: Duration::from_nanos(final_t.saturating_sub(last_exit)),
+        duration,
+        wall_limit_hit,
+        wall_skew: wall_skew(&events, t0),
+        events,
+        analysis,
+        notes,
+    })
+}
+
+/// `gcslock status --json`: (state, the JSON) or ("error", the message).
+fn lock_status(ctx: &Context, endpoint: &str) -> (String, Value) {
+    let output = Command::new(&ctx.gcslock)
+        .args(["-q", "status", "--json", "--endpoint", endpoint, LOCK_URL])
+        .env_remove("STORAGE_EMULATOR_HOST")
+        .stdin(Stdio::null())
+        .output();
+    match output {
+        Ok(output) if output.status.success() => {
+            match serde_json::from_slice::<Value>(&output.stdout) {
+                Ok(value) => (
+                    value
+                        .get("state")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown")
+                        .to_owned(),
+                    value,
+                ),
+                Err(error) => ("error".into(), json!(format!("unparsable status: {error}"))),
+            }
+        }
+        Ok(output) => (
+            "error".into(),
+            json!(format!(
+                "gcslock status failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )),
+        ),
+        Err(error) => (
+            "error".into(),
+            json!(format!("cannot run gcslock status: {error}")),
+        ),
+    }
+}
+
+/// Per faketime offset, the range of wall-clock offsets the recorders saw
+/// against the orchestrator's wall clock: proof that faketime took effect.
+fn wall_skew(events: &[Event], t0: u64) -> BTreeMap<String, (f64, f64)> {
+    let Some(wall0) = events
+        .iter()
+        .find(|e| e.ev == Kind::Begin)
+        .and_then(|e| e.wall)
+    else {
+        return BTreeMap::new();
+    };
+    let offsets: HashMap<RunId, String> = events
+        .iter()
+        .filter(|e| e.ev == Kind::Spawn)
+        .filter_map(|e| Some((e.run_id()?, e.note.clone().unwrap_or_else(|| "none".into()))))
+        .collect();
+    let mut skew: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for event in events.iter().filter(|e| e.ev == Kind::Start) {
+        let (Some(run), Some(wall)) = (event.run_id(), event.wall) else {
+            continue;
+        };
+        let elapsed = i64::try_from(event.t.saturating_sub(t0)).unwrap_or(i64::MAX);
+        let offset = (wall - wall0 - elapsed) as f64 / 1e9;
+        let label = offsets.get(&run).cloned().unwrap_or_else(|| "none".into());
+        let entry = skew.entry(label).or_insert((offset, offset));
+        entry.0 = entry.0.min(offset);
+        entry.1 = entry.1.max(offset);
+    }
+    skew
+}
+
+/// A `gcslock run` process of one run, not yet reaped.
+struct Launched {
+    child: std::process::Child,
+    pgid: i32,
+    /// The worker's stderr file and where this run's part of it begins.
+    stderr_path: PathBuf,
+    stderr_from: u64,
+}
+
+/// The faketime wrapper and offset for worker `w`, if the scenario skews clocks.
+fn faketime_for(shared: &Shared<'_>, w: u32) -> Option<(PathBuf, &'static str)> {
+    let offsets = &shared.scenario.faketime;
+    let faketime = shared.ctx.faketime.as_ref()?;
+    if offsets.is_empty() {
+        return None;
+    }
+    let index = usize::try_from(w).unwrap_or(0) % offsets.len();
+    Some((faketime.clone(), offsets[index]))
+}
+
+/// Spawns `gcslock run` for `run` in its own process group, with the recorder
+/// as its command; `None` once the scenario is stopping.
+fn launch(
+    shared: &Shared<'_>,
+    run: RunId,
+    hold: u64,
+    wait: &str,
+    stderr: &(PathBuf, std::fs::File),
+) -> anyhow::Result<Option<Launched>> {
+    let (stderr_path, stderr) = stderr;
+    let scenario = shared.scenario;
+    let ctx = shared.ctx;
+    let fake = faketime_for(shared, run.worker);
+    let mut command = match &fake {
+        Some((faketime, offset)) => {
+            let mut command = Command::new(faketime);
+            command
+                .args(["-f", offset])
+                .arg(&ctx.gcslock)
+                // Only the wall clock is skewed; the shared monotonic clock stays true.
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            command
+        }
+        None => Command::new(&ctx.gcslock),
+    };
+    command
+        .args(["-q", "run", "--wait", wait])
+        .args(["--ttl", &format!("{}ms", scenario.ttl_ms)])
+        .args(["--refresh-interval", &format!("{}ms", scenario.refresh_ms)])
+        .args(["--kill-grace", "1s"])
+        .args(["--identity", &format!("chaos-{run}")])
+        .args(["--endpoint", &shared.endpoint, LOCK_URL, "--"])
+        .arg(&ctx.self_exe)
+        .arg("record")
+        .arg("--log")
+        .arg(&shared.log_path)
+        .args(["--worker", &run.worker.to_string()])
+        .args(["--attempt", &run.attempt.to_string()])
+        .args(["--hold-ms", &hold.to_string()]);
+    if ctx.fenced {
+        command
+            .args([
+                "--fenced-store",
+                FENCED_STORE_URL,
+                "--endpoint",
+                &shared.endpoint,
+            ])
+            .arg("--gcslock")
+            .arg(&ctx.gcslock);
+    }
+    command
+        .env_remove("STORAGE_EMULATOR_HOST")
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr.try_clone()?);
+    let _ = writeln!(&*stderr, "--- {run}: hold {hold}ms");
+    let stderr_from = stderr.metadata().map(|m| m.len()).unwrap_or(0);
+
+    let (child, spawned_at, pgid) = {
+        let mut running = shared.running();
+        // Checked under the lock, so the wall-time SIGTERM cannot miss this run.
+        if shared.stop.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let spawned_at = mono_ns()?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot run {}", ctx.gcslock.display()))?;
+        let pgid = i32::try_from(child.id()).context("pid out of range")?;
+        running.insert(
+            run.worker,
+            Running {
+                attempt: run.attempt,
+                pgid,
+            },
+        );
+        (child, spawned_at, pgid)
+    };
+    let mut spawn = Event::new(Kind::Spawn, spawned_at).run(run);
+    spawn.pgid = Some(pgid);
+    spawn.note = fake.as_ref().map(|(_, offset)| (*offset).to_owned());
+    shared.log.append(&spawn)?;
+    Ok(Some(Launched {
+        child,
+        pgid,
+        stderr_path: stderr_path.clone(),
+        stderr_from,
+    }))
+}
+
+/// Waits for a run's gcslock to exit, records how, and bounds its section.
+fn finish(shared: &Shared<'_>, run: RunId, launched: Launched) -> anyhow::Result<()> {
+    let Launched {
+        mut child,
+        pgid,
+        stderr_path,
+        stderr_from,
+    } = launched;
+    // Wait for the exit without reaping, so that while the run is listed in
+    // `running` its pid (= its process group) cannot be reused.
+    loop {
+        match waitid(
+            Id::Pid(Pid::from_raw(pgid)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+        ) {
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(error) => bail!("waitid({pgid}) failed: {error}"),
+        }
+    }
+    shared.running().remove(&run.worker);
+    let status = child.wait().context("cannot reap gcslock")?;
+    let mut exit = Event::new(Kind::Exit, mono_ns()?).run(run);
+    exit.pgid = Some(pgid);
+    exit.code = status.code();
+    exit.signal = status.signal();
+    shared.log.append(&exit)?;
+    if status.code() == Some(LEASE_LOST) {
+        note_unrecorded_command(shared, run, &stderr_path, stderr_from)?;
+    }
+    resolve_open_section(shared, run)
+}
+
+/// gcslock's exit code for "the lease was lost while the command ran; the command
+/// was stopped" (documented in `gcslock --help`).
+const LEASE_LOST: i32 = 76;
+
+/// Exit 76 says the command ran. If it never recorded a start (gcslock's SIGTERM
+/// came before the recorder could block it: gcslock sends it as soon as it sees
+/// the lease lost, even if that was before the command started), record that a
+/// command ran unrecorded, with gcslock's own words as evidence.
+fn note_unrecorded_command(
+    shared: &Shared<'_>,
+    run: RunId,
+    stderr_path: &Path,
+    stderr_from: u64,
+) -> anyhow::Result<()> {
+    let events = shared.events();
+    if events
+        .iter()
+        .any(|e| e.ev == Kind::Start && e.run_id() == Some(run))
+    {
+        return Ok(());
+    }
+    let text = std::fs::read(stderr_path).unwrap_or_default();
+    let from = usize::try_from(stderr_from).unwrap_or(0).min(text.len());
+    let text = String::from_utf8_lossy(&text[from..]);
+    let evidence = text
+        .lines()
+        .take_while(|line| !line.starts_with("--- "))
+        .find(|line| line.contains("lost"))
+        .unwrap_or("(no message from gcslock)");
+    let pid = evidence.split("process group ").nth(1).and_then(|rest| {
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    });
+    let mut event = Event::new(Kind::Unrecorded, mono_ns()?).run(run);
+    event.pid = pid;
+    event.code = Some(LEASE_LOST);
+    event.note = Some(evidence.trim().to_owned());
+    shared.log.append(&event)
+}
+
+fn worker_stderr(shared: &Shared<'_>, w: u32) -> anyhow::Result<(PathBuf, std::fs::File)> {
+    let path = shared.dir.join(format!("worker-{w}.stderr"));
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok((path, file))
+}
+
+fn worker(shared: &Shared<'_>, w: u32, seed: u64) -> anyhow::Result<()> {
+    let scenario = shared.scenario;
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(u64::from(w)));
+    let stderr = worker_stderr(shared, w)?;
+    for attempt in 0..scenario.iterations {
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let run = RunId { worker: w, attempt };
+        let hold = rng.random_range(scenario.hold_ms.0..=scenario.hold_ms.1);
+        let Some(launched) = launch(shared, run, hold, scenario.wait, &stderr)? else {
+            break;
+        };
+        finish(shared, run, launched)?;
+        let gap = rng.random_range(scenario.gap_ms.0..=scenario.gap_ms.1);
+        std::thread::sleep(Duration::from_millis(gap));
+    }
+    Ok(())
+}
+
+/// Scenario `pause-acquire`, in rounds on a free lock: worker 0 starts
+/// `gcslock run` and is SIGSTOPped `stop_after_ms` later, while its create
+/// request is held by strict-gcs's mutation latency (so the create applies while
+/// it is frozen); worker 1 then waits for the lock, takes it over once it is
+/// stale and holds it for `contender_hold_ms`; worker 0 is continued after
+/// `pause_ms`. A correct gcslock sees on resuming that its lease has expired and
+/// does not start the command; a section of worker 0 that starts after the
+/// SIGCONT while worker 1 holds the lock is a violation.
+fn pause_acquire_rounds(
+    shared: &Shared<'_>,
+    rounds: u32,
+    stop_after_ms: u64,
+    pause_ms: u64,
+    contender_hold_ms: u64,
+) -> anyhow::Result<()> {
+    let frozen_stderr = worker_stderr(shared, 0)?;
+    let contender_stderr = worker_stderr(shared, 1)?;
+    for round in 0..rounds {
+        let frozen = RunId {
+            worker: 0,
+            attempt: round,
+        };
+        let contender = RunId {
+            worker: 1,
+            attempt: round,
+        };
+        let Some(first) = launch(shared, frozen, 300, "0", &frozen_stderr)? else {
+            break;
+        };
+        std::thread::sleep(Duration::from_millis(stop_after_ms));
+        let sent = mono_ns()?;
+        signal_group(first.pgid, Signal::SIGSTOP);
+        let state = stopped_state(first.pgid);
+        let mut stop = Event::new(Kind::Stop, mono_ns()?).run(frozen);
+        stop.pgid = Some(first.pgid);
+        stop.sent = Some(sent);
+        stop.state = Some(state.to_owned());
+        stop.note = Some("while acquiring: its create is held by the mutation latency".into());
+        shared.log.append(&stop)?;
+        let pgid = first.pgid;
+        std::thread::scope(|scope| -> anyhow::Result<()> {
+            let waiter = scope.spawn(|| finish(shared, frozen, first));
+            let second = launch(
+                shared,
+                contender,
+                contender_hold_ms,
+                shared.scenario.wait,
+                &contender_stderr,
+            )?;
+            let other = second.map(|second| scope.spawn(move || finish(shared, contender, second)));
+            std::thread::sleep(Duration::from_millis(pause_ms));
+            signal_group(pgid, Signal::SIGCONT);
+            let mut cont = Event::new(Kind::Cont, mono_ns()?).run(frozen);
+            cont.pgid = Some(pgid);
+            shared.log.append(&cont)?;
+            for handle in std::iter::once(waiter).chain(other) {
+                match handle.join() {
+                    Ok(result) => result?,
+                    Err(_) => bail!("a run thread panicked"),
+                }
+            }
+            Ok(())
+        })?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// After a run's gcslock exited: if its section has neither end nor abort, wait
+/// for the recorder to die and record when, so the section's end is bounded.
+fn resolve_open_section(shared: &Shared<'_>, run: RunId) -> anyhow::Result<()> {
+    let events = shared.events();
+    let Some(start) = events
+        .iter()
+        .find(|e| e.ev == Kind::Start && e.run_id() == Some(run))
+    else {
+        return Ok(()); // never entered its section
+    };
+    let closed = events
+        .iter()
+        .any(|e| matches!(e.ev, Kind::End | Kind::Abort) && e.run_id() == Some(run));
+    let Some(pid) = start.pid.filter(|_| !closed) else {
+        return Ok(());
+    };
+    let mut dead = Event::new(Kind::Dead, 0).run(run);
+    dead.pid = Some(pid);
+    dead.token = start.token;
+    if !wait_dead(&[pid], Duration::from_secs(20)) {
+        shared.note(format!(
+            "{run}: recorder pid {pid} still running 20s after its gcslock exited; SIGKILL"
+        ));
+        dead.note = Some("outlived its gcslock by 20s; SIGKILLed by gcslock-chaos".into());
+        signal_group(pid, Signal::SIGKILL);
+        wait_dead(&[pid], Duration::from_secs(5));
+    }
+    dead.t = mono_ns()?;
+    shared.log.append(&dead)?;
+    Ok(())
+}
+
+/// Sections that have started and not ended, with their gcslock's process group.
+fn open_sections(shared: &Shared<'_>, min_age_ns: u64) -> anyhow::Result<Vec<(RunId, Event, i32)>> {
+    let events = shared.events();
+    let now = mono_ns()?;
+    let running = shared.running();
+    Ok(events
+        .iter()
+        .filter(|e| e.ev == Kind::Start && e.t + min_age_ns <= now)
+        .filter_map(|start| {
+            let run = start.run_id()?;
+            let finished = events.iter().any(|e| {
+                matches!(
+                    e.ev,
+                    Kind::End | Kind::Abort | Kind::Kill | Kind::Dead | Kind::Stop
+                ) && e.run_id() == Some(run)
+            });
+            let current = running.get(&run.worker)?;
+            (!finished && current.attempt == run.attempt)
+                .then(|| (run, start.clone(), current.pgid))
+        })
+        .collect())
+}
+
+/// Sleeps up to `duration`, returning early (false) once the workers are done.
+fn nap(shared: &Shared<'_>, duration: Duration) -> bool {
+    let until = Instant::now() + duration;
+    while Instant::now() < until {
+        if shared.done.load(Ordering::SeqCst) || shared.stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+fn chaos(shared: &Shared<'_>, seed: u64) -> anyhow::Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_c4a0);
+    let (count, every_ms, pause_ms) = match shared.scenario.chaos {
+        Chaos::None | Chaos::PauseAcquire { .. } => return Ok(()),
+        Chaos::Kill { count, every_ms } => (count, every_ms, None),
+        Chaos::Pause {
+            count,
+            pause_ms,
+            every_ms,
+        } => (count, every_ms, Some(pause_ms)),
+    };
+    let mut done = 0;
+    while done < count {
+        if !nap(
+            shared,
+            Duration::from_millis(rng.random_range(every_ms.0..=every_ms.1)),
+        ) {
+            break;
+        }
+        // Mid-section: at least 100 ms in.
+        let candidates = open_sections(shared, ms(100))?;
+        if candidates.is_empty() {
+            continue;
+        }
+        let (run, start, pgid) = candidates[rng.random_range(0..candidates.len())].clone();
+        let Some(pid) = start.pid else { continue };
+        let gcslock_pid = start.ppid.unwrap_or(pgid);
+        let sent = {
+            let running = shared.running();
+            // Still the same run (its group id cannot have been reused: unreaped).
+            if running.get(&run.worker).map(|r| r.attempt) != Some(run.attempt) {
+                continue;
+            }
+            let sent = mono_ns()?;
+            let signal = if pause_ms.is_some() {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGKILL
+            };
+            // gcslock's group first (with faketime, the wrapper too), then the child's.
+            signal_group(pgid, signal);
+            signal_group(pid, signal);
+            sent
+        };
+        let state = pause_ms.map(|_| stopped_state(pgid));
+        let kind = if pause_ms.is_some() {
+            Kind::Stop
+        } else {
+            Kind::Kill
+        };
+        let mut event = Event::new(kind, 0).run(run);
+        event.pid = Some(pid);
+        event.pgid = Some(pgid);
+        event.token = start.token;
+        event.sent = Some(sent);
+        event.state = state.map(str::to_owned);
+        if let Some(pause) = pause_ms {
+            event.t = mono_ns()?;
+            shared.log.append(&event)?;
+            std::thread::sleep(Duration::from_millis(pause));
+            signal_group(pgid, Signal::SIGCONT);
+            signal_group(pid, Signal::SIGCONT);
+            let mut cont = Event::new(Kind::Cont, mono_ns()?).run(run);
+            cont.pid = Some(pid);
+            cont.pgid = Some(pgid);
+            shared.log.append(&cont)?;
+        } else {
+            // The section ended at an unknown time before both were seen dead.
+            if !wait_dead(&[pid, gcslock_pid, pgid], Duration::from_secs(10)) {
+                shared.note(format!("{run}: SIGKILLed processes still alive after 10s"));
+            }
+            event.t = mono_ns()?;
+            shared.log.append(&event)?;
+        }
+        done += 1;
+    }
+    Ok(())
+}
+
+/// What a SIGSTOPped `gcslock run` group was doing: `no-command` (it had not
+/// started its command: it cannot until continued), `command-started`, or
+/// `unknown` (the group did not stop within a second).
+fn stopped_state(pgid: i32) -> &'static str {
+    match stopped_group_children(pgid, Duration::from_secs(1)) {
+        Some(children) if children.is_empty() => history::STOPPED_NO_COMMAND,
+        Some(_) => "command-started",
+        None => "unknown",
+    }
+}
+
+/// The wall-time limit's last resort: SIGKILL every run and every open recorder.
+fn kill_everything(shared: &Shared<'_>) {
+    let running: Vec<Running> = shared.running().values().copied().collect();
+    for run in &running {
+        signal_group(run.pgid, Signal::SIGKILL);
+    }
+    for event in shared.events().iter().filter(|e| e.ev == Kind::Start) {
+        if let Some(pid) = event.pid {
+            if !is_dead(pid) {
+                signal_group(pid, Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The default binaries: `<workspace>/target/debug/NAME`, honouring CARGO_TARGET_DIR.
+pub fn default_binary(name: &str) -> PathBuf {
+    let root = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_absolute() {
+                dir
+            } else {
+                root.join(dir)
+            }
+        })
+        .unwrap_or_else(|| root.join("target"));
+    target.join("debug").join(name)
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}

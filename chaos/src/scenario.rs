@@ -1,0 +1,266 @@
+//! The scenarios and the two profiles that size them.
+
+use std::time::Duration;
+
+use clap::ValueEnum;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Profile {
+    /// Every scenario, small: under 3 minutes on 2 cores (for CI)
+    Short,
+    /// Every scenario, more workers and iterations, plus a mixed one (about 15-20 minutes)
+    Soak,
+}
+
+/// What the orchestrator does to holders while the workers run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Chaos {
+    None,
+    /// SIGKILL the process groups of gcslock and its child, mid-section.
+    Kill {
+        count: u32,
+        every_ms: (u64, u64),
+    },
+    /// SIGSTOP them for `pause_ms` (longer than the TTL), then SIGCONT.
+    Pause {
+        count: u32,
+        pause_ms: u64,
+        every_ms: (u64, u64),
+    },
+    /// Rounds of: gcslock SIGSTOPped while its create is in flight, the lock
+    /// taken over meanwhile, gcslock continued (see `runner::pause_acquire_rounds`).
+    PauseAcquire {
+        rounds: u32,
+        stop_after_ms: u64,
+        pause_ms: u64,
+        contender_hold_ms: u64,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: &'static str,
+    /// Short id: a, b, c, c2, d, e, f, g.
+    pub id: &'static str,
+    pub what: &'static str,
+    pub workers: u32,
+    /// `gcslock run` invocations per worker.
+    pub iterations: u32,
+    /// Critical section length, uniform in this range.
+    pub hold_ms: (u64, u64),
+    /// Pause between a worker's invocations, uniform in this range.
+    pub gap_ms: (u64, u64),
+    pub ttl_ms: u64,
+    pub refresh_ms: u64,
+    /// `gcslock run --wait`.
+    pub wait: &'static str,
+    /// Hard bound on the scenario: then workers are stopped (SIGTERM, SIGKILL).
+    pub wall_limit: Duration,
+    /// strict-gcs fault flags.
+    pub emulator: Vec<String>,
+    pub chaos: Chaos,
+    /// faketime offsets (`faketime -f OFFSET`), dealt round robin to the workers.
+    pub faketime: Vec<&'static str>,
+}
+
+const TTL_MS: u64 = 2_000;
+const REFRESH_MS: u64 = 250;
+
+fn flags(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn base(
+    name: &'static str,
+    id: &'static str,
+    what: &'static str,
+    workers: u32,
+    iterations: u32,
+) -> Scenario {
+    Scenario {
+        name,
+        id,
+        what,
+        workers,
+        iterations,
+        hold_ms: (100, 700),
+        gap_ms: (0, 100),
+        ttl_ms: TTL_MS,
+        refresh_ms: REFRESH_MS,
+        wait: "30s",
+        wall_limit: Duration::from_secs(45),
+        emulator: vec![],
+        chaos: Chaos::None,
+        faketime: vec![],
+    }
+}
+
+/// The total wall time a profile may take: each scenario's limit is cut so the
+/// scenarios left still get [`MIN_SCENARIO`] each (see `main`).
+pub fn budget(profile: Profile) -> Option<Duration> {
+    match profile {
+        Profile::Short => Some(Duration::from_secs(170)),
+        Profile::Soak => None,
+    }
+}
+
+/// The least wall time a scenario is given under a budget.
+pub const MIN_SCENARIO: Duration = Duration::from_secs(8);
+
+/// The scenarios of a profile, in order (a) to (f) (and (g) for soak).
+pub fn scenarios(profile: Profile) -> Vec<Scenario> {
+    let soak = profile == Profile::Soak;
+    let (workers, iterations) = if soak { (8, 12) } else { (6, 3) };
+    let limit = |short: u64, long: u64| Duration::from_secs(if soak { long } else { short });
+    let storm = flags(&[
+        "--fail-503",
+        "0.2",
+        "--fail-429",
+        "0.1",
+        "--reset-before",
+        "0.05",
+        "--latency-ms",
+        "3",
+        "--jitter-ms",
+        "3",
+    ]);
+    let lost = flags(&["--reset-after", "0.15", "--fault-scope", "mutations"]);
+    let skew = flags(&["--skew-ms", "-5400000"]);
+    let mut list =
+        vec![
+        Scenario {
+            wall_limit: limit(40, 300),
+            ..base("steady", "a", "steady contention, no faults", workers, iterations)
+        },
+        Scenario {
+            hold_ms: (300, 800),
+            chaos: Chaos::Kill {
+                count: if soak { 10 } else { 2 },
+                every_ms: (1_000, 2_500),
+            },
+            wall_limit: limit(50, 360),
+            ..base(
+                "kill",
+                "b",
+                "SIGKILL of random holders (gcslock and child process groups) mid-section",
+                workers,
+                iterations,
+            )
+        },
+        Scenario {
+            hold_ms: (300, 800),
+            chaos: Chaos::Pause {
+                count: if soak { 6 } else { 2 },
+                pause_ms: 2 * TTL_MS + 500,
+                every_ms: (1_000, 2_000),
+            },
+            wall_limit: limit(50, 360),
+            ..base(
+                "pause",
+                "c",
+                "SIGSTOP of a holder's process groups for 2xTTL, then SIGCONT (overlap expected)",
+                if soak { workers } else { 5 },
+                iterations,
+            )
+        },
+        Scenario {
+            emulator: flags(&["--latency-ms", "400", "--fault-scope", "mutations"]),
+            chaos: Chaos::PauseAcquire {
+                rounds: if soak { 5 } else { 2 },
+                stop_after_ms: 200,
+                pause_ms: 2 * TTL_MS + 500,
+                contender_hold_ms: 3_000,
+            },
+            wall_limit: limit(40, 120),
+            ..base(
+                "pause-acquire",
+                "c2",
+                "gcslock SIGSTOPped while its create is in flight (400ms mutation latency), the \
+                 lock taken over meanwhile, then SIGCONT: it must not start the command",
+                2,
+                if soak { 5 } else { 2 },
+            )
+        },
+        Scenario {
+            emulator: storm.clone(),
+            wall_limit: limit(45, 360),
+            ..base(
+                "storm",
+                "d",
+                "503 20%, 429 10%, reset-before 5%, latency 3±3ms on every object request",
+                workers,
+                iterations,
+            )
+        },
+        Scenario {
+            emulator: lost.clone(),
+            wall_limit: limit(45, 360),
+            ..base(
+                "lost-responses",
+                "e",
+                "responses lost after apply: reset-after 15% on mutations",
+                workers,
+                iterations,
+            )
+        },
+        Scenario {
+            emulator: skew.clone(),
+            faketime: vec!["+3h", "-2h"],
+            wall_limit: limit(40, 300),
+            ..base(
+                "skew",
+                "f",
+                "client wall clocks +3h / -2h (faketime), server clock -90min (--skew-ms)",
+                workers,
+                iterations,
+            )
+        },
+    ];
+    if soak {
+        let mut mixed = storm;
+        mixed.extend(flags(&["--reset-after", "0.05"]));
+        mixed.extend(skew);
+        list.push(Scenario {
+            hold_ms: (300, 800),
+            emulator: mixed,
+            faketime: vec!["+3h", "-2h"],
+            chaos: Chaos::Kill {
+                count: 8,
+                every_ms: (1_500, 3_000),
+            },
+            wall_limit: limit(60, 420),
+            ..base(
+                "mixed",
+                "g",
+                "kills + storm + lost responses + skewed clocks together",
+                workers,
+                iterations,
+            )
+        });
+    }
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_cover_every_scenario_with_short_ttls() {
+        for profile in [Profile::Short, Profile::Soak] {
+            let list = scenarios(profile);
+            let ids: Vec<&str> = list.iter().map(|s| s.id).collect();
+            assert_eq!(ids[..7], ["a", "b", "c", "c2", "d", "e", "f"]);
+            for s in &list {
+                assert!(s.refresh_ms * 8 <= s.ttl_ms, "{}", s.name);
+                assert!(s.hold_ms.0 <= s.hold_ms.1 && s.gap_ms.0 <= s.gap_ms.1);
+                if let Chaos::Pause { pause_ms, .. } = s.chaos {
+                    assert!(pause_ms > s.ttl_ms, "a pause must outlast the TTL");
+                }
+            }
+        }
+        // The profile's budget, not the sum of the limits, bounds a short run.
+        assert!(budget(Profile::Short).is_some_and(|b| b < Duration::from_secs(180)));
+        assert!(budget(Profile::Soak).is_none());
+    }
+}
