@@ -260,10 +260,12 @@ enum Attempt {
     },
 }
 
-/// A failure of one attempt: retry it (transient) or give up (fatal).
+/// A failure of one attempt: retry it (transient), give up (fatal), or stop
+/// because the caller cancelled before anything was written.
 enum Failure {
     Transient(BackendError),
     Fatal(Error),
+    Cancelled,
 }
 
 impl Lock {
@@ -391,16 +393,16 @@ impl Lock {
                     lock: lock.url.clone(),
                 });
             }
-            let attempt = tokio::select! {
-                biased;
-                attempt = self.attempt(&mut seen) => attempt,
-                // Cancelling during the read is safe; `attempt` checks again before writing.
-                () = cancel.cancelled() => return Err(Error::Cancelled { lock: lock.url.clone() }),
-            };
+            let attempt = self.attempt(&mut seen, cancel).await;
             let now = Instant::now();
             let wake = match attempt {
                 Ok(Attempt::Acquired(guard)) => return Ok(guard),
                 Err(Failure::Fatal(error)) => return Err(error),
+                Err(Failure::Cancelled) => {
+                    return Err(Error::Cancelled {
+                        lock: lock.url.clone(),
+                    })
+                }
                 Ok(Attempt::Busy { holder, retry_in }) => {
                     failing_since = None;
                     if wait_until.is_some_and(|until| now >= until) {
@@ -509,17 +511,19 @@ impl Lock {
         }
     }
 
-    /// One inspect-then-write round.
+    /// One inspect-then-write round. Only the inspect can be cancelled: once a write
+    /// is sent it runs to completion, so cancellation never leaves a lock behind.
     async fn attempt(
         &self,
         seen: &mut Option<(ObjectVersion, Instant)>,
+        cancel: &CancellationToken,
     ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
-        let read = lock
-            .backend
-            .read(&lock.object)
-            .await
-            .map_err(|e| self.classify(e))?;
+        let read = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(Failure::Cancelled),
+            read = lock.backend.read(&lock.object) => read.map_err(|e| self.classify(e))?,
+        };
         let received = Instant::now();
         let (condition, token) = match &read.value {
             None => (WriteCondition::DoesNotExist, 1),
@@ -552,6 +556,9 @@ impl Lock {
                 }
             }
         };
+        if cancel.is_cancelled() {
+            return Err(Failure::Cancelled);
+        }
         let record = LockRecord {
             state: LockState::Held,
             token,

@@ -761,3 +761,32 @@ async fn waiters_judge_a_lock_by_its_holders_ttl_not_their_own() {
     );
     assert_eq!(taken.token().value(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_while_a_create_is_in_flight_never_leaves_a_lock_behind() {
+    let memory = MemoryBackend::new("b");
+    let slow = FaultyBackend::new(Arc::new(memory.clone()));
+    // The create applies at once, but its response takes 5 s to arrive.
+    slow.inject(
+        Operation::Write,
+        Fault::DelayResponse(Duration::from_secs(5)),
+    );
+    let lock = lock_on(Arc::new(slow), "me");
+    let cancel = CancellationToken::new();
+    let attempt = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move { lock.acquire_cancellable(Wait::Forever, &cancel).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cancel.cancel();
+    match attempt.await.expect("task") {
+        // The write was sent, so it runs to completion and the caller owns the lock.
+        Ok(guard) => guard.release().await.expect("release"),
+        Err(error) => panic!("a sent create must not be abandoned: {error}"),
+    }
+    assert_eq!(
+        record(&memory).await.state,
+        LockState::Released,
+        "nothing left held"
+    );
+}

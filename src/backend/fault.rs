@@ -30,6 +30,9 @@ pub enum Fault {
     LoseResponse(FaultError),
     /// Wait this long (on tokio's clock) before calling the backend.
     Delay(Duration),
+    /// Call the backend, then wait this long before answering: the request has
+    /// applied while its caller still waits.
+    DelayResponse(Duration),
 }
 
 /// The error a fault reports (kept `Clone`, unlike `BackendError`).
@@ -121,6 +124,11 @@ impl FaultyBackend {
             Some(Fault::Delay(delay)) => {
                 tokio::time::sleep(delay).await;
                 call.await
+            }
+            Some(Fault::DelayResponse(delay)) => {
+                let result = call.await;
+                tokio::time::sleep(delay).await;
+                result
             }
         }
     }
