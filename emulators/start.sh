@@ -12,18 +12,17 @@
 # own script (start-moto.sh, start-azurite.sh) documents its settings.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/emulator.sh
+source "$HERE/../scripts/lib/emulator.sh"
+EMU_NAME=emulators/start.sh
 
-die() { echo "emulators/start.sh: ERROR: $*" >&2; exit 1; }
 [[ $# -ge 1 && $# -le 2 ]] || die "usage: emulators/start.sh STATE_DIR [BUCKET]"
 STATE_DIR="$1"
 BUCKET="${2:-gcslock-test}"
 mkdir -p "$STATE_DIR"
-free_port() {
-  "${PYTHON:-python3}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-MOTO_PORT="$(free_port)"
-AZURITE_PORT="$(free_port)"
-while [[ "$AZURITE_PORT" == "$MOTO_PORT" ]]; do AZURITE_PORT="$(free_port)"; done
+MOTO_PORT="$(emu_free_port)"
+AZURITE_PORT="$(emu_free_port)"
+while [[ "$AZURITE_PORT" == "$MOTO_PORT" ]]; do AZURITE_PORT="$(emu_free_port)"; done
 echo "$MOTO_PORT $AZURITE_PORT" >"$STATE_DIR/ports"
 
 "$HERE/start-moto.sh" --bucket "$BUCKET" "$MOTO_PORT" "$STATE_DIR/moto" \

@@ -9,6 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::cases::md;
+
 /// Upper bound for anything that should fail fast; never a sleep.
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -147,13 +149,6 @@ fn backend(endpoint: &str) -> GcsBackend {
 
 async fn within<F: std::future::Future>(future: F) -> F::Output {
     tokio::time::timeout(BOUND, future).await.expect("bounded")
-}
-
-fn md(pairs: &[(&str, &str)]) -> Metadata {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
 }
 
 #[tokio::test]

@@ -1,0 +1,875 @@
+//! The conformance cases, each written once as `case_*(ctx)` and run on every target
+//! that has what it needs (`tests/conformance.rs` lists them with their `Needs`).
+
+use gcslock::backend::WriteCondition::{DoesNotExist, Matches};
+use std::future::Future;
+use std::sync::Arc;
+
+use gcslock::backend::{Backend, BackendError, Metadata, ObjectInfo, ObjectVersion, Stamped};
+use gcslock::{Error, Lock, LockOptions, LockRecord};
+
+use crate::support::{loud, run_id};
+use crate::targets::{Ctx, Needs};
+
+// ---------------------------------------------------------------- helpers
+
+pub fn md(pairs: &[(&str, &str)]) -> Metadata {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+async fn create(b: &dyn Backend, name: &str, metadata: &Metadata) -> ObjectInfo {
+    b.write(name, DoesNotExist, metadata)
+        .await
+        .unwrap_or_else(|e| panic!("create {name:?}: {e}"))
+        .value
+}
+
+async fn read_some(b: &dyn Backend, name: &str) -> ObjectInfo {
+    b.read(name)
+        .await
+        .unwrap_or_else(|e| panic!("read {name:?}: {e}"))
+        .value
+        .unwrap_or_else(|| panic!("{name:?} should exist"))
+}
+
+async fn read_none(b: &dyn Backend, name: &str) {
+    let found = b
+        .read(name)
+        .await
+        .unwrap_or_else(|e| panic!("read {name:?}: {e}"));
+    assert!(
+        found.value.is_none(),
+        "{name:?} should not exist: {:?}",
+        found.value
+    );
+}
+
+fn assert_precondition_failed<T: std::fmt::Debug>(result: Result<T, BackendError>, what: &str) {
+    assert!(
+        matches!(result, Err(BackendError::PreconditionFailed)),
+        "{what}: expected PreconditionFailed, got {result:?}"
+    );
+}
+
+/// Creates `PREFIX/lock` with `holder=a`: the first version most cases start from.
+async fn create_lock(ctx: &Ctx) -> (String, ObjectInfo) {
+    let name = ctx.name("lock");
+    let v1 = create(&*ctx.backend, &name, &md(&[("holder", "a")])).await;
+    (name, v1)
+}
+
+/// A metadata update that must succeed.
+async fn update(
+    b: &dyn Backend,
+    name: &str,
+    expected: ObjectVersion,
+    pairs: &[(&str, &str)],
+) -> ObjectInfo {
+    b.update_metadata(name, expected, &md(pairs))
+        .await
+        .unwrap_or_else(|e| panic!("update {name:?} at {expected}: {e}"))
+        .value
+}
+
+/// A write replacing `expected` that must succeed.
+async fn replace(
+    b: &dyn Backend,
+    name: &str,
+    expected: ObjectVersion,
+    pairs: &[(&str, &str)],
+) -> ObjectInfo {
+    b.write(name, Matches(expected), &md(pairs))
+        .await
+        .unwrap_or_else(|e| panic!("replace {name:?} at {expected}: {e}"))
+        .value
+}
+
+/// A server clock reading consistent with an object's `updated` from the same server.
+fn assert_server_time(
+    what: &str,
+    time: Option<chrono::DateTime<chrono::Utc>>,
+    updated: chrono::DateTime<chrono::Utc>,
+) {
+    let time = time.unwrap_or_else(|| panic!("{what}: no server time (HTTP Date)"));
+    // Date has whole seconds, `updated` finer (on object_store's HTTP stores it is
+    // Last-Modified rounded up to the next second): allow one second below.
+    assert!(
+        time + chrono::Duration::seconds(1) >= updated,
+        "{what}: {time} before {updated}"
+    );
+    assert!(
+        time - updated < chrono::Duration::minutes(5),
+        "{what}: {time} far after {updated}"
+    );
+}
+
+/// Creates each `PREFIX/suffix` with its name as metadata, checks it reads back as
+/// written, and that a list of the prefix returns exactly them, in name order.
+async fn round_trip_names(ctx: &Ctx, suffixes: &[&str]) -> Vec<ObjectInfo> {
+    let b = &*ctx.backend;
+    let mut created = Vec::new();
+    for suffix in suffixes {
+        let name = ctx.name(suffix);
+        let object = create(b, &name, &md(&[("name", &name)])).await;
+        assert_eq!(object.name, name);
+        assert_eq!(read_some(b, &name).await, object, "{name:?}");
+        created.push(object);
+    }
+    created.sort_by(|x, y| x.name.cmp(&y.name));
+    assert_eq!(b.list(&ctx.prefix).await.expect("list").value, created);
+    created
+}
+
+/// Names every backend stores as given.
+const PLAIN_NAMES: [&str; 5] = [
+    "dir/sub/object",
+    "with space",
+    "ünïcødé/✓ 锁",
+    "percent%2F+plus",
+    "question?hash#amp&eq=",
+];
+
+/// Names with empty segments: GCS keeps them; object_store would store them under
+/// another key (`x/` as `x`), so that backend refuses them.
+const EMPTY_SEGMENT_NAMES: [&str; 2] = ["trailing-slash/", "double//slash"];
+
+// ---------------------------------------------------------------- create and read
+
+pub async fn case_create_if_absent_succeeds_once(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let (name, first) = create_lock(ctx).await;
+    let second = b.write(&name, DoesNotExist, &md(&[("holder", "b")])).await;
+    assert_precondition_failed(second, "second create-if-absent");
+    let now = read_some(b, &name).await;
+    assert_eq!(
+        now.version, first.version,
+        "the loser must not replace the object"
+    );
+    assert_eq!(now.metadata, md(&[("holder", "a")]));
+}
+
+pub async fn case_created_object_has_metadata_and_first_version(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let name = ctx.name("lock");
+    // Non-ASCII values and '-' in keys: impossible in S3 metadata headers and Azure
+    // metadata names, so the object_store backend keeps them in the object body.
+    let metadata = md(&[
+        ("gcslock-holder", "host-1 pid 42"),
+        ("gcslock-nonce", "0123456789abcdef"),
+        ("gcslock-ttl", "300s"),
+        ("quoted", "é ✓ \"x\" & <y>"),
+    ]);
+    let created = create(b, &name, &metadata).await;
+    assert_eq!(created.name, name);
+    assert_eq!(created.metadata, metadata);
+    assert!(created.version.generation > 0, "{:?}", created.version);
+    assert_eq!(
+        created.version.metageneration, 1,
+        "a new object starts at metageneration 1"
+    );
+    assert_eq!(
+        read_some(b, &name).await,
+        created,
+        "read must return what the write returned"
+    );
+    assert_eq!(
+        read_some(&*ctx.fresh(), &name).await,
+        created,
+        "another process (a backend that never saw the object) reads the same"
+    );
+}
+
+pub async fn case_empty_metadata_reads_back_empty(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let name = ctx.name("bare");
+    let created = create(b, &name, &Metadata::new()).await;
+    assert!(created.metadata.is_empty(), "{:?}", created.metadata);
+    assert!(read_some(b, &name).await.metadata.is_empty());
+}
+
+pub async fn case_read_of_missing_object_is_none(ctx: &Ctx) {
+    read_none(&*ctx.backend, &ctx.name("never-written")).await;
+    read_none(&*ctx.backend, &ctx.name("dir/never-written")).await;
+}
+
+pub async fn case_responses_carry_server_time(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let name = ctx.name("lock");
+    let created = b
+        .write(&name, DoesNotExist, &md(&[("a", "1")]))
+        .await
+        .expect("create");
+    let updated = created.value.updated;
+    assert_server_time("write", created.server_time, updated);
+    let read = b.read(&name).await.expect("read");
+    assert_server_time("read", read.server_time, updated);
+    let missing = b.read(&ctx.name("missing")).await.expect("read missing");
+    assert_server_time("read of a missing object", missing.server_time, updated);
+    let listed = b.list(&ctx.prefix).await.expect("list");
+    assert_server_time("list", listed.server_time, updated);
+    // The update's is checked by case_update_metadata_merges_and_bumps_metageneration
+    // (fake-gcs-server's update responses are incomplete).
+}
+
+// ---------------------------------------------------------------- conditional writes
+
+pub async fn case_write_matching_version_replaces_with_new_generation(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let name = ctx.name("lock");
+    let v1 = create(b, &name, &md(&[("holder", "a"), ("only-in-v1", "x")])).await;
+    let v2 = replace(b, &name, v1.version, &[("holder", "b")]).await;
+    assert_ne!(
+        v2.version.generation, v1.version.generation,
+        "a replaced object gets a new generation"
+    );
+    assert_eq!(v2.version.metageneration, 1);
+    assert_eq!(
+        v2.metadata,
+        md(&[("holder", "b")]),
+        "a write replaces metadata, it does not merge"
+    );
+    assert_eq!(read_some(b, &name).await, v2);
+}
+
+pub async fn case_write_with_stale_generation_fails(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let (name, v1) = create_lock(ctx).await;
+    let v2 = replace(b, &name, v1.version, &[("holder", "b")]).await;
+    let stale = b
+        .write(&name, Matches(v1.version), &md(&[("holder", "c")]))
+        .await;
+    assert_precondition_failed(stale, "write with the replaced generation");
+    assert_eq!(read_some(b, &name).await, v2);
+
+    let missing = ctx.name("missing");
+    let result = b
+        .write(&missing, Matches(v1.version), &md(&[("holder", "c")]))
+        .await;
+    assert_precondition_failed(result, "write matching a version of a missing object");
+    read_none(b, &missing).await;
+}
+
+pub async fn case_write_with_stale_metageneration_fails(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let (name, v1) = create_lock(ctx).await;
+    let refreshed = update(b, &name, v1.version, &[("refreshed", "1")]).await;
+    let stale = b
+        .write(&name, Matches(v1.version), &md(&[("holder", "b")]))
+        .await;
+    assert_precondition_failed(
+        stale,
+        "write with the generation right but a stale metageneration",
+    );
+    assert_eq!(read_some(b, &name).await.version, refreshed.version);
+}
+
+// ---------------------------------------------------------------- metadata updates
+
+pub async fn case_update_metadata_merges_and_bumps_metageneration(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let name = ctx.name("lock");
+    let v1 = create(b, &name, &md(&[("holder", "a"), ("keep", "k")])).await;
+    let up = b
+        .update_metadata(&name, v1.version, &md(&[("holder", "a2"), ("added", "n")]))
+        .await
+        .expect("update with the exact version");
+    assert_server_time("update", up.server_time, v1.updated);
+    let v2 = up.value;
+    assert_eq!(
+        v2.version.generation, v1.version.generation,
+        "an update keeps the generation"
+    );
+    assert_eq!(v2.version.metageneration, v1.version.metageneration + 1);
+    assert_eq!(
+        v2.metadata,
+        md(&[("holder", "a2"), ("keep", "k"), ("added", "n")])
+    );
+    assert!(
+        v2.updated >= v1.updated,
+        "updated went back: {} < {}",
+        v2.updated,
+        v1.updated
+    );
+    assert_eq!(read_some(b, &name).await, v2);
+
+    let v3 = update(b, &name, v2.version, &[("again", "1")]).await;
+    assert_eq!(v3.version.metageneration, v1.version.metageneration + 2);
+    assert!(v3.updated >= v2.updated);
+}
+
+pub async fn case_update_metadata_with_stale_version_fails(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let (name, v1) = create_lock(ctx).await;
+    let v2 = update(b, &name, v1.version, &[("n", "1")]).await;
+    let stale_meta = b
+        .update_metadata(&name, v1.version, &md(&[("n", "x")]))
+        .await;
+    assert_precondition_failed(stale_meta, "update with a stale metageneration");
+
+    let v3 = replace(b, &name, v2.version, &[("holder", "b")]).await;
+    // Same metageneration (1), old generation: must not touch the new object.
+    let stale_gen = ObjectVersion {
+        generation: v1.version.generation,
+        metageneration: v3.version.metageneration,
+    };
+    let result = b
+        .update_metadata(&name, stale_gen, &md(&[("n", "x")]))
+        .await;
+    assert_precondition_failed(result, "update with a stale generation");
+    assert_eq!(
+        read_some(b, &name).await,
+        v3,
+        "failed updates must change nothing"
+    );
+}
+
+pub async fn case_update_metadata_of_missing_object_is_not_found(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let name = ctx.name("missing");
+    let version = ObjectVersion {
+        generation: 1,
+        metageneration: 1,
+    };
+    let result = b.update_metadata(&name, version, &md(&[("n", "1")])).await;
+    assert!(
+        matches!(result, Err(BackendError::NotFound)),
+        "update of a missing object: expected NotFound, got {result:?}"
+    );
+    read_none(b, &name).await;
+}
+
+// ---------------------------------------------------------------- deletes
+
+pub async fn case_delete_with_matching_version_removes(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let (name, v1) = create_lock(ctx).await;
+    b.delete(&name, v1.version)
+        .await
+        .expect("delete the exact version");
+    read_none(b, &name).await;
+
+    let again = b.delete(&name, v1.version).await;
+    assert!(
+        matches!(again, Err(BackendError::NotFound)),
+        "delete of a deleted object: expected NotFound, got {again:?}"
+    );
+    let v2 = create(b, &name, &md(&[("holder", "b")])).await;
+    assert_ne!(
+        v2.version.generation, v1.version.generation,
+        "a re-created object gets a new generation"
+    );
+    assert_eq!(v2.version.metageneration, 1);
+}
+
+pub async fn case_delete_with_stale_version_fails_and_keeps_object(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let (name, v1) = create_lock(ctx).await;
+    let v2 = replace(b, &name, v1.version, &[("holder", "b")]).await;
+    assert_precondition_failed(
+        b.delete(&name, v1.version).await,
+        "delete with a stale generation",
+    );
+    assert_eq!(read_some(b, &name).await, v2);
+
+    let v3 = update(b, &name, v2.version, &[("n", "1")]).await;
+    assert_precondition_failed(
+        b.delete(&name, v2.version).await,
+        "delete with a stale metageneration",
+    );
+    assert_eq!(read_some(b, &name).await, v3);
+
+    b.delete(&name, v3.version)
+        .await
+        .expect("delete the current version");
+    read_none(b, &name).await;
+}
+
+/// Where the two cases above cannot run: object_store has no conditional delete, and
+/// an unconditional one could remove a lock acquired after the version was read, so
+/// `delete` is refused, whatever the version.
+pub async fn case_delete_is_refused_and_changes_nothing(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let (name, v1) = create_lock(ctx).await;
+    for version in [
+        v1.version,
+        ObjectVersion {
+            generation: v1.version.generation + 1,
+            metageneration: 1,
+        },
+    ] {
+        match b.delete(&name, version).await {
+            Err(error @ BackendError::Rejected { .. }) => {
+                assert!(error.to_string().contains("conditional delete"), "{error}");
+                assert!(!error.is_transient() && !error.may_have_applied());
+            }
+            other => panic!("delete must be refused, got {other:?}"),
+        }
+    }
+    assert_eq!(read_some(b, &name).await, v1);
+}
+
+// ---------------------------------------------------------------- lists and names
+
+pub async fn case_list_returns_prefix_matches_in_name_order(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let dir = ctx.name("list/");
+    let mut created = Vec::new();
+    for suffix in ["b", "a/2", "a/10", "a/1", "c d"] {
+        let name = format!("{dir}{suffix}");
+        created.push(create(b, &name, &md(&[("suffix", suffix)])).await);
+    }
+    // Siblings that share a shorter prefix must not be listed.
+    create(b, &ctx.name("listx"), &Metadata::new()).await;
+    create(b, &ctx.name("lis"), &Metadata::new()).await;
+
+    let listed = b.list(&dir).await.expect("list").value;
+    created.sort_by(|x, y| x.name.cmp(&y.name));
+    let names: Vec<_> = listed.iter().map(|o| o.name.as_str()).collect();
+    let expected: Vec<_> = created.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, expected);
+    assert_eq!(
+        listed, created,
+        "listed objects must carry their versions and metadata"
+    );
+
+    // A prefix that ends inside a name segment (object_store lists whole segments).
+    let partial = b.list(&ctx.name("lis")).await.expect("list").value;
+    let mut partial_names: Vec<_> = partial.iter().map(|o| o.name.clone()).collect();
+    partial_names.sort();
+    assert_eq!(partial_names.len(), 7, "{partial_names:?}");
+
+    let none = b
+        .list(&ctx.name("nothing-here/"))
+        .await
+        .expect("empty list")
+        .value;
+    assert!(none.is_empty(), "{none:?}");
+}
+
+pub async fn case_list_follows_pages(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let dir = ctx.name("pages/");
+    let mut expected = Vec::new();
+    for i in 0..7 {
+        expected.push(create(b, &format!("{dir}{i:02}"), &md(&[("i", &i.to_string())])).await);
+    }
+    let listed = b.list(&dir).await.expect("list").value;
+    assert_eq!(listed, expected, "all pages, in name order");
+}
+
+pub async fn case_names_with_slashes_spaces_and_unicode_round_trip(ctx: &Ctx) {
+    round_trip_names(ctx, &PLAIN_NAMES).await;
+}
+
+pub async fn case_names_with_empty_segments_round_trip(ctx: &Ctx) {
+    round_trip_names(ctx, &EMPTY_SEGMENT_NAMES).await;
+}
+
+/// object_store would store `x/` as `x` (and `a//b` as `a/b`): refused rather than
+/// renamed, so two lock names never share one object.
+pub async fn case_names_with_empty_segments_are_refused(ctx: &Ctx) {
+    for suffix in EMPTY_SEGMENT_NAMES {
+        let name = ctx.name(suffix);
+        let result = ctx
+            .backend
+            .write(&name, DoesNotExist, &Metadata::new())
+            .await;
+        assert!(
+            matches!(&result, Err(BackendError::Rejected { status: 400, .. })),
+            "{name:?}: {result:?}"
+        );
+    }
+}
+
+/// Deletes address objects by the same encoded name as reads and writes.
+pub async fn case_objects_of_any_name_are_deleted(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let names: Vec<&str> = PLAIN_NAMES.into_iter().chain(EMPTY_SEGMENT_NAMES).collect();
+    for object in round_trip_names(ctx, &names).await {
+        b.delete(&object.name, object.version)
+            .await
+            .unwrap_or_else(|e| panic!("delete {:?}: {e}", object.name));
+        read_none(b, &object.name).await;
+    }
+}
+
+// ---------------------------------------------------------------- other processes, races
+
+/// Every condition is enforced by the store, not by this process's state: a second
+/// backend that never saw the object (another process) gets the same answers.
+pub async fn case_conditions_hold_for_a_backend_that_never_saw_the_object(ctx: &Ctx) {
+    let (a, other) = (&*ctx.backend, ctx.fresh());
+    let (name, v1) = create_lock(ctx).await;
+    // `other` conditions on v1 without ever having read it.
+    let v2 = other
+        .update_metadata(&name, v1.version, &md(&[("by", "other")]))
+        .await
+        .expect("update through a backend that never saw the object")
+        .value;
+    // `a` last saw v1 (object_store: v1's ETag is cached, so its If-Match carries
+    // it): the store refuses.
+    assert_precondition_failed(
+        a.update_metadata(&name, v1.version, &md(&[("by", "a")]))
+            .await,
+        "update with a stale version this backend saw",
+    );
+    assert_precondition_failed(
+        a.write(&name, Matches(v1.version), &md(&[("holder", "a2")]))
+            .await,
+        "write with a stale version this backend saw",
+    );
+    assert_eq!(read_some(a, &name).await, v2);
+    // Both now know v2; a takeover through a third backend wins, and the others lose.
+    let third = ctx.fresh();
+    let v3 = replace(&*third, &name, v2.version, &[("holder", "c")]).await;
+    assert_precondition_failed(
+        other
+            .update_metadata(&name, v2.version, &md(&[("x", "1")]))
+            .await,
+        "refresh of a replaced version",
+    );
+    assert_eq!(read_some(&*other, &name).await, v3);
+}
+
+/// Runs `attempt(backend, i)` for i in 0..8 at once, each through a backend of its
+/// own (8 processes), and returns the winners. Each loser must fail with an error
+/// that `lost` accepts.
+async fn race<F, Fut>(ctx: &Ctx, lost: fn(&BackendError) -> bool, attempt: F) -> Vec<ObjectInfo>
+where
+    F: Fn(Arc<dyn Backend>, usize) -> Fut,
+    Fut: Future<Output = Result<Stamped<ObjectInfo>, BackendError>> + Send + 'static,
+{
+    let attempts: Vec<_> = (0..8)
+        .map(|i| tokio::spawn(attempt(ctx.fresh(), i)))
+        .collect();
+    let mut winners = Vec::new();
+    for attempt in attempts {
+        match attempt.await.expect("task") {
+            Ok(written) => winners.push(written.value),
+            Err(error) if lost(&error) => {}
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    winners
+}
+
+pub async fn case_concurrent_creates_have_one_winner(ctx: &Ctx) {
+    let name = ctx.name("lock");
+    let winners = race(
+        ctx,
+        |error| matches!(error, BackendError::PreconditionFailed),
+        |backend, i| {
+            let name = name.clone();
+            async move {
+                backend
+                    .write(&name, DoesNotExist, &md(&[("holder", &i.to_string())]))
+                    .await
+            }
+        },
+    )
+    .await;
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(read_some(&*ctx.backend, &name).await, winners[0]);
+}
+
+pub async fn case_concurrent_updates_of_one_version_have_one_winner(ctx: &Ctx) {
+    let (name, v1) = create_lock(ctx).await;
+    let winners = race(
+        ctx,
+        |error| {
+            matches!(
+                error,
+                BackendError::PreconditionFailed
+                    // S3's answer while another conditional write of the key is in
+                    // flight; nothing was applied (the final check below proves it).
+                    | BackendError::Server { status: 409, .. }
+            )
+        },
+        |backend, i| {
+            let name = name.clone();
+            async move {
+                backend
+                    .update_metadata(&name, v1.version, &md(&[("refresh", &i.to_string())]))
+                    .await
+            }
+        },
+    )
+    .await;
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let now = read_some(&*ctx.backend, &name).await;
+    assert_eq!(now, winners[0]);
+    assert_eq!(now.version.metageneration, 2);
+}
+
+// ---------------------------------------------------------------- foreign objects
+
+/// What someone else's object carries: metadata that is not a lock record.
+fn foreign_metadata() -> Metadata {
+    md(&[("owner", "someone")])
+}
+
+/// An object gcslock did not write: on object_store a plain put of another body
+/// with user metadata; elsewhere (where gcslock uses metadata only) an object whose
+/// metadata is not a lock record.
+async fn create_foreign(ctx: &Ctx, name: &str) -> ObjectInfo {
+    #[cfg(feature = "object-store")]
+    if let Some(backend) = ctx.object_store() {
+        use ::object_store::{path::Path, Attribute, Attributes, PutMode, PutOptions};
+        let mut attributes = Attributes::new();
+        for (key, value) in foreign_metadata() {
+            attributes.insert(Attribute::Metadata(key.into()), value.into());
+        }
+        let options = PutOptions {
+            mode: PutMode::Create,
+            attributes,
+            ..PutOptions::default()
+        };
+        backend
+            .store()
+            .put_opts(&Path::from(name), "not a lock".into(), options)
+            .await
+            .expect("a plain object");
+        return read_some(&**backend, name).await;
+    }
+    create(&*ctx.backend, name, &foreign_metadata()).await
+}
+
+pub async fn case_foreign_objects_are_reported_and_never_taken(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let name = ctx.name("foreign");
+    let info = create_foreign(ctx, &name).await;
+    assert!(info.version.generation > 0);
+    assert_eq!(info.metadata, foreign_metadata());
+    assert_eq!(read_some(b, &name).await, info);
+    assert!(
+        LockRecord::from_metadata(&info.metadata).is_err(),
+        "{info:?}"
+    );
+    // The lock never overwrites it (Lock refuses NotALock objects).
+    let lock = Lock::new(ctx.backend.clone(), &name, LockOptions::default()).expect("lock");
+    let result = lock.try_acquire().await;
+    assert!(matches!(result, Err(Error::NotALock { .. })), "{result:?}");
+    assert_eq!(read_some(b, &name).await, info, "unchanged");
+}
+
+/// On object_store a metadata update rewrites the whole object: refused for an
+/// object gcslock did not write, whose content would be lost.
+#[cfg(feature = "object-store")]
+pub async fn case_foreign_objects_are_never_rewritten(ctx: &Ctx) {
+    use ::object_store::{path::Path, ObjectStoreExt};
+    let backend = ctx.object_store().expect("Needs::ObjectStore");
+    let name = ctx.name("foreign");
+    let info = create_foreign(ctx, &name).await;
+    let result = backend
+        .update_metadata(&name, info.version, &md(&[("x", "1")]))
+        .await;
+    assert!(
+        matches!(result, Err(BackendError::Rejected { .. })),
+        "{result:?}"
+    );
+    let body = backend
+        .store()
+        .get(&Path::from(name.as_str()))
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(&body[..], b"not a lock");
+    assert_eq!(read_some(&**backend, &name).await, info, "unchanged");
+}
+
+// ---------------------------------------------------------------- the store itself
+
+/// What the store itself enforces, through object_store directly. These hold on any
+/// store the backend accepts; the facts that differ between stores are printed (and
+/// recorded in emulators/README.md).
+#[cfg(feature = "object-store")]
+pub async fn case_store_enforces_conditional_puts(ctx: &Ctx) {
+    use ::object_store::{path::Path, Error as E, ObjectStoreExt, PutMode, PutOptions};
+    let store = ctx.object_store().expect("Needs::ObjectStore").store();
+    let path = Path::from(ctx.name("raw").as_str());
+    let put = |mode: PutMode, body: &'static str| {
+        let path = path.clone();
+        async move {
+            store
+                .put_opts(&path, body.into(), PutOptions::from(mode))
+                .await
+        }
+    };
+    let first = put(PutMode::Create, "").await.expect("create");
+    let again = put(PutMode::Create, "").await;
+    assert!(
+        matches!(again, Err(E::AlreadyExists { .. })),
+        "If-None-Match: * must be enforced: {again:?}"
+    );
+    // Same (empty) body again, conditioned on the current ETag.
+    let same = put(PutMode::Update(first.clone().into()), "")
+        .await
+        .expect("update");
+    // S3: the ETag is the body's MD5, so an identical body keeps it (and a stale
+    // ETag of an identical body would still match): why the lock's version lives in
+    // the body.
+    let same_etag = same.e_tag == first.e_tag;
+    let second = put(PutMode::Update(same.clone().into()), "v2")
+        .await
+        .expect("update");
+    let stale = put(PutMode::Update(same.clone().into()), "v3").await;
+    assert!(
+        matches!(stale, Err(E::Precondition { .. })),
+        "If-Match must be enforced: {stale:?}"
+    );
+    let missing = Path::from(ctx.name("raw-missing").as_str());
+    let on_missing = store
+        .put_opts(
+            &missing,
+            "x".into(),
+            PutOptions::from(PutMode::Update(second.clone().into())),
+        )
+        .await;
+    assert!(
+        matches!(on_missing, Err(E::Precondition { .. } | E::NotFound { .. })),
+        "If-Match on a missing object: {on_missing:?}"
+    );
+    assert!(matches!(
+        store.head(&missing).await,
+        Err(E::NotFound { .. })
+    ));
+    loud(&format!(
+        "measured on {}: If-None-Match: * enforced; If-Match enforced; rewriting an identical \
+         body keeps the ETag: {same_etag}; If-Match on a missing object: {}",
+        ctx.label,
+        match on_missing {
+            Err(E::NotFound { .. }) => "NotFound",
+            _ => "Precondition",
+        }
+    ));
+}
+
+// ---------------------------------------------------------------- buckets
+
+/// A bucket that does not exist is reported as such, not as a missing object.
+pub async fn case_missing_bucket_is_reported_as_such(ctx: &Ctx) {
+    let bucket = format!("gcslock-missing-{}", run_id());
+    let b = ctx.other_bucket(&bucket);
+    let is_missing_bucket =
+        |e: &BackendError| matches!(e, BackendError::BucketNotFound(name) if *name == bucket);
+    let version = ObjectVersion {
+        generation: 1,
+        metageneration: 1,
+    };
+
+    let write = b.write("lock", DoesNotExist, &Metadata::new()).await;
+    assert!(
+        write.as_ref().is_err_and(is_missing_bucket),
+        "write: {write:?}"
+    );
+    let list = b.list("").await;
+    assert!(
+        list.as_ref().is_err_and(is_missing_bucket),
+        "list: {list:?}"
+    );
+
+    let read = b.read("lock").await;
+    let update = b.update_metadata("lock", version, &Metadata::new()).await;
+    let delete = b.delete("lock", version).await;
+    if ctx.has(Needs::FakeGcsGaps) {
+        loud(&format!(
+            "{}: fake-gcs-server answers a bare \"Not Found\" for a missing bucket on \
+             GET/PATCH/DELETE of an object, so those report a missing object there",
+            ctx.label
+        ));
+        assert!(
+            matches!(read, Ok(ref s) if s.value.is_none()),
+            "read: {read:?}"
+        );
+        assert!(
+            matches!(update, Err(BackendError::NotFound)),
+            "update: {update:?}"
+        );
+        assert!(
+            matches!(delete, Err(BackendError::NotFound)),
+            "delete: {delete:?}"
+        );
+        return;
+    }
+    assert!(
+        read.as_ref().is_err_and(is_missing_bucket),
+        "read: {read:?}"
+    );
+    assert!(
+        update.as_ref().is_err_and(is_missing_bucket),
+        "update: {update:?}"
+    );
+    if ctx.has(Needs::ConditionalDelete) {
+        assert!(
+            delete.as_ref().is_err_and(is_missing_bucket),
+            "delete: {delete:?}"
+        );
+    } else {
+        // Refused before any request, bucket or not (case_delete_is_refused_*).
+        assert!(
+            matches!(delete, Err(BackendError::Rejected { status: 501, .. })),
+            "delete: {delete:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- fake-gcs-server
+
+/// fake-gcs-server 1.54's gaps, as measured (fake-gcs/README.md). If this fails,
+/// fake-gcs-server changed: update the README and `Kind::lacks`.
+pub async fn case_fake_gcs_server_gaps_are_as_documented(ctx: &Ctx) {
+    let b = &*ctx.backend;
+    let name = ctx.name("lock");
+    let v1 = create(b, &name, &md(&[("a", "1")])).await;
+
+    // PATCH applies, but its response has no metageneration.
+    let patched = b
+        .update_metadata(&name, v1.version, &md(&[("b", "2")]))
+        .await;
+    assert!(
+        matches!(&patched, Err(BackendError::InvalidResponse(m)) if m.contains("metageneration")),
+        "{patched:?}"
+    );
+    let after = read_some(b, &name).await;
+    assert_eq!(
+        after.metadata,
+        md(&[("a", "1"), ("b", "2")]),
+        "the PATCH was applied"
+    );
+    assert_eq!(after.version, v1.version, "metageneration did not grow");
+    assert_eq!(after.updated, v1.updated, "updated did not move");
+
+    // PATCH ignores both preconditions.
+    let wrong = ObjectVersion {
+        generation: v1.version.generation + 1,
+        metageneration: 7,
+    };
+    let _ = b.update_metadata(&name, wrong, &md(&[("c", "3")])).await;
+    assert!(
+        read_some(b, &name).await.metadata.contains_key("c"),
+        "stale PATCH applied"
+    );
+
+    // Uploads honour ifGenerationMatch but ignore ifMetagenerationMatch.
+    let stale_meta = ObjectVersion {
+        generation: v1.version.generation,
+        metageneration: 7,
+    };
+    let v2 = b
+        .write(&name, Matches(stale_meta), &md(&[("holder", "b")]))
+        .await
+        .expect("fake-gcs-server ignores ifMetagenerationMatch on uploads")
+        .value;
+
+    // DELETE ignores both preconditions.
+    b.delete(&name, wrong)
+        .await
+        .expect("fake-gcs-server ignores DELETE preconditions");
+    read_none(b, &name).await;
+    assert_ne!(v2.version.generation, wrong.generation);
+}
