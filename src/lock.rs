@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError, ObjectInfo, ObjectVersion, WriteCondition};
-use crate::error::{Error, HolderSummary};
+use crate::error::{Error, HolderSummary, LossReason};
 use crate::lease::Guard;
 use crate::record::{LockRecord, LockState};
 
@@ -253,6 +253,10 @@ pub(crate) fn new_nonce() -> String {
 
 enum Attempt {
     Acquired(Guard),
+    /// The write succeeded, but the lease had already run out by the time its answer
+    /// arrived (the process was suspended, or requests were very slow). The lock was
+    /// released again; a guard that is invalid from birth is never returned.
+    Expired,
     Busy {
         holder: HolderSummary,
         /// When the lock may next be free (stale), if known.
@@ -387,6 +391,8 @@ impl Lock {
         let mut backoff = Backoff::new(lock.poll_min, lock.poll_max);
         let mut seen: Option<(ObjectVersion, Instant)> = None;
         let mut failing_since: Option<Instant> = None;
+        let mut last_busy: Option<HolderSummary> = None;
+        let mut expired_in_a_row = 0;
         loop {
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled {
@@ -403,8 +409,26 @@ impl Lock {
                         lock: lock.url.clone(),
                     })
                 }
+                // Look again at once, even if the wait is over: the outcome must
+                // reflect the lock's state now, not the stale lease we let go.
+                Ok(Attempt::Expired) if expired_in_a_row < 3 => {
+                    expired_in_a_row += 1;
+                    now
+                }
+                Ok(Attempt::Expired) => {
+                    return Err(Error::LeaseLost {
+                        lock: lock.url.clone(),
+                        reason: LossReason::Expired {
+                            last_error: "every lease acquired ran out before acquire could \
+                                         return it (is the process being suspended?)"
+                                .into(),
+                        },
+                    })
+                }
                 Ok(Attempt::Busy { holder, retry_in }) => {
                     failing_since = None;
+                    expired_in_a_row = 0;
+                    last_busy = Some(holder.clone());
                     if wait_until.is_some_and(|until| now >= until) {
                         return Err(Error::Busy {
                             lock: lock.url.clone(),
@@ -419,6 +443,16 @@ impl Lock {
                     wait_until.map_or(wake, |until| wake.min(until))
                 }
                 Err(Failure::Transient(error)) => {
+                    // The wait is over and the last clear answer was "busy": say so,
+                    // rather than blame a storage hiccup at the very end.
+                    if let (Some(holder), Some(until)) = (&last_busy, wait_until) {
+                        if now >= until && until > start {
+                            return Err(Error::Busy {
+                                lock: lock.url.clone(),
+                                holder: holder.clone(),
+                            });
+                        }
+                    }
                     let since = *failing_since.get_or_insert(now);
                     let give_up_at =
                         (since + lock.unavailable_timeout).max(wait_until.unwrap_or(since));
@@ -573,12 +607,7 @@ impl Lock {
             .write(&lock.object, condition, &record.to_metadata())
             .await
         {
-            Ok(written) => Ok(Attempt::Acquired(Guard::start(
-                Arc::clone(lock),
-                record,
-                written.value.version,
-                sent,
-            ))),
+            Ok(written) => Ok(self.started(record, written.value.version, sent).await),
             // Someone else wrote first; report who holds it now.
             Err(BackendError::PreconditionFailed) => self.after_lost_race(&record, sent).await,
             Err(error) if error.may_have_applied() => {
@@ -598,12 +627,9 @@ impl Lock {
             .map_err(|e| self.classify(e))?;
         match &read.value {
             // A retry inside the transport may have applied our write before the 412.
-            Some(info) if self.is_ours(info, ours) => Ok(Attempt::Acquired(Guard::start(
-                Arc::clone(lock),
-                ours.clone(),
-                info.version,
-                sent,
-            ))),
+            Some(info) if self.is_ours(info, ours) => {
+                Ok(self.started(ours.clone(), info.version, sent).await)
+            }
             Some(info) => {
                 let record = self.decode(info)?;
                 let status = LockStatus::judge(Some(info), read.server_time);
@@ -647,9 +673,9 @@ impl Lock {
             match lock.backend.read(&lock.object).await {
                 Ok(read) => {
                     return match &read.value {
-                        Some(info) if self.is_ours(info, &ours) => Ok(Attempt::Acquired(
-                            Guard::start(Arc::clone(lock), ours, info.version, sent),
-                        )),
+                        Some(info) if self.is_ours(info, &ours) => {
+                            Ok(self.started(ours, info.version, sent).await)
+                        }
                         // Not applied (or applied and already superseded): judge afresh.
                         _ => Err(Failure::Transient(last_error)),
                     };
@@ -660,6 +686,24 @@ impl Lock {
             tokio::time::sleep_until((Instant::now() + backoff.next()).min(give_up_at)).await;
         }
         Err(Failure::Transient(last_error))
+    }
+
+    /// Starts the lease for a write of ours that applied. Its deadline runs from
+    /// when the write was *sent*; if that has already passed (the process was
+    /// suspended meanwhile), the lock may already be someone else's by staleness:
+    /// release ours (conditionally, so a newer holder is untouched) and report it.
+    async fn started(&self, record: LockRecord, version: ObjectVersion, sent: Instant) -> Attempt {
+        let guard = Guard::start(Arc::clone(&self.inner), record, version, sent);
+        if guard.is_valid() {
+            return Attempt::Acquired(guard);
+        }
+        tracing::warn!(
+            lock = %self.inner.url,
+            "the lock was acquired, but the lease ran out before the answer arrived \
+             (was the process suspended?); releasing it and trying again"
+        );
+        let _released_or_already_taken = guard.release().await;
+        Attempt::Expired
     }
 
     fn is_ours(&self, info: &ObjectInfo, ours: &LockRecord) -> bool {

@@ -790,3 +790,76 @@ async fn cancelling_while_a_create_is_in_flight_never_leaves_a_lock_behind() {
         "nothing left held"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_that_ran_out_before_acquire_returned_is_never_handed_out() {
+    let memory = MemoryBackend::new("b");
+    // A's create applies at once, but its answer arrives after A's whole lease (as if
+    // A were suspended while the request was in flight).
+    let suspended = FaultyBackend::new(Arc::new(memory.clone()));
+    suspended.inject(Operation::Write, Fault::DelayResponse(TTL * 2));
+    let a = lock_on(Arc::new(suspended), "a");
+    let a_attempt = tokio::spawn(async move { a.try_acquire().await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(record(&memory).await.holder, "a", "A's create has applied");
+    // Meanwhile B takes the unrefreshed lock over once it is stale.
+    let b = lock_on(Arc::new(memory.clone()), "b")
+        .acquire(Wait::Forever)
+        .await
+        .expect("B takes over");
+    match a_attempt.await.expect("task") {
+        Err(Error::Busy { holder, .. }) => assert_eq!(holder.identity, "b"),
+        Ok(guard) => panic!(
+            "A got a guard while B holds the lock (valid: {})",
+            guard.is_valid()
+        ),
+        Err(other) => panic!("expected Busy, got {other}"),
+    }
+    assert!(b.is_valid());
+    assert_eq!(
+        record(&memory).await.holder,
+        "b",
+        "A's late release left B alone"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_answer_with_no_contender_is_released_and_retried() {
+    let memory = MemoryBackend::new("b");
+    let suspended = FaultyBackend::new(Arc::new(memory.clone()));
+    suspended.inject(Operation::Write, Fault::DelayResponse(TTL));
+    let guard = lock_on(Arc::new(suspended), "a")
+        .try_acquire()
+        .await
+        .expect("acquired afresh");
+    assert!(guard.is_valid());
+    assert_eq!(
+        guard.token().value(),
+        2,
+        "the expired lease was released, then a new one taken"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_that_ends_during_a_storage_hiccup_reports_busy() {
+    let memory = MemoryBackend::new("b");
+    let _holder = lock_on(Arc::new(memory.clone()), "holder")
+        .try_acquire()
+        .await
+        .expect("free");
+    let flaky = FaultyBackend::new(Arc::new(memory.clone()));
+    let waiter = lock_on(Arc::new(flaky.clone()), "waiter");
+    let wait =
+        tokio::spawn(async move { waiter.acquire(Wait::For(Duration::from_secs(20))).await });
+    // Busy answers first; then storage fails from just before the wait ends.
+    tokio::time::sleep(Duration::from_secs(18)).await;
+    flaky.inject_times(
+        Operation::Read,
+        Fault::Reject(FaultError::Unavailable),
+        1000,
+    );
+    match wait.await.expect("task") {
+        Err(Error::Busy { holder, .. }) => assert_eq!(holder.identity, "holder"),
+        other => panic!("expected Busy, got {other:?}"),
+    }
+}

@@ -82,6 +82,13 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         release(guard, &url).await;
         return Ok(exit::signal(signal as i32));
     }
+    // A final validity check right before the command starts: gcslock may have been
+    // suspended since the lock was acquired, and the lock may be someone else's now.
+    if let Err(error) = guard.check() {
+        tracing::error!("{error}; the command was not started");
+        release(guard, &url).await;
+        return Ok(exit::LEASE_LOST);
+    }
 
     let code = match spawn(&args.command, &guard, &url) {
         Ok(child) => supervise(child, &guard, &url, args.kill_grace, &mut signals).await,
