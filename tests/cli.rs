@@ -7,7 +7,8 @@
 //!   waiting, loss after `break`, takeover of a crashed holder) use
 //!   `GCSLOCK_STRICT_EMULATOR_HOST` (strict-gcs), because fake-gcs-server ignores
 //!   preconditions on PATCH/DELETE: a refresh over a broken lock would succeed
-//!   there. They are skipped, loudly, when it is unset.
+//!   there. They are skipped, loudly, when it is unset, and fail instead with
+//!   `GCSLOCK_REQUIRE_STRICT=1`.
 //! * Usage errors and an unreachable endpoint need no emulator.
 //!
 //! The bucket is `GCSLOCK_TEST_BUCKET` (default `gcslock-test`) and must exist on
@@ -22,298 +23,27 @@
 //! ```
 //!
 //! No test sleeps to let something happen: each waits for an event (a line the
-//! command prints, a process exit, a log line) under a generous hang guard.
+//! command prints, a process exit, a log line) under a generous hang guard. The
+//! process harness is `tests/harness/mod.rs`, shared with `tests/fence.rs` and
+//! `tests/object_store.rs`.
+
+mod harness;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Output, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use gcslock::backend::gcs::GcsBackend;
 use gcslock::backend::{Backend, WriteCondition};
+use harness::{
+    code, describe, gcslock, hold, output, status_json, text, wait_for, Emulator, Running,
+    SHORT_TTL,
+};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::mpsc;
-
-/// Upper bound for any single wait; only a hang ever reaches it.
-const HANG_GUARD: Duration = Duration::from_secs(90);
-/// A short lease, so that loss and staleness show within seconds.
-const SHORT_TTL: [&str; 4] = ["--ttl", "2s", "--refresh-interval", "250ms"];
-
-// ---------------------------------------------------------------------------
-// Environment
-// ---------------------------------------------------------------------------
-
-#[derive(Clone, Debug)]
-struct Emulator {
-    endpoint: String,
-    bucket: String,
-}
-
-impl Emulator {
-    /// A fresh lock URL for one test.
-    fn url(&self, test: &str) -> String {
-        format!(
-            "gs://{}/cli-tests/{test}-{:016x}",
-            self.bucket,
-            rand::random::<u64>()
-        )
-    }
-}
-
-fn bucket() -> String {
-    std::env::var("GCSLOCK_TEST_BUCKET")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| "gcslock-test".to_owned())
-}
-
-fn env_endpoint(var: &str) -> Option<String> {
-    std::env::var(var).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// Written straight to stderr, past the test harness's output capture, so that a
-/// skip shows in a plain `cargo test` run.
-fn loud_skip(test: &str, why: &str) {
-    use std::io::Write as _;
-    let banner = format!(
-        "\n==================== SKIPPED: tests/cli.rs {test} ====================\n\
-         {why}\n\
-         =====================================================================\n"
-    );
-    let _ = std::io::stderr().write_all(banner.as_bytes());
-}
-
-/// fake-gcs-server (or any GCS-compatible endpoint), for wire-level tests.
-fn wire(test: &str) -> Option<Emulator> {
-    match env_endpoint("STORAGE_EMULATOR_HOST") {
-        Some(endpoint) => Some(Emulator {
-            endpoint,
-            bucket: bucket(),
-        }),
-        None => {
-            let why = "STORAGE_EMULATOR_HOST is not set: start fake-gcs-server \
-                       (fake-gcs/start-fake-gcs-server.sh) and export it";
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{test}: {why} (required in CI)"
-            );
-            loud_skip(test, why);
-            None
-        }
-    }
-}
-
-/// An endpoint that enforces preconditions exactly (strict-gcs, or real GCS).
-fn strict(test: &str) -> Option<Emulator> {
-    match env_endpoint("GCSLOCK_STRICT_EMULATOR_HOST") {
-        Some(endpoint) => Some(Emulator {
-            endpoint,
-            bucket: bucket(),
-        }),
-        None => {
-            loud_skip(
-                test,
-                "GCSLOCK_STRICT_EMULATOR_HOST is not set: this test relies on preconditions \
-                 being enforced (fake-gcs-server ignores them on PATCH/DELETE). Start \
-                 strict-gcs (`cargo build -p strict-gcs && target/debug/strict-gcs --port 0 \
-                 --bucket gcslock-test`) and export its URL",
-            );
-            None
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Running gcslock
-// ---------------------------------------------------------------------------
-
-/// `gcslock ARGS` pointed at `emulator` through STORAGE_EMULATOR_HOST.
-fn gcslock(emulator: Option<&Emulator>, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_gcslock"));
-    command
-        .args(args)
-        .env_remove("STORAGE_EMULATOR_HOST")
-        .env_remove("GCSLOCK_TOKEN")
-        .env_remove("GCSLOCK_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    if let Some(emulator) = emulator {
-        command.env("STORAGE_EMULATOR_HOST", &emulator.endpoint);
-    }
-    command
-}
-
-/// Runs to completion under the hang guard.
-async fn output(mut command: Command) -> Output {
-    tokio::time::timeout(HANG_GUARD, command.output())
-        .await
-        .expect("gcslock hung")
-        .expect("cannot start gcslock")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn code(output: &Output) -> i32 {
-    output.status.code().unwrap_or_else(|| {
-        panic!(
-            "gcslock died of a signal: {:?}\nstderr: {}",
-            output.status,
-            text(&output.stderr)
-        )
-    })
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        text(&output.stdout),
-        text(&output.stderr)
-    )
-}
-
-/// A gcslock process the test interacts with: its stdout lines, its stderr lines as
-/// they come, its stdin.
-struct Running {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Lines<BufReader<ChildStdout>>,
-    stderr: mpsc::UnboundedReceiver<String>,
-    stderr_seen: Vec<String>,
-}
-
-impl Running {
-    fn start(mut command: Command) -> Self {
-        command.stdin(Stdio::piped());
-        let mut child = command.spawn().expect("cannot start gcslock");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
-        let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stderr.next_line().await {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            stdin,
-            stdout,
-            stderr: receiver,
-            stderr_seen: Vec::new(),
-        }
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id().expect("running") as i32)
-    }
-
-    /// The next stdout line, which must start with `prefix`; returns the rest.
-    async fn expect_line(&mut self, prefix: &str) -> String {
-        let line = tokio::time::timeout(HANG_GUARD, self.stdout.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("no stdout line {prefix:?} in time"))
-            .expect("reading stdout")
-            .unwrap_or_else(|| {
-                panic!(
-                    "stdout closed before {prefix:?}; stderr: {:?}",
-                    self.stderr_seen
-                )
-            });
-        line.strip_prefix(prefix)
-            .unwrap_or_else(|| panic!("expected a line starting {prefix:?}, got {line:?}"))
-            .trim()
-            .to_owned()
-    }
-
-    /// Waits for a stderr line containing `needle`.
-    async fn expect_stderr(&mut self, needle: &str) {
-        let deadline = tokio::time::Instant::now() + HANG_GUARD;
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.stderr.recv())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("no stderr line with {needle:?}; saw {:?}", self.stderr_seen)
-                })
-                .unwrap_or_else(|| {
-                    panic!(
-                        "stderr closed before {needle:?}; saw {:?}",
-                        self.stderr_seen
-                    )
-                });
-            let found = line.contains(needle);
-            self.stderr_seen.push(line);
-            if found {
-                return;
-            }
-        }
-    }
-
-    /// Lets a command that waits on `read` go on.
-    async fn send_line(&mut self) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(b"\n").await.expect("writing stdin");
-        stdin.flush().await.expect("flushing stdin");
-    }
-
-    /// Waits for exit; returns the status, the rest of stdout and all of stderr.
-    async fn finish(mut self) -> (ExitStatus, String, String) {
-        drop(self.stdin.take());
-        let status = tokio::time::timeout(HANG_GUARD, self.child.wait())
-            .await
-            .expect("gcslock did not exit")
-            .expect("waiting for gcslock");
-        let mut stdout = String::new();
-        while let Ok(Ok(Some(line))) =
-            tokio::time::timeout(HANG_GUARD, self.stdout.next_line()).await
-        {
-            stdout.push_str(&line);
-            stdout.push('\n');
-        }
-        while let Ok(Some(line)) = tokio::time::timeout(HANG_GUARD, self.stderr.recv()).await {
-            self.stderr_seen.push(line);
-        }
-        (status, stdout, self.stderr_seen.join("\n"))
-    }
-}
-
-/// A holder: `gcslock run` of a command that prints `ready TOKEN` and then waits
-/// for a line on stdin (or EOF) before exiting 0.
-async fn hold(emulator: &Emulator, url: &str, extra: &[&str]) -> (Running, u64) {
-    let mut args = vec!["run"];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[
-        url,
-        "--",
-        "sh",
-        "-c",
-        r#"echo "ready $GCSLOCK_TOKEN"; read _"#,
-    ]);
-    let mut holder = Running::start(gcslock(Some(emulator), &args));
-    let token = holder
-        .expect_line("ready")
-        .await
-        .parse()
-        .expect("numeric token");
-    (holder, token)
-}
-
-async fn status_json(emulator: &Emulator, url: &str) -> Value {
-    let out = output(gcslock(Some(emulator), &["status", "--json", url])).await;
-    assert_eq!(code(&out), 0, "{}", describe(&out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)))
-}
 
 fn temp_path(test: &str) -> PathBuf {
     std::env::temp_dir().join(format!(
@@ -465,7 +195,7 @@ async fn unreachable_endpoint_exits_69() {
 
 #[tokio::test]
 async fn exit_codes_pass_through() {
-    let Some(emulator) = wire("exit_codes_pass_through") else {
+    let Some(emulator) = Emulator::wire() else {
         return;
     };
     let url = emulator.url("passthrough");
@@ -485,14 +215,14 @@ async fn exit_codes_pass_through() {
         assert_eq!(text(&out.stdout), stdout, "{script}: {}", describe(&out));
     }
     // Each run released the lock: the next one got it at once, with a growing token.
-    let status = status_json(&emulator, &url).await;
+    let status = status_json(Some(&emulator), &url).await;
     assert_eq!(status["state"], "released", "{status}");
     assert_eq!(status["token"], 4, "{status}");
 }
 
 #[tokio::test]
 async fn child_gets_the_token_that_status_reports() {
-    let Some(emulator) = wire("child_gets_the_token_that_status_reports") else {
+    let Some(emulator) = Emulator::wire() else {
         return;
     };
     let url = emulator.url("token");
@@ -514,7 +244,7 @@ async fn child_gets_the_token_that_status_reports() {
         .parse()
         .expect("numeric token");
 
-    let status = status_json(&emulator, &url).await;
+    let status = status_json(Some(&emulator), &url).await;
     assert_eq!(status["state"], "held", "{status}");
     assert_eq!(status["free"], false, "{status}");
     assert_eq!(status["token"], token, "{status}");
@@ -554,7 +284,7 @@ async fn child_gets_the_token_that_status_reports() {
     holder.send_line().await;
     let (status_code, _, stderr) = holder.finish().await;
     assert_eq!(status_code.code(), Some(0), "{stderr}");
-    let status = status_json(&emulator, &url).await;
+    let status = status_json(Some(&emulator), &url).await;
     assert_eq!(status["state"], "released", "{status}");
     assert_eq!(status["free"], true, "{status}");
     assert_eq!(status["token"], token, "{status}");
@@ -562,7 +292,7 @@ async fn child_gets_the_token_that_status_reports() {
 
 #[tokio::test]
 async fn sigterm_reaches_the_child_and_the_lock_is_released() {
-    let Some(emulator) = wire("sigterm_reaches_the_child_and_the_lock_is_released") else {
+    let Some(emulator) = Emulator::wire() else {
         return;
     };
     let url = emulator.url("sigterm");
@@ -588,14 +318,14 @@ async fn sigterm_reaches_the_child_and_the_lock_is_released() {
     assert_eq!(written.trim(), "got TERM");
     let _ = std::fs::remove_file(&marker);
 
-    let status = status_json(&emulator, &url).await;
+    let status = status_json(Some(&emulator), &url).await;
     assert_eq!(status["state"], "released", "{status}");
     assert_eq!(status["token"], token, "{status}");
 }
 
 #[tokio::test]
 async fn processes_left_behind_are_stopped_before_the_release() {
-    let Some(emulator) = wire("processes_left_behind_are_stopped_before_the_release") else {
+    let Some(emulator) = Emulator::wire() else {
         return;
     };
     let url = emulator.url("leftover");
@@ -625,13 +355,13 @@ async fn processes_left_behind_are_stopped_before_the_release() {
         "{}",
         describe(&out)
     );
-    let status = status_json(&emulator, &url).await;
+    let status = status_json(Some(&emulator), &url).await;
     assert_eq!(status["state"], "released", "{status}");
 }
 
 #[tokio::test]
 async fn command_not_found_127_not_executable_126() {
-    let Some(emulator) = wire("command_not_found_127_not_executable_126") else {
+    let Some(emulator) = Emulator::wire() else {
         return;
     };
     let url = emulator.url("spawn");
@@ -653,14 +383,14 @@ async fn command_not_found_127_not_executable_126() {
     assert_eq!(code(&not_executable), 126, "{}", describe(&not_executable));
 
     // The lock was released both times.
-    let status = status_json(&emulator, &url).await;
+    let status = status_json(Some(&emulator), &url).await;
     assert_eq!(status["state"], "released", "{status}");
     assert_eq!(status["token"], 2, "{status}");
 }
 
 #[tokio::test]
 async fn foreign_objects_are_not_locks() {
-    let Some(emulator) = wire("foreign_objects_are_not_locks") else {
+    let Some(emulator) = Emulator::wire() else {
         return;
     };
     let url = emulator.url("foreign");
@@ -677,7 +407,7 @@ async fn foreign_objects_are_not_locks() {
         .await
         .expect("uploading a plain object");
 
-    let status = status_json(&emulator, &url).await;
+    let status = status_json(Some(&emulator), &url).await;
     assert_eq!(status["state"], "not-a-lock", "{status}");
     let run = output(gcslock(Some(&emulator), &["run", &url, "--", "true"])).await;
     assert_eq!(code(&run), 65, "{}", describe(&run));
@@ -687,7 +417,7 @@ async fn foreign_objects_are_not_locks() {
 
 #[tokio::test]
 async fn break_is_conditional_on_the_token() {
-    let Some(emulator) = wire("break_is_conditional_on_the_token") else {
+    let Some(emulator) = Emulator::wire() else {
         return;
     };
     let url = emulator.url("break-token");
@@ -716,11 +446,11 @@ async fn break_is_conditional_on_the_token() {
 
 #[tokio::test]
 async fn busy_exits_75_quickly_with_one_line() {
-    let Some(emulator) = strict("busy_exits_75_quickly_with_one_line") else {
+    let Some(emulator) = Emulator::strict() else {
         return;
     };
     let url = emulator.url("busy");
-    let (holder, token) = hold(&emulator, &url, &[]).await;
+    let (holder, _, token) = hold(Some(&emulator), &url, &[]).await;
 
     let started = Instant::now();
     let busy = output(gcslock(
@@ -788,26 +518,13 @@ async fn finish_holder(mut holder: Running) -> (ExitStatus, String, String) {
 
 #[tokio::test]
 async fn wait_acquires_once_the_holder_exits() {
-    let Some(emulator) = strict("wait_acquires_once_the_holder_exits") else {
+    let Some(emulator) = Emulator::strict() else {
         return;
     };
     let url = emulator.url("wait");
-    let (holder, first) = hold(&emulator, &url, &[]).await;
+    let (holder, _, first) = hold(Some(&emulator), &url, &[]).await;
 
-    let mut waiter = Running::start(gcslock(
-        Some(&emulator),
-        &[
-            "-v",
-            "run",
-            "--wait",
-            "60s",
-            &url,
-            "--",
-            "sh",
-            "-c",
-            r#"echo "got $GCSLOCK_TOKEN""#,
-        ],
-    ));
+    let mut waiter = wait_for(Some(&emulator), &url, &[]);
     waiter.expect_stderr("is busy").await;
 
     let (status, _, stderr) = finish_holder(holder).await;
@@ -829,11 +546,11 @@ async fn wait_acquires_once_the_holder_exits() {
 
 #[tokio::test]
 async fn a_signal_aborts_the_wait_without_leaving_a_lock() {
-    let Some(emulator) = strict("a_signal_aborts_the_wait_without_leaving_a_lock") else {
+    let Some(emulator) = Emulator::strict() else {
         return;
     };
     let url = emulator.url("abort-wait");
-    let (holder, token) = hold(&emulator, &url, &[]).await;
+    let (holder, _, token) = hold(Some(&emulator), &url, &[]).await;
 
     let mut waiter = Running::start(gcslock(
         Some(&emulator),
@@ -856,7 +573,7 @@ async fn a_signal_aborts_the_wait_without_leaving_a_lock() {
     assert!(stdout.is_empty(), "{stdout}");
 
     // The holder still holds it: the waiter wrote nothing.
-    let status = status_json(&emulator, &url).await;
+    let status = status_json(Some(&emulator), &url).await;
     assert_eq!(status["state"], "held", "{status}");
     assert_eq!(status["token"], token, "{status}");
     let (status, _, stderr) = finish_holder(holder).await;
@@ -865,7 +582,7 @@ async fn a_signal_aborts_the_wait_without_leaving_a_lock() {
 
 #[tokio::test]
 async fn lease_lost_to_break_kills_grandchildren_and_exits_76() {
-    let Some(emulator) = strict("lease_lost_to_break_kills_grandchildren_and_exits_76") else {
+    let Some(emulator) = Emulator::strict() else {
         return;
     };
     let url = emulator.url("lost");
@@ -898,30 +615,17 @@ async fn lease_lost_to_break_kills_grandchildren_and_exits_76() {
     eprintln!("measured: break to gcslock exit (loss detected, group stopped): {detected:?}");
 
     // The break left a released lock that nobody re-took.
-    let status = status_json(&emulator, &url).await;
+    let status = status_json(Some(&emulator), &url).await;
     assert_eq!(status["state"], "released", "{status}");
 }
 
 #[tokio::test]
 async fn a_crashed_holder_is_taken_over_after_its_ttl() {
-    let Some(emulator) = strict("a_crashed_holder_is_taken_over_after_its_ttl") else {
+    let Some(emulator) = Emulator::strict() else {
         return;
     };
     let url = emulator.url("crash");
-    let mut args = vec!["run"];
-    args.extend_from_slice(&SHORT_TTL);
-    args.extend_from_slice(&[
-        &url,
-        "--",
-        "sh",
-        "-c",
-        r#"echo "ready $$ $GCSLOCK_TOKEN"; read _"#,
-    ]);
-    let mut holder = Running::start(gcslock(Some(&emulator), &args));
-    let ready = holder.expect_line("ready").await;
-    let (child, first) = ready.split_once(' ').expect("pid and token");
-    let child: i32 = child.parse().expect("pid");
-    let first: u64 = first.parse().expect("token");
+    let (holder, child, first) = hold(Some(&emulator), &url, &SHORT_TTL).await;
 
     // Crash: no release, no more refreshes.
     kill(holder.pid(), Signal::SIGKILL).expect("killing gcslock");
@@ -929,25 +633,14 @@ async fn a_crashed_holder_is_taken_over_after_its_ttl() {
     let (status, _, _) = holder.finish().await;
     assert_eq!(status.code(), None, "gcslock died of SIGKILL");
     let crashed = Instant::now();
-    let status = status_json(&emulator, &url).await;
+    let status = status_json(Some(&emulator), &url).await;
     assert_eq!(status["token"], first, "{status}");
     assert!(
         status["state"] == "held" || status["state"] == "stale",
         "{status}"
     );
 
-    let mut waiter_args = vec!["-v", "run"];
-    waiter_args.extend_from_slice(&SHORT_TTL);
-    waiter_args.extend_from_slice(&[
-        "--wait",
-        "60s",
-        &url,
-        "--",
-        "sh",
-        "-c",
-        r#"echo "got $GCSLOCK_TOKEN""#,
-    ]);
-    let mut waiter = Running::start(gcslock(Some(&emulator), &waiter_args));
+    let mut waiter = wait_for(Some(&emulator), &url, &SHORT_TTL);
     let second: u64 = waiter
         .expect_line("got")
         .await
@@ -965,7 +658,7 @@ async fn a_crashed_holder_is_taken_over_after_its_ttl() {
 
 #[tokio::test]
 async fn a_missing_bucket_exits_66() {
-    let Some(emulator) = strict("a_missing_bucket_exits_66") else {
+    let Some(emulator) = Emulator::strict() else {
         return;
     };
     let url = format!(

@@ -18,12 +18,14 @@
 //! [`FaultyBackend`] (`Fault::Delay`) and uploads with the wrapper below. No test
 //! sleeps to wait for a condition.
 
+mod harness;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::Write as _;
 use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,10 +44,9 @@ use gcslock::fence::{
     TOKEN_KEY,
 };
 use gcslock::{Error, FencingToken, Lock, LockOptions, Wait};
+use harness::support::{loud, run_id};
+use harness::{Emulator, HANG_GUARD};
 use tokio::sync::oneshot;
-
-/// Upper bound for any single wait in the HTTP and process tests; only a hang reaches it.
-const HANG_GUARD: Duration = Duration::from_secs(90);
 
 // ---------------------------------------------------------------------------
 // A store whose uploads can be held, delayed, failed or preceded by another write
@@ -229,45 +230,6 @@ enum Target {
     Strict(GcsBackend),
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn bucket() -> String {
-    env("GCSLOCK_TEST_BUCKET").unwrap_or_else(|| "gcslock-test".to_owned())
-}
-
-fn run_id() -> &'static str {
-    static RUN: OnceLock<String> = OnceLock::new();
-    RUN.get_or_init(|| format!("{:016x}", rand::random::<u64>()))
-}
-
-/// Written past the test harness's capture, so a skip always shows.
-fn loud(message: &str) {
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "\n==================== tests/fence.rs: {message}\n"
-    );
-}
-
-fn strict_host(test: &str) -> Option<String> {
-    match env("GCSLOCK_STRICT_EMULATOR_HOST") {
-        Some(host) => Some(host),
-        None => {
-            assert!(
-                env("GCSLOCK_REQUIRE_STRICT").as_deref() != Some("1"),
-                "{test}: GCSLOCK_STRICT_EMULATOR_HOST is not set and GCSLOCK_REQUIRE_STRICT=1 \
-                 requires the strict-gcs tests"
-            );
-            loud(&format!(
-                "SKIPPED {test}: GCSLOCK_STRICT_EMULATOR_HOST is not set. Start strict-gcs \
-                 (`bash fake-gcs/strict-gcs/start.sh 0 gcslock-test`) and export the URL it prints"
-            ));
-            None
-        }
-    }
-}
-
 /// Creates the test bucket on the emulator (200 created, 409 already there).
 async fn ensure_bucket(endpoint: &str, bucket: &str) {
     let url = format!("{endpoint}/storage/v1/b");
@@ -290,10 +252,10 @@ impl Target {
         Self::Memory(MemoryBackend::new("fence-tests"))
     }
 
-    async fn strict(test: &str) -> Option<Self> {
-        let host = strict_host(test)?;
-        let backend = GcsBackend::builder(&bucket())
-            .endpoint(Some(host))
+    async fn strict() -> Option<Self> {
+        let emulator = Emulator::strict()?;
+        let backend = GcsBackend::builder(&emulator.bucket)
+            .endpoint(Some(emulator.endpoint))
             .build()
             .expect("GCS backend for strict-gcs");
         ensure_bucket(backend.endpoint(), backend.bucket()).await;
@@ -732,7 +694,7 @@ macro_rules! on_every_target {
         mod strict {
             $(#[tokio::test]
             async fn $case() {
-                let Some(target) = super::Target::strict(stringify!($case)).await else {
+                let Some(target) = super::Target::strict().await else {
                     return;
                 };
                 tokio::time::timeout(super::HANG_GUARD, super::$case(target))
@@ -920,7 +882,7 @@ async fn check_pattern(
 
 #[tokio::test]
 async fn strict_large_body_round_trips_streamed() {
-    let Some(target) = Target::strict("strict_large_body_round_trips_streamed").await else {
+    let Some(target) = Target::strict().await else {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
@@ -966,26 +928,21 @@ async fn strict_large_body_round_trips_streamed() {
 
 mod cli {
     use super::*;
+    use harness::{code, describe, gcslock, output, text, unique_url, Running, BIN, SHORT_TTL};
     use nix::sys::signal::{kill, killpg, Signal};
     use nix::unistd::Pid;
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-    use tokio::process::{ChildStdout, Command};
-
-    const BIN: &str = env!("CARGO_BIN_EXE_gcslock");
-    const SHORT_TTL: [&str; 4] = ["--ttl", "2s", "--refresh-interval", "250ms"];
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::process::Command;
 
     /// Whether the binary has the `put` subcommand yet (it is wired separately).
     async fn put_supported(test: &str) -> bool {
         static SUPPORTED: tokio::sync::OnceCell<bool> = tokio::sync::OnceCell::const_new();
         let supported = *SUPPORTED
             .get_or_init(|| async {
-                let out = Command::new(BIN)
-                    .args(["put", "--help"])
-                    .stdin(Stdio::null())
-                    .output()
+                output(gcslock(None, &["put", "--help"]))
                     .await
-                    .expect("cannot run gcslock");
-                out.status.success()
+                    .status
+                    .success()
             })
             .await;
         if !supported {
@@ -995,31 +952,6 @@ mod cli {
             ));
         }
         supported
-    }
-
-    /// `gcslock ARGS` against `endpoint` (strict-gcs), without any inherited token.
-    fn gcslock(endpoint: Option<&str>, args: &[&str]) -> Command {
-        let mut command = Command::new(BIN);
-        command
-            .args(args)
-            .env_remove("STORAGE_EMULATOR_HOST")
-            .env_remove("GCSLOCK_TOKEN")
-            .env_remove("GCSLOCK_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(endpoint) = endpoint {
-            command.env("STORAGE_EMULATOR_HOST", endpoint);
-        }
-        command
-    }
-
-    async fn output(mut command: Command) -> Output {
-        tokio::time::timeout(HANG_GUARD, command.output())
-            .await
-            .expect("gcslock hung")
-            .expect("cannot start gcslock")
     }
 
     /// Runs `gcslock ARGS` with `input` on stdin.
@@ -1039,46 +971,19 @@ mod cli {
         out
     }
 
-    fn describe(out: &Output) -> String {
-        format!(
-            "status {:?}\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    }
-
-    fn code(out: &Output) -> i32 {
-        out.status
-            .code()
-            .unwrap_or_else(|| panic!("died of a signal: {}", describe(out)))
-    }
-
     fn stderr(out: &Output) -> String {
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        text(&out.stderr)
     }
 
-    async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
-        tokio::time::timeout(HANG_GUARD, lines.next_line())
-            .await
-            .expect("no line in time")
-            .expect("reading stdout")
-            .expect("stdout closed")
-    }
-
-    async fn strict_cli(test: &str) -> Option<(String, String)> {
+    /// strict-gcs, with the test bucket created, and a fresh object prefix on it.
+    async fn strict_cli(test: &str) -> Option<(Emulator, String)> {
         if !put_supported(test).await {
             return None;
         }
-        let host = strict_host(test)?;
-        let bucket = bucket();
-        ensure_bucket(host.trim_end_matches('/'), &bucket).await;
-        let prefix = format!(
-            "gs://{bucket}/gcslock-fence-cli/{}/{test}-{:08x}",
-            run_id(),
-            rand::random::<u32>()
-        );
-        Some((host, prefix))
+        let emulator = Emulator::strict()?;
+        ensure_bucket(emulator.endpoint.trim_end_matches('/'), &emulator.bucket).await;
+        let prefix = unique_url(&format!("gs://{}/gcslock-fence-cli", emulator.bucket), test);
+        Some((emulator, prefix))
     }
 
     #[tokio::test]
@@ -1130,11 +1035,10 @@ mod cli {
         else {
             return;
         };
-        let host = host.as_str();
         let url = format!("{prefix}/data");
 
         let out = with_input(
-            gcslock(Some(host), &["put", "--token", "3", &url]),
+            gcslock(Some(&host), &["put", "--token", "3", &url]),
             b"three",
         )
         .await;
@@ -1142,25 +1046,25 @@ mod cli {
         assert!(out.stdout.is_empty(), "{}", describe(&out));
 
         // The token from the environment, as `gcslock run` passes it; equal is fine.
-        let mut from_env = gcslock(Some(host), &["put", &url]);
+        let mut from_env = gcslock(Some(&host), &["put", &url]);
         from_env.env("GCSLOCK_TOKEN", "3");
         let out = with_input(from_env, b"three again").await;
         assert_eq!(code(&out), 0, "{}", describe(&out));
 
-        let out = output(gcslock(Some(host), &["cat", "--show-token", &url])).await;
+        let out = output(gcslock(Some(&host), &["cat", "--show-token", &url])).await;
         assert_eq!(code(&out), 0, "{}", describe(&out));
         assert_eq!(out.stdout, b"three again", "stdout is the pure body");
         assert_eq!(stderr(&out).trim(), format!("gcslock: {url}: token 3"));
 
         // Stale: exit 78, the message names both tokens, nothing changes.
-        let out = with_input(gcslock(Some(host), &["put", "--token", "2", &url]), b"two").await;
+        let out = with_input(gcslock(Some(&host), &["put", "--token", "2", &url]), b"two").await;
         assert_eq!(code(&out), 78, "{}", describe(&out));
         let text = stderr(&out);
         assert!(
             text.contains("token 3") && text.contains("presented token 2"),
             "{text}"
         );
-        let out = output(gcslock(Some(host), &["cat", &url])).await;
+        let out = output(gcslock(Some(&host), &["cat", &url])).await;
         assert_eq!(out.stdout, b"three again");
 
         // Unfenced: 65 unless adopted.
@@ -1170,7 +1074,7 @@ mod cli {
             .and_then(|rest| rest.split_once('/'))
             .expect("url");
         let gcs = GcsBackend::builder(bucket)
-            .endpoint(Some(host.to_owned()))
+            .endpoint(Some(host.endpoint.clone()))
             .build()
             .expect("backend");
         gcs.upload(
@@ -1182,7 +1086,7 @@ mod cli {
         .await
         .expect("foreign upload");
         let out = with_input(
-            gcslock(Some(host), &["put", "--token", "1", &foreign]),
+            gcslock(Some(&host), &["put", "--token", "1", &foreign]),
             b"x",
         )
         .await;
@@ -1192,7 +1096,7 @@ mod cli {
             "{}",
             describe(&out)
         );
-        let out = output(gcslock(Some(host), &["cat", "--show-token", &foreign])).await;
+        let out = output(gcslock(Some(&host), &["cat", "--show-token", &foreign])).await;
         assert_eq!(code(&out), 0, "{}", describe(&out));
         assert_eq!(out.stdout, b"foreign");
         assert!(
@@ -1202,7 +1106,7 @@ mod cli {
         );
         let out = with_input(
             gcslock(
-                Some(host),
+                Some(&host),
                 &["put", "--token", "1", "--adopt-unfenced", &foreign],
             ),
             b"adopted",
@@ -1211,7 +1115,7 @@ mod cli {
         assert_eq!(code(&out), 0, "{}", describe(&out));
 
         // Missing object and missing bucket: 66.
-        let out = output(gcslock(Some(host), &["cat", &format!("{prefix}/nothing")])).await;
+        let out = output(gcslock(Some(&host), &["cat", &format!("{prefix}/nothing")])).await;
         assert_eq!(code(&out), 66, "{}", describe(&out));
         assert!(
             stderr(&out).contains("does not exist"),
@@ -1223,12 +1127,12 @@ mod cli {
             rand::random::<u32>()
         );
         let out = with_input(
-            gcslock(Some(host), &["put", "--token", "1", &no_bucket]),
+            gcslock(Some(&host), &["put", "--token", "1", &no_bucket]),
             b"x",
         )
         .await;
         assert_eq!(code(&out), 66, "{}", describe(&out));
-        let out = output(gcslock(Some(host), &["cat", &no_bucket])).await;
+        let out = output(gcslock(Some(&host), &["cat", &no_bucket])).await;
         assert_eq!(code(&out), 66, "{}", describe(&out));
     }
 
@@ -1323,23 +1227,13 @@ mod cli {
             r#"echo "ready $$ $GCSLOCK_TOKEN"; read _; printf 'old holder data' | "$GCSLOCK_BIN" put "$DATA_URL"; echo "put $?""#,
         ]);
         let mut h1 = gcslock(Some(&host), &args);
-        h1.env("GCSLOCK_BIN", BIN)
-            .env("DATA_URL", &data_url)
-            .stdin(Stdio::piped());
-        let mut h1 = h1.spawn().expect("H1");
-        let mut h1_stdin = h1.stdin.take().expect("stdin");
-        let mut h1_stdout = BufReader::new(h1.stdout.take().expect("stdout")).lines();
-        let h1_stderr = h1.stderr.take().expect("stderr");
-        let h1_errors = tokio::spawn(async move {
-            let mut text = String::new();
-            let _ = BufReader::new(h1_stderr).read_to_string(&mut text).await;
-            text
-        });
-        let ready = next_line(&mut h1_stdout).await;
-        let mut fields = ready.split_whitespace().skip(1);
+        h1.env("GCSLOCK_BIN", BIN).env("DATA_URL", &data_url);
+        let mut h1 = Running::start(h1);
+        let ready = h1.expect_line("ready").await;
+        let mut fields = ready.split_whitespace();
         let child = Pid::from_raw(fields.next().and_then(|p| p.parse().ok()).expect("pid"));
         let h1_token: u64 = fields.next().and_then(|t| t.parse().ok()).expect("token");
-        let gcslock_pid = Pid::from_raw(h1.id().expect("running") as i32);
+        let gcslock_pid = h1.pid();
 
         // The whole holder pauses: gcslock (no more refreshes) and its command.
         kill(gcslock_pid, Signal::SIGSTOP).expect("stopping gcslock");
@@ -1368,22 +1262,16 @@ mod cli {
         assert!(h2_token > h1_token);
 
         // H1's command wakes first and tries its write.
-        h1_stdin.write_all(b"go\n").await.expect("go signal");
-        h1_stdin.flush().await.expect("flush");
+        h1.send_line().await;
         killpg(child, Signal::SIGCONT).expect("continuing the command");
-        let put = next_line(&mut h1_stdout).await;
+        let put = h1.next_line().await;
         assert_eq!(
             put, "put 78",
             "the old holder's put must be refused as stale"
         );
 
         kill(gcslock_pid, Signal::SIGCONT).expect("continuing gcslock");
-        drop(h1_stdin);
-        let status = tokio::time::timeout(HANG_GUARD, h1.wait())
-            .await
-            .expect("H1 did not exit")
-            .expect("H1");
-        let errors = h1_errors.await.expect("stderr");
+        let (status, _, errors) = h1.finish().await;
         assert_eq!(
             status.code(),
             Some(76),

@@ -24,12 +24,10 @@
 #![cfg(feature = "object-store")]
 
 #[macro_use]
-#[path = "conformance/support.rs"]
-mod support;
+mod harness;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::process::{ExitStatus, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,13 +35,13 @@ use ::object_store::{path::Path, PutMode, PutOptions};
 use gcslock::backend::object_store::ObjectStoreBackend;
 use gcslock::backend::{Backend, BackendError, Metadata, WriteCondition::DoesNotExist};
 use gcslock::{Error, Lock, LockOptions, LockRecord, LockState, LockStatus, LossReason, Wait};
+use harness::support::{configured, loud, test_prefix, Store, StoreTarget, OBJECT_STORE_ROOT};
+use harness::{
+    describe, gcslock, hold, output, status_json, text, unique_url, wait_for, SHORT_TTL,
+};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::Instant;
-
-use support::{configured, loud, run_id, test_prefix, Store, StoreTarget, OBJECT_STORE_ROOT};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -354,263 +352,96 @@ impl ::object_store::ObjectStore for NoConditionalPuts {
 
 // ---------------------------------------------------------------- the CLI on S3
 
-/// Upper bound for any single wait; only a hang ever reaches it.
-const HANG_GUARD: Duration = Duration::from_secs(90);
-const SHORT_TTL: [&str; 4] = ["--ttl", "2s", "--refresh-interval", "250ms"];
-
-/// The S3 test bucket, if configured. The binary is built with this test's features,
-/// `object-store` included, so it must accept s3:// URLs.
+/// The base of the CLI tests' lock URLs on the S3 test bucket, if configured. The
+/// binary is built with this test's features, `object-store` included, so it must
+/// accept s3:// URLs.
 async fn cli_s3() -> Option<String> {
     let url = configured("s3", "GCSLOCK_TEST_S3_URL")?;
     let bucket = url.trim_end_matches('/').to_owned();
     let probe = format!("{bucket}/cli-probe");
-    let out = output(gcslock(&["status", &probe])).await;
+    let out = output(gcslock(None, &["status", &probe])).await;
     assert_eq!(
         out.status.code(),
         Some(0),
         "gcslock status {probe} (a gcslock built with the object-store feature): {}",
         describe(&out)
     );
-    Some(bucket)
-}
-
-fn lock_url(bucket: &str, test: &str) -> String {
-    format!(
-        "{bucket}/cli-tests/{}/{test}-{:016x}",
-        run_id(),
-        rand::random::<u64>()
-    )
-}
-
-fn gcslock(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_gcslock"));
-    command
-        .args(args)
-        .env_remove("STORAGE_EMULATOR_HOST")
-        .env_remove("GCSLOCK_TOKEN")
-        .env_remove("GCSLOCK_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
-}
-
-async fn output(mut command: Command) -> Output {
-    tokio::time::timeout(HANG_GUARD, command.output())
-        .await
-        .expect("gcslock hung")
-        .expect("cannot start gcslock")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        text(&output.stdout),
-        text(&output.stderr)
-    )
-}
-
-async fn status_json(url: &str) -> serde_json::Value {
-    let out = output(gcslock(&["status", "--json", url])).await;
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)))
-}
-
-/// A running gcslock: its stdout lines, its stderr collected as it comes.
-struct Running {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Lines<BufReader<ChildStdout>>,
-    stderr: tokio::sync::mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(mut command: Command) -> Self {
-        command.stdin(Stdio::piped());
-        let mut child = command.spawn().expect("cannot start gcslock");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stderr.next_line().await {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            stdin,
-            stdout,
-            stderr: receiver,
-            seen: Vec::new(),
-        }
-    }
-
-    async fn expect_line(&mut self, prefix: &str) -> String {
-        let line = tokio::time::timeout(HANG_GUARD, self.stdout.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("no stdout line {prefix:?} in time"))
-            .expect("reading stdout")
-            .unwrap_or_else(|| panic!("stdout closed before {prefix:?}; stderr: {:?}", self.seen));
-        line.strip_prefix(prefix)
-            .unwrap_or_else(|| panic!("expected a line starting {prefix:?}, got {line:?}"))
-            .trim()
-            .to_owned()
-    }
-
-    async fn expect_stderr(&mut self, needle: &str) {
-        let deadline = Instant::now() + HANG_GUARD;
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.stderr.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no stderr line with {needle:?}; saw {:?}", self.seen))
-                .unwrap_or_else(|| panic!("stderr closed before {needle:?}; saw {:?}", self.seen));
-            let found = line.contains(needle);
-            self.seen.push(line);
-            if found {
-                return;
-            }
-        }
-    }
-
-    async fn send_line(&mut self) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(b"\n").await.expect("writing stdin");
-        stdin.flush().await.expect("flushing stdin");
-    }
-
-    async fn finish(mut self) -> (ExitStatus, String) {
-        drop(self.stdin.take());
-        let status = tokio::time::timeout(HANG_GUARD, self.child.wait())
-            .await
-            .expect("gcslock did not exit")
-            .expect("waiting for gcslock");
-        while let Ok(Some(line)) = tokio::time::timeout(HANG_GUARD, self.stderr.recv()).await {
-            self.seen.push(line);
-        }
-        (status, self.seen.join("\n"))
-    }
-}
-
-/// `gcslock run` of a command that prints `ready TOKEN` and waits for a line.
-async fn hold(url: &str, extra: &[&str]) -> (Running, i32, u64) {
-    let mut args = vec!["run"];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[
-        url,
-        "--",
-        "sh",
-        "-c",
-        r#"echo "ready $$ $GCSLOCK_TOKEN"; read _"#,
-    ]);
-    let mut holder = Running::start(gcslock(&args));
-    let ready = holder.expect_line("ready").await;
-    let (child, token) = ready
-        .split_once(' ')
-        .and_then(|(child, token)| Some((child.parse().ok()?, token.parse().ok()?)))
-        .unwrap_or_else(|| panic!("pid and token: {ready:?}"));
-    (holder, child, token)
-}
-
-/// `gcslock -v run EXTRA --wait 60s URL` of a command that prints `got TOKEN`.
-fn wait_for(url: &str, extra: &[&str]) -> Running {
-    let mut args = vec!["-v", "run"];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[
-        "--wait",
-        "60s",
-        url,
-        "--",
-        "sh",
-        "-c",
-        r#"echo "got $GCSLOCK_TOKEN""#,
-    ]);
-    Running::start(gcslock(&args))
+    Some(format!("{bucket}/cli-tests"))
 }
 
 #[tokio::test]
 async fn cli_s3_busy_exits_75() {
-    let Some(bucket) = cli_s3().await else {
+    let Some(base) = cli_s3().await else {
         return;
     };
-    let url = lock_url(&bucket, "busy");
-    let (mut holder, _, token) = hold(&url, &[]).await;
-    let busy = output(gcslock(&["run", &url, "--", "echo", "must not run"])).await;
+    let url = unique_url(&base, "busy");
+    let (mut holder, _, token) = hold(None, &url, &[]).await;
+    let busy = output(gcslock(None, &["run", &url, "--", "echo", "must not run"])).await;
     assert_eq!(busy.status.code(), Some(75), "{}", describe(&busy));
     assert!(busy.stdout.is_empty(), "{}", describe(&busy));
     let stderr = text(&busy.stderr);
     assert!(stderr.contains("is busy"), "{stderr}");
     assert!(stderr.contains(&format!("(token {token})")), "{stderr}");
     holder.send_line().await;
-    let (status, stderr) = holder.finish().await;
+    let (status, _, stderr) = holder.finish().await;
     assert_eq!(status.code(), Some(0), "{stderr}");
-    let status = status_json(&url).await;
+    let status = status_json(None, &url).await;
     assert_eq!(status["state"], "released", "{status}");
 }
 
 #[tokio::test]
 async fn cli_s3_wait_acquires_once_the_holder_exits() {
-    let Some(bucket) = cli_s3().await else {
+    let Some(base) = cli_s3().await else {
         return;
     };
-    let url = lock_url(&bucket, "wait");
-    let (mut holder, _, first) = hold(&url, &[]).await;
-    let mut waiter = wait_for(&url, &[]);
+    let url = unique_url(&base, "wait");
+    let (mut holder, _, first) = hold(None, &url, &[]).await;
+    let mut waiter = wait_for(None, &url, &[]);
     waiter.expect_stderr("is busy").await;
     holder.send_line().await;
-    let (status, stderr) = holder.finish().await;
+    let (status, _, stderr) = holder.finish().await;
     assert_eq!(status.code(), Some(0), "{stderr}");
     let second: u64 = waiter.expect_line("got").await.parse().expect("token");
     assert!(second > first, "tokens grow: {first} then {second}");
-    let (status, stderr) = waiter.finish().await;
+    let (status, _, stderr) = waiter.finish().await;
     assert_eq!(status.code(), Some(0), "{stderr}");
 }
 
 #[tokio::test]
 async fn cli_s3_lease_lost_to_break_exits_76() {
-    let Some(bucket) = cli_s3().await else {
+    let Some(base) = cli_s3().await else {
         return;
     };
-    let url = lock_url(&bucket, "lost");
+    let url = unique_url(&base, "lost");
     let mut extra = SHORT_TTL.to_vec();
     extra.extend(["--kill-grace", "5s"]);
-    let (mut holder, _, _) = hold(&url, &extra).await;
-    let broken = output(gcslock(&["break", &url])).await;
+    let (mut holder, _, _) = hold(None, &url, &extra).await;
+    let broken = output(gcslock(None, &["break", &url])).await;
     assert_eq!(broken.status.code(), Some(0), "{}", describe(&broken));
     // Before closing its stdin: the command would end on EOF, maybe before the loss.
     holder.expect_stderr("lost while the command ran").await;
-    let (status, stderr) = holder.finish().await;
+    let (status, _, stderr) = holder.finish().await;
     assert_eq!(status.code(), Some(76), "{stderr}");
-    let status = status_json(&url).await;
+    let status = status_json(None, &url).await;
     assert_eq!(status["state"], "released", "{status}");
 }
 
 #[tokio::test]
 async fn cli_s3_a_crashed_holder_is_taken_over_after_its_ttl() {
-    let Some(bucket) = cli_s3().await else {
+    let Some(base) = cli_s3().await else {
         return;
     };
-    let url = lock_url(&bucket, "crash");
-    let (holder, child, first) = hold(&url, &SHORT_TTL).await;
+    let url = unique_url(&base, "crash");
+    let (holder, child, first) = hold(None, &url, &SHORT_TTL).await;
     // Crash: SIGKILL gcslock and its command's process group; nobody releases.
-    let pid = Pid::from_raw(holder.child.id().expect("running") as i32);
-    kill(pid, Signal::SIGKILL).expect("killing gcslock");
+    kill(holder.pid(), Signal::SIGKILL).expect("killing gcslock");
     let _ = killpg(Pid::from_raw(child), Signal::SIGKILL);
-    let (status, _) = holder.finish().await;
+    let (status, _, _) = holder.finish().await;
     assert_eq!(status.code(), None, "gcslock died of SIGKILL");
-    let mut waiter = wait_for(&url, &SHORT_TTL);
+    let mut waiter = wait_for(None, &url, &SHORT_TTL);
     let second: u64 = waiter.expect_line("got").await.parse().expect("token");
     assert_eq!(second, first + 1);
-    let (status, stderr) = waiter.finish().await;
+    let (status, _, stderr) = waiter.finish().await;
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("taking over a stale lock"), "{stderr}");
 }
