@@ -1,9 +1,10 @@
 //! A held lease: the keep-alive task, the holder's own deadline, loss notification,
 //! the commit guard and release.
 //!
-//! The deadline is `send time of the last successful refresh + TTL - margin` on the
-//! monotonic clock: network delay can only shorten the holder's belief, and no
-//! wall clock is consulted.
+//! The deadline is `send time of the last successful refresh + TTL - margin`, on the
+//! monotonic clock and (on Linux) on CLOCK_BOOTTIME, which keeps counting through a
+//! suspend: network delay can only shorten the holder's belief, and no wall clock is
+//! consulted.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +18,44 @@ use crate::backend::{BackendError, ObjectInfo, ObjectVersion};
 use crate::error::{Error, LossReason};
 use crate::lock::{Backoff, FencingToken, LockInner};
 use crate::record::{LockRecord, LockState};
+
+/// When a request was sent, on two clocks. tokio's clock is CLOCK_MONOTONIC, which
+/// stops while the machine is suspended (laptop sleep, some VM suspends); the lease
+/// must also end by CLOCK_BOOTTIME, which keeps counting, so a holder that wakes
+/// from a suspend does not trust a lease that ran out while it slept.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SendTime {
+    pub at: Instant,
+    boot: Option<Duration>,
+}
+
+impl SendTime {
+    pub(crate) fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            boot: boot_time(),
+        }
+    }
+}
+
+/// Time since boot including suspend, where the platform has it.
+fn boot_time() -> Option<Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .ok()
+            .and_then(|t| {
+                Some(Duration::new(
+                    t.tv_sec().try_into().ok()?,
+                    t.tv_nsec().try_into().ok()?,
+                ))
+            })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
 
 /// Proof of holding a lock. Refreshes the lease in the background until released
 /// or dropped.
@@ -44,7 +83,28 @@ struct Lease {
 struct LeaseState {
     version: ObjectVersion,
     deadline: Instant,
+    /// The same deadline on CLOCK_BOOTTIME, where available.
+    boot_deadline: Option<Duration>,
     refresh_seq: u64,
+}
+
+impl LeaseState {
+    /// Time left by both clocks: the shorter wins.
+    fn left(&self) -> Duration {
+        let monotonic = self.deadline.saturating_duration_since(Instant::now());
+        match (self.boot_deadline, boot_time()) {
+            (Some(deadline), Some(now)) => monotonic.min(deadline.saturating_sub(now)),
+            _ => monotonic,
+        }
+    }
+
+    fn extend(&mut self, sent: SendTime, lease: Duration) {
+        self.deadline = self.deadline.max(sent.at + lease);
+        self.boot_deadline = match (self.boot_deadline, sent.boot) {
+            (Some(old), Some(boot)) => Some(old.max(boot + lease)),
+            (_, boot) => boot.map(|boot| boot + lease),
+        };
+    }
 }
 
 impl Guard {
@@ -52,21 +112,22 @@ impl Guard {
         lock: Arc<LockInner>,
         record: LockRecord,
         version: ObjectVersion,
-        sent: Instant,
+        sent: SendTime,
     ) -> Self {
-        let deadline = sent + lock.ttl - lock.margin;
+        let lease_length = lock.ttl - lock.margin;
         tracing::info!(lock = %lock.url, token = record.token, "lock acquired");
         let lease = Arc::new(Lease {
             state: Mutex::new(LeaseState {
                 version,
-                deadline,
+                deadline: sent.at + lease_length,
+                boot_deadline: sent.boot.map(|boot| boot + lease_length),
                 refresh_seq: record.refresh_seq,
             }),
             lock,
             record,
             lost: watch::channel(None).0,
         });
-        let keep_alive = tokio::spawn(keep_alive(Arc::clone(&lease), sent));
+        let keep_alive = tokio::spawn(keep_alive(Arc::clone(&lease), sent.at));
         Self {
             lease,
             keep_alive: Some(keep_alive),
@@ -111,10 +172,7 @@ impl Guard {
         if self.lease.lost.borrow().is_some() {
             return Duration::ZERO;
         }
-        self.lease
-            .state()
-            .deadline
-            .saturating_duration_since(Instant::now())
+        self.lease.state().left()
     }
 
     /// Resolves when the lease is lost, with the reason. Use it in `select!` to stop
@@ -304,11 +362,11 @@ async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
     let mut last_error = String::from("none");
     // Send time of a refresh whose response was lost: if it applied, the lease runs
     // from then.
-    let mut unconfirmed: Option<Instant> = None;
+    let mut unconfirmed: Option<SendTime> = None;
     loop {
         let deadline = lease.state().deadline;
         tokio::time::sleep_until(next.min(deadline)).await;
-        if Instant::now() >= deadline {
+        if lease.state().left().is_zero() {
             lease.mark_lost(LossReason::Expired { last_error });
             return;
         }
@@ -317,7 +375,7 @@ async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
             (state.version, state.refresh_seq + 1)
         };
         let metadata = lease.record(LockState::Held, seq).to_metadata();
-        let sent = Instant::now();
+        let sent = SendTime::now();
         let outcome = tokio::time::timeout_at(
             deadline,
             lock.backend
@@ -337,7 +395,7 @@ async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
                     renewed(&lease, written.value.version, record.refresh_seq, sent);
                     unconfirmed = None;
                     retry = Backoff::new(interval / 8, interval);
-                    next = sent + interval;
+                    next = sent.at + interval;
                 }
                 _ => {
                     lease.mark_lost(LossReason::Superseded { holder: None });
@@ -389,13 +447,11 @@ async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
     }
 }
 
-fn renewed(lease: &Lease, version: ObjectVersion, refresh_seq: u64, sent: Instant) {
+fn renewed(lease: &Lease, version: ObjectVersion, refresh_seq: u64, sent: SendTime) {
     let mut state = lease.state();
     state.version = version;
     state.refresh_seq = refresh_seq;
-    state.deadline = state
-        .deadline
-        .max(sent + lease.lock.ttl - lease.lock.margin);
+    state.extend(sent, lease.lock.ttl - lease.lock.margin);
 }
 
 /// Marks the object released if it is still ours. Retries transient failures until
@@ -467,5 +523,34 @@ async fn release(lease: &Lease) -> Result<(), Error> {
             backoff.slow_down(retry_after);
         }
         tokio::time::sleep(backoff.next()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_ends_by_the_boot_clock_too() {
+        let Some(boot) = boot_time() else {
+            return; // no CLOCK_BOOTTIME on this platform: the monotonic clock alone rules
+        };
+        // As after a suspend: the monotonic clock says a minute is left, the boot clock
+        // says the deadline passed while the machine slept.
+        let slept = LeaseState {
+            version: ObjectVersion {
+                generation: 1,
+                metageneration: 1,
+            },
+            deadline: Instant::now() + Duration::from_secs(60),
+            boot_deadline: Some(boot.saturating_sub(Duration::from_secs(1))),
+            refresh_seq: 0,
+        };
+        assert_eq!(slept.left(), Duration::ZERO);
+        let awake = LeaseState {
+            boot_deadline: Some(boot + Duration::from_secs(3600)),
+            ..slept
+        };
+        assert!(awake.left() > Duration::from_secs(50));
     }
 }

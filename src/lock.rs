@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError, ObjectInfo, ObjectVersion, WriteCondition};
 use crate::error::{Error, HolderSummary, LossReason};
-use crate::lease::Guard;
+use crate::lease::{Guard, SendTime};
 use crate::record::{LockRecord, LockState};
 
 /// TTLs outside this range are refused: below it no refresh can keep up with
@@ -601,7 +601,7 @@ impl Lock {
             ttl: lock.ttl,
             refresh_seq: 0,
         };
-        let sent = Instant::now();
+        let sent = SendTime::now();
         match lock
             .backend
             .write(&lock.object, condition, &record.to_metadata())
@@ -618,7 +618,7 @@ impl Lock {
         }
     }
 
-    async fn after_lost_race(&self, ours: &LockRecord, sent: Instant) -> Result<Attempt, Failure> {
+    async fn after_lost_race(&self, ours: &LockRecord, sent: SendTime) -> Result<Attempt, Failure> {
         let lock = &self.inner;
         let read = lock
             .backend
@@ -659,11 +659,11 @@ impl Lock {
     async fn resolve_ambiguous_write(
         &self,
         ours: LockRecord,
-        sent: Instant,
+        sent: SendTime,
         first_error: BackendError,
     ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
-        let give_up_at = sent + lock.ttl - lock.margin;
+        let give_up_at = sent.at + lock.ttl - lock.margin;
         let mut backoff = Backoff::new(
             lock.poll_min.min(Duration::from_millis(100)),
             lock.refresh_interval,
@@ -692,7 +692,7 @@ impl Lock {
     /// when the write was *sent*; if that has already passed (the process was
     /// suspended meanwhile), the lock may already be someone else's by staleness:
     /// release ours (conditionally, so a newer holder is untouched) and report it.
-    async fn started(&self, record: LockRecord, version: ObjectVersion, sent: Instant) -> Attempt {
+    async fn started(&self, record: LockRecord, version: ObjectVersion, sent: SendTime) -> Attempt {
         let guard = Guard::start(Arc::clone(&self.inner), record, version, sent);
         if guard.is_valid() {
             return Attempt::Acquired(guard);
