@@ -47,32 +47,30 @@ async fn ensure_object(backend: &dyn Backend, name: &str) -> Result<()> {
     }
 }
 
-/// Wall time of each call, and the process's CPU time per call.
-struct Timed {
+/// Wall time of each kept call, and the process's CPU time over them.
+#[derive(Default)]
+struct Samples {
     samples: Vec<Duration>,
-    cpu_per_op: Duration,
+    cpu: Duration,
 }
 
-async fn timed_loop<F, Fut>(n: usize, warmup: usize, mut call: F) -> Result<Timed>
-where
-    F: FnMut(usize) -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    for i in 0..warmup {
-        call(i).await?;
-    }
-    let mut samples = Vec::with_capacity(n);
-    let cpu = sys::cpu_time()?;
-    for i in 0..n {
+impl Samples {
+    async fn time<T>(&mut self, keep: bool, call: impl Future<Output = Result<T>>) -> Result<T> {
+        let cpu = sys::cpu_time()?;
         let start = Instant::now();
-        call(warmup + i).await?;
-        samples.push(start.elapsed());
+        let value = call.await?;
+        let took = start.elapsed();
+        let cpu_took = sys::cpu_time()?.saturating_sub(cpu);
+        if keep {
+            self.samples.push(took);
+            self.cpu += cpu_took;
+        }
+        Ok(value)
     }
-    let cpu_per_op = (sys::cpu_time()? - cpu) / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
-    Ok(Timed {
-        samples,
-        cpu_per_op,
-    })
+
+    fn cpu_per_op(&self) -> Duration {
+        self.cpu / u32::try_from(self.samples.len().max(1)).unwrap_or(u32::MAX)
+    }
 }
 
 async fn send(request: reqwest::RequestBuilder) -> Result<()> {
@@ -136,91 +134,31 @@ pub async fn run(
     ensure_object(gcs.as_ref(), "lat/raw-patch").await?;
     let get_url = object_url("lat/get");
 
-    // Baselines: bare requests on the reqwest client; then the backend's GET.
-    let get = timed_loop(config.lat_gets, warmup, |_| send(client.get(&get_url))).await?;
-    let read = timed_loop(config.lat_gets, warmup, |_| {
-        let gcs = Arc::clone(&gcs);
-        async move {
-            gcs.read("lat/get").await?;
-            Ok(())
-        }
-    })
-    .await?;
+    // Everything but the paced pair runs in interleaved rounds: each round does every
+    // operation once (the bare GET twice), so background load on the shared machine
+    // hits baseline and library operations alike.
     let metadata = record(1).to_metadata();
     let patch_url = object_url("lat/raw-patch");
     let patch_body = serde_json::json!({ "metadata": metadata });
-    let raw_patch = timed_loop(n, warmup, |_| {
-        send(client.patch(&patch_url).json(&patch_body))
-    })
-    .await?;
     let (content_type, body) = multipart("lat/raw-post", &metadata)?;
     let upload_url = format!(
         "{}/upload/storage/v1/b/{BUCKET}/o?uploadType=multipart",
         emulator.url
     );
-    let raw_post = timed_loop(n, warmup, |_| {
-        send(
-            client
-                .post(&upload_url)
-                .header("content-type", &content_type)
-                .body(body.clone()),
-        )
-    })
-    .await?;
-
-    // Acquire on brand-new names, and release them.
     let options = || {
         LockOptions::default()
             .ttl(Duration::from_secs(60))
             .identity("bench-latency")
     };
-    let mut acquire_new = Vec::with_capacity(n);
-    let mut release_samples = Vec::with_capacity(2 * n);
-    let (mut acquire_cpu, mut release_cpu) = (Duration::ZERO, Duration::ZERO);
-    for i in 0..warmup + n {
-        let lock = Lock::new(Arc::clone(&gcs), &format!("lat/new/{i:06}"), options())?;
-        let (cpu, start) = (sys::cpu_time()?, Instant::now());
-        let guard = lock.try_acquire().await?;
-        let (took, cpu_took) = (start.elapsed(), sys::cpu_time()? - cpu);
-        let (cpu, start) = (sys::cpu_time()?, Instant::now());
-        guard.release().await?;
-        let (released, cpu_released) = (start.elapsed(), sys::cpu_time()? - cpu);
-        if i >= warmup {
-            acquire_new.push(took);
-            release_samples.push(released);
-            acquire_cpu += cpu_took;
-            release_cpu += cpu_released;
-        }
-    }
-    // Acquire the same released name again and again.
-    let lock = Lock::new(Arc::clone(&gcs), "lat/reuse", options())?;
-    let mut acquire_released = Vec::with_capacity(n);
-    let mut acquire_released_cpu = Duration::ZERO;
-    for i in 0..warmup + n {
-        let (cpu, start) = (sys::cpu_time()?, Instant::now());
-        let guard = lock.try_acquire().await?;
-        let (took, cpu_took) = (start.elapsed(), sys::cpu_time()? - cpu);
-        let (cpu, start) = (sys::cpu_time()?, Instant::now());
-        guard.release().await?;
-        let (released, cpu_released) = (start.elapsed(), sys::cpu_time()? - cpu);
-        if i >= warmup {
-            acquire_released.push(took);
-            release_samples.push(released);
-            acquire_released_cpu += cpu_took;
-            release_cpu += cpu_released;
-        }
-    }
-    let per = |total: Duration, count: usize| total / u32::try_from(count.max(1)).unwrap_or(1);
-
-    // Refresh, part 1: the backend call the lease makes, back to back.
-    let info = gcs
+    let reuse = Lock::new(Arc::clone(&gcs), "lat/reuse", options())?;
+    let mut version = match gcs
         .write(
             "lat/refresh",
             WriteCondition::DoesNotExist,
             &record(0).to_metadata(),
         )
-        .await;
-    let mut version = match info {
+        .await
+    {
         Ok(written) => written.value.version,
         Err(BackendError::PreconditionFailed) => match gcs.read("lat/refresh").await?.value {
             Some(info) => info.version,
@@ -228,21 +166,62 @@ pub async fn run(
         },
         Err(e) => return Err(e.into()),
     };
-    let mut update_samples = Vec::with_capacity(n);
-    let mut update_cpu = Duration::ZERO;
-    for seq in 1..=(warmup + n) as u64 {
-        let metadata = record(seq).to_metadata();
-        let (cpu, start) = (sys::cpu_time()?, Instant::now());
-        let written = gcs
-            .update_metadata("lat/refresh", version, &metadata)
+    let mut get = Samples::default();
+    let mut read = Samples::default();
+    let mut raw_patch = Samples::default();
+    let mut raw_post = Samples::default();
+    let mut acquire_new = Samples::default();
+    let mut acquire_released = Samples::default();
+    let mut release = Samples::default();
+    let mut update = Samples::default();
+    let rounds = warmup + n.max(config.lat_gets / 2);
+    for round in 0..rounds {
+        let keep = round >= warmup;
+        get.time(keep, send(client.get(&get_url))).await?;
+        read.time(keep, async {
+            gcs.read("lat/get").await?;
+            Ok(())
+        })
+        .await?;
+        raw_patch
+            .time(keep, send(client.patch(&patch_url).json(&patch_body)))
             .await?;
-        let (took, cpu_took) = (start.elapsed(), sys::cpu_time()? - cpu);
+        raw_post
+            .time(
+                keep,
+                send(
+                    client
+                        .post(&upload_url)
+                        .header("content-type", &content_type)
+                        .body(body.clone()),
+                ),
+            )
+            .await?;
+        let fresh = Lock::new(Arc::clone(&gcs), &format!("lat/new/{round:06}"), options())?;
+        let guard = acquire_new
+            .time(keep, async { Ok(fresh.try_acquire().await?) })
+            .await?;
+        release
+            .time(keep, async { Ok(guard.release().await?) })
+            .await?;
+        get.time(keep, send(client.get(&get_url))).await?;
+        let guard = acquire_released
+            .time(keep, async { Ok(reuse.try_acquire().await?) })
+            .await?;
+        release
+            .time(keep, async { Ok(guard.release().await?) })
+            .await?;
+        let metadata = record(round as u64 + 1).to_metadata();
+        let written = update
+            .time(keep, async {
+                Ok(gcs
+                    .update_metadata("lat/refresh", version, &metadata)
+                    .await?)
+            })
+            .await?;
         version = written.value.version;
-        if seq > warmup as u64 {
-            update_samples.push(took);
-            update_cpu += cpu_took;
-        }
     }
+    let per = |total: Duration, count: usize| total / u32::try_from(count.max(1)).unwrap_or(1);
 
     // Refresh, part 2: driven by the lease itself at a short interval, timed by the
     // wrapper; beside it a bare GET paced at the same interval.
@@ -302,7 +281,7 @@ pub async fn run(
             name: "bare GET (reqwest, back to back) — **baseline**".into(),
             requests: 1,
             summary: get_s,
-            cpu: Some(get.cpu_per_op),
+            cpu: Some(get.cpu_per_op()),
             against: get_s,
             against_name: "GET",
             raw_equivalent: Some(get_s.p50),
@@ -311,7 +290,7 @@ pub async fn run(
             name: "`GcsBackend::read` (GET + JSON parse)".into(),
             requests: 1,
             summary: read_s,
-            cpu: Some(read.cpu_per_op),
+            cpu: Some(read.cpu_per_op()),
             against: get_s,
             against_name: "GET",
             raw_equivalent: Some(get_s.p50),
@@ -320,7 +299,7 @@ pub async fn run(
             name: "bare PATCH (reqwest, lock-sized metadata)".into(),
             requests: 1,
             summary: patch_s,
-            cpu: Some(raw_patch.cpu_per_op),
+            cpu: Some(raw_patch.cpu_per_op()),
             against: get_s,
             against_name: "GET",
             raw_equivalent: None,
@@ -329,7 +308,7 @@ pub async fn run(
             name: "bare multipart POST upload (reqwest)".into(),
             requests: 1,
             summary: post_s,
-            cpu: Some(raw_post.cpu_per_op),
+            cpu: Some(raw_post.cpu_per_op()),
             against: get_s,
             against_name: "GET",
             raw_equivalent: None,
@@ -337,8 +316,8 @@ pub async fn run(
         Row {
             name: "**acquire**, brand-new name".into(),
             requests: 2,
-            summary: summarize(&acquire_new),
-            cpu: Some(per(acquire_cpu, acquire_new.len())),
+            summary: summarize(&acquire_new.samples),
+            cpu: Some(acquire_new.cpu_per_op()),
             against: get_s,
             against_name: "GET",
             raw_equivalent: Some(get_s.p50 + post_s.p50),
@@ -346,8 +325,8 @@ pub async fn run(
         Row {
             name: "**acquire**, released name".into(),
             requests: 2,
-            summary: summarize(&acquire_released),
-            cpu: Some(per(acquire_released_cpu, acquire_released.len())),
+            summary: summarize(&acquire_released.samples),
+            cpu: Some(acquire_released.cpu_per_op()),
             against: get_s,
             against_name: "GET",
             raw_equivalent: Some(get_s.p50 + post_s.p50),
@@ -355,8 +334,8 @@ pub async fn run(
         Row {
             name: "**release** (tombstone PATCH)".into(),
             requests: 1,
-            summary: summarize(&release_samples),
-            cpu: Some(per(release_cpu, release_samples.len())),
+            summary: summarize(&release.samples),
+            cpu: Some(release.cpu_per_op()),
             against: get_s,
             against_name: "GET",
             raw_equivalent: Some(patch_s.p50),
@@ -364,8 +343,8 @@ pub async fn run(
         Row {
             name: "**refresh**: `update_metadata`, back to back".into(),
             requests: 1,
-            summary: summarize(&update_samples),
-            cpu: Some(per(update_cpu, update_samples.len())),
+            summary: summarize(&update.samples),
+            cpu: Some(update.cpu_per_op()),
             against: get_s,
             against_name: "GET",
             raw_equivalent: Some(patch_s.p50),
@@ -434,7 +413,9 @@ pub async fn run(
         ) + "\n\"÷ its raw requests\" divides by the p50 sum of the same bare requests \
              (acquire: GET + POST; release and refresh: PATCH): the library's own share. \
              The emulator does more work for a write than for a GET, so the per-request \
-             ratio against GET overstates the library's overhead.\n"
+             ratio against GET overstates the library's overhead. All rows above the paced pair were \
+             measured in interleaved rounds (every operation once per round, the GET twice), so \
+             background load on the shared machine hits them alike.\n"
             + &format!(
                 "\nConnections: over this section's {requests} requests (two clients: the bare \
              reqwest client and one `GcsBackend`), this process's established connections to \
@@ -480,6 +461,6 @@ pub async fn run(
     }
     Ok(LatencyOutcome {
         get: get_s,
-        get_cpu: get.cpu_per_op,
+        get_cpu: get.cpu_per_op(),
     })
 }

@@ -22,7 +22,8 @@ pub struct Config {
     pub waiters: Vec<usize>,
     pub rl_handoffs: usize,
     /// Scale: lock counts, TTL, refresh interval, measured window, acquire concurrency.
-    pub scale_locks: Vec<usize>,
+    /// (locks, latency the emulator adds to every request in ms).
+    pub scale_runs: Vec<(usize, u64)>,
     pub scale_ttl: Duration,
     pub scale_refresh: Duration,
     pub scale_window: Duration,
@@ -47,7 +48,7 @@ impl Config {
             hold: Duration::from_secs(2),
             waiters: vec![1, 8, 64],
             rl_handoffs: 10,
-            scale_locks: vec![1000, 10_000],
+            scale_runs: vec![(1000, 0), (10_000, 0), (10_000, 20)],
             scale_ttl: Duration::from_secs(60),
             scale_refresh: Duration::from_millis(7500),
             scale_window: Duration::from_secs(15),
@@ -66,17 +67,17 @@ impl Config {
             lat_warmup: 5,
             lat_paced: 20,
             lat_paced_interval: Duration::from_millis(10),
-            handoffs: 2,
+            handoffs: 1,
             hold: Duration::from_millis(200),
             waiters: vec![1, 8, 64],
             rl_handoffs: 1,
-            scale_locks: vec![50],
+            scale_runs: vec![(50, 0), (50, 20)],
             scale_ttl: Duration::from_secs(8),
             scale_refresh: Duration::from_secs(1),
-            scale_window: Duration::from_secs(2),
+            scale_window: Duration::from_millis(1200),
             scale_concurrency: 16,
             cli_runs: 3,
-            rl_hold: Duration::from_millis(2500),
+            rl_hold: Duration::from_millis(1500),
         }
     }
 }
