@@ -10,9 +10,11 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rand::Rng as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendError, ObjectInfo, ObjectVersion};
 use crate::error::{Error, LossReason};
@@ -77,6 +79,8 @@ struct Lease {
     record: LockRecord,
     state: Mutex<LeaseState>,
     lost: watch::Sender<Option<LossReason>>,
+    /// Asks the keep-alive task to stop at its next pause (never mid-request).
+    stop: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -126,6 +130,7 @@ impl Guard {
             lock,
             record,
             lost: watch::channel(None).0,
+            stop: CancellationToken::new(),
         });
         let keep_alive = tokio::spawn(keep_alive(Arc::clone(&lease), sent.at));
         Self {
@@ -236,9 +241,7 @@ impl Guard {
     /// have held the lock meanwhile).
     pub async fn release(mut self) -> Result<(), Error> {
         if let Some(task) = self.keep_alive.take() {
-            task.abort();
-            // Wait until it is gone so no refresh races the release.
-            let _ = task.await;
+            stop_keep_alive(&self.lease, task).await;
         }
         let result = release(&self.lease).await;
         self.lease.mark_lost(LossReason::Released);
@@ -271,12 +274,11 @@ impl Drop for Guard {
         let Some(task) = self.keep_alive.take() else {
             return; // released
         };
-        task.abort();
         let lease = Arc::clone(&self.lease);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
-                    let _ = task.await;
+                    stop_keep_alive(&lease, task).await;
                     if let Err(error) = release(&lease).await {
                         tracing::warn!(lock = %lease.lock.url, %error, "background release after drop failed");
                     }
@@ -284,6 +286,7 @@ impl Drop for Guard {
                 });
             }
             Err(_) => {
+                task.abort();
                 tracing::warn!(lock = %lease.lock.url, "guard dropped outside a runtime; the lock will expire after its TTL");
                 lease.mark_lost(LossReason::Released);
             }
@@ -352,12 +355,32 @@ async fn read_back(lease: &Lease) -> Result<ReadBack, BackendError> {
     })
 }
 
+/// How long release waits for a refresh in flight to finish before abandoning it.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Stops the keep-alive task so that no refresh races the release. A refresh in
+/// flight is let finish (briefly): aborting it would still let it apply on the
+/// server, and the release would then meet a 412 and need two more requests.
+async fn stop_keep_alive(lease: &Lease, mut task: JoinHandle<()>) {
+    lease.stop.cancel();
+    if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
+        task.abort();
+        let _ = task.await;
+    }
+}
+
+/// A refresh time slightly before `interval` is due, so that locks acquired in a
+/// burst do not refresh in a burst forever. Refreshing early is always safe.
+fn jittered(interval: Duration, earliest: f64) -> Duration {
+    interval.mul_f64(rand::rng().random_range(earliest..=1.0))
+}
+
 /// Refreshes every `refresh_interval` until lost; transient failures are retried
 /// until the deadline, and the deadline itself ends the lease even if a request hangs.
 async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
     let lock = &lease.lock;
     let interval = lock.refresh_interval;
-    let mut next = acquired_at + interval;
+    let mut next = acquired_at + jittered(interval, 0.5);
     let mut retry = Backoff::new(interval / 8, interval);
     let mut last_error = String::from("none");
     // Send time of a refresh whose response was lost: if it applied, the lease runs
@@ -365,7 +388,11 @@ async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
     let mut unconfirmed: Option<SendTime> = None;
     loop {
         let deadline = lease.state().deadline;
-        tokio::time::sleep_until(next.min(deadline)).await;
+        tokio::select! {
+            biased;
+            () = lease.stop.cancelled() => return,
+            () = tokio::time::sleep_until(next.min(deadline)) => {}
+        }
         if lease.state().left().is_zero() {
             lease.mark_lost(LossReason::Expired { last_error });
             return;
@@ -395,7 +422,7 @@ async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
                     renewed(&lease, written.value.version, record.refresh_seq, sent);
                     unconfirmed = None;
                     retry = Backoff::new(interval / 8, interval);
-                    next = sent.at + interval;
+                    next = sent.at + jittered(interval, 0.9);
                 }
                 _ => {
                     lease.mark_lost(LossReason::Superseded { holder: None });

@@ -27,8 +27,6 @@ use crate::record::{LockRecord, LockState};
 /// request latency; above it a crashed holder blocks everyone for days.
 const MIN_TTL: Duration = Duration::from_secs(1);
 const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-/// GCS sustains about one mutation per second per object name.
-const GCS_MUTATIONS_PER_SECOND: Duration = Duration::from_secs(1);
 
 /// A number that grows with every new holder of a lock: hand it to the systems
 /// your critical section writes to, and have them reject writes carrying a token
@@ -306,12 +304,17 @@ impl Lock {
                 humantime::format_duration(ttl - margin)
             )));
         }
-        if refresh_interval < GCS_MUTATIONS_PER_SECOND {
-            tracing::warn!(
-                refresh_interval = %humantime::format_duration(refresh_interval),
-                "refreshing more than once per second exceeds GCS's per-object mutation rate \
-                 (about 1/s) and will be throttled; use a TTL of at least 8s on real GCS"
-            );
+        if let Some(floor) = backend.min_mutation_interval() {
+            if refresh_interval < floor {
+                return Err(Error::InvalidInput(format!(
+                    "refresh interval {} is below {}: {} throttles faster writes to one object; \
+                     use a TTL of at least {} (refreshed every TTL/8)",
+                    humantime::format_duration(refresh_interval),
+                    humantime::format_duration(floor),
+                    backend.describe(),
+                    humantime::format_duration(floor * 8)
+                )));
+            }
         }
         if options.poll_min.is_zero() || options.poll_min > options.poll_max {
             return Err(Error::InvalidInput(

@@ -863,3 +863,60 @@ async fn a_wait_that_ends_during_a_storage_hiccup_reports_busy() {
         other => panic!("expected Busy, got {other:?}"),
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn release_lets_a_refresh_in_flight_finish_instead_of_racing_it() {
+    let memory = MemoryBackend::new("b");
+    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    let guard = lock_on(Arc::new(faulty.clone()), "me")
+        .try_acquire()
+        .await
+        .expect("free");
+    // The first refresh applies on the server, but its answer takes a second.
+    faulty.inject(
+        Operation::UpdateMetadata,
+        Fault::DelayResponse(Duration::from_secs(1)),
+    );
+    for _ in 0..(REFRESH * 2).as_millis() / 50 {
+        if record(&memory).await.refresh_seq > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(faulty.pending(), 0, "the refresh is in flight");
+    let before = memory.request_count();
+    guard.release().await.expect("release");
+    assert_eq!(
+        memory.request_count() - before,
+        1,
+        "one PATCH: no 412, read-back and second PATCH"
+    );
+    assert_eq!(record(&memory).await.state, LockState::Released);
+}
+
+#[test]
+fn production_gcs_refuses_refreshes_faster_than_its_write_rate() {
+    use gcslock::backend::gcs::GcsBackend;
+    let production = GcsBackend::builder("my-bucket")
+        .endpoint(Some("https://storage.googleapis.com".into()))
+        .build()
+        .expect("no request is sent to build it");
+    let error = Lock::new(
+        Arc::new(production),
+        "o",
+        LockOptions::default().ttl(Duration::from_secs(2)),
+    )
+    .expect_err("a 250 ms refresh exceeds one write per second");
+    assert!(error.to_string().contains("at least 8s"), "{error}");
+    // An emulator has no such limit: short TTLs keep tests fast.
+    let emulator = GcsBackend::builder("my-bucket")
+        .endpoint(Some("http://127.0.0.1:1".into()))
+        .build()
+        .expect("emulator");
+    Lock::new(
+        Arc::new(emulator),
+        "o",
+        LockOptions::default().ttl(Duration::from_secs(2)),
+    )
+    .expect("allowed on an emulator");
+}

@@ -102,6 +102,13 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// A human-readable location for messages, such as `gs://bucket`.
     fn describe(&self) -> String;
+
+    /// The shortest interval at which one object may be mutated without being
+    /// throttled, if the store has one (GCS: about one write per second per object).
+    /// `Lock::new` refuses a refresh interval below it.
+    fn min_mutation_interval(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// The outcome of one failed request, classified by what the caller may do next.
