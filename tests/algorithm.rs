@@ -24,6 +24,16 @@ fn lock_on(backend: Arc<dyn Backend>, identity: &str) -> Lock {
     Lock::new(backend, "jobs/nightly", options(identity)).expect("valid lock")
 }
 
+/// Makes every later refresh through `backend` fail, as if its holder had crashed
+/// or been cut off: the lease then runs out unrefreshed.
+fn stop_refreshing(backend: &FaultyBackend) {
+    backend.inject_times(
+        Operation::UpdateMetadata,
+        Fault::Reject(FaultError::Unavailable),
+        1000,
+    );
+}
+
 async fn record(memory: &MemoryBackend) -> LockRecord {
     let read = memory.read("jobs/nightly").await.expect("read");
     LockRecord::from_metadata(&read.value.expect("object exists").metadata).expect("a lock")
@@ -125,11 +135,7 @@ async fn crashed_holder_is_taken_over_only_after_its_deadline() {
     let memory = MemoryBackend::new("b");
     // The crashed holder: every refresh fails from now on, as if it were gone.
     let crashed_backend = FaultyBackend::new(Arc::new(memory.clone()));
-    crashed_backend.inject_times(
-        Operation::UpdateMetadata,
-        Fault::Reject(FaultError::Unavailable),
-        1000,
-    );
+    stop_refreshing(&crashed_backend);
     let crashed = lock_on(Arc::new(crashed_backend), "crashed");
     let guard = crashed.try_acquire().await.expect("free");
     let acquired_at = Instant::now();
@@ -160,11 +166,7 @@ async fn takeover_racing_a_fresh_lock_never_removes_it() {
     let memory = MemoryBackend::new("b");
     let stale = {
         let failing = FaultyBackend::new(Arc::new(memory.clone()));
-        failing.inject_times(
-            Operation::UpdateMetadata,
-            Fault::Reject(FaultError::Unavailable),
-            1000,
-        );
+        stop_refreshing(&failing);
         lock_on(Arc::new(failing), "stale")
     };
     let _old = stale.try_acquire().await.expect("free");
@@ -457,11 +459,7 @@ async fn skewed_clocks_stay_safe() {
             Err(Error::Busy { .. })
         ));
         // Now the holder stops refreshing; the waiter takes over only after its deadline.
-        failing.inject_times(
-            Operation::UpdateMetadata,
-            Fault::Reject(FaultError::Unavailable),
-            1000,
-        );
+        stop_refreshing(&failing);
         let taken = waiter.acquire(Wait::Forever).await.expect("takeover");
         assert!(!guard.is_valid());
         assert_eq!(taken.token().value(), 2);
@@ -535,11 +533,7 @@ async fn without_a_server_date_waiters_fall_back_to_their_own_clock() {
     }
     let memory = MemoryBackend::new("b");
     let failing = FaultyBackend::new(Arc::new(memory.clone()));
-    failing.inject_times(
-        Operation::UpdateMetadata,
-        Fault::Reject(FaultError::Unavailable),
-        1000,
-    );
+    stop_refreshing(&failing);
     let guard = lock_on(Arc::new(failing), "crashed")
         .try_acquire()
         .await
@@ -572,11 +566,7 @@ async fn commit_runs_only_with_enough_lease_left() {
         Err(Error::InsufficientTime { .. })
     ));
     // Once refreshes fail, the time left shrinks until commits are refused.
-    faulty.inject_times(
-        Operation::UpdateMetadata,
-        Fault::Reject(FaultError::Unavailable),
-        1000,
-    );
+    stop_refreshing(&faulty);
     tokio::time::sleep(TTL - MARGIN - Duration::from_secs(3)).await;
     assert!(matches!(
         guard.commit(Duration::from_secs(5), |_| ()),
@@ -665,11 +655,7 @@ async fn status_reports_server_judged_state() {
     let lock = lock_on(Arc::new(memory.clone()), "me");
     assert_eq!(lock.status().await.expect("status"), LockStatus::Free);
     let failing = FaultyBackend::new(Arc::new(memory.clone()));
-    failing.inject_times(
-        Operation::UpdateMetadata,
-        Fault::Reject(FaultError::Unavailable),
-        1000,
-    );
+    stop_refreshing(&failing);
     let guard = lock_on(Arc::new(failing), "holder")
         .try_acquire()
         .await
@@ -726,11 +712,7 @@ fn bad_options_are_refused_before_any_request() {
 async fn waiters_judge_a_lock_by_its_holders_ttl_not_their_own() {
     let memory = MemoryBackend::new("b");
     let crashed_backend = FaultyBackend::new(Arc::new(memory.clone()));
-    crashed_backend.inject_times(
-        Operation::UpdateMetadata,
-        Fault::Reject(FaultError::Unavailable),
-        1000,
-    );
+    stop_refreshing(&crashed_backend);
     let short = Lock::new(
         Arc::new(crashed_backend),
         "jobs/nightly",
