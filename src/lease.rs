@@ -371,8 +371,12 @@ async fn stop_keep_alive(lease: &Lease, mut task: JoinHandle<()>) {
 
 /// A refresh time slightly before `interval` is due, so that locks acquired in a
 /// burst do not refresh in a burst forever. Refreshing early is always safe.
-fn jittered(interval: Duration, earliest: f64) -> Duration {
-    interval.mul_f64(rand::rng().random_range(earliest..=1.0))
+/// Never below `floor`, the backend's per-object write-rate limit, which the nominal
+/// interval was checked against in `Lock::new`.
+fn jittered(interval: Duration, earliest: f64, floor: Duration) -> Duration {
+    interval
+        .mul_f64(rand::rng().random_range(earliest..=1.0))
+        .max(floor.min(interval))
 }
 
 /// Refreshes every `refresh_interval` until lost; transient failures are retried
@@ -380,7 +384,8 @@ fn jittered(interval: Duration, earliest: f64) -> Duration {
 async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
     let lock = &lease.lock;
     let interval = lock.refresh_interval;
-    let mut next = acquired_at + jittered(interval, 0.5);
+    let floor = lock.backend.min_mutation_interval().unwrap_or_default();
+    let mut next = acquired_at + jittered(interval, 0.5, floor);
     let mut retry = Backoff::new(interval / 8, interval);
     let mut last_error = String::from("none");
     // Send time of a refresh whose response was lost: if it applied, the lease runs
@@ -422,7 +427,7 @@ async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
                     renewed(&lease, written.value.version, record.refresh_seq, sent);
                     unconfirmed = None;
                     retry = Backoff::new(interval / 8, interval);
-                    next = sent.at + jittered(interval, 0.9);
+                    next = sent.at + jittered(interval, 0.9, floor);
                 }
                 _ => {
                     lease.mark_lost(LossReason::Superseded { holder: None });
@@ -556,6 +561,17 @@ async fn release(lease: &Lease) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitter_never_refreshes_faster_than_the_write_rate_floor() {
+        let second = Duration::from_secs(1);
+        for _ in 0..1000 {
+            // TTL 8 s on GCS: refresh every 1 s, which is the floor itself.
+            assert!(jittered(second, 0.5, second) >= second);
+            let early = jittered(Duration::from_secs(10), 0.5, second);
+            assert!(early >= Duration::from_secs(5) && early <= Duration::from_secs(10));
+        }
+    }
 
     #[test]
     fn a_lease_ends_by_the_boot_clock_too() {

@@ -2,6 +2,8 @@
 //! backends perform exactly one request per call (`list` aside), so a call count is
 //! a request count; the emulator's own counters cross-check it.
 
+use std::future::Future;
+use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,9 +27,32 @@ pub enum Op {
 #[derive(Clone, Copy, Debug)]
 pub struct Call {
     pub op: Op,
+    /// `object_key` of the object (or list prefix) it was about.
+    pub object: u64,
     pub start: Instant,
     pub elapsed: Duration,
     pub ok: bool,
+    /// Made by a future run inside `in_release`: the caller's own release, as
+    /// opposed to a refresh that a keep-alive task sent meanwhile.
+    pub in_release: bool,
+}
+
+tokio::task_local! {
+    static IN_RELEASE: bool;
+}
+
+/// Runs `release` so that the calls it makes are marked `in_release`. Refreshes run
+/// in the keep-alive tasks, outside this scope, so they stay unmarked even when a
+/// release waits for one to finish.
+pub async fn in_release<F: Future>(release: F) -> F::Output {
+    IN_RELEASE.scope(true, release).await
+}
+
+/// A cheap key for an object name, to match calls about the same object.
+pub fn object_key(name: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    name.hash(&mut hasher);
+    hasher.finish()
 }
 
 #[derive(Debug)]
@@ -64,16 +89,21 @@ impl Counting {
     async fn timed<T>(
         &self,
         op: Op,
-        call: impl std::future::Future<Output = Result<T, BackendError>>,
+        name: &str,
+        call: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, BackendError> {
         self.started[op as usize].fetch_add(1, Ordering::Relaxed);
+        let in_release = IN_RELEASE.try_with(|flag| *flag).unwrap_or(false);
         let start = Instant::now();
         let result = call.await;
+        let elapsed = start.elapsed();
         let entry = Call {
             op,
+            object: object_key(name),
             start,
-            elapsed: start.elapsed(),
+            elapsed,
             ok: result.is_ok(),
+            in_release,
         };
         self.calls
             .lock()
@@ -91,12 +121,12 @@ impl Backend for Counting {
         condition: WriteCondition,
         metadata: &Metadata,
     ) -> Result<Stamped<ObjectInfo>, BackendError> {
-        self.timed(Op::Write, self.inner.write(name, condition, metadata))
+        self.timed(Op::Write, name, self.inner.write(name, condition, metadata))
             .await
     }
 
     async fn read(&self, name: &str) -> Result<Stamped<Option<ObjectInfo>>, BackendError> {
-        self.timed(Op::Read, self.inner.read(name)).await
+        self.timed(Op::Read, name, self.inner.read(name)).await
     }
 
     async fn update_metadata(
@@ -107,21 +137,27 @@ impl Backend for Counting {
     ) -> Result<Stamped<ObjectInfo>, BackendError> {
         self.timed(
             Op::Update,
+            name,
             self.inner.update_metadata(name, expected, metadata),
         )
         .await
     }
 
     async fn delete(&self, name: &str, expected: ObjectVersion) -> Result<(), BackendError> {
-        self.timed(Op::Delete, self.inner.delete(name, expected))
+        self.timed(Op::Delete, name, self.inner.delete(name, expected))
             .await
     }
 
     async fn list(&self, prefix: &str) -> Result<Stamped<Vec<ObjectInfo>>, BackendError> {
-        self.timed(Op::List, self.inner.list(prefix)).await
+        self.timed(Op::List, prefix, self.inner.list(prefix)).await
     }
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+
+    /// Forwarded: a wrapper must not hide the store's write-rate floor from `Lock::new`.
+    fn min_mutation_interval(&self) -> Option<Duration> {
+        self.inner.min_mutation_interval()
     }
 }

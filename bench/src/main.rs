@@ -3,7 +3,7 @@
 //! emulator (started by this program, in its own process).
 //!
 //! ```text
-//! cargo run --release -p gcslock-bench -- --full     # BENCHMARKS.md's table (~15 min)
+//! cargo run --release -p gcslock-bench -- --full     # BENCHMARKS.md's table (~11 min on 2 cores)
 //! cargo run --release -p gcslock-bench -- --smoke    # every path, tiny counts (CI)
 //! ```
 //!

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use gcslock::backend::gcs::{GcsBackend, DEFAULT_ENDPOINT};
+use gcslock::backend::Backend;
 use gcslock::{Lock, LockOptions, Wait};
 use tokio::time::Instant;
 
@@ -26,6 +28,15 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
 async fn measure(emulator: &Emulator, config: &Config, report: &mut Report) -> Result<()> {
     let mut rows = Vec::new();
     let gcs = Arc::new(emulator.backend()?);
+    // The same options against the production endpoint (through the counting wrapper,
+    // as above): `Lock::new` only, no request is sent.
+    let production: Arc<dyn Backend> = Counting::new(Arc::new(
+        GcsBackend::builder("gcslock-bench")
+            .endpoint(Some(DEFAULT_ENDPOINT.into()))
+            .build()?,
+    ));
+    let mut refused_as_expected = true;
+    let mut refusals = Vec::new();
     for (ttl, name) in [
         (Duration::from_secs(2), "rl/ttl-2s"),
         (Duration::from_secs(8), "rl/ttl-8s"),
@@ -37,12 +48,43 @@ async fn measure(emulator: &Emulator, config: &Config, report: &mut Report) -> R
             name,
             LockOptions::default().ttl(ttl).identity("bench-rl"),
         )?;
+        let on_production = Lock::new(
+            Arc::clone(&production),
+            name,
+            LockOptions::default().ttl(ttl).identity("bench-rl"),
+        );
+        let floor = Duration::from_secs(1);
+        refused_as_expected &= on_production.is_err() == (lock.refresh_interval() < floor);
+        let on_production = match on_production {
+            Ok(_) => "accepted".to_owned(),
+            Err(e) => {
+                refusals.push(format!("TTL {} s: {e}", ttl.as_secs()));
+                "**refused**".to_owned()
+            }
+        };
+        let _ = counting.take_calls();
         let guard = lock.try_acquire().await?;
         let before = emulator.stats().await?;
         let updates = counting.count(Op::Update);
         tokio::time::sleep(config.rl_hold).await;
         let seen = emulator.stats().await?.since(&before);
         let sent = counting.count(Op::Update) - updates;
+        // The schedule's own gaps: from a successful write of this lease (the acquiring
+        // POST included) to its next write, so retries after a 429 are left out.
+        let mut writes: Vec<(Instant, bool)> = counting
+            .take_calls()
+            .iter()
+            .filter(|c| matches!(c.op, Op::Write | Op::Update))
+            .map(|c| (c.start, c.ok))
+            .collect();
+        writes.sort_unstable_by_key(|w| w.0);
+        let gaps: Vec<Duration> = writes
+            .windows(2)
+            .filter(|w| w[0].1)
+            .map(|w| w[1].0 - w[0].0)
+            .collect();
+        let first_gap = gaps.first().copied();
+        let shortest_gap = gaps.iter().min().copied();
         let valid = guard.is_valid();
         let left = guard.time_left();
         let released = guard.release().await;
@@ -62,8 +104,23 @@ async fn measure(emulator: &Emulator, config: &Config, report: &mut Report) -> R
                 Ok(()) => "ok".into(),
                 Err(e) => format!("{e}"),
             },
+            format!(
+                "{} / {}",
+                first_gap.map_or("–".into(), ms),
+                shortest_gap.map_or("–".into(), ms)
+            ),
+            on_production,
         ]);
     }
+    report.check(
+        "production GCS: `Lock::new` refuses a refresh interval under 1 s, and only that",
+        refused_as_expected,
+        if refusals.is_empty() {
+            "nothing refused".to_owned()
+        } else {
+            refusals.join("; ")
+        },
+    );
     // Release then immediate re-acquire of the same object by another client.
     let mut waits = Vec::new();
     let mut limited = 0;
@@ -113,8 +170,21 @@ async fn measure(emulator: &Emulator, config: &Config, report: &mut Report) -> R
                 "429s",
                 "lease still valid",
                 "release",
+                "scheduled gap: acquire to first refresh / shortest (send times)",
+                "same options, production endpoint",
             ],
             &rows,
+        ) + &format!(
+            "\nScheduled gap: send time of a successful write of the lease (its acquiring POST \
+             included) to the send time of its next write, as the refresh schedule set it \
+             (retries after a 429 left out); the emulator refuses a write within 1 s of the \
+             last applied one. The last column is `Lock::new` with the same options on a `GcsBackend` for \
+             `{DEFAULT_ENDPOINT}` (behind the counting wrapper; no request sent): {}.\n",
+            if refusals.is_empty() {
+                "nothing refused".to_owned()
+            } else {
+                refusals.join("; ")
+            }
         ) + &format!(
             "\nRelease, then another client's `acquire(Wait::For(20s))` at once: acquired after {waits_text}, \
              {limited} x 429 on the way (the tombstone PATCH and the acquiring POST are two \

@@ -15,7 +15,7 @@ use gcslock::{Guard, Lock, LockOptions};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::counting::{Counting, Op};
+use crate::counting::{in_release, object_key, Counting, Op};
 use crate::emulator::{Emulator, BUCKET};
 use crate::report::{table, Config, Report};
 use crate::summary::{ms, us};
@@ -44,14 +44,22 @@ pub struct ScaleResult {
     pub connections_min: usize,
     pub connections_end: usize,
     pub client_time_wait_end: usize,
-    /// Refresh send times over one interval, per 100 ms.
+    /// Refresh send times over the whole window, per 100 ms.
     pub histogram: Vec<u64>,
-    /// First to last refresh send within that interval.
+    /// First to last refresh send within the window's first refresh interval.
     pub spread_ms: u64,
     pub sampler_cost_us: u64,
     pub leases_lost: usize,
     pub release_ms: u64,
     pub release_failures: usize,
+    /// Requests made by the `release()` calls themselves (not by refreshes meanwhile).
+    pub release_requests: u64,
+    /// ... of which failed PATCHes (412 when a refresh raced the release) and
+    /// read-backs (GET) that resolve them.
+    pub release_failed_patches: u64,
+    pub release_reads: u64,
+    /// Releases whose lock had a refresh request in flight when `release()` was called.
+    pub releases_with_refresh_in_flight: u64,
 }
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Result<T> {
@@ -124,14 +132,18 @@ async fn hold_many(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let started = Instant::now();
-    let acquired: Vec<Result<Guard, gcslock::Error>> = stream::iter(locks.iter())
-        .map(|lock| lock.try_acquire())
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+    let acquired: Vec<(usize, Result<Guard, gcslock::Error>)> =
+        stream::iter(locks.iter().enumerate())
+            .map(|(i, lock)| async move { (i, lock.try_acquire().await) })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
     let acquire_ms = millis(started.elapsed());
-    let acquire_failures = acquired.iter().filter(|r| r.is_err()).count();
-    let guards: Vec<Guard> = acquired.into_iter().filter_map(Result::ok).collect();
+    let acquire_failures = acquired.iter().filter(|(_, r)| r.is_err()).count();
+    let guards: Vec<(usize, Guard)> = acquired
+        .into_iter()
+        .filter_map(|(i, r)| r.ok().map(|guard| (i, guard)))
+        .collect();
     let rss_acquired_kib = sys::proc_status("VmRSS")?;
     let _ = counting.take_calls();
 
@@ -169,7 +181,7 @@ async fn hold_many(
     let calls = counting.take_calls();
     let refresh_failures_in_window =
         calls.iter().filter(|c| c.op == Op::Update && !c.ok).count() as u64;
-    let buckets = usize::try_from(millis(refresh) / BUCKET_MS)
+    let buckets = usize::try_from(millis(window) / BUCKET_MS)
         .unwrap_or(0)
         .max(1);
     let mut histogram = vec![0u64; buckets];
@@ -181,8 +193,10 @@ async fn hold_many(
         let index = usize::try_from(millis(offset) / BUCKET_MS).unwrap_or(usize::MAX);
         if let Some(slot) = histogram.get_mut(index) {
             *slot += 1;
-            first = Some(first.map_or(offset, |f| f.min(offset)));
-            last = Some(last.map_or(offset, |l| l.max(offset)));
+            if offset < refresh {
+                first = Some(first.map_or(offset, |f| f.min(offset)));
+                last = Some(last.map_or(offset, |l| l.max(offset)));
+            }
         }
     }
     let spread_ms = match (first, last) {
@@ -191,15 +205,44 @@ async fn hold_many(
     };
     let rss_end_kib = sys::proc_status("VmRSS")?;
     let end = sys::tcp_snapshot(port, &[])?;
-    let leases_lost = guards.iter().filter(|g| !g.is_valid()).count();
+    let leases_lost = guards.iter().filter(|(_, g)| !g.is_valid()).count();
 
+    // Release all. Each release() is scoped so that its own requests can be told
+    // from the refreshes the locks not yet released keep sending meanwhile.
+    let _ = counting.take_calls();
     let started = Instant::now();
-    let released: Vec<Result<(), gcslock::Error>> = stream::iter(guards)
-        .map(Guard::release)
+    let released: Vec<(u64, Instant, Result<(), gcslock::Error>)> = stream::iter(guards)
+        .map(|(i, guard)| async move {
+            let object = object_key(&format!("scale/{count}/{i:05}"));
+            let called = Instant::now();
+            (object, called, in_release(guard.release()).await)
+        })
         .buffer_unordered(concurrency)
         .collect()
         .await;
     let release_ms = millis(started.elapsed());
+    let calls = counting.take_calls();
+    let by_release: Vec<_> = calls.iter().filter(|c| c.in_release).collect();
+    // A refresh of the same object sent before release() was called and answered after.
+    let refreshing: std::collections::HashMap<u64, Vec<(Instant, Instant)>> = calls
+        .iter()
+        .filter(|c| c.op == Op::Update && !c.in_release)
+        .fold(Default::default(), |mut map, c| {
+            map.entry(c.object)
+                .or_default()
+                .push((c.start, c.start + c.elapsed));
+            map
+        });
+    let releases_with_refresh_in_flight = released
+        .iter()
+        .filter(|(object, called, _)| {
+            refreshing.get(object).is_some_and(|spans| {
+                spans
+                    .iter()
+                    .any(|(sent, answered)| sent <= called && answered > called)
+            })
+        })
+        .count() as u64;
     Ok(ScaleResult {
         locks: count,
         ttl_ms: millis(ttl),
@@ -225,7 +268,14 @@ async fn hold_many(
         sampler_cost_us: u64::try_from(sampler_cost.as_micros()).unwrap_or(u64::MAX),
         leases_lost,
         release_ms,
-        release_failures: released.iter().filter(|r| r.is_err()).count(),
+        release_failures: released.iter().filter(|(_, _, r)| r.is_err()).count(),
+        release_requests: by_release.len() as u64,
+        release_failed_patches: by_release
+            .iter()
+            .filter(|c| c.op == Op::Update && !c.ok)
+            .count() as u64,
+        release_reads: by_release.iter().filter(|c| c.op == Op::Read).count() as u64,
+        releases_with_refresh_in_flight,
     })
 }
 
@@ -282,12 +332,19 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
             / u32::try_from(r.refreshes_in_window.max(1)).unwrap_or(1);
         let rss_per_lock = (r.rss_acquired_kib.saturating_sub(r.rss_before_kib)) as f64 * 1024.0
             / r.locks.max(1) as f64;
-        let interval_buckets = r.histogram.len().max(1) as f64;
-        let in_interval: u64 = r.histogram.iter().sum();
-        let peak = r.histogram.iter().copied().max().unwrap_or(0);
-        let nonempty = r.histogram.iter().filter(|&&c| c > 0).count();
+        // The window's first refresh interval (every lock refreshes once in it),
+        // then the whole window.
+        let first_interval = &r.histogram
+            [..usize::try_from(r.refresh_ms / BUCKET_MS).map_or(0, |n| n.min(r.histogram.len()))];
+        let interval_buckets = first_interval.len().max(1) as f64;
+        let in_interval: u64 = first_interval.iter().sum();
+        let peak = first_interval.iter().copied().max().unwrap_or(0);
+        let nonempty = first_interval.iter().filter(|&&c| c > 0).count();
+        let in_window: u64 = r.histogram.iter().sum();
+        let window_peak = r.histogram.iter().copied().max().unwrap_or(0);
+        let window_even = in_window as f64 / r.histogram.len().max(1) as f64;
         // The fewest 100 ms buckets that hold 90% of the interval's refreshes.
-        let mut sorted = r.histogram.clone();
+        let mut sorted = first_interval.to_vec();
         sorted.sort_unstable_by(|a, b| b.cmp(a));
         let mut covered = 0;
         let mut buckets_90 = 0;
@@ -331,23 +388,36 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
                 r.connections_min, r.connections_max, r.connections_end, r.client_time_wait_end
             ),
             format!(
-                "all within {} ms; peak {peak} vs even {:.1}; {nonempty}/{} buckets used; 90% in {buckets_90}",
+                "first interval: all within {} ms; peak {peak} vs even {:.1}; {nonempty}/{} buckets used; \
+                 90% in {buckets_90}. Whole window: peak {window_peak} vs even {window_even:.1}",
                 r.spread_ms,
                 in_interval as f64 / interval_buckets,
-                r.histogram.len()
+                first_interval.len()
             ),
             r.leases_lost.to_string(),
             format!("{} ms ({} failed)", r.release_ms, r.release_failures),
+            format!(
+                "{} for {} releases ({} failed PATCH, {} GET); {} found a refresh in flight",
+                r.release_requests,
+                r.locks - r.acquire_failures,
+                r.release_failed_patches,
+                r.release_reads,
+                r.releases_with_refresh_in_flight
+            ),
         ]);
-        histograms.push_str(&format!(
-            "{label} locks, refresh sends per {BUCKET_MS} ms over the first interval of the window \
-             ({} refreshes): `{}`\n\n",
-            in_interval,
-            r.histogram
+        let render = |buckets: &[u64]| {
+            buckets
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(" ")
+        };
+        let (head, tail) = r.histogram.split_at(first_interval.len());
+        histograms.push_str(&format!(
+            "{label} locks, refresh sends per {BUCKET_MS} ms over the window ({in_window} refreshes; \
+             first interval, {in_interval}: `{}`; the rest: `{}`)\n\n",
+            render(head),
+            render(tail)
         ));
         report.headline(
             "4",
@@ -357,20 +427,50 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
                 r.refresh_ms as f64 / 1000.0
             ),
             format!(
-                "{} CPU/refresh, {:.1} KiB RSS/lock, {} threads, {} connections; refreshes all within {} ms of the {} ms interval, peak {peak}/100 ms (even: {:.1})",
+                "{} CPU/refresh, {:.1} KiB RSS/lock, {} threads, {} connections; first interval's refreshes \
+                 all within {} ms of the {} ms interval, peak {peak}/100 ms (even: {:.1}); whole {} s window \
+                 peak {window_peak}/100 ms (even: {window_even:.1})",
                 us(cpu_per_refresh),
                 rss_per_lock / 1024.0,
                 r.threads_max,
                 r.connections_max,
                 r.spread_ms,
                 r.refresh_ms,
-                in_interval as f64 / interval_buckets
+                in_interval as f64 / interval_buckets,
+                r.window_ms / 1000
             ),
             "no thread per lock; refreshes spread",
             if r.leases_lost == 0 && r.acquire_failures == 0 {
                 format!("{} leases lost", r.leases_lost)
             } else {
                 format!("**{} leases lost, {} acquire failures**", r.leases_lost, r.acquire_failures)
+            },
+        );
+        let released = (r.locks - r.acquire_failures) as u64;
+        report.check(
+            format!("scale {label}: one request per release"),
+            r.release_requests == released && r.release_failures == 0,
+            format!(
+                "{} requests for {released} releases ({} failed PATCH, {} GET); \
+                 {} releases found a refresh in flight",
+                r.release_requests,
+                r.release_failed_patches,
+                r.release_reads,
+                r.releases_with_refresh_in_flight
+            ),
+        );
+        report.headline(
+            "4",
+            format!("scale: {label} locks, release all"),
+            format!(
+                "{} requests for {released} releases ({} x 412 + GET); {} releases found a refresh in flight",
+                r.release_requests, r.release_failed_patches, r.releases_with_refresh_in_flight
+            ),
+            "1 PATCH per release",
+            if r.release_requests == released {
+                "ok"
+            } else {
+                "**extra requests**"
             },
         );
         report.check(
@@ -403,6 +503,7 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
                 "refresh spread (100 ms buckets)",
                 "leases lost",
                 "release all",
+                "requests made by release() (refreshes meanwhile not counted)",
             ],
             &rows,
         ) + "\nClient CPU is `getrusage(RUSAGE_SELF)` user+sys over the window, less the \
@@ -415,7 +516,10 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
              can be missed; the end count shows the pool the bursts left behind). Rows marked \
              \"+20 ms per request\": strict-gcs delays every request by 20 ms (its `latency_ms` \
              fault), a stand-in for a real GCS round trip, so a burst of refreshes keeps many \
-             requests in flight at once.\n\n"
+             requests in flight at once. Release: every `release()` runs inside a task-local scope, so \
+             the counting wrapper tells its requests from the refreshes that locks not yet released \
+             keep sending; \"found a refresh in flight\" counts releases whose lock had a refresh \
+             request sent before `release()` was called and answered after.\n\n"
             + &histograms,
     );
     Ok(())

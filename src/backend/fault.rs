@@ -178,4 +178,8 @@ impl Backend for FaultyBackend {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+
+    fn min_mutation_interval(&self) -> Option<Duration> {
+        self.inner.min_mutation_interval()
+    }
 }

@@ -402,6 +402,15 @@ impl GcsBackend {
         )
     }
 
+    /// One of the `MAX_IN_FLIGHT` request slots; hold it until the response is read.
+    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, BackendError> {
+        self.inner
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| BackendError::Transport("the HTTP client was shut down".into()))
+    }
+
     /// Sends one request and returns the response once its headers arrived.
     /// Transport failures become errors here; HTTP statuses are left to the caller.
     async fn send(
@@ -411,12 +420,6 @@ impl GcsBackend {
         object: &str,
         build: impl FnOnce(RequestBuilder) -> RequestBuilder,
     ) -> Result<reqwest::Response, BackendError> {
-        let _permit = self
-            .inner
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|_| BackendError::Transport("the HTTP client was shut down".into()))?;
         let mut request = build(self.inner.client.request(method.clone(), url));
         if let Some(headers) = self.auth_headers().await? {
             request = request.headers(headers);
@@ -441,6 +444,8 @@ impl GcsBackend {
         build: impl FnOnce(RequestBuilder) -> RequestBuilder,
     ) -> Result<Reply, BackendError> {
         let started = Instant::now();
+        // The slot spans the body read too: a connection is busy until then.
+        let _slot = self.slot().await?;
         let response = self.send(&method, url, object, build).await?;
         let status = response.status().as_u16();
         let headers = response.headers();
@@ -784,11 +789,15 @@ impl ObjectBodies for GcsBackend {
         query.push(("alt", "media".to_owned()));
         let method = Method::GET;
         let timeout = self.inner.body_timeout;
+        // Only until the headers arrive: a long streamed download must not hold a
+        // slot that lease refreshes need.
+        let slot = self.slot().await?;
         let response = self
             .send(&method, self.object_url(name), name, |r| {
                 r.query(&query).timeout(timeout)
             })
             .await?;
+        drop(slot);
         let status = response.status().as_u16();
         if !is_success(status) {
             let retry_after = response
