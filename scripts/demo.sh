@@ -69,7 +69,7 @@ wait_for_file() {
 command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
 
 bold "Building gcslock and the strict GCS emulator (first run: a few minutes)..."
-cargo build --quiet -p gcslock --bin gcslock
+cargo build --quiet -p gcslock-cli --bin gcslock
 GCSLOCK="$TARGET_DIR/debug/gcslock"
 
 start_strict_gcs() {

@@ -28,9 +28,14 @@ pub fn locate_or_build(given: Option<PathBuf>) -> Result<PathBuf> {
         .parent()
         .context("no workspace directory")?;
     let mut build = std::process::Command::new(cargo);
-    build
-        .current_dir(workspace)
-        .args(["build", "--quiet", "-p", "gcslock", "--bin", "gcslock"]);
+    build.current_dir(workspace).args([
+        "build",
+        "--quiet",
+        "-p",
+        "gcslock-cli",
+        "--bin",
+        "gcslock",
+    ]);
     if !cfg!(debug_assertions) {
         build.arg("--release");
     }

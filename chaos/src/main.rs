@@ -19,7 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::runner::{default_binary, workspace_root, Context};
 use crate::scenario::{scenarios, Profile};
 
-const BUILD_HINT: &str = "cargo build --bins -p gcslock -p strict-gcs -p gcslock-chaos";
+const BUILD_HINT: &str = "cargo build --bins -p gcslock-cli -p strict-gcs -p gcslock-chaos";
 
 /// Exit codes.
 const OK: u8 = 0;
@@ -34,7 +34,7 @@ const SETUP: u8 = 2;
     long_about = None,
     args_conflicts_with_subcommands = true,
     after_help = "Exit codes: 0 no violation; 1 violations found; 2 setup or harness error.\n\
-                  Needs the binaries built first: cargo build --bins -p gcslock -p strict-gcs -p gcslock-chaos",
+                  Needs the binaries built first: cargo build --bins -p gcslock-cli -p strict-gcs -p gcslock-chaos",
     max_term_width = 100
 )]
 struct Cli {

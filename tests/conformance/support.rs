@@ -1,6 +1,6 @@
 //! Shared by the two test crates that run against external stores:
 //! `tests/conformance.rs` (the backend conformance suite, every backend) and
-//! `tests/object_store.rs` (the lock and the CLI on the object_store stores).
+//! `cli/tests/object_store.rs` (the lock and the CLI on the object_store stores).
 //!
 //! * the environment and loud (uncaptured) messages, the per-run id;
 //! * the skip-or-fail rule for an unconfigured target;

@@ -7,6 +7,7 @@ use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use clap::Args;
 use gcslock::{Guard, Lock, LockOptions, Wait};
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
@@ -18,10 +19,77 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::short_duration;
-use crate::cli::{GlobalArgs, RunArgs};
 use crate::exit::{self, Coded};
+use crate::global::GlobalArgs;
 use crate::logging::OUTCOME;
+use crate::output::short_duration;
+use crate::parse::{parse_duration, parse_wait};
+use crate::target::LockTarget;
+
+pub const LONG_ABOUT: &str = "\
+Run COMMAND while holding the lock gs://BUCKET/OBJECT.
+
+The command inherits stdin, stdout and stderr and runs in its own process group, with
+GCSLOCK_TOKEN (the fencing token: larger than every earlier holder's) and GCSLOCK_URL in its
+environment. gcslock's own messages go to stderr only.
+
+Signals INT, TERM, HUP and QUIT sent to gcslock are forwarded to the command's whole process
+group; while gcslock is still waiting for the lock they abort the wait instead (exit 128+N).
+If the lease is lost while the command runs (the lock was broken or taken over, or storage
+could not be reached before the lease ran out), the process group gets SIGTERM, then SIGKILL
+after --kill-grace, and gcslock exits 76 (also when the loss is found only as the command
+exits). Processes the command leaves behind in its process group are stopped the same way
+once it exits, so that nothing runs without the lock. The lock is released on every way out.
+
+The command is not in the terminal's foreground process group: it can write to a terminal
+but not read from one (it would be stopped by SIGTTIN).";
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The lock: gs://BUCKET/OBJECT (with the object-store feature also s3://, az://)
+    #[arg(value_name = "URL", value_parser = LockTarget::parse)]
+    pub url: LockTarget,
+
+    /// How long to wait for a lock someone else holds: a duration (30s, 5m, 1h30m) or
+    /// `forever`. Default: a single attempt
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_wait)]
+    pub wait: Option<Wait>,
+
+    /// How long the lease lasts without a refresh (1s to 7d)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
+    pub ttl: Duration,
+
+    /// How often the lease is refreshed. Default: TTL/8
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub refresh_interval: Option<Duration>,
+
+    /// Holder name recorded in the lock. Default: HOST:PID
+    #[arg(long, value_name = "NAME")]
+    pub identity: Option<String>,
+
+    /// After the lease is lost: time between SIGTERM and SIGKILL to the command's group
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub kill_grace: Duration,
+
+    /// Exit code when the lock is busy
+    #[arg(long, value_name = "CODE", default_value_t = exit::BUSY)]
+    pub busy_exit_code: u8,
+
+    /// How long to keep retrying while storage is unreachable before giving up (exit 69);
+    /// the retries also continue until the end of --wait (forever with `--wait forever`)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub storage_timeout: Duration,
+
+    /// The command to run, after `--`
+    #[arg(
+        value_name = "COMMAND",
+        last = true,
+        required = true,
+        num_args = 1..,
+        value_parser = clap::value_parser!(OsString)
+    )]
+    pub command: Vec<OsString>,
+}
 
 /// The signals gcslock forwards to the command (or that abort the wait).
 const FORWARDED: [Signal; 4] = [

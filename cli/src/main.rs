@@ -2,12 +2,13 @@
 //! and inspect or break such locks. A thin layer over the `gcslock` library: all
 //! lock logic lives there.
 
-mod admin;
 mod cli;
+mod cmd;
 mod exit;
-mod fence_cmd;
+mod global;
 mod logging;
-mod run;
+mod output;
+mod parse;
 mod target;
 
 use std::process::ExitCode;
@@ -51,12 +52,12 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Run(args) => run::run(&cli.global, args).await,
-        Command::Status(args) => admin::status(&cli.global, &args).await,
-        Command::List(args) => admin::list(&cli.global, &args).await,
-        Command::Break(args) => admin::break_lock(&cli.global, &args).await,
-        Command::Put(args) => fence_cmd::put(&cli.global, &args).await,
-        Command::Cat(args) => fence_cmd::cat(&cli.global, &args).await,
+        Command::Run(args) => cmd::run::run(&cli.global, args).await,
+        Command::Status(args) => cmd::status::status(&cli.global, &args).await,
+        Command::List(args) => cmd::list::list(&cli.global, &args).await,
+        Command::Break(args) => cmd::break_lock::break_lock(&cli.global, &args).await,
+        Command::Put(args) => cmd::put::put(&cli.global, &args).await,
+        Command::Cat(args) => cmd::cat::cat(&cli.global, &args).await,
     }
 }
 

@@ -11,7 +11,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-use crate::cli::{GlobalArgs, LogFormat};
+use crate::global::{GlobalArgs, LogFormat};
 
 /// Target of the one-line outcome messages ("... is busy: ..."), printed without a
 /// level label in text mode.

@@ -8,7 +8,7 @@ use gcslock::backend::gcs::GcsBackend;
 use gcslock::backend::Backend;
 use gcslock::{LockUrl, PrefixUrl};
 
-use crate::cli::GlobalArgs;
+use crate::global::GlobalArgs;
 use crate::REQUEST_TIMEOUT;
 
 /// A lock's address as the user wrote it, validated before any request.

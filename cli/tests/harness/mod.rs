@@ -15,7 +15,7 @@
 
 #[macro_use]
 #[allow(unused_imports, unused_macros)] // each test crate uses its part of it too
-#[path = "../conformance/support.rs"]
+#[path = "../../../tests/conformance/support.rs"]
 pub mod support;
 
 use std::process::{ExitStatus, Output, Stdio};

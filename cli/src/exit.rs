@@ -2,6 +2,38 @@
 
 use std::fmt;
 
+/// The one-paragraph summary under every `--help`.
+pub const SUMMARY: &str = "\
+Exit codes: the command's own (128+N if it died of signal N); 75 busy; 76 lease lost;
+64 usage; 65 not a lock; 66 no such bucket; 69 storage unavailable; 70 internal;
+74 I/O error; 77 permission denied; 78 stale fencing token (put);
+126/127 command not executable/not found. See --help for details.";
+
+/// The table under every long `--help` (and in the man page).
+pub const HELP: &str = "\
+Exit codes:
+  0-255  gcslock run: the command's own exit code; 128+N if it died of signal N
+  64     usage error: bad arguments, URL, duration or option (EX_USAGE)
+  65     the object exists but is not a gcslock lock; it is never overwritten (EX_DATAERR).
+         `gcslock put`: the object has no fencing token (see --adopt-unfenced)
+  66     the bucket does not exist (EX_NOINPUT); `gcslock cat`: no such object
+  69     storage unreachable or failing until the time allowed ran out (EX_UNAVAILABLE)
+  70     internal error in gcslock itself (EX_SOFTWARE)
+  74     `gcslock put`/`cat`: I/O error on stdin, the spool file or stdout (EX_IOERR)
+  75     the lock is busy: held by someone else after any --wait (EX_TEMPFAIL);
+         --busy-exit-code changes it. `gcslock break --token N`: the lock carries
+         another token or changed meanwhile; nothing was broken. `gcslock put`:
+         concurrent writers kept winning the race (contended)
+  76     the lease was lost while the command ran; the command was stopped (or, if the
+         lease ran out before it could start, e.g. gcslock was suspended, not started)
+  77     permission denied by storage, or no credentials (EX_NOPERM)
+  78     `gcslock put`: the fencing token is stale: the object was already written with
+         a larger one, by a newer holder; nothing was written
+  126    the command could not be executed (permission denied, not executable)
+  127    the command was not found
+  128+N  gcslock itself got signal N (INT, TERM, HUP, QUIT) while waiting for the lock;
+         no lock is left behind";
+
 /// Bad arguments, URL, duration or option.
 pub const USAGE: u8 = 64;
 /// The object exists but is not a gcslock lock.
@@ -12,12 +44,17 @@ pub const NO_BUCKET: u8 = 66;
 pub const UNAVAILABLE: u8 = 69;
 /// A bug or an unexpected failure of the operating system.
 pub const INTERNAL: u8 = 70;
+/// `gcslock put`/`cat`: reading stdin, spooling it or writing stdout failed (EX_IOERR).
+pub const IO_ERROR: u8 = 74;
 /// The lock is busy (and, for `break --token`, the lock is not in the expected state).
 pub const BUSY: u8 = 75;
 /// The lease was lost while the command ran.
 pub const LEASE_LOST: u8 = 76;
 /// Permission denied by storage, or no credentials.
 pub const NO_PERMISSION: u8 = 77;
+/// `gcslock put`: the fencing token is stale; a newer lock holder has written the
+/// object (sysexits has no such meaning; 78 is the first code after those gcslock uses).
+pub const STALE_TOKEN: u8 = 78;
 /// The command could not be executed.
 pub const CANNOT_EXECUTE: u8 = 126;
 /// The command was not found.

@@ -1,17 +1,36 @@
-//! `status`, `list` and `break`: reads and one forced release, printed for people
-//! (one line each) or for programs (JSON).
-
-use std::io::{self, Write};
-use std::sync::Arc;
-use std::time::Duration;
+//! `gcslock status`: one lock's state, for people (one line) or programs (JSON).
+//! The line and the JSON object are shared with `list`.
 
 use anyhow::Context as _;
-use chrono::{DateTime, SecondsFormat, Utc};
-use gcslock::backend::Backend;
-use gcslock::{BreakOutcome, HeldStatus, Lock, LockOptions, LockStatus};
+use clap::Args;
+use gcslock::{HeldStatus, Lock, LockOptions, LockStatus};
 use serde::Serialize;
 
-use crate::cli::{BreakArgs, GlobalArgs, ListArgs, StatusArgs};
+use crate::global::GlobalArgs;
+use crate::output::{print_lines, short_duration, timestamp};
+use crate::target::LockTarget;
+
+pub const HELP: &str = "\
+States: free (no lock object, or released by its last holder), held, stale (not refreshed
+within its TTL by the server's clock: the next contender takes it over), not-a-lock.
+Times left are judged by the storage server's clock, never this machine's.
+
+--json prints one object: {\"url\", \"state\": \"free\"|\"released\"|\"held\"|\"stale\"|\"not-a-lock\",
+\"free\": bool, \"token\", \"holder\", \"ttl_ms\", \"last_refresh\" (RFC 3339), \"expires_in_ms\",
+\"released_at\", \"generation\", \"metageneration\", \"reason\"}; absent fields are omitted.
+
+Exit codes: 0 when the lock could be read, whatever its state; otherwise as for run.";
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The lock: gs://BUCKET/OBJECT (with the object-store feature also s3://, az://)
+    #[arg(value_name = "URL", value_parser = LockTarget::parse)]
+    pub url: LockTarget,
+
+    /// Print one JSON object instead of a line of text
+    #[arg(long)]
+    pub json: bool,
+}
 
 pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<u8> {
     let backend = args.url.backend(global)?;
@@ -26,61 +45,6 @@ pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<u8
     };
     print_lines([line])?;
     Ok(0)
-}
-
-pub async fn list(global: &GlobalArgs, args: &ListArgs) -> anyhow::Result<u8> {
-    let backend = args.url.backend(global)?;
-    let locks = gcslock::list_locks(&*backend, args.url.prefix()).await?;
-    let mut lines = Vec::with_capacity(locks.len());
-    for (name, status) in &locks {
-        let url = args.url.object_url(name);
-        lines.push(if args.json {
-            serde_json::to_string(&StatusView::new(&url, status))
-                .context("cannot encode the listing as JSON")?
-        } else {
-            describe(&url, status)
-        });
-    }
-    print_lines(lines)?;
-    Ok(0)
-}
-
-pub async fn break_lock(global: &GlobalArgs, args: &BreakArgs) -> anyhow::Result<u8> {
-    let backend: Arc<dyn Backend> = args.url.backend(global)?;
-    let mut options = LockOptions::default();
-    if let Some(identity) = &args.identity {
-        options = options.identity(identity.clone());
-    }
-    let lock = Lock::new(backend, args.url.object(), options)?;
-    let line = match lock.break_lock(args.token).await {
-        Ok(BreakOutcome::Broken {
-            previous_holder,
-            token,
-        }) => format!(
-            "{}: broken (it was held by {previous_holder}, token {token})",
-            args.url
-        ),
-        Ok(BreakOutcome::AlreadyFree) => format!("{}: already free; nothing to break", args.url),
-        Err(error) => return Err(error.into()),
-    };
-    print_lines([line])?;
-    Ok(0)
-}
-
-/// Writes lines to stdout; a closed pipe (`gcslock list | head -1`) ends quietly.
-fn print_lines(lines: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
-    let result = lines
-        .into_iter()
-        .try_for_each(|line| writeln!(out, "{line}"))
-        .and_then(|()| out.flush());
-    match result {
-        Err(error) if error.kind() != io::ErrorKind::BrokenPipe => {
-            Err(anyhow::Error::new(error).context("cannot write to stdout"))
-        }
-        _ => Ok(()),
-    }
 }
 
 /// One line for people.
@@ -116,23 +80,9 @@ pub fn describe(url: &str, status: &LockStatus) -> String {
     }
 }
 
-fn timestamp(time: &DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// Whole seconds from a minute up, milliseconds below.
-pub fn short_duration(duration: Duration) -> String {
-    let rounded = if duration >= Duration::from_secs(60) {
-        Duration::from_secs(duration.as_secs())
-    } else {
-        Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
-    };
-    humantime::format_duration(rounded).to_string()
-}
-
 /// The JSON form of a lock's status (`status --json`, one line of `list --json`).
 #[derive(Debug, Serialize)]
-struct StatusView<'a> {
+pub struct StatusView<'a> {
     url: &'a str,
     state: &'static str,
     /// Free to take at once without a takeover: no object, or released.
@@ -158,7 +108,7 @@ struct StatusView<'a> {
 }
 
 impl<'a> StatusView<'a> {
-    fn new(url: &'a str, status: &'a LockStatus) -> Self {
+    pub fn new(url: &'a str, status: &'a LockStatus) -> Self {
         let empty = |state, free| Self {
             url,
             state,
@@ -203,7 +153,9 @@ impl<'a> StatusView<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, Utc};
     use gcslock::backend::ObjectVersion;
+    use std::time::Duration;
 
     fn held(ttl: Duration, left: Duration) -> LockStatus {
         LockStatus::Held(HeldStatus {

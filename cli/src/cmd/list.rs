@@ -1,0 +1,43 @@
+//! `gcslock list`: the locks under a prefix, one line (or JSON line) each.
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::cmd::status::{describe, StatusView};
+use crate::global::GlobalArgs;
+use crate::output::print_lines;
+use crate::target::ListTarget;
+
+pub const HELP: &str = "\
+--json prints JSON lines: one object per lock, in name order, with the fields of
+`gcslock status --json`. Nothing is printed when no object matches.
+
+Exit codes: 0 when the listing succeeded; otherwise as for run.";
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// gs://BUCKET or gs://BUCKET/PREFIX
+    #[arg(value_name = "URL", value_parser = ListTarget::parse)]
+    pub url: ListTarget,
+
+    /// Print JSON lines (one object per lock) instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn list(global: &GlobalArgs, args: &ListArgs) -> anyhow::Result<u8> {
+    let backend = args.url.backend(global)?;
+    let locks = gcslock::list_locks(&*backend, args.url.prefix()).await?;
+    let mut lines = Vec::with_capacity(locks.len());
+    for (name, status) in &locks {
+        let url = args.url.object_url(name);
+        lines.push(if args.json {
+            serde_json::to_string(&StatusView::new(&url, status))
+                .context("cannot encode the listing as JSON")?
+        } else {
+            describe(&url, status)
+        });
+    }
+    print_lines(lines)?;
+    Ok(0)
+}

@@ -1,0 +1,9 @@
+//! One module per subcommand: its arguments, help text and handler.
+
+pub mod break_lock;
+pub mod cat;
+mod fenced;
+pub mod list;
+pub mod put;
+pub mod run;
+pub mod status;
