@@ -4,23 +4,38 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::backend::BackendError;
+use crate::token::FencingToken;
 
 /// Everything that can go wrong with a lock, grouped by what the caller does next.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Someone else holds the lock (after waiting, if a wait was asked for).
     #[error("lock {lock} is busy: {holder}")]
-    Busy { lock: String, holder: HolderSummary },
+    Busy {
+        /// The lock, for messages.
+        lock: String,
+        /// Who holds it.
+        holder: HolderSummary,
+    },
 
     /// The lease is gone; work done under it must not be committed.
     #[error("lease on {lock} lost: {reason}")]
-    LeaseLost { lock: String, reason: LossReason },
+    LeaseLost {
+        /// The lock, for messages.
+        lock: String,
+        /// Why the lease ended.
+        reason: LossReason,
+    },
 
     /// `commit` refused because too little of the lease is left.
     #[error("lease on {lock} has {left:?} left, less than the {needed:?} the commit needs")]
     InsufficientTime {
+        /// The lock, for messages.
         lock: String,
+        /// Time left on the lease.
         left: Duration,
+        /// Time the commit asked for.
         needed: Duration,
     },
 
@@ -31,29 +46,55 @@ pub enum Error {
     /// The object exists but is not a gcslock lock (no or malformed gcslock metadata).
     /// It is never overwritten.
     #[error("{lock} is not a gcslock lock object: {why}")]
-    NotALock { lock: String, why: String },
+    NotALock {
+        /// The object, for messages.
+        lock: String,
+        /// What is wrong with its metadata.
+        why: String,
+    },
 
     /// Credentials are missing or lack a permission.
     #[error("permission denied on {lock}: {cause}")]
-    PermissionDenied { lock: String, cause: BackendError },
+    PermissionDenied {
+        /// The lock, for messages.
+        lock: String,
+        /// The storage's answer.
+        cause: BackendError,
+    },
 
     /// The bucket does not exist.
     #[error("bucket of {lock} does not exist")]
-    BucketNotFound { lock: String },
+    BucketNotFound {
+        /// The lock, for messages.
+        lock: String,
+    },
 
     /// The storage service could not be reached or kept failing until the time
     /// allowed ran out.
     #[error("storage unavailable for {lock}: {cause}")]
-    Unavailable { lock: String, cause: BackendError },
+    Unavailable {
+        /// The lock, for messages.
+        lock: String,
+        /// The last failure.
+        cause: BackendError,
+    },
 
     /// The lock is not in the state the operation was conditioned on (a `break`
     /// with another token, or a lock that changed while being broken).
     #[error("{lock}: {why}")]
-    Conflict { lock: String, why: String },
+    Conflict {
+        /// The lock, for messages.
+        lock: String,
+        /// What did not match.
+        why: String,
+    },
 
     /// The operation was cancelled through its cancellation token.
     #[error("cancelled while waiting for {lock}")]
-    Cancelled { lock: String },
+    Cancelled {
+        /// The lock, for messages.
+        lock: String,
+    },
 }
 
 impl Error {
@@ -72,16 +113,19 @@ impl Error {
 
 /// Who holds a lock, as far as the last read showed.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HolderSummary {
-    pub identity: String,
-    pub token: u64,
+    /// The holder's identity, as recorded in the lock.
+    pub holder: String,
+    /// The holder's fencing token.
+    pub token: FencingToken,
     /// Time left before the lock counts as stale, by the server's clock.
     pub expires_in: Option<Duration>,
 }
 
 impl fmt::Display for HolderSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "held by {} (token {})", self.identity, self.token)?;
+        write!(f, "held by {} (token {})", self.holder, self.token)?;
         if let Some(left) = self.expires_in {
             write!(
                 f,
@@ -95,13 +139,20 @@ impl fmt::Display for HolderSummary {
 
 /// Why a lease ended without a release.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LossReason {
     /// The lock object changed under us: someone took it over or broke it.
-    Superseded { holder: Option<String> },
+    Superseded {
+        /// The new holder and its token, if the lock is held again.
+        holder: Option<String>,
+    },
     /// The lock object was deleted.
     Deleted,
     /// No refresh succeeded before the holder's deadline; the last error is given.
-    Expired { last_error: String },
+    Expired {
+        /// The last refresh failure.
+        last_error: String,
+    },
     /// The guard was released or dropped.
     Released,
 }

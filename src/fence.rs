@@ -29,7 +29,7 @@
 //!
 //! // A holder from before (token 0 < 1), e.g. one that was paused, is refused
 //! // by the storage, not by its own belief.
-//! let stale = report.write(FencingToken(0), &BodySource::from("old")).await;
+//! let stale = report.write(FencingToken::new(0), &BodySource::from("old")).await;
 //! assert!(matches!(stale, Err(FenceError::Stale { seen: 1, presented: 0, .. })));
 //! assert_eq!(report.read().await?.bytes().await?, "a,b\n1,2\n");
 //! # Ok(()) }
@@ -117,7 +117,8 @@ use tokio::io::AsyncReadExt as _;
 use crate::backend::{
     BackendError, ByteStream, Metadata, ObjectBodies, ObjectInfo, UploadBody, WriteCondition,
 };
-use crate::lock::{new_nonce, Backoff};
+use crate::backoff::Backoff;
+use crate::identity::new_nonce;
 use crate::{Error, FencingToken, Guard};
 
 /// The custom metadata key holding the token of the write that produced the object.
@@ -140,15 +141,23 @@ pub enum FenceError {
          was refused"
     )]
     Stale {
+        /// The object, for messages.
         object: String,
+        /// The token the object carries.
         seen: u64,
+        /// The older token presented.
         presented: u64,
     },
 
     /// The object exists without a valid fencing token, and adopting it was not
     /// asked for (or it is a lock object, which is never adopted).
     #[error("{object} is not a fenced object: {why}")]
-    Unfenced { object: String, why: String },
+    Unfenced {
+        /// The object, for messages.
+        object: String,
+        /// Why it is not fenced.
+        why: String,
+    },
 
     /// Every attempt found the object replaced before it completed: each upload
     /// lost to a concurrent writer with an equal or older token (its precondition
@@ -157,17 +166,27 @@ pub enum FenceError {
         "{object} kept changing under concurrent writers: each of {attempts} attempts found \
          it replaced before completing (a write is then not applied)"
     )]
-    Contended { object: String, attempts: u32 },
+    Contended {
+        /// The object, for messages.
+        object: String,
+        /// Uploads attempted.
+        attempts: u32,
+    },
 
     /// A read found no object.
     #[error("{object} does not exist")]
-    NotFound { object: String },
+    NotFound {
+        /// The object, for messages.
+        object: String,
+    },
 
     /// The body to upload could not be opened.
     #[error("cannot read the body to upload from {}: {source}", path.display())]
     Body {
+        /// The file.
         path: PathBuf,
         #[source]
+        /// What went wrong.
         source: io::Error,
     },
 
@@ -324,14 +343,18 @@ pub enum FenceState {
     Absent,
     /// Written by a fenced write with this token.
     Fenced {
+        /// The token.
         token: FencingToken,
+        /// The object's metadata.
         info: ObjectInfo,
     },
     /// The object exists without a valid fencing token.
     Unfenced {
+        /// Why it is not fenced.
         why: String,
         /// A gcslock lock object: never adopted.
         is_lock: bool,
+        /// The object's metadata.
         info: ObjectInfo,
     },
 }
@@ -350,7 +373,7 @@ impl FenceState {
             Some(value) => match value.trim().parse::<u64>() {
                 Ok(token) => {
                     return Self::Fenced {
-                        token: FencingToken(token),
+                        token: FencingToken::new(token),
                         info,
                     }
                 }
@@ -373,6 +396,7 @@ impl FenceState {
         }
     }
 
+    /// The object's metadata, if it exists.
     pub fn info(&self) -> Option<&ObjectInfo> {
         match self {
             Self::Absent => None,
@@ -397,6 +421,7 @@ pub enum Replaced {
 pub struct FencedWrite {
     /// The token the object now carries.
     pub token: FencingToken,
+    /// What the write replaced.
     pub replaced: Replaced,
     /// The object as written.
     pub info: ObjectInfo,
@@ -406,6 +431,7 @@ pub struct FencedWrite {
 
 /// A fenced read: the object, the token of the write that produced it, and its body.
 pub struct FencedRead {
+    /// The object's metadata.
     pub info: ObjectInfo,
     /// `None` for an object without a (valid) fencing token.
     pub token: Option<FencingToken>,
@@ -478,11 +504,13 @@ impl FencedObject {
         })
     }
 
+    /// These options instead of the defaults.
     pub fn with_options(mut self, options: FenceOptions) -> Self {
         self.options = options;
         self
     }
 
+    /// The object's name in its bucket.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -678,10 +706,7 @@ impl FencedObject {
 }
 
 async fn pause(backoff: &mut Backoff, error: Option<&BackendError>) {
-    if let Some(BackendError::RateLimited { retry_after }) = error {
-        backoff.slow_down(*retry_after);
-    }
-    tokio::time::sleep(backoff.next()).await;
+    backoff.pause_after(error).await;
 }
 
 /// Fenced writes from a held lock.
@@ -736,7 +761,7 @@ mod tests {
     fn fence_states() {
         assert_eq!(FenceState::of(None), FenceState::Absent);
         let fenced = FenceState::of(Some(info(&[(TOKEN_KEY, "7")])));
-        assert_eq!(fenced.token(), Some(FencingToken(7)));
+        assert_eq!(fenced.token(), Some(FencingToken::new(7)));
         match FenceState::of(Some(info(&[]))) {
             FenceState::Unfenced { why, is_lock, .. } => {
                 assert!(!is_lock);

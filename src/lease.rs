@@ -1,10 +1,6 @@
-//! A held lease: the keep-alive task, the holder's own deadline, loss notification,
-//! the commit guard and release.
-//!
-//! The deadline is `send time of the last successful refresh + TTL - margin`, on the
-//! monotonic clock and (on Linux) on CLOCK_BOOTTIME, which keeps counting through a
-//! suspend: network delay can only shorten the holder's belief, and no wall clock is
-//! consulted.
+//! A held lease: the keep-alive task, loss notification, the commit guard and
+//! release. Its deadline is `send time of the last successful refresh + TTL - margin`
+//! ([`crate::clock`]): network delay can only shorten the holder's belief.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,47 +13,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendError, ObjectInfo, ObjectVersion};
+use crate::backoff::Backoff;
+use crate::clock::{Deadline, SendTime};
 use crate::error::{Error, LossReason};
-use crate::lock::{Backoff, FencingToken, LockInner};
+use crate::options::LockSettings;
 use crate::record::{LockRecord, LockState};
-
-/// When a request was sent, on two clocks. tokio's clock is CLOCK_MONOTONIC, which
-/// stops while the machine is suspended (laptop sleep, some VM suspends); the lease
-/// must also end by CLOCK_BOOTTIME, which keeps counting, so a holder that wakes
-/// from a suspend does not trust a lease that ran out while it slept.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct SendTime {
-    pub at: Instant,
-    boot: Option<Duration>,
-}
-
-impl SendTime {
-    pub(crate) fn now() -> Self {
-        Self {
-            at: Instant::now(),
-            boot: boot_time(),
-        }
-    }
-}
-
-/// Time since boot including suspend, where the platform has it.
-fn boot_time() -> Option<Duration> {
-    #[cfg(target_os = "linux")]
-    {
-        nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-            .ok()
-            .and_then(|t| {
-                Some(Duration::new(
-                    t.tv_sec().try_into().ok()?,
-                    t.tv_nsec().try_into().ok()?,
-                ))
-            })
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        None
-    }
-}
+use crate::token::FencingToken;
 
 /// Proof of holding a lock. Refreshes the lease in the background until released
 /// or dropped.
@@ -74,7 +35,7 @@ pub struct Guard {
 
 #[derive(Debug)]
 struct Lease {
-    lock: Arc<LockInner>,
+    lock: Arc<LockSettings>,
     /// The record we wrote; refreshes rewrite it with a higher `refresh_seq`.
     record: LockRecord,
     state: Mutex<LeaseState>,
@@ -86,34 +47,13 @@ struct Lease {
 #[derive(Debug)]
 struct LeaseState {
     version: ObjectVersion,
-    deadline: Instant,
-    /// The same deadline on CLOCK_BOOTTIME, where available.
-    boot_deadline: Option<Duration>,
+    deadline: Deadline,
     refresh_seq: u64,
-}
-
-impl LeaseState {
-    /// Time left by both clocks: the shorter wins.
-    fn left(&self) -> Duration {
-        let monotonic = self.deadline.saturating_duration_since(Instant::now());
-        match (self.boot_deadline, boot_time()) {
-            (Some(deadline), Some(now)) => monotonic.min(deadline.saturating_sub(now)),
-            _ => monotonic,
-        }
-    }
-
-    fn extend(&mut self, sent: SendTime, lease: Duration) {
-        self.deadline = self.deadline.max(sent.at + lease);
-        self.boot_deadline = match (self.boot_deadline, sent.boot) {
-            (Some(old), Some(boot)) => Some(old.max(boot + lease)),
-            (_, boot) => boot.map(|boot| boot + lease),
-        };
-    }
 }
 
 impl Guard {
     pub(crate) fn start(
-        lock: Arc<LockInner>,
+        lock: Arc<LockSettings>,
         record: LockRecord,
         version: ObjectVersion,
         sent: SendTime,
@@ -123,8 +63,7 @@ impl Guard {
         let lease = Arc::new(Lease {
             state: Mutex::new(LeaseState {
                 version,
-                deadline: sent.at + lease_length,
-                boot_deadline: sent.boot.map(|boot| boot + lease_length),
+                deadline: Deadline::after(sent, lease_length),
                 refresh_seq: record.refresh_seq,
             }),
             lock,
@@ -141,7 +80,7 @@ impl Guard {
 
     /// This holder's fencing token: larger than every earlier holder's.
     pub fn token(&self) -> FencingToken {
-        FencingToken(self.lease.record.token)
+        FencingToken::new(self.lease.record.token)
     }
 
     /// Where the lock lives, for messages.
@@ -177,7 +116,7 @@ impl Guard {
         if self.lease.lost.borrow().is_some() {
             return Duration::ZERO;
         }
-        self.lease.state().left()
+        self.lease.state().deadline.left()
     }
 
     /// Resolves when the lease is lost, with the reason. Use it in `select!` to stop
@@ -392,13 +331,13 @@ async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
     // from then.
     let mut unconfirmed: Option<SendTime> = None;
     loop {
-        let deadline = lease.state().deadline;
+        let deadline = lease.state().deadline.monotonic;
         tokio::select! {
             biased;
             () = lease.stop.cancelled() => return,
             () = tokio::time::sleep_until(next.min(deadline)) => {}
         }
-        if lease.state().left().is_zero() {
+        if lease.state().deadline.left().is_zero() {
             lease.mark_lost(LossReason::Expired { last_error });
             return;
         }
@@ -469,11 +408,8 @@ async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
                 if error.may_have_applied() {
                     unconfirmed.get_or_insert(sent);
                 }
-                if let BackendError::RateLimited { retry_after } = error {
-                    retry.slow_down(retry_after);
-                }
+                next = Instant::now() + retry.next_after(Some(&error));
                 last_error = error.to_string();
-                next = Instant::now() + retry.next();
             }
         }
     }
@@ -483,7 +419,9 @@ fn renewed(lease: &Lease, version: ObjectVersion, refresh_seq: u64, sent: SendTi
     let mut state = lease.state();
     state.version = version;
     state.refresh_seq = refresh_seq;
-    state.extend(sent, lease.lock.ttl - lease.lock.margin);
+    state
+        .deadline
+        .extend(sent, lease.lock.ttl - lease.lock.margin);
 }
 
 /// Marks the object released if it is still ours. Retries transient failures until
@@ -505,7 +443,8 @@ async fn release(lease: &Lease) -> Result<(), Error> {
     {
         return outcome(); // nothing of ours left to release
     }
-    let give_up_at = (lease.state().deadline + lock.margin * 2).max(Instant::now() + lock.poll_min);
+    let give_up_at =
+        (lease.state().deadline.monotonic + lock.margin * 2).max(Instant::now() + lock.poll_min);
     let mut backoff = Backoff::new(
         lock.poll_min.min(Duration::from_millis(100)),
         lock.refresh_interval,
@@ -551,10 +490,7 @@ async fn release(lease: &Lease) -> Result<(), Error> {
         if !error.is_transient() || Instant::now() >= give_up_at {
             return Err(Error::from_backend(&lock.url, error));
         }
-        if let BackendError::RateLimited { retry_after } = error {
-            backoff.slow_down(retry_after);
-        }
-        tokio::time::sleep(backoff.next()).await;
+        backoff.pause_after(Some(&error)).await;
     }
 }
 
@@ -571,29 +507,5 @@ mod tests {
             let early = jittered(Duration::from_secs(10), 0.5, second);
             assert!(early >= Duration::from_secs(5) && early <= Duration::from_secs(10));
         }
-    }
-
-    #[test]
-    fn a_lease_ends_by_the_boot_clock_too() {
-        let Some(boot) = boot_time() else {
-            return; // no CLOCK_BOOTTIME on this platform: the monotonic clock alone rules
-        };
-        // As after a suspend: the monotonic clock says a minute is left, the boot clock
-        // says the deadline passed while the machine slept.
-        let slept = LeaseState {
-            version: ObjectVersion {
-                generation: 1,
-                metageneration: 1,
-            },
-            deadline: Instant::now() + Duration::from_secs(60),
-            boot_deadline: Some(boot.saturating_sub(Duration::from_secs(1))),
-            refresh_seq: 0,
-        };
-        assert_eq!(slept.left(), Duration::ZERO);
-        let awake = LeaseState {
-            boot_deadline: Some(boot + Duration::from_secs(3600)),
-            ..slept
-        };
-        assert!(awake.left() > Duration::from_secs(50));
     }
 }

@@ -30,28 +30,41 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The layout: [`backend`] holds the small storage trait and one module per
-//! backend; `lock` is the acquire/takeover algorithm; `lease` the keep-alive task
-//! and validity checks. The README states what the lock guarantees and what it
-//! cannot.
+//! The layout, lower modules first: [`backend`] holds the small storage trait and
+//! one module per backend; `token`, `identity`, `backoff`, `clock`, `record` and
+//! `options` are the building blocks; `status` judges a lock by the server's clock;
+//! `lease` is the keep-alive task and validity checks; `lock` the acquire/takeover
+//! algorithm, and `break_lock` the forced release. The README states what the lock
+//! guarantees and what it cannot.
+
+#![warn(missing_docs)]
 
 pub mod backend;
+mod backoff;
+mod break_lock;
+mod clock;
 mod error;
 pub mod fence;
+mod identity;
 mod lease;
 mod location;
 mod lock;
+mod options;
 mod record;
+mod status;
+mod token;
 
+pub use break_lock::BreakOutcome;
 pub use error::{Error, HolderSummary, LossReason};
 pub use fence::{BodySource, FenceError, FencedObject, FencedWriteExt};
+pub use identity::default_identity;
 pub use lease::Guard;
 pub use location::{validate_bucket_name, validate_object_name, LockUrl, PrefixUrl};
-pub use lock::{
-    default_identity, list_locks, BreakOutcome, FencingToken, HeldStatus, Lock, LockOptions,
-    LockStatus, Wait,
-};
+pub use lock::{Lock, Wait};
+pub use options::LockOptions;
 pub use record::{LockRecord, LockState};
+pub use status::{list_locks, HeldStatus, LockStatus};
+pub use token::FencingToken;
 
 /// The README's Rust examples are compiled as doctests so they cannot rot.
 #[cfg(doctest)]

@@ -23,10 +23,12 @@ impl LockUrl {
         })
     }
 
+    /// The bucket name.
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
 
+    /// The object name.
     pub fn object(&self) -> &str {
         &self.object
     }
@@ -55,7 +57,9 @@ impl FromStr for LockUrl {
 /// A bucket and an object-name prefix, for listing: `gs://BUCKET` or `gs://BUCKET/PREFIX`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrefixUrl {
+    /// The bucket name.
     pub bucket: String,
+    /// The object-name prefix (empty for the whole bucket).
     pub prefix: String,
 }
 

@@ -1,5 +1,5 @@
-//! The algorithm: acquire, stale takeover, status and break. Transport-free: it
-//! speaks only to the [`Backend`] trait.
+//! A named lock and the acquire/takeover algorithm. Transport-free: it speaks
+//! only to the [`Backend`] trait.
 //!
 //! Rules it keeps (see DESIGN.md §2):
 //! * expiry is judged by the server's clock (`Date` vs `updated` + TTL), or by the
@@ -9,42 +9,23 @@
 //! * waiters poll with reads, and write only when the lock is free or stale;
 //! * an ambiguous write is resolved by reading the nonce back.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError, ObjectInfo, ObjectVersion, WriteCondition};
+use crate::backoff::Backoff;
+use crate::clock::SendTime;
 use crate::error::{Error, HolderSummary, LossReason};
-use crate::lease::{Guard, SendTime};
+use crate::identity::new_nonce;
+use crate::lease::Guard;
+use crate::options::{default_margin, LockOptions, LockSettings};
 use crate::record::{LockRecord, LockState};
-
-/// TTLs outside this range are refused: below it no refresh can keep up with
-/// request latency; above it a crashed holder blocks everyone for days.
-const MIN_TTL: Duration = Duration::from_secs(1);
-const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// A number that grows with every new holder of a lock: hand it to the systems
-/// your critical section writes to, and have them reject writes carrying a token
-/// smaller than one they have already seen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FencingToken(pub u64);
-
-impl FencingToken {
-    pub fn value(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for FencingToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+use crate::status::LockStatus;
+use crate::token::FencingToken;
 
 /// How long `acquire` waits for a lock someone else holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,196 +38,10 @@ pub enum Wait {
     Forever,
 }
 
-/// Settings for a lock. Unset values get the defaults documented on each setter.
-#[derive(Clone, Debug)]
-pub struct LockOptions {
-    ttl: Duration,
-    refresh_interval: Option<Duration>,
-    safety_margin: Option<Duration>,
-    identity: Option<String>,
-    poll_min: Duration,
-    poll_max: Duration,
-    unavailable_timeout: Duration,
-}
-
-impl Default for LockOptions {
-    fn default() -> Self {
-        Self {
-            ttl: Duration::from_secs(300),
-            refresh_interval: None,
-            safety_margin: None,
-            identity: None,
-            poll_min: Duration::from_millis(250),
-            poll_max: Duration::from_secs(8),
-            unavailable_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-impl LockOptions {
-    /// How long a lease lasts without a refresh (default 5 minutes; 1 s to 7 days).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
-    /// How often the holder refreshes (default TTL/8). Must leave room for
-    /// retries before the lease deadline.
-    pub fn refresh_interval(mut self, interval: Duration) -> Self {
-        self.refresh_interval = Some(interval);
-        self
-    }
-
-    /// How much earlier than TTL the holder stops trusting its lease, and how much
-    /// later than TTL a waiter considers it stale (default TTL/10, within 200 ms..30 s).
-    /// It absorbs clock-rate drift and the spread between GCS front ends' clocks.
-    pub fn safety_margin(mut self, margin: Duration) -> Self {
-        self.safety_margin = Some(margin);
-        self
-    }
-
-    /// The holder name recorded in the lock (default `HOST:PID`).
-    pub fn identity(mut self, identity: impl Into<String>) -> Self {
-        self.identity = Some(identity.into());
-        self
-    }
-
-    /// Bounds of the waiters' jittered exponential poll backoff (default 250 ms to 8 s).
-    pub fn poll_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.poll_min = min;
-        self.poll_max = max;
-        self
-    }
-
-    /// How long `acquire` keeps retrying when storage fails transiently, beyond
-    /// the wait it was given (default 10 s).
-    pub fn unavailable_timeout(mut self, timeout: Duration) -> Self {
-        self.unavailable_timeout = timeout;
-        self
-    }
-}
-
-/// Validated settings shared by a lock and its leases.
-#[derive(Debug)]
-pub(crate) struct LockInner {
-    pub backend: Arc<dyn Backend>,
-    pub object: String,
-    pub url: String,
-    pub ttl: Duration,
-    pub refresh_interval: Duration,
-    pub margin: Duration,
-    pub identity: String,
-    pub poll_min: Duration,
-    pub poll_max: Duration,
-    pub unavailable_timeout: Duration,
-}
-
 /// A named lock in a bucket. Cheap to clone; holds no lease by itself.
 #[derive(Clone, Debug)]
 pub struct Lock {
-    inner: Arc<LockInner>,
-}
-
-/// What a read of the lock object shows.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LockStatus {
-    /// No lock object exists.
-    Free,
-    /// Released by its last holder (or broken); `token` is the last one issued.
-    Released {
-        token: u64,
-        released_at: DateTime<Utc>,
-    },
-    /// Held and refreshed recently enough.
-    Held(HeldStatus),
-    /// Held, but not refreshed within its TTL by the server's clock: may be taken over.
-    Stale(HeldStatus),
-    /// The object exists but is not a gcslock lock.
-    NotALock { why: String },
-}
-
-/// Details of a held (or stale) lock.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HeldStatus {
-    pub holder: String,
-    pub token: u64,
-    pub ttl: Duration,
-    /// The last acquire or refresh, by the server's clock.
-    pub last_refresh: DateTime<Utc>,
-    /// Server-judged time until the lock counts as stale (zero once stale);
-    /// `None` if the server sent no `Date`.
-    pub expires_in: Option<Duration>,
-    pub version: ObjectVersion,
-}
-
-impl LockStatus {
-    /// Judges an object by the server's clock reading taken with it. The margin
-    /// comes from the holder's recorded TTL, so every observer agrees on it.
-    pub fn judge(info: Option<&ObjectInfo>, server_time: Option<DateTime<Utc>>) -> Self {
-        let Some(info) = info else {
-            return Self::Free;
-        };
-        let record = match LockRecord::from_metadata(&info.metadata) {
-            Ok(record) => record,
-            Err(why) => return Self::NotALock { why },
-        };
-        if record.state == LockState::Released {
-            return Self::Released {
-                token: record.token,
-                released_at: info.updated,
-            };
-        }
-        let stale_at = chrono::Duration::from_std(record.ttl + default_margin(record.ttl))
-            .ok()
-            .map(|lease| info.updated + lease);
-        let expires_in = match (stale_at, server_time) {
-            (Some(stale_at), Some(now)) => Some((stale_at - now).to_std().unwrap_or_default()),
-            // A TTL too large for chrono never expires within any usable horizon.
-            (None, Some(_)) => None,
-            (_, None) => None,
-        };
-        let held = HeldStatus {
-            holder: record.holder,
-            token: record.token,
-            ttl: record.ttl,
-            last_refresh: info.updated,
-            expires_in,
-            version: info.version,
-        };
-        if expires_in == Some(Duration::ZERO) {
-            Self::Stale(held)
-        } else {
-            Self::Held(held)
-        }
-    }
-
-    /// The default safety margin for a TTL; what observers add to a holder's TTL.
-    pub fn default_margin(ttl: Duration) -> Duration {
-        default_margin(ttl)
-    }
-}
-
-/// The outcome of [`Lock::break_lock`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BreakOutcome {
-    /// The lock was held (or stale) and is now released.
-    Broken { previous_holder: String, token: u64 },
-    /// Nothing to break: the lock was free or already released.
-    AlreadyFree,
-}
-
-fn default_margin(ttl: Duration) -> Duration {
-    (ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(30))
-}
-
-/// `HOST:PID`, the default holder identity.
-pub fn default_identity() -> String {
-    let host = gethostname::gethostname();
-    format!("{}:{}", host.to_string_lossy(), std::process::id())
-}
-
-pub(crate) fn new_nonce() -> String {
-    format!("{:032x}", rand::rng().random::<u128>())
+    inner: Arc<LockSettings>,
 }
 
 enum Attempt {
@@ -278,69 +73,8 @@ impl Lock {
         object: &str,
         options: LockOptions,
     ) -> Result<Self, Error> {
-        crate::validate_object_name(object)?;
-        let ttl = options.ttl;
-        if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
-            return Err(Error::InvalidInput(format!(
-                "TTL {} is out of range: it must be between {} and {}",
-                humantime::format_duration(ttl),
-                humantime::format_duration(MIN_TTL),
-                humantime::format_duration(MAX_TTL)
-            )));
-        }
-        let margin = options.safety_margin.unwrap_or_else(|| default_margin(ttl));
-        if margin >= ttl / 2 {
-            return Err(Error::InvalidInput(format!(
-                "safety margin {} must be less than half the TTL {}",
-                humantime::format_duration(margin),
-                humantime::format_duration(ttl)
-            )));
-        }
-        let refresh_interval = options.refresh_interval.unwrap_or(ttl / 8);
-        if refresh_interval.is_zero() || refresh_interval >= ttl - margin {
-            return Err(Error::InvalidInput(format!(
-                "refresh interval {} must be above zero and below the TTL minus the safety margin ({})",
-                humantime::format_duration(refresh_interval),
-                humantime::format_duration(ttl - margin)
-            )));
-        }
-        if let Some(floor) = backend.min_mutation_interval() {
-            if refresh_interval < floor {
-                return Err(Error::InvalidInput(format!(
-                    "refresh interval {} is below {}: {} throttles faster writes to one object; \
-                     use a TTL of at least {} (refreshed every TTL/8)",
-                    humantime::format_duration(refresh_interval),
-                    humantime::format_duration(floor),
-                    backend.describe(),
-                    humantime::format_duration(floor * 8)
-                )));
-            }
-        }
-        if options.poll_min.is_zero() || options.poll_min > options.poll_max {
-            return Err(Error::InvalidInput(
-                "poll backoff must have 0 < min <= max".into(),
-            ));
-        }
-        let identity = options.identity.unwrap_or_else(default_identity);
-        if identity.is_empty() || identity.len() > 512 || identity.chars().any(char::is_control) {
-            return Err(Error::InvalidInput(
-                "identity must be 1 to 512 characters without control characters".into(),
-            ));
-        }
-        let url = format!("{}/{}", backend.describe(), object);
         Ok(Self {
-            inner: Arc::new(LockInner {
-                backend,
-                object: object.to_owned(),
-                url,
-                ttl,
-                refresh_interval,
-                margin,
-                identity,
-                poll_min: options.poll_min,
-                poll_max: options.poll_max,
-                unavailable_timeout: options.unavailable_timeout,
-            }),
+            inner: Arc::new(LockSettings::new(backend, object, options)?),
         })
     }
 
@@ -349,16 +83,29 @@ impl Lock {
         &self.inner.url
     }
 
+    /// How long a lease lasts without a refresh.
     pub fn ttl(&self) -> Duration {
         self.inner.ttl
     }
 
+    /// How often the holder refreshes.
     pub fn refresh_interval(&self) -> Duration {
         self.inner.refresh_interval
     }
 
+    /// How much earlier than the TTL the holder stops trusting its lease.
+    pub fn safety_margin(&self) -> Duration {
+        self.inner.margin
+    }
+
+    /// The holder name this lock writes when it acquires.
     pub fn identity(&self) -> &str {
         &self.inner.identity
+    }
+
+    /// The validated settings, for the operations defined in sibling modules.
+    pub(crate) fn settings(&self) -> &LockSettings {
+        &self.inner
     }
 
     /// One attempt: the lock if it is free or stale, `Error::Busy` if it is held.
@@ -463,10 +210,7 @@ impl Lock {
                         return Err(Error::from_backend(&lock.url, error));
                     }
                     tracing::debug!(lock = %lock.url, %error, "transient error while acquiring; retrying");
-                    if let BackendError::RateLimited { retry_after } = error {
-                        backoff.slow_down(retry_after);
-                    }
-                    let wake = now + backoff.next();
+                    let wake = now + backoff.next_after(Some(&error));
                     if wait_until.is_some() {
                         wake.min(give_up_at)
                     } else {
@@ -490,62 +234,6 @@ impl Lock {
             .await
             .map_err(|error| Error::from_backend(&self.inner.url, error))?;
         Ok(LockStatus::judge(read.value.as_ref(), read.server_time))
-    }
-
-    /// Force-releases the lock, like `terraform force-unlock`. With `expected_token`,
-    /// only if the lock still carries that token. The holder notices at its next
-    /// refresh. The object is marked released, not deleted, so the token keeps growing.
-    pub async fn break_lock(&self, expected_token: Option<u64>) -> Result<BreakOutcome, Error> {
-        let lock = &self.inner;
-        let fail = |error| Error::from_backend(&lock.url, error);
-        let read = lock.backend.read(&lock.object).await.map_err(fail)?;
-        let Some(info) = read.value else {
-            return Ok(BreakOutcome::AlreadyFree);
-        };
-        let record = LockRecord::from_metadata(&info.metadata).map_err(|why| Error::NotALock {
-            lock: lock.url.clone(),
-            why,
-        })?;
-        if let Some(expected) = expected_token {
-            if record.token != expected {
-                return Err(Error::Conflict {
-                    lock: lock.url.clone(),
-                    why: format!(
-                        "it carries token {}, not {expected}; not broken",
-                        record.token
-                    ),
-                });
-            }
-        }
-        if record.state == LockState::Released {
-            return Ok(BreakOutcome::AlreadyFree);
-        }
-        let tombstone = LockRecord {
-            state: LockState::Released,
-            holder: format!("broken by {}", lock.identity),
-            nonce: new_nonce(),
-            refresh_seq: record.refresh_seq.saturating_add(1),
-            ..record.clone()
-        };
-        match lock
-            .backend
-            .update_metadata(&lock.object, info.version, &tombstone.to_metadata())
-            .await
-        {
-            Ok(_) => Ok(BreakOutcome::Broken {
-                previous_holder: record.holder,
-                token: record.token,
-            }),
-            Err(BackendError::PreconditionFailed | BackendError::NotFound) => {
-                Err(Error::Conflict {
-                    lock: lock.url.clone(),
-                    why: "it changed while it was being broken (a refresh or a new holder); \
-                      check its status and try again"
-                        .into(),
-                })
-            }
-            Err(error) => Err(fail(error)),
-        }
     }
 
     /// One inspect-then-write round. Only the inspect can be cancelled: once a write
@@ -647,8 +335,8 @@ impl Lock {
             }
             None => Ok(Attempt::Busy {
                 holder: HolderSummary {
-                    identity: "nobody (the lock changed hands during the attempt)".into(),
-                    token: 0,
+                    holder: "nobody (the lock changed hands during the attempt)".into(),
+                    token: FencingToken::new(0),
                     expires_in: None,
                 },
                 retry_in: Some(Duration::ZERO),
@@ -779,77 +467,8 @@ enum Staleness {
 
 fn summary(record: &LockRecord, expires_in: Option<Duration>) -> HolderSummary {
     HolderSummary {
-        identity: record.holder.clone(),
-        token: record.token,
+        holder: record.holder.clone(),
+        token: FencingToken::new(record.token),
         expires_in,
-    }
-}
-
-/// Lists the locks under `prefix`, each judged by the server's clock at listing time.
-pub async fn list_locks(
-    backend: &dyn Backend,
-    prefix: &str,
-) -> Result<Vec<(String, LockStatus)>, Error> {
-    let location = format!("{}/{prefix}", backend.describe());
-    let listing = backend
-        .list(prefix)
-        .await
-        .map_err(|error| Error::from_backend(&location, error))?;
-    let now = listing.server_time;
-    let objects = listing.value;
-    Ok(objects
-        .iter()
-        .map(|info| (info.name.clone(), LockStatus::judge(Some(info), now)))
-        .collect())
-}
-
-/// Jittered exponential backoff ("equal jitter": half fixed, half random), so
-/// waiters that started together spread out.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    current: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            current: min,
-            max: max.max(min),
-        }
-    }
-
-    pub(crate) fn next(&mut self) -> Duration {
-        let half = self.current / 2;
-        let jitter = rand::rng().random_range(Duration::ZERO..=half);
-        self.current = (self.current * 2).min(self.max);
-        half + jitter
-    }
-
-    /// 429: back off harder, and at least as long as the server asked.
-    pub(crate) fn slow_down(&mut self, retry_after: Option<Duration>) {
-        self.current = (self.current * 2).min(self.max);
-        if let Some(after) = retry_after {
-            self.current = self.current.max(after);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_stays_bounded() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let first = backoff.next();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        for _ in 0..20 {
-            let delay = backoff.next();
-            assert!(delay <= Duration::from_secs(1), "{delay:?}");
-        }
-        assert!(backoff.next() >= Duration::from_millis(500));
-        backoff.slow_down(Some(Duration::from_secs(5)));
-        assert!(backoff.next() >= Duration::from_millis(2500));
     }
 }

@@ -20,13 +20,16 @@ const FORMAT: &str = "1";
 /// Whether the lock is held or has been released (a tombstone).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LockState {
+    /// Held by the holder named in the record.
     Held,
+    /// Released or broken: free to acquire.
     Released,
 }
 
 /// The decoded gcslock metadata of a lock object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockRecord {
+    /// Held or released.
     pub state: LockState,
     /// The fencing token of the holder that last acquired the lock.
     pub token: u64,
@@ -34,6 +37,7 @@ pub struct LockRecord {
     pub holder: String,
     /// Random per-acquisition value: tells our own lock instance from anyone else's.
     pub nonce: String,
+    /// The TTL the holder acquired the lock with.
     pub ttl: Duration,
     /// Bumped by every refresh, so each PATCH changes the object and a lost
     /// response can be recognised by reading the value back.
@@ -41,6 +45,7 @@ pub struct LockRecord {
 }
 
 impl LockRecord {
+    /// The metadata encoding of this record.
     pub fn to_metadata(&self) -> Metadata {
         let state = match self.state {
             LockState::Held => "held",

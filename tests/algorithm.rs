@@ -8,7 +8,9 @@ use std::time::Duration;
 use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, WriteCondition};
-use gcslock::{Error, Lock, LockOptions, LockRecord, LockState, LockStatus, LossReason, Wait};
+use gcslock::{
+    Error, FencingToken, Lock, LockOptions, LockRecord, LockState, LockStatus, LossReason, Wait,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +58,9 @@ async fn acquire_release_and_tokens_grow_across_holders() {
     assert_eq!(last, 3);
     // Break keeps the counter: the next holder still gets a larger token.
     let guard = lock.try_acquire().await.expect("free");
-    lock.break_lock(Some(4)).await.expect("break");
+    lock.break_lock(Some(FencingToken::new(4)))
+        .await
+        .expect("break");
     let next = lock.try_acquire().await.expect("broken lock is free");
     assert_eq!(next.token().value(), 5);
     drop(guard);
@@ -71,8 +75,8 @@ async fn second_holder_is_busy_and_reads_only() {
     let before = memory.request_count();
     match second.try_acquire().await {
         Err(Error::Busy { holder, .. }) => {
-            assert_eq!(holder.identity, "first");
-            assert_eq!(holder.token, 1);
+            assert_eq!(holder.holder, "first");
+            assert_eq!(holder.token, FencingToken::new(1));
         }
         other => panic!("expected Busy, got {other:?}"),
     }
@@ -183,7 +187,7 @@ async fn takeover_racing_a_fresh_lock_never_removes_it() {
     let c_guard = c.try_acquire().await.expect("C takes over");
     let b_result = b_attempt.await.expect("task");
     match b_result {
-        Err(Error::Busy { holder, .. }) => assert_eq!(holder.identity, "c"),
+        Err(Error::Busy { holder, .. }) => assert_eq!(holder.holder, "c"),
         other => panic!("B must lose the race, got {other:?}"),
     }
     assert!(c_guard.is_valid());
@@ -663,7 +667,7 @@ async fn status_reports_server_judged_state() {
     match lock.status().await.expect("status") {
         LockStatus::Held(held) => {
             assert_eq!(held.holder, "holder");
-            assert_eq!(held.token, guard.token().value());
+            assert_eq!(held.token, guard.token());
             assert_eq!(held.expires_in, Some(TTL + MARGIN));
         }
         other => panic!("expected held, got {other:?}"),
@@ -790,7 +794,7 @@ async fn a_lease_that_ran_out_before_acquire_returned_is_never_handed_out() {
         .await
         .expect("B takes over");
     match a_attempt.await.expect("task") {
-        Err(Error::Busy { holder, .. }) => assert_eq!(holder.identity, "b"),
+        Err(Error::Busy { holder, .. }) => assert_eq!(holder.holder, "b"),
         Ok(guard) => panic!(
             "A got a guard while B holds the lock (valid: {})",
             guard.is_valid()
@@ -841,7 +845,7 @@ async fn a_wait_that_ends_during_a_storage_hiccup_reports_busy() {
         1000,
     );
     match wait.await.expect("task") {
-        Err(Error::Busy { holder, .. }) => assert_eq!(holder.identity, "holder"),
+        Err(Error::Busy { holder, .. }) => assert_eq!(holder.holder, "holder"),
         other => panic!("expected Busy, got {other:?}"),
     }
 }

@@ -429,12 +429,15 @@ async fn case_newer_token_wins_races(t: Target) {
     let newer_store = t.scripted();
     let newer = t.object(Arc::new(newer_store.clone()), &name);
     let (reached, resume) = newer_store.pause_next_upload();
-    let newer_write =
-        tokio::spawn(async move { newer.write(FencingToken(2), &BodySource::from("two")).await });
+    let newer_write = tokio::spawn(async move {
+        newer
+            .write(FencingToken::new(2), &BodySource::from("two"))
+            .await
+    });
     reached.await.expect("newer writer reached its upload");
     let plain = t.object(t.plain(), &name);
     plain
-        .write(FencingToken(1), &BodySource::from("one"))
+        .write(FencingToken::new(1), &BodySource::from("one"))
         .await
         .expect("the older writer writes first");
     resume.send(()).expect("resume");
@@ -443,7 +446,7 @@ async fn case_newer_token_wins_races(t: Target) {
         .expect("task")
         .expect("the newer write wins");
     assert_eq!(written.attempts, 2, "one 412, then a successful retry");
-    assert_eq!(written.replaced, Replaced::Fenced(FencingToken(1)));
+    assert_eq!(written.replaced, Replaced::Fenced(FencingToken::new(1)));
     assert_eq!(contents(&plain).await, (Some(2), "two".to_owned()));
 
     // The older writer reads first and is held; the newer one writes meanwhile. The
@@ -452,12 +455,15 @@ async fn case_newer_token_wins_races(t: Target) {
     let older_store = t.scripted();
     let older = t.object(Arc::new(older_store.clone()), &name);
     let (reached, resume) = older_store.pause_next_upload();
-    let older_write =
-        tokio::spawn(async move { older.write(FencingToken(1), &BodySource::from("one")).await });
+    let older_write = tokio::spawn(async move {
+        older
+            .write(FencingToken::new(1), &BodySource::from("one"))
+            .await
+    });
     reached.await.expect("older writer reached its upload");
     let plain = t.object(t.plain(), &name);
     plain
-        .write(FencingToken(2), &BodySource::from("two"))
+        .write(FencingToken::new(2), &BodySource::from("two"))
         .await
         .expect("newer writes");
     resume.send(()).expect("resume");
@@ -476,18 +482,18 @@ async fn case_equal_tokens_may_rewrite(t: Target) {
     let name = t.name("equal");
     let object = t.object(t.plain(), &name);
     let first = object
-        .write(FencingToken(3), &BodySource::from("first"))
+        .write(FencingToken::new(3), &BodySource::from("first"))
         .await
         .expect("create");
     let second = object
-        .write(FencingToken(3), &BodySource::from("second"))
+        .write(FencingToken::new(3), &BodySource::from("second"))
         .await
         .expect("equal token rewrites");
-    assert_eq!(second.replaced, Replaced::Fenced(FencingToken(3)));
+    assert_eq!(second.replaced, Replaced::Fenced(FencingToken::new(3)));
     assert_ne!(first.info.version, second.info.version);
     assert_eq!(contents(&object).await, (Some(3), "second".to_owned()));
     let older = object
-        .write(FencingToken(2), &BodySource::from("older"))
+        .write(FencingToken::new(2), &BodySource::from("older"))
         .await;
     assert!(
         matches!(
@@ -512,7 +518,7 @@ async fn case_unfenced_objects_are_refused_unless_adopted(t: Target) {
         FenceState::Unfenced { is_lock: false, .. }
     ));
     match object
-        .write(FencingToken(9), &BodySource::from("fenced"))
+        .write(FencingToken::new(9), &BodySource::from("fenced"))
         .await
     {
         Err(error @ FenceError::Unfenced { .. }) => {
@@ -536,7 +542,7 @@ async fn case_unfenced_objects_are_refused_unless_adopted(t: Target) {
     .await;
     let result = t
         .object(t.plain(), &malformed)
-        .write(FencingToken(9), &BodySource::from("fenced"))
+        .write(FencingToken::new(9), &BodySource::from("fenced"))
         .await;
     assert!(
         matches!(&result, Err(FenceError::Unfenced { why, .. }) if why.contains("not a number")),
@@ -548,13 +554,13 @@ async fn case_unfenced_objects_are_refused_unless_adopted(t: Target) {
         .expect("name")
         .with_options(t.options().adopt_unfenced(true));
     let written = adopting
-        .write(FencingToken(0), &BodySource::from("adopted"))
+        .write(FencingToken::new(0), &BodySource::from("adopted"))
         .await
         .expect("adopt");
     assert_eq!(written.replaced, Replaced::Unfenced);
     assert_eq!(contents(&object).await, (Some(0), "adopted".to_owned()));
     object
-        .write(FencingToken(4), &BodySource::from("four"))
+        .write(FencingToken::new(4), &BodySource::from("four"))
         .await
         .expect("fenced from now on");
 
@@ -592,7 +598,10 @@ async fn case_contention_is_bounded_and_reported(t: Target) {
         store.then(Step::Run(Box::new(move || {
             Box::pin(async move {
                 rival
-                    .write(FencingToken(5), &BodySource::from(format!("rival {round}")))
+                    .write(
+                        FencingToken::new(5),
+                        &BodySource::from(format!("rival {round}")),
+                    )
                     .await
                     .expect("rival writes");
             })
@@ -602,7 +611,7 @@ async fn case_contention_is_bounded_and_reported(t: Target) {
         .expect("name")
         .with_options(t.options().max_attempts(attempts));
     let result = object
-        .write(FencingToken(5), &BodySource::from("mine"))
+        .write(FencingToken::new(5), &BodySource::from("mine"))
         .await;
     match result {
         Err(FenceError::Contended { attempts: n, .. }) => assert_eq!(n, attempts),
@@ -623,7 +632,7 @@ async fn case_failures_are_resolved_and_bounded(t: Target) {
     store.then(Step::LoseResponse);
     let object = t.object(Arc::new(store.clone()), &name);
     let written = object
-        .write(FencingToken(1), &BodySource::from("once"))
+        .write(FencingToken::new(1), &BodySource::from("once"))
         .await
         .expect("resolved as written");
     assert_eq!(
@@ -636,7 +645,7 @@ async fn case_failures_are_resolved_and_bounded(t: Target) {
     store.then(Step::Reject(FaultError::Unavailable));
     store.then(Step::Reject(FaultError::RateLimited));
     let written = object
-        .write(FencingToken(1), &BodySource::from("third time"))
+        .write(FencingToken::new(1), &BodySource::from("third time"))
         .await
         .expect("retried");
     assert_eq!(written.attempts, 3);
@@ -645,7 +654,7 @@ async fn case_failures_are_resolved_and_bounded(t: Target) {
         store.then(Step::Reject(FaultError::Unavailable));
     }
     let result = object
-        .write(FencingToken(1), &BodySource::from("never"))
+        .write(FencingToken::new(1), &BodySource::from("never"))
         .await;
     assert!(
         matches!(result, Err(FenceError::Lock(Error::Unavailable { .. }))),
@@ -660,7 +669,7 @@ async fn case_reads_are_pinned_to_one_version(t: Target) {
     let name = t.name("pinned-read");
     let plain = t.object(t.plain(), &name);
     plain
-        .write(FencingToken(1), &BodySource::from("one"))
+        .write(FencingToken::new(1), &BodySource::from("one"))
         .await
         .expect("write");
     let store = t.scripted();
@@ -668,7 +677,7 @@ async fn case_reads_are_pinned_to_one_version(t: Target) {
     locked(&store.before_download).push_back(Box::new(move || {
         Box::pin(async move {
             replacer
-                .write(FencingToken(3), &BodySource::from("three"))
+                .write(FencingToken::new(3), &BodySource::from("three"))
                 .await
                 .expect("replace");
         })
@@ -746,7 +755,7 @@ async fn interleaved_writers_end_with_the_highest_token() {
                 .with_options(FenceOptions::default().max_attempts(20));
             tasks.push(tokio::spawn(async move {
                 let body = BodySource::from(format!("data of token {token}"));
-                (token, object.write(FencingToken(token), &body).await)
+                (token, object.write(FencingToken::new(token), &body).await)
             }));
         }
         let mut applied = Vec::new();
@@ -831,7 +840,7 @@ async fn file_bodies_are_streamed_again_for_each_attempt() {
     store.then(Step::Reject(FaultError::Unavailable));
     let object = FencedObject::new(Arc::new(store), "files/out").expect("name");
     let written = object
-        .write(FencingToken(1), &BodySource::File(path))
+        .write(FencingToken::new(1), &BodySource::File(path))
         .await
         .expect("write");
     assert_eq!(written.attempts, 2);
@@ -843,7 +852,10 @@ async fn file_bodies_are_streamed_again_for_each_attempt() {
     let handle = Arc::new(tempfile::tempfile().expect("tempfile"));
     (&*handle).write_all(b"from a handle").expect("write");
     let written = object
-        .write(FencingToken(2), &BodySource::Handle(Arc::clone(&handle)))
+        .write(
+            FencingToken::new(2),
+            &BodySource::Handle(Arc::clone(&handle)),
+        )
         .await
         .expect("write");
     assert_eq!(written.attempts, 1);
@@ -903,14 +915,14 @@ async fn strict_large_body_round_trips_streamed() {
     let object = target.object(target.plain(), &target.name("large"));
     let started = std::time::Instant::now();
     let written = object
-        .write(FencingToken(7), &BodySource::File(path))
+        .write(FencingToken::new(7), &BodySource::File(path))
         .await
         .expect("large write");
     let put_time = started.elapsed();
     assert_eq!(written.attempts, 1);
     let started = std::time::Instant::now();
     let read = object.read().await.expect("read");
-    assert_eq!(read.token, Some(FencingToken(7)));
+    assert_eq!(read.token, Some(FencingToken::new(7)));
     assert_eq!(read.len, Some(LARGE));
     let length = check_pattern(read.into_stream()).await;
     assert_eq!(length, LARGE);

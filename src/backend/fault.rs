@@ -14,10 +14,15 @@ use super::{Backend, BackendError, Metadata, ObjectInfo, ObjectVersion, Stamped,
 /// The backend calls a fault can target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
+    /// [`Backend::write`](super::Backend::write).
     Write,
+    /// [`Backend::read`](super::Backend::read).
     Read,
+    /// [`Backend::update_metadata`](super::Backend::update_metadata).
     UpdateMetadata,
+    /// [`Backend::delete`](super::Backend::delete).
     Delete,
+    /// [`Backend::list`](super::Backend::list).
     List,
 }
 
@@ -73,6 +78,7 @@ pub struct FaultyBackend {
 }
 
 impl FaultyBackend {
+    /// Wraps `inner`, with no faults scripted yet.
     pub fn new(inner: Arc<dyn Backend>) -> Self {
         Self {
             inner,

@@ -363,6 +363,7 @@ impl GcsBackend {
         Self::builder(bucket).build()
     }
 
+    /// The bucket locks live in.
     pub fn bucket(&self) -> &str {
         &self.inner.bucket
     }

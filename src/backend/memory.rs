@@ -219,7 +219,12 @@ pub enum Mutation {
     /// Nothing.
     Keep,
     /// Create or replace: a new generation, metageneration 1.
-    Put { metadata: Metadata, body: Bytes },
+    Put {
+        /// The new object's metadata.
+        metadata: Metadata,
+        /// The new object's body.
+        body: Bytes,
+    },
     /// Replace the metadata of the live object: metageneration + 1.
     SetMetadata(Metadata),
     /// Remove the object.

@@ -30,7 +30,9 @@ pub type Metadata = BTreeMap<String, String>;
 /// pair identifies a version (metageneration alone restarts at 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ObjectVersion {
+    /// Changes whenever the object's data is replaced.
     pub generation: i64,
+    /// Changes whenever its metadata changes; restarts at 1 with each generation.
     pub metageneration: i64,
 }
 
@@ -43,10 +45,13 @@ impl fmt::Display for ObjectVersion {
 /// What the server says about one object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
+    /// The object's name in its bucket.
     pub name: String,
+    /// Its current version.
     pub version: ObjectVersion,
     /// Last modification of data or metadata, by the server's clock.
     pub updated: DateTime<Utc>,
+    /// Its custom metadata.
     pub metadata: Metadata,
 }
 
@@ -54,6 +59,7 @@ pub struct ObjectInfo {
 /// it answered. Expiry is judged only by comparing two readings of that one clock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stamped<T> {
+    /// What the server answered.
     pub value: T,
     /// `None` when the server sent no usable `Date` header.
     pub server_time: Option<DateTime<Utc>>,
@@ -113,6 +119,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
 /// The outcome of one failed request, classified by what the caller may do next.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BackendError {
     /// A precondition did not hold (HTTP 412). Nothing was changed.
     #[error("precondition failed: the object is not in the expected state")]
@@ -125,16 +132,29 @@ pub enum BackendError {
     BucketNotFound(String),
     /// Backpressure (HTTP 429). Nothing was changed; slow down and try again.
     #[error("rate limited by the storage service")]
-    RateLimited { retry_after: Option<Duration> },
+    RateLimited {
+        /// How long the server asked to wait (`Retry-After`), if it said.
+        retry_after: Option<Duration>,
+    },
     /// HTTP 5xx. The request may or may not have been applied.
     #[error("storage service error (HTTP {status}): {message}")]
-    Server { status: u16, message: String },
+    Server {
+        /// The HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
     /// No response within the request timeout. The request may have been applied.
     #[error("request timed out after {0:?}")]
     Timeout(Duration),
     /// The connection could not be made. The request was not sent.
     #[error("cannot connect to {endpoint}: {message}")]
-    Connect { endpoint: String, message: String },
+    Connect {
+        /// Where the connection was attempted.
+        endpoint: String,
+        /// Why it failed.
+        message: String,
+    },
     /// The connection broke after the request was sent. It may have been applied.
     #[error("connection error: {0}")]
     Transport(String),
@@ -143,7 +163,12 @@ pub enum BackendError {
     PermissionDenied(String),
     /// A request the service refused as malformed (HTTP 400 and other 4xx).
     #[error("request rejected (HTTP {status}): {message}")]
-    Rejected { status: u16, message: String },
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
     /// A response that is not what the API documents (not JSON, missing fields).
     #[error("invalid response from storage: {0}")]
     InvalidResponse(String),
@@ -237,6 +262,7 @@ impl UploadBody {
         self.len
     }
 
+    /// Whether the body is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -316,9 +342,11 @@ impl Stream for ExactLength {
 
 /// A body being downloaded, from exactly one version of an object.
 pub struct Download {
+    /// The version downloaded.
     pub version: ObjectVersion,
     /// The body's length, when the server said it.
     pub len: Option<u64>,
+    /// The body, streamed.
     pub stream: ByteStream,
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use gcslock::backend::Backend;
-use gcslock::{BreakOutcome, Lock, LockOptions};
+use gcslock::{BreakOutcome, FencingToken, Lock, LockOptions};
 
 use crate::global::GlobalArgs;
 use crate::output::print_lines;
@@ -39,7 +39,7 @@ pub async fn break_lock(global: &GlobalArgs, args: &BreakArgs) -> anyhow::Result
         options = options.identity(identity.clone());
     }
     let lock = Lock::new(backend, args.url.object(), options)?;
-    let line = match lock.break_lock(args.token).await {
+    let line = match lock.break_lock(args.token.map(FencingToken::new)).await {
         Ok(BreakOutcome::Broken {
             previous_holder,
             token,
@@ -48,6 +48,7 @@ pub async fn break_lock(global: &GlobalArgs, args: &BreakArgs) -> anyhow::Result
             args.url
         ),
         Ok(BreakOutcome::AlreadyFree) => format!("{}: already free; nothing to break", args.url),
+        Ok(_) => format!("{}: break finished", args.url),
         Err(error) => return Err(error.into()),
     };
     print_lines([line])?;

@@ -86,7 +86,7 @@ fn resolve_token(
     env: Option<std::ffi::OsString>,
 ) -> Result<FencingToken, Coded> {
     if let Some(token) = flag {
-        return Ok(FencingToken(token));
+        return Ok(FencingToken::new(token));
     }
     let Some(raw) = env.filter(|value| !value.is_empty()) else {
         return Err(Coded::new(
@@ -99,7 +99,7 @@ fn resolve_token(
     };
     let text = raw.to_string_lossy();
     parse_token(&text)
-        .map(FencingToken)
+        .map(FencingToken::new)
         .map_err(|why| Coded::new(exit::USAGE, format!("{TOKEN_VAR}={text:?}: {why}")))
 }
 
@@ -120,11 +120,11 @@ mod tests {
     fn tokens_come_from_the_flag_then_the_environment() {
         assert_eq!(
             resolve_token(Some(3), Some("9".into())).ok(),
-            Some(FencingToken(3))
+            Some(FencingToken::new(3))
         );
         assert_eq!(
             resolve_token(None, Some(" 9 ".into())).ok(),
-            Some(FencingToken(9))
+            Some(FencingToken::new(9))
         );
         for env in [None, Some("".into())] {
             let error = resolve_token(None, env).expect_err("missing");

@@ -77,6 +77,7 @@ pub fn describe(url: &str, status: &LockStatus) -> String {
             short_duration(held.ttl)
         ),
         LockStatus::NotALock { why } => format!("{url}: not a gcslock lock: {why}"),
+        _ => format!("{url}: in a state this version cannot describe"),
     }
 }
 
@@ -124,7 +125,7 @@ impl<'a> StatusView<'a> {
             reason: None,
         };
         let held = |state, held: &'a HeldStatus| Self {
-            token: Some(held.token),
+            token: Some(held.token.value()),
             holder: Some(&held.holder),
             ttl_ms: Some(held.ttl.as_millis()),
             last_refresh: Some(timestamp(&held.last_refresh)),
@@ -136,7 +137,7 @@ impl<'a> StatusView<'a> {
         match status {
             LockStatus::Free => empty("free", true),
             LockStatus::Released { token, released_at } => Self {
-                token: Some(*token),
+                token: Some(token.value()),
                 released_at: Some(timestamp(released_at)),
                 ..empty("released", true)
             },
@@ -146,6 +147,7 @@ impl<'a> StatusView<'a> {
                 reason: Some(why),
                 ..empty("not-a-lock", false)
             },
+            _ => empty("unknown", false),
         }
     }
 }
@@ -155,12 +157,13 @@ mod tests {
     use super::*;
     use chrono::{DateTime, Utc};
     use gcslock::backend::ObjectVersion;
+    use gcslock::FencingToken;
     use std::time::Duration;
 
     fn held(ttl: Duration, left: Duration) -> LockStatus {
         LockStatus::Held(HeldStatus {
             holder: "host:1".into(),
-            token: 7,
+            token: FencingToken::new(7),
             ttl,
             last_refresh: DateTime::<Utc>::UNIX_EPOCH,
             expires_in: Some(left),

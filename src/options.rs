@@ -1,0 +1,175 @@
+//! Lock settings: the options a caller sets, and the validated settings a lock
+//! and its leases share.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::Backend;
+use crate::error::Error;
+use crate::identity::default_identity;
+
+/// TTLs outside this range are refused: below it no refresh can keep up with
+/// request latency; above it a crashed holder blocks everyone for days.
+pub(crate) const MIN_TTL: Duration = Duration::from_secs(1);
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The default safety margin for a TTL; what observers add to a holder's TTL.
+pub(crate) fn default_margin(ttl: Duration) -> Duration {
+    (ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(30))
+}
+
+/// Settings for a lock. Unset values get the defaults documented on each setter.
+#[derive(Clone, Debug)]
+pub struct LockOptions {
+    ttl: Duration,
+    refresh_interval: Option<Duration>,
+    safety_margin: Option<Duration>,
+    identity: Option<String>,
+    poll_min: Duration,
+    poll_max: Duration,
+    unavailable_timeout: Duration,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(300),
+            refresh_interval: None,
+            safety_margin: None,
+            identity: None,
+            poll_min: Duration::from_millis(250),
+            poll_max: Duration::from_secs(8),
+            unavailable_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl LockOptions {
+    /// How long a lease lasts without a refresh (default 5 minutes; 1 s to 7 days).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How often the holder refreshes (default TTL/8). Must leave room for
+    /// retries before the lease deadline.
+    pub fn refresh_interval(mut self, interval: Duration) -> Self {
+        self.refresh_interval = Some(interval);
+        self
+    }
+
+    /// How much earlier than TTL the holder stops trusting its lease, and how much
+    /// later than TTL a waiter considers it stale (default TTL/10, within 200 ms..30 s).
+    /// It absorbs clock-rate drift and the spread between GCS front ends' clocks.
+    pub fn safety_margin(mut self, margin: Duration) -> Self {
+        self.safety_margin = Some(margin);
+        self
+    }
+
+    /// The holder name recorded in the lock (default `HOST:PID`).
+    pub fn identity(mut self, identity: impl Into<String>) -> Self {
+        self.identity = Some(identity.into());
+        self
+    }
+
+    /// Bounds of the waiters' jittered exponential poll backoff (default 250 ms to 8 s).
+    pub fn poll_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.poll_min = min;
+        self.poll_max = max;
+        self
+    }
+
+    /// How long `acquire` keeps retrying when storage fails transiently, beyond
+    /// the wait it was given (default 10 s).
+    pub fn unavailable_timeout(mut self, timeout: Duration) -> Self {
+        self.unavailable_timeout = timeout;
+        self
+    }
+}
+
+/// Validated settings shared by a lock and its leases.
+#[derive(Debug)]
+pub(crate) struct LockSettings {
+    pub backend: Arc<dyn Backend>,
+    pub object: String,
+    pub url: String,
+    pub ttl: Duration,
+    pub refresh_interval: Duration,
+    pub margin: Duration,
+    pub identity: String,
+    pub poll_min: Duration,
+    pub poll_max: Duration,
+    pub unavailable_timeout: Duration,
+}
+
+impl LockSettings {
+    /// Validates the object name and options without sending any request.
+    pub(crate) fn new(
+        backend: Arc<dyn Backend>,
+        object: &str,
+        options: LockOptions,
+    ) -> Result<Self, Error> {
+        crate::validate_object_name(object)?;
+        let ttl = options.ttl;
+        if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+            return Err(Error::InvalidInput(format!(
+                "TTL {} is out of range: it must be between {} and {}",
+                humantime::format_duration(ttl),
+                humantime::format_duration(MIN_TTL),
+                humantime::format_duration(MAX_TTL)
+            )));
+        }
+        let margin = options.safety_margin.unwrap_or_else(|| default_margin(ttl));
+        if margin >= ttl / 2 {
+            return Err(Error::InvalidInput(format!(
+                "safety margin {} must be less than half the TTL {}",
+                humantime::format_duration(margin),
+                humantime::format_duration(ttl)
+            )));
+        }
+        let refresh_interval = options.refresh_interval.unwrap_or(ttl / 8);
+        if refresh_interval.is_zero() || refresh_interval >= ttl - margin {
+            return Err(Error::InvalidInput(format!(
+                "refresh interval {} must be above zero and below the TTL minus the safety margin ({})",
+                humantime::format_duration(refresh_interval),
+                humantime::format_duration(ttl - margin)
+            )));
+        }
+        if let Some(floor) = backend.min_mutation_interval() {
+            if refresh_interval < floor {
+                return Err(Error::InvalidInput(format!(
+                    "refresh interval {} is below {}: {} throttles faster writes to one object; \
+                     use a TTL of at least {} (refreshed every TTL/8)",
+                    humantime::format_duration(refresh_interval),
+                    humantime::format_duration(floor),
+                    backend.describe(),
+                    humantime::format_duration(floor * 8)
+                )));
+            }
+        }
+        if options.poll_min.is_zero() || options.poll_min > options.poll_max {
+            return Err(Error::InvalidInput(
+                "poll backoff must have 0 < min <= max".into(),
+            ));
+        }
+        let identity = options.identity.unwrap_or_else(default_identity);
+        if identity.is_empty() || identity.len() > 512 || identity.chars().any(char::is_control) {
+            return Err(Error::InvalidInput(
+                "identity must be 1 to 512 characters without control characters".into(),
+            ));
+        }
+        let url = format!("{}/{}", backend.describe(), object);
+        Ok(Self {
+            backend,
+            object: object.to_owned(),
+            url,
+            ttl,
+            refresh_interval,
+            margin,
+            identity,
+            poll_min: options.poll_min,
+            poll_max: options.poll_max,
+            unavailable_timeout: options.unavailable_timeout,
+        })
+    }
+}
