@@ -357,6 +357,10 @@ impl Lock {
         self.inner.refresh_interval
     }
 
+    pub fn safety_margin(&self) -> Duration {
+        self.inner.margin
+    }
+
     pub fn identity(&self) -> &str {
         &self.inner.identity
     }
