@@ -318,3 +318,231 @@ fn forward<G: Group>(group: &G, signal: Signal) {
     // group and got SIGTTIN) acts on the signal only once continued, as shells do.
     group.signal(Signal::SIGCONT);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::os::unix::process::ExitStatusExt as _;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::sync::watch;
+
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(3);
+    /// A hang guard on tokio's paused clock: only a supervisor that never stops reaches it.
+    const HANG_GUARD: Duration = Duration::from_secs(600);
+
+    /// A group whose command ignores SIGTERM, dies of SIGKILL, and otherwise exits
+    /// with 0 at `exits_at`. Records every signal with its time since `start`.
+    struct FakeGroup {
+        start: Instant,
+        exits_at: Option<Instant>,
+        sent: RefCell<Vec<(Signal, Duration)>>,
+        killed: watch::Sender<bool>,
+    }
+
+    impl FakeGroup {
+        fn new(exits_after: Option<Duration>) -> Self {
+            let start = Instant::now();
+            Self {
+                start,
+                exits_at: exits_after.map(|after| start + after),
+                sent: RefCell::new(Vec::new()),
+                killed: watch::channel(false).0,
+            }
+        }
+
+        fn sent(&self) -> Vec<(Signal, Duration)> {
+            self.sent.borrow().clone()
+        }
+
+        fn first(&self, signal: Signal) -> Option<Duration> {
+            self.sent()
+                .into_iter()
+                .find(|(sent, _)| *sent == signal)
+                .map(|(_, at)| at)
+        }
+    }
+
+    impl Group for FakeGroup {
+        fn id(&self) -> i32 {
+            4242
+        }
+
+        fn signal(&self, signal: Signal) {
+            self.sent.borrow_mut().push((signal, self.start.elapsed()));
+            if signal == Signal::SIGKILL {
+                self.killed.send_replace(true);
+            }
+        }
+
+        async fn wait(&mut self) -> io::Result<ExitStatus> {
+            let mut killed = self.killed.subscribe();
+            let exit = sleep_until_some(self.exits_at);
+            tokio::select! {
+                _ = killed.wait_for(|killed| *killed) => Ok(ExitStatus::from_raw(9)),
+                () = exit => Ok(ExitStatus::from_raw(0)),
+            }
+        }
+
+        fn alive(&self) -> bool {
+            !*self.killed.borrow() && self.exits_at.is_none_or(|at| Instant::now() < at)
+        }
+    }
+
+    /// A lease whose deadline the test moves; its loss notice never comes, as when
+    /// the keep-alive task sleeps through a suspend.
+    #[derive(Clone)]
+    struct FakeLease {
+        deadline: Arc<Mutex<Instant>>,
+        superseded: Arc<Mutex<Option<String>>>,
+    }
+
+    impl FakeLease {
+        fn ending_in(left: Duration) -> Self {
+            Self {
+                deadline: Arc::new(Mutex::new(Instant::now() + left)),
+                superseded: Arc::new(Mutex::new(None)),
+            }
+        }
+
+        fn set_left(&self, left: Duration) {
+            *self.deadline.lock().unwrap() = Instant::now() + left;
+        }
+
+        fn supersede(&self) {
+            *self.superseded.lock().unwrap() = Some("taken over".into());
+        }
+    }
+
+    impl Lease for FakeLease {
+        fn state(&self) -> LeaseState {
+            if let Some(reason) = self.superseded.lock().unwrap().clone() {
+                return LeaseState::Superseded(reason);
+            }
+            let deadline = *self.deadline.lock().unwrap();
+            LeaseState::Held(deadline.saturating_duration_since(Instant::now()))
+        }
+
+        fn lost_notice(&self) -> impl Future<Output = ()> + 'static {
+            std::future::pending()
+        }
+    }
+
+    async fn supervised(group: &mut FakeGroup, lease: &FakeLease) -> Supervised {
+        let (_sender, mut signals) = Signals::from_channel();
+        tokio::time::timeout(
+            HANG_GUARD,
+            supervise(group, lease, &mut signals, GRACE, "gs://b/o"),
+        )
+        .await
+        .expect("the supervisor never stopped the group")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unrefreshed_lease_gets_sigterm_at_grace_and_sigkill_at_the_deadline() {
+        let mut group = FakeGroup::new(None);
+        let lease = FakeLease::ending_in(Duration::from_secs(7));
+        let outcome = supervised(&mut group, &lease).await;
+        assert!(matches!(outcome, Supervised::Stopped(_)), "{outcome:?}");
+        let term = group.first(Signal::SIGTERM).expect("SIGTERM sent");
+        let kill = group.first(Signal::SIGKILL).expect("SIGKILL sent");
+        // SIGTERM once no more than the grace is left (within one tick), SIGKILL no
+        // later than the deadline itself.
+        assert!(term >= Duration::from_secs(4), "{term:?}");
+        assert!(term <= Duration::from_secs(4) + LEASE_TICK, "{term:?}");
+        assert_eq!(kill, Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resume_after_the_deadline_kills_at_once_without_waiting_for_the_loss_notice() {
+        let mut group = FakeGroup::new(None);
+        let lease = FakeLease::ending_in(Duration::from_secs(60));
+        let suspend = {
+            let lease = lease.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                // Woke from a suspend longer than the TTL: the boot clock says it is over.
+                lease.set_left(Duration::ZERO);
+            })
+        };
+        let outcome = supervised(&mut group, &lease).await;
+        suspend.await.unwrap();
+        assert!(matches!(outcome, Supervised::Stopped(_)), "{outcome:?}");
+        let kill = group.first(Signal::SIGKILL).expect("SIGKILL sent");
+        assert!(kill >= Duration::from_secs(2), "{kill:?}");
+        assert!(kill <= Duration::from_secs(2) + LEASE_TICK, "{kill:?}");
+        assert_eq!(group.first(Signal::SIGTERM), None, "{:?}", group.sent());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn superseded_lease_kills_at_once() {
+        let mut group = FakeGroup::new(None);
+        let lease = FakeLease::ending_in(Duration::from_secs(60));
+        let takeover = {
+            let lease = lease.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                lease.supersede();
+            })
+        };
+        let outcome = supervised(&mut group, &lease).await;
+        takeover.await.unwrap();
+        assert!(matches!(outcome, Supervised::Stopped(_)), "{outcome:?}");
+        let kill = group.first(Signal::SIGKILL).expect("SIGKILL sent");
+        assert!(kill <= Duration::from_secs(5) + LEASE_TICK, "{kill:?}");
+        assert_eq!(group.first(Signal::SIGTERM), None, "{:?}", group.sent());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_failing_during_the_grace_moves_sigkill_up_to_the_deadline() {
+        // A stop that began with plenty of grace (a shutdown asked for by someone
+        // else, say) still ends at the lease's deadline.
+        let mut group = FakeGroup::new(None);
+        let lease = FakeLease::ending_in(Duration::from_secs(2));
+        let (_sender, mut signals) = Signals::from_channel();
+        let kill_at = Instant::now() + Duration::from_secs(30);
+        tokio::time::timeout(HANG_GUARD, stop_by(&mut group, kill_at, &lease, &mut signals))
+            .await
+            .expect("stop_by returned");
+        assert_eq!(group.first(Signal::SIGTERM), Some(Duration::ZERO));
+        assert_eq!(group.first(Signal::SIGKILL), Some(Duration::from_secs(2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn healthy_lease_never_stops_the_command() {
+        // TTL 10s: margin 1s, refresh every 1.25s; a refresh extends the deadline to
+        // its send time + 9s, so at least 7.75s is ever left, above the 3s grace.
+        let mut group = FakeGroup::new(Some(Duration::from_secs(120)));
+        let lease = FakeLease::ending_in(Duration::from_secs(9));
+        let refresher = {
+            let lease = lease.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(1250)).await;
+                    lease.set_left(Duration::from_secs(9));
+                }
+            })
+        };
+        let outcome = supervised(&mut group, &lease).await;
+        refresher.abort();
+        assert!(
+            matches!(outcome, Supervised::Exited(status) if status.success()),
+            "{outcome:?}"
+        );
+        assert_eq!(group.sent(), Vec::new());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn signals_are_forwarded_to_the_group() {
+        let mut group = FakeGroup::new(Some(Duration::from_secs(10)));
+        let lease = FakeLease::ending_in(Duration::from_secs(3600));
+        let (sender, mut signals) = Signals::from_channel();
+        sender.send(Signal::SIGHUP).unwrap();
+        let outcome = supervise(&mut group, &lease, &mut signals, GRACE, "gs://b/o").await;
+        assert!(matches!(outcome, Supervised::Exited(_)), "{outcome:?}");
+        let sent: Vec<Signal> = group.sent().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(sent, vec![Signal::SIGHUP, Signal::SIGCONT]);
+    }
+}
