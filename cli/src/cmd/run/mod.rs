@@ -201,7 +201,15 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         }
         (Err(error), None) => return Err(error.into()),
     };
-    let code = run_locked(global, &args.command, &guard, &url, kill_grace, &mut signals).await;
+    let code = run_locked(
+        global,
+        &args.command,
+        &guard,
+        &url,
+        kill_grace,
+        &mut signals,
+    )
+    .await;
     release(guard, &url).await;
     code
 }

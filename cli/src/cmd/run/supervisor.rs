@@ -503,9 +503,12 @@ mod tests {
         let lease = FakeLease::ending_in(Duration::from_secs(2));
         let (_sender, mut signals) = Signals::from_channel();
         let kill_at = Instant::now() + Duration::from_secs(30);
-        tokio::time::timeout(HANG_GUARD, stop_by(&mut group, kill_at, &lease, &mut signals))
-            .await
-            .expect("stop_by returned");
+        tokio::time::timeout(
+            HANG_GUARD,
+            stop_by(&mut group, kill_at, &lease, &mut signals),
+        )
+        .await
+        .expect("stop_by returned");
         assert_eq!(group.first(Signal::SIGTERM), Some(Duration::ZERO));
         assert_eq!(group.first(Signal::SIGKILL), Some(Duration::from_secs(2)));
     }
