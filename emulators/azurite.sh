@@ -29,7 +29,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 VERSION="${AZURITE_VERSION:-3.35.0}"
-CACHE_DIR="${AZURITE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gcslock/azurite}"
+CACHE_DIR="${AZURITE_CACHE_DIR:-$EMU_CACHE_ROOT/azurite}"
 START_TIMEOUT="${AZURITE_START_TIMEOUT:-30}"
 # Azurite's documented, public development account (not a secret).
 ACCOUNT=devstoreaccount1

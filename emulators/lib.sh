@@ -28,6 +28,9 @@
 # emu_main sets PORT, STATE_DIR, PID_FILE, LOG_FILE, URL and EMU_TO_CREATE for them.
 
 PYTHON="${PYTHON:-python3}"
+# Where installs go, one folder per emulator.
+# shellcheck disable=SC2034 # read by the scripts that source this
+EMU_CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/gcslock"
 
 say() { echo "$EMU_NAME: $*" >&2; }
 die() { echo "$EMU_NAME: ERROR: $*" >&2; exit 1; }

@@ -28,7 +28,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 VERSION="${MOTO_VERSION:-5.2.5}"
-CACHE_DIR="${MOTO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gcslock/moto}"
+CACHE_DIR="${MOTO_CACHE_DIR:-$EMU_CACHE_ROOT/moto}"
 START_TIMEOUT="${MOTO_START_TIMEOUT:-30}"
 VENV="$CACHE_DIR/venv-$VERSION"
 

@@ -26,19 +26,19 @@ EMULATORS=("$@")
 mkdir -p "$STATE_DIR"
 : >"$STATE_DIR/ports"
 
+declare -A OPTION=([fake-gcs-server]=--bucket [strict-gcs]=--bucket [moto]=--bucket [azurite]=--container)
+for name in "${EMULATORS[@]}"; do
+  [[ -n "${OPTION[$name]:-}" ]] || die "unknown emulator '$name' (fake-gcs-server, strict-gcs, moto or azurite)"
+done
+
 declare -A STARTER PORTS
 for name in "${EMULATORS[@]}"; do
-  case "$name" in
-    fake-gcs-server|strict-gcs|moto) option=--bucket ;;
-    azurite) option=--container ;;
-    *) die "unknown emulator '$name' (fake-gcs-server, strict-gcs, moto or azurite)" ;;
-  esac
   # A port no other emulator of this run has taken.
   port="$(emu_free_port)"
   while [[ " ${PORTS[*]} " == *" $port "* ]]; do port="$(emu_free_port)"; done
   PORTS[$name]="$port"
   echo "$name $port" >>"$STATE_DIR/ports"
-  "$HERE/$name.sh" "$option" "$BUCKET" "$port" "$STATE_DIR/$name" \
+  "$HERE/$name.sh" "${OPTION[$name]}" "$BUCKET" "$port" "$STATE_DIR/$name" \
     >"$STATE_DIR/$name.url" 2>"$STATE_DIR/$name.start.log" &
   STARTER[$name]=$!
 done
