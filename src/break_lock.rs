@@ -112,13 +112,15 @@ impl BreakOptions {
     }
 }
 
+/// Turns the version written (and the server's clock then) into the outcome.
+type Outcome = Box<dyn Fn(&Stamped<ObjectInfo>) -> Result<BreakOutcome, Error> + Send + Sync>;
+
 /// What a break writes, decided from one read.
 enum Plan {
     Done(BreakOutcome),
     Write {
         record: LockRecord,
-        /// Turns the version written (and the server's clock then) into the outcome.
-        outcome: Box<dyn Fn(&Stamped<ObjectInfo>) -> Result<BreakOutcome, Error> + Send + Sync>,
+        outcome: Outcome,
     },
 }
 
