@@ -51,10 +51,11 @@ mod location;
 mod lock;
 mod options;
 mod record;
+mod retry;
 mod status;
 mod token;
 
-pub use break_lock::BreakOutcome;
+pub use break_lock::{BreakOptions, BreakOutcome};
 pub use error::{Error, HolderSummary, LossReason};
 pub use fence::{BodySource, FenceError, FencedObject, FencedWriteExt};
 pub use identity::default_identity;
@@ -63,7 +64,7 @@ pub use location::{validate_bucket_name, validate_object_name, LockUrl, PrefixUr
 pub use lock::{Lock, Wait};
 pub use options::LockOptions;
 pub use record::{LockRecord, LockState};
-pub use status::{list_locks, HeldStatus, LockStatus};
+pub use status::{list_locks, list_locks_within, HeldStatus, LockStatus};
 pub use token::FencingToken;
 
 /// The README's Rust examples are compiled as doctests so they cannot rot.

@@ -225,14 +225,15 @@ impl Lock {
         }
     }
 
-    /// Reads the lock and judges it by the server's clock.
+    /// Reads the lock and judges it by the server's clock. Transient storage
+    /// failures are retried with jittered backoff for up to
+    /// [`LockOptions::unavailable_timeout`]; then `Error::Unavailable`.
     pub async fn status(&self) -> Result<LockStatus, Error> {
-        let read = self
-            .inner
-            .backend
-            .read(&self.inner.object)
+        let lock = &self.inner;
+        let read = crate::retry::Retry::new(lock.unavailable_timeout)
+            .run(|| lock.backend.read(&lock.object))
             .await
-            .map_err(|error| Error::from_backend(&self.inner.url, error))?;
+            .map_err(|error| Error::from_backend(&lock.url, error))?;
         Ok(LockStatus::judge(read.value.as_ref(), read.server_time))
     }
 

@@ -9,6 +9,7 @@ use crate::backend::{Backend, ObjectInfo, ObjectVersion};
 use crate::error::Error;
 use crate::options::default_margin;
 use crate::record::{LockRecord, LockState};
+use crate::retry::{Retry, DEFAULT_TIMEOUT};
 use crate::token::FencingToken;
 
 /// What a read of the lock object shows.
@@ -96,13 +97,26 @@ impl LockStatus {
 }
 
 /// Lists the locks under `prefix`, each judged by the server's clock at listing time.
+/// Transient storage failures are retried for up to 10 s (the default of
+/// [`LockOptions::unavailable_timeout`](crate::LockOptions::unavailable_timeout));
+/// see [`list_locks_within`] to choose.
 pub async fn list_locks(
     backend: &dyn Backend,
     prefix: &str,
 ) -> Result<Vec<(String, LockStatus)>, Error> {
+    list_locks_within(backend, prefix, DEFAULT_TIMEOUT).await
+}
+
+/// [`list_locks`], retrying transient storage failures (5xx, 429, timeouts, resets)
+/// with jittered backoff for up to `timeout`; then `Error::Unavailable`.
+pub async fn list_locks_within(
+    backend: &dyn Backend,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<Vec<(String, LockStatus)>, Error> {
     let location = format!("{}/{prefix}", backend.describe());
-    let listing = backend
-        .list(prefix)
+    let listing = Retry::new(timeout)
+        .run(|| backend.list(prefix))
         .await
         .map_err(|error| Error::from_backend(&location, error))?;
     let now = listing.server_time;
