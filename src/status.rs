@@ -71,14 +71,17 @@ impl LockStatus {
                 released_at: info.updated,
             };
         }
-        let stale_at = chrono::Duration::from_std(record.ttl + default_margin(record.ttl))
-            .ok()
-            .map(|lease| info.updated + lease);
+        // The record's TTL is within range, but `updated` comes from the server
+        // too: a time at the end of chrono's range yields no server judgement, and
+        // waiters fall back to their own clock.
+        let stale_at = record
+            .ttl
+            .checked_add(default_margin(record.ttl))
+            .and_then(|lease| chrono::Duration::from_std(lease).ok())
+            .and_then(|lease| info.updated.checked_add_signed(lease));
         let expires_in = match (stale_at, server_time) {
             (Some(stale_at), Some(now)) => Some((stale_at - now).to_std().unwrap_or_default()),
-            // A TTL too large for chrono never expires within any usable horizon.
-            (None, Some(_)) => None,
-            (_, None) => None,
+            _ => None,
         };
         let held = HeldStatus {
             holder: record.holder,
@@ -125,4 +128,56 @@ pub async fn list_locks_within(
         .iter()
         .map(|info| (info.name.clone(), LockStatus::judge(Some(info), now)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::LockRecord;
+
+    fn held_at(updated: DateTime<Utc>, ttl_ms: &str) -> ObjectInfo {
+        let mut metadata = LockRecord {
+            state: LockState::Held,
+            token: 1,
+            holder: "h:1".into(),
+            nonce: "n".into(),
+            ttl: Duration::from_secs(60),
+            refresh_seq: 0,
+        }
+        .to_metadata();
+        metadata.insert(crate::record::KEY_TTL_MS.into(), ttl_ms.into());
+        ObjectInfo {
+            name: "l".into(),
+            version: ObjectVersion {
+                generation: 1,
+                metageneration: 1,
+            },
+            updated,
+            metadata,
+        }
+    }
+
+    #[test]
+    fn hostile_ttls_and_times_are_judged_without_panicking() {
+        let now = Utc::now();
+        // `updated + TTL` used to overflow chrono's range and panic.
+        for ttl_ms in [
+            "10000000000000000",
+            "9223372036854775807",
+            "18446744073709551615",
+        ] {
+            let judged = LockStatus::judge(Some(&held_at(now, ttl_ms)), Some(now));
+            assert!(matches!(judged, LockStatus::NotALock { .. }), "{judged:?}");
+        }
+        // A server time at the end of chrono's range: no server judgement, no panic.
+        for updated in [DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MIN_UTC] {
+            for server_time in [Some(now), Some(DateTime::<Utc>::MIN_UTC), None] {
+                let judged = LockStatus::judge(Some(&held_at(updated, "60000")), server_time);
+                assert!(
+                    matches!(judged, LockStatus::Held(_) | LockStatus::Stale(_)),
+                    "{judged:?}"
+                );
+            }
+        }
+    }
 }
