@@ -16,13 +16,23 @@ A distributed lease lock whose only server is a Google Cloud Storage bucket.
 same job started from cron, CronJobs or CI on many machines runs at most once at a time.
 The lease is refreshed in the background; if it is lost the command is stopped.
 
-Storage: the endpoint is --endpoint if given, else $STORAGE_EMULATOR_HOST (an emulator, no
-credentials), else https://storage.googleapis.com with Application Default Credentials.";
+Storage: the endpoint is --endpoint ($GCSLOCK_ENDPOINT) if given, else $STORAGE_EMULATOR_HOST
+(an emulator, no credentials), else https://storage.googleapis.com with Application Default
+Credentials.";
+
+/// `0.1.0 (abc1234)`: the version and the source revision it was built from
+/// (`-dirty` with uncommitted changes, `unknown` outside a git checkout); see build.rs.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("GCSLOCK_BUILD_REVISION"),
+    ")"
+);
 
 #[derive(Debug, Parser)]
 #[command(
     name = "gcslock",
-    version,
+    version = VERSION,
     about = ABOUT,
     long_about = LONG_ABOUT,
     after_help = exit::SUMMARY,
@@ -63,6 +73,10 @@ pub enum Command {
     /// Write an object's body to stdout (and, with --show-token, its token to stderr)
     #[command(long_about = cmd::cat::LONG_ABOUT, after_long_help = cmd::cat::HELP)]
     Cat(cmd::cat::CatArgs),
+
+    /// Write the man pages or a shell completion script (for packagers)
+    #[command(hide = true, long_about = cmd::generate::LONG_ABOUT)]
+    Generate(cmd::generate::GenerateArgs),
 }
 
 #[cfg(test)]
