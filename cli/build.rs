@@ -24,9 +24,10 @@ fn git_revision() -> Option<String> {
     // A packaged crate unpacked inside some other checkout (cargo package's verify
     // step builds under target/package/) must not report that checkout's revision:
     // only a checkout that tracks this very file counts.
+    // Watched first, so that committing this file makes the next build see git.
+    watch_git_state();
     git(&["ls-files", "--error-unmatch", "build.rs"])?;
     let revision = git(&["rev-parse", "--short", "HEAD"])?;
-    watch_git_state();
     // `git diff --quiet` is not usable here: it answers through its exit code, and
     // refreshes the index. `status --porcelain` prints nothing when clean.
     let changes = git(&["status", "--porcelain", "--untracked-files=no"])?;
