@@ -66,47 +66,51 @@ fn write_man_page_tree(command: &clap::Command, dir: &Path) -> io::Result<()> {
     for subcommand in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
         write_man_page_tree(subcommand, dir)?;
     }
-    let man = clap_mangen::Man::new(command.clone()).source(format!("gcslock {VERSION}"));
-    let mut page = Vec::new();
-    render_man_page(&man, command, &mut page)?;
-    std::fs::write(dir.join(man.get_filename()), page)
+    let page = render_man_page(command)?;
+    let name = clap_mangen::Man::new(command.clone()).get_filename();
+    std::fs::write(dir.join(name), page)
 }
 
-/// clap_mangen's sections, except that the after-help text (the exit code table and
-/// the subcommands' notes) goes out unfilled: it is laid out in columns, which
+/// clap_mangen's page, except that the after-help text (the exit code table and the
+/// subcommands' notes) goes out unfilled: it is laid out in columns, which
 /// clap_mangen's filled EXTRA section runs together.
-fn render_man_page(
-    man: &clap_mangen::Man,
-    command: &clap::Command,
-    page: &mut dyn Write,
-) -> io::Result<()> {
-    man.render_title(page)?;
-    man.render_name_section(page)?;
-    man.render_synopsis_section(page)?;
-    man.render_description_section(page)?;
-    if command.get_arguments().any(|arg| !arg.is_hide_set()) {
-        man.render_options_section(page)?;
-    }
-    if command.get_subcommands().any(|sub| !sub.is_hide_set()) {
-        man.render_subcommands_section(page)?;
-    }
-    if let Some(notes) = command
+fn render_man_page(command: &clap::Command) -> io::Result<Vec<u8>> {
+    let notes = command
         .get_after_long_help()
         .or_else(|| command.get_after_help())
-    {
-        let notes = notes.to_string();
-        let heading = if notes.starts_with("Exit codes:") {
-            "EXIT STATUS"
-        } else {
-            "NOTES"
-        };
-        writeln!(page, ".SH \"{heading}\"\n.nf")?;
-        for line in notes.lines() {
-            writeln!(page, "{}", roff_line(line))?;
-        }
-        writeln!(page, ".fi")?;
+        .map(ToString::to_string);
+    let without_notes = command
+        .clone()
+        .after_help(None::<&str>)
+        .after_long_help(None::<&str>);
+    let mut page = Vec::new();
+    clap_mangen::Man::new(without_notes)
+        .source(format!("gcslock {VERSION}"))
+        .render(&mut page)?;
+    let Some(notes) = notes else {
+        return Ok(page);
+    };
+    let heading = if notes.starts_with("Exit codes:") {
+        "EXIT STATUS"
+    } else {
+        "NOTES"
+    };
+    let mut section = format!(".SH \"{heading}\"\n.nf\n");
+    for line in notes.lines() {
+        section.push_str(&roff_line(line));
+        section.push('\n');
     }
-    man.render_version_section(page)
+    section.push_str(".fi\n");
+    // Before VERSION, where clap_mangen puts EXTRA.
+    let at = rfind(&page, b"\n.SH VERSION").map_or(page.len(), |newline| newline + 1);
+    page.splice(at..at, section.into_bytes());
+    Ok(page)
+}
+
+fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .rposition(|window| window == needle)
 }
 
 /// One line of text for roff: backslashes escaped, and a leading `.` or `'` kept
