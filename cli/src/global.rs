@@ -64,3 +64,38 @@ pub enum LogFormat {
     /// One JSON object per line
     Json,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::CommandFactory;
+
+    fn conflict(args: &[&str]) -> bool {
+        let matches = Cli::command()
+            .try_get_matches_from(args)
+            .unwrap_or_else(|error| panic!("{args:?}: {error}"));
+        quiet_and_verbose_conflict(&matches)
+    }
+
+    #[test]
+    fn quiet_and_verbose_conflict_wherever_they_are_given() {
+        assert!(conflict(&[
+            "gcslock",
+            "-q",
+            "-v",
+            "status",
+            "gs://bucket/o"
+        ]));
+        assert!(conflict(&[
+            "gcslock",
+            "-q",
+            "status",
+            "gs://bucket/o",
+            "-v"
+        ]));
+        assert!(conflict(&["gcslock", "status", "gs://bucket/o", "-vq"]));
+        assert!(!conflict(&["gcslock", "-q", "status", "gs://bucket/o"]));
+        assert!(!conflict(&["gcslock", "status", "gs://bucket/o", "-vv"]));
+    }
+}
