@@ -48,8 +48,11 @@ gzip -9n "$generated"/man/*.1
 
 mkdir -p "$target_dir/debian"
 echo "build-deb: cargo deb -p gcslock-cli --no-build --profile $profile" >&2
+# A dev package only checks the packaging: lighter compression saves most of its time.
+compression=()
+[[ $profile == dev ]] && compression=(--fast)
 # cargo-deb prints the package's path on stdout.
 deb=$(cargo deb --locked --quiet --manifest-path "$root/Cargo.toml" -p gcslock-cli \
-  --no-build --strip --profile "$profile" --output "$target_dir/debian")
+  --no-build --strip "${compression[@]}" --profile "$profile" --output "$target_dir/debian")
 [[ -f $deb ]] || die "cargo deb did not report a package (stdout: $deb)"
 echo "$deb"

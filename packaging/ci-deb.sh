@@ -83,6 +83,7 @@ url="gs://$bucket/ci-deb/$$-$RANDOM"
 # The holder says "held" through one FIFO, then waits for a line on the other.
 mkfifo "$work/held" "$work/release"
 exec 3<>"$work/held" 4<>"$work/release" # read-write: opening never blocks
+# shellcheck disable=SC2016 # $1 and $2 are the inner shell's
 "$installed" run "$url" -- sh -c 'echo held >"$1"; read -r _ <"$2"' sh "$work/held" "$work/release" &
 holder=$!
 read -r -t 60 -u 3 line || die "the holder did not start its command within 60 s"
@@ -96,7 +97,7 @@ code=0
 [[ $code -eq 75 ]] || die "a second run exited $code, not 75 (busy)"
 say "a second run exits 75 (busy)"
 
-echo done >&4
+echo release >&4
 code=0
 wait "$holder" || code=$?
 holder=
