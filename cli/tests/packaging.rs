@@ -171,6 +171,10 @@ async fn completions_load_in_their_shell() {
         let script = text(&out.stdout);
         assert!(script.contains(marker), "{shell}: {marker} missing");
         assert!(script.contains("status"), "{shell}: subcommands missing");
+        assert!(
+            !script.contains("generate"),
+            "{shell}: hidden subcommands offered"
+        );
         let path = dir.path().join(shell);
         std::fs::write(&path, &script).expect("write script");
         if shell == "bash" {

@@ -59,6 +59,20 @@ fn write_man_pages(dir: &Path) -> Result<(), Coded> {
     write_man_page_tree(&command, dir).map_err(io_error)
 }
 
+/// `Cli::command()` without its hidden subcommands (this one, internal helpers), which
+/// clap_complete would otherwise offer for completion.
+fn without_hidden_subcommands() -> clap::Command {
+    let full = Cli::command();
+    clap::Command::new("gcslock")
+        .version(VERSION)
+        .args(full.get_arguments().cloned())
+        .subcommands(
+            full.get_subcommands()
+                .filter(|sub| !sub.is_hide_set())
+                .cloned(),
+        )
+}
+
 /// The page for `command`, then one for each of its visible subcommands, as
 /// `clap_mangen::generate_to` does, but with the text after the options kept as
 /// written (see [`render_man_page`]).
@@ -126,7 +140,12 @@ fn roff_line(line: &str) -> String {
 
 fn print_completions(shell: Shell) -> Result<(), Coded> {
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "gcslock", &mut script);
+    clap_complete::generate(
+        shell,
+        &mut without_hidden_subcommands(),
+        "gcslock",
+        &mut script,
+    );
     let mut out = io::stdout().lock();
     match out.write_all(&script).and_then(|()| out.flush()) {
         Err(error) if error.kind() != io::ErrorKind::BrokenPipe => Err(Coded::new(
