@@ -44,7 +44,7 @@ mod lock;
 mod record;
 
 pub use error::{Error, HolderSummary, LossReason};
-pub use fence::{BodySource, FenceError, FencedObject, FencedWriteExt};
+pub use fence::{BodySource, FenceError, FencedObject};
 pub use lease::Guard;
 pub use location::{validate_bucket_name, validate_object_name, LockUrl, PrefixUrl};
 pub use lock::{

@@ -795,11 +795,14 @@ pub async fn list_locks(
         .list(prefix)
         .await
         .map_err(|error| Error::from_backend(&location, error))?;
-    let now = listing.server_time;
-    let objects = listing.value;
-    Ok(objects
+    Ok(listing
         .iter()
-        .map(|info| (info.name.clone(), LockStatus::judge(Some(info), now)))
+        .map(|s| {
+            (
+                s.value.name.clone(),
+                LockStatus::judge(Some(&s.value), s.server_time),
+            )
+        })
         .collect())
 }
 

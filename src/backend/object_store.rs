@@ -747,7 +747,7 @@ impl Backend for ObjectStoreBackend {
         })
     }
 
-    async fn list(&self, prefix: &str) -> Result<Stamped<Vec<ObjectInfo>>, BackendError> {
+    async fn list(&self, prefix: &str) -> Result<Vec<Stamped<ObjectInfo>>, BackendError> {
         EXCHANGE
             .scope(RefCell::new(Exchange::default()), async {
                 // object_store lists whole path segments: list the deepest directory that
@@ -774,13 +774,13 @@ impl Backend for ObjectStoreBackend {
                 let mut objects = Vec::with_capacity(names.len());
                 for name in names {
                     if let Some(known) = self.fetch(&name).await? {
-                        objects.push(known.info);
+                        objects.push(Stamped {
+                            value: known.info,
+                            server_time,
+                        });
                     }
                 }
-                Ok(Stamped {
-                    value: objects,
-                    server_time,
-                })
+                Ok(objects)
             })
             .await
     }
