@@ -346,7 +346,7 @@ pub async fn run_case(which: Which, case: &str, needs: &[Needs], run: CaseFn) {
     // objects stay: emulators/README.md.)
     if deletes {
         if let Ok(listed) = backend.list(&prefix).await {
-            for object in listed.value {
+            for object in listed.into_iter().map(|listed| listed.value) {
                 let _ = backend.delete(&object.name, object.version).await;
             }
         }

@@ -272,15 +272,59 @@ async fn list_follows_next_page_tokens() {
     ])
     .await;
     let listed = within(backend(&endpoint).list("p/")).await.expect("list");
-    let names: Vec<_> = listed.value.iter().map(|o| o.name.as_str()).collect();
+    let names: Vec<_> = listed.iter().map(|o| o.value.name.as_str()).collect();
     assert_eq!(names, ["p/a", "p/b", "p/c"]);
-    assert!(listed.server_time.is_some());
+    assert!(listed.iter().all(|o| o.server_time.is_some()));
     let first = requests.recv().await.expect("first page");
     assert_eq!(first.target, "/storage/v1/b/bkt/o?prefix=p%2F");
     let second = requests.recv().await.expect("second page");
     assert_eq!(
         second.target,
         "/storage/v1/b/bkt/o?prefix=p%2F&pageToken=t%2B1%2F%3D"
+    );
+}
+
+/// A listing that spans pages judges each object by its own page's `Date`: a
+/// later page's reading would make an object on an earlier page look older.
+#[tokio::test]
+async fn list_stamps_each_object_with_its_own_pages_date() {
+    let page = |date: &str, body: &str| {
+        response(
+            "200 OK",
+            &[("Content-Type", "application/json"), ("Date", date)],
+            body,
+        )
+    };
+    let item = |name: &str| {
+        format!(
+            r#"{{"name":"{name}","generation":"7","metageneration":"1","updated":"2026-11-25T03:18:06Z"}}"#
+        )
+    };
+    let (endpoint, _requests) = serve(vec![
+        page(
+            "Wed, 25 Nov 2026 03:18:07 GMT",
+            &format!(r#"{{"items":[{}],"nextPageToken":"t"}}"#, item("p/a")),
+        ),
+        page(
+            "Wed, 25 Nov 2026 03:20:07 GMT",
+            &format!(r#"{{"items":[{}]}}"#, item("p/b")),
+        ),
+    ])
+    .await;
+    let listed = within(backend(&endpoint).list("p/")).await.expect("list");
+    let stamps: Vec<_> = listed
+        .iter()
+        .map(|o| {
+            let time = o.server_time.map(|t| t.to_rfc3339());
+            (o.value.name.as_str(), time)
+        })
+        .collect();
+    assert_eq!(
+        stamps,
+        [
+            ("p/a", Some("2026-11-25T03:18:07+00:00".to_owned())),
+            ("p/b", Some("2026-11-25T03:20:07+00:00".to_owned())),
+        ]
     );
 }
 
@@ -293,7 +337,7 @@ async fn list_page_size_is_sent_as_max_results() {
         .list_page_size(2)
         .build()
         .expect("backend");
-    assert!(within(b.list("")).await.expect("list").value.is_empty());
+    assert!(within(b.list("")).await.expect("list").is_empty());
     let request = requests.recv().await.expect("request");
     assert_eq!(request.target, "/storage/v1/b/bkt/o?prefix=&maxResults=2");
 }
