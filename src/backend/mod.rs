@@ -14,12 +14,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+pub mod address;
 pub mod fault;
 pub mod gcs;
 pub mod intercept;
 pub mod memory;
 #[cfg(feature = "object-store")]
 pub mod object_store;
+
+pub use address::{open, open_prefix, OpenOptions, Scheme, StorageUrl};
 
 /// Custom metadata of an object (GCS `metadata`, string to string).
 pub type Metadata = BTreeMap<String, String>;
