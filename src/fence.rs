@@ -782,13 +782,19 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn file_bodies_stream_in_chunks_and_must_keep_their_length() {
+    /// A fresh directory holding a file `body` of `len` patterned bytes.
+    fn temp_body(len: usize) -> (PathBuf, PathBuf, Vec<u8>) {
         let dir = std::env::temp_dir().join(format!("gcslock-fence-{:x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("body");
-        let data: Vec<u8> = (0..FILE_CHUNK * 2 + 10).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).expect("write");
+        (dir, path, data)
+    }
+
+    #[tokio::test]
+    async fn file_bodies_stream_in_chunks_and_must_keep_their_length() {
+        let (dir, path, data) = temp_body(FILE_CHUNK * 2 + 10);
         let source = BodySource::File(path.clone());
         let body = source.open().await.expect("open");
         assert_eq!(body.len(), data.len() as u64);
@@ -819,15 +825,12 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
+
     /// A retry opens the body again while the earlier attempt's stream may still be
     /// read (its request not yet torn down): each must see exactly the file.
     #[tokio::test]
     async fn attempts_on_one_handle_never_share_a_file_offset() {
-        let dir = std::env::temp_dir().join(format!("gcslock-fence-{:x}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("body");
-        let data: Vec<u8> = (0..FILE_CHUNK * 3 + 10).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &data).expect("write");
+        let (dir, path, data) = temp_body(FILE_CHUNK * 3 + 10);
         let source = BodySource::Handle(Arc::new(std::fs::File::open(&path).expect("open")));
 
         let mut first = source.open().await.expect("first attempt").into_stream();

@@ -177,7 +177,8 @@ impl<H: Hook> Intercept<H> {
     /// Wraps a store with object bodies; uploads and downloads reach it unhooked.
     pub fn wrap_bodies(inner: Arc<dyn ObjectBodies>, hook: H) -> Self {
         Self {
-            inner: inner.clone(),
+            // Through `impl Backend for Arc<T>`: trait upcasting needs Rust 1.86.
+            inner: Arc::new(inner.clone()),
             hook,
             bodies: Some(inner),
         }
@@ -367,5 +368,87 @@ impl<T: Backend + ?Sized> Backend for Arc<T> {
 
     fn min_mutation_interval(&self) -> Option<Duration> {
         (**self).min_mutation_interval()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::gcs::{GcsBackend, DEFAULT_ENDPOINT};
+    use crate::backend::memory::MemoryBackend;
+
+    /// Strips the server's clock readings, as a store without `Date` headers would.
+    #[derive(Debug)]
+    struct NoDate;
+
+    #[async_trait]
+    impl Hook for NoDate {
+        async fn around(&self, _call: Call<'_>, proceed: BoxFuture<'_, Outcome>) -> Outcome {
+            let mut outcome = proceed.await;
+            for time in outcome.server_times_mut() {
+                *time = None;
+            }
+            outcome
+        }
+    }
+
+    /// Answers every call with a list outcome.
+    #[derive(Debug)]
+    struct Confused;
+
+    #[async_trait]
+    impl Hook for Confused {
+        async fn around(&self, _call: Call<'_>, _proceed: BoxFuture<'_, Outcome>) -> Outcome {
+            Outcome::List(Ok(Vec::new()))
+        }
+    }
+
+    #[tokio::test]
+    async fn hooks_rewrite_outcomes_and_everything_else_is_forwarded() {
+        let memory = MemoryBackend::new("m");
+        let wrapped = Intercept::wrap(Arc::new(memory.clone()), NoDate);
+        let written = wrapped
+            .write("a", WriteCondition::DoesNotExist, &Metadata::new())
+            .await
+            .expect("write");
+        assert_eq!(written.server_time, None);
+        let listed = wrapped.list("").await.expect("list");
+        assert_eq!(listed.len(), 1);
+        assert!(listed.iter().all(|o| o.server_time.is_none()));
+        assert!(memory.read("a").await.expect("read").server_time.is_some());
+        assert_eq!(wrapped.describe(), "memory://m");
+
+        // The write-rate floor reaches Lock::new through any number of wrappers.
+        let gcs = GcsBackend::builder("bkt")
+            .endpoint(Some(DEFAULT_ENDPOINT.into()))
+            .build()
+            .expect("gcs");
+        assert_eq!(gcs.min_mutation_interval(), Some(Duration::from_secs(1)));
+        let twice = Intercept::wrap(Arc::new(Intercept::wrap(Arc::new(gcs), NoDate)), NoDate);
+        assert_eq!(twice.min_mutation_interval(), Some(Duration::from_secs(1)));
+        let shared: Arc<dyn Backend> = Arc::new(twice);
+        assert_eq!(shared.min_mutation_interval(), Some(Duration::from_secs(1)));
+        assert_eq!(shared.describe(), "gs://bkt");
+    }
+
+    #[tokio::test]
+    async fn a_hook_answering_the_wrong_operation_is_an_error_not_a_panic() {
+        let wrapped = Intercept::wrap(Arc::new(MemoryBackend::new("m")), Confused);
+        let error = wrapped.read("a").await.expect_err("mismatch");
+        assert!(
+            matches!(error, BackendError::InvalidResponse(_)),
+            "{error:?}"
+        );
+        assert!(wrapped.list("").await.expect("list").is_empty());
+        let bodies = wrapped
+            .download(
+                "a",
+                ObjectVersion {
+                    generation: 1,
+                    metageneration: 1,
+                },
+            )
+            .await;
+        assert!(matches!(bodies, Err(BackendError::Rejected { .. })));
     }
 }

@@ -328,6 +328,68 @@ async fn list_stamps_each_object_with_its_own_pages_date() {
     );
 }
 
+/// The same, through `list_locks`: a lock on the first page of a long listing is
+/// judged by that page's clock, not by a much later page's.
+#[tokio::test]
+async fn list_locks_judges_each_lock_by_its_own_pages_clock() {
+    use gcslock::backend::memory::MemoryBackend;
+    use gcslock::{list_locks, Lock, LockOptions, LockStatus, Wait};
+
+    let memory = MemoryBackend::new("bkt");
+    let lock = Lock::new(
+        std::sync::Arc::new(memory.clone()),
+        "p/a",
+        LockOptions::default().ttl(Duration::from_secs(300)),
+    )
+    .expect("lock");
+    let _guard = lock.acquire(Wait::No).await.expect("acquire");
+    let held = memory
+        .read("p/a")
+        .await
+        .expect("read")
+        .value
+        .expect("lock object");
+    let item = |name: &str| {
+        serde_json::json!({
+            "name": name,
+            "generation": held.version.generation.to_string(),
+            "metageneration": held.version.metageneration.to_string(),
+            "updated": held.updated.to_rfc3339(),
+            "metadata": held.metadata,
+        })
+    };
+    let date = |after: i64| {
+        (held.updated + chrono::Duration::seconds(after))
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string()
+    };
+    let page = |date: &str, body: serde_json::Value| {
+        response(
+            "200 OK",
+            &[("Content-Type", "application/json"), ("Date", date)],
+            &body.to_string(),
+        )
+    };
+    let (endpoint, _requests) = serve(vec![
+        page(
+            &date(10),
+            serde_json::json!({"items": [item("p/a")], "nextPageToken": "t"}),
+        ),
+        // The last page answers an hour later: past the first lock's TTL.
+        page(&date(3600), serde_json::json!({"items": [item("p/b")]})),
+    ])
+    .await;
+    let locks = within(list_locks(&backend(&endpoint), "p/"))
+        .await
+        .expect("list");
+    assert_eq!(locks.len(), 2, "{locks:?}");
+    assert!(
+        matches!(locks[0], (ref name, LockStatus::Held(_)) if name == "p/a"),
+        "{locks:?}"
+    );
+    assert!(matches!(locks[1].1, LockStatus::Stale(_)), "{locks:?}");
+}
+
 #[tokio::test]
 async fn list_page_size_is_sent_as_max_results() {
     let (endpoint, mut requests) =
