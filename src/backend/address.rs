@@ -263,7 +263,7 @@ impl OpenOptions {
 /// per [`OpenOptions::endpoint`], else `STORAGE_EMULATOR_HOST`, else production with
 /// Application Default Credentials), `s3://BUCKET/KEY` and `az://CONTAINER/BLOB`
 /// (feature `object-store`; configured from the environment as
-/// [`super::object_store::ObjectStoreBackend::from_url`] describes), or
+/// `object_store::ObjectStoreBackend::from_url` describes), or
 /// `memory://NAME/OBJECT` (a process-local [`MemoryBackend`]). Sends nothing.
 ///
 /// ```

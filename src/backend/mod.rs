@@ -6,6 +6,11 @@
 //! long it may keep trying (until its lease deadline).
 //!
 //! Every backend must pass the conformance suite in `tests/conformance/`.
+//!
+//! [`open`] turns a lock URL (`gs://`, `s3://`, `az://`, `memory://`) into a
+//! backend. To observe or alter calls (count them, inject faults, rewrite
+//! responses), wrap a backend in [`intercept::Intercept`] with a
+//! [`intercept::Hook`] rather than writing another forwarding `impl Backend`.
 
 use std::collections::BTreeMap;
 use std::fmt;

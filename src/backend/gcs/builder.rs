@@ -139,7 +139,7 @@ impl GcsBackendBuilder {
         self
     }
 
-    /// The longest one upload or download of an object body ([`ObjectBodies`]) may
+    /// The longest one upload or download of an object body ([`crate::backend::ObjectBodies`]) may
     /// take in all (default 1 hour). A download also fails when no byte arrives for
     /// the request timeout. Lock requests keep the request timeout.
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
