@@ -57,7 +57,7 @@ mod token;
 
 pub use break_lock::{BreakOptions, BreakOutcome};
 pub use error::{Error, HolderSummary, LossReason};
-pub use fence::{BodySource, FenceError, FencedObject, FencedWriteExt};
+pub use fence::{BodySource, FenceError, FencedObject};
 pub use identity::default_identity;
 pub use lease::Guard;
 pub use location::{validate_bucket_name, validate_object_name, LockUrl, PrefixUrl};

@@ -122,11 +122,15 @@ pub async fn list_locks_within(
         .run(|| backend.list(prefix))
         .await
         .map_err(|error| Error::from_backend(&location, error))?;
-    let now = listing.server_time;
-    let objects = listing.value;
-    Ok(objects
+    // Each object is judged by the clock reading of the page it came from.
+    Ok(listing
         .iter()
-        .map(|info| (info.name.clone(), LockStatus::judge(Some(info), now)))
+        .map(|listed| {
+            (
+                listed.value.name.clone(),
+                LockStatus::judge(Some(&listed.value), listed.server_time),
+            )
+        })
         .collect())
 }
 

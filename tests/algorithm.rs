@@ -531,7 +531,7 @@ async fn without_a_server_date_waiters_fall_back_to_their_own_clock() {
             &self,
             p: &str,
         ) -> Result<
-            gcslock::backend::Stamped<Vec<gcslock::backend::ObjectInfo>>,
+            Vec<gcslock::backend::Stamped<gcslock::backend::ObjectInfo>>,
             gcslock::backend::BackendError,
         > {
             self.0.list(p).await

@@ -138,7 +138,7 @@ impl Backend for PanickingRefresh {
     async fn delete(&self, name: &str, expected: ObjectVersion) -> Result<(), BackendError> {
         self.inner.delete(name, expected).await
     }
-    async fn list(&self, prefix: &str) -> Result<Stamped<Vec<ObjectInfo>>, BackendError> {
+    async fn list(&self, prefix: &str) -> Result<Vec<Stamped<ObjectInfo>>, BackendError> {
         self.inner.list(prefix).await
     }
     fn describe(&self) -> String {
@@ -434,7 +434,7 @@ impl Backend for LateCreate {
     async fn delete(&self, name: &str, expected: ObjectVersion) -> Result<(), BackendError> {
         self.inner.delete(name, expected).await
     }
-    async fn list(&self, prefix: &str) -> Result<Stamped<Vec<ObjectInfo>>, BackendError> {
+    async fn list(&self, prefix: &str) -> Result<Vec<Stamped<ObjectInfo>>, BackendError> {
         self.inner.list(prefix).await
     }
     fn describe(&self) -> String {

@@ -16,7 +16,7 @@
 //!
 //! Locally:
 //! ```text
-//! export STORAGE_EMULATOR_HOST=$(fake-gcs/start-fake-gcs-server.sh --bucket gcslock-test 4443)
+//! export STORAGE_EMULATOR_HOST=$(emulators/fake-gcs-server.sh --bucket gcslock-test 4443)
 //! cargo build -p strict-gcs && target/debug/strict-gcs --port 0 --bucket gcslock-test
 //! export GCSLOCK_STRICT_EMULATOR_HOST=http://127.0.0.1:PORT   # from its first line
 //! cargo test --test cli

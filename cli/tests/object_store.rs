@@ -10,9 +10,9 @@
 //!
 //! * `memory::` — object_store's `InMemory`, always;
 //! * `s3::` — `GCSLOCK_TEST_S3_URL` (such as `s3://gcslock-test`), configured by the
-//!   usual `AWS_*` variables (moto: `emulators/start-moto.sh`);
+//!   usual `AWS_*` variables (moto: `emulators/moto.sh`);
 //! * `azure::` — `GCSLOCK_TEST_AZURE_URL` (such as `az://gcslock-test`), configured by
-//!   the usual `AZURE_*` variables (Azurite: `emulators/start-azurite.sh`).
+//!   the usual `AZURE_*` variables (Azurite: `emulators/azurite.sh`).
 //!
 //! An unset target is skipped with a message, and fails instead when
 //! `GCSLOCK_REQUIRE_OBJECT_STORE=1` (CI). Object names start with a random per-run

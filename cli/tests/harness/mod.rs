@@ -65,7 +65,7 @@ impl Emulator {
 
     fn from_env(which: &str, variable: &str, required_by: Option<&str>) -> Option<Self> {
         let Some(endpoint) = env(variable) else {
-            return not_configured(which, variable, "fake-gcs/README.md", required_by);
+            return not_configured(which, variable, "emulators/README.md", required_by);
         };
         let bucket = env("GCSLOCK_TEST_BUCKET").unwrap_or_else(|| "gcslock-test".to_owned());
         Some(Self { endpoint, bucket })
