@@ -17,7 +17,8 @@ use crate::backoff::Backoff;
 use crate::clock::{Deadline, SendTime};
 use crate::error::{Error, LossReason};
 use crate::options::LockSettings;
-use crate::record::{LockRecord, LockState};
+use crate::record::{LockRecord, LockState, RecordedSlot};
+use crate::slot::Slot;
 use crate::token::FencingToken;
 
 /// Proof of holding a lock. Refreshes the lease in the background until released
@@ -31,6 +32,8 @@ use crate::token::FencingToken;
 pub struct Guard {
     lease: Arc<Lease>,
     keep_alive: Option<JoinHandle<()>>,
+    /// The slot this guard was acquired for ([`crate::Lock::acquire_slot`]).
+    slot: Option<Slot>,
 }
 
 #[derive(Debug)]
@@ -75,7 +78,18 @@ impl Guard {
         Self {
             lease,
             keep_alive: Some(keep_alive),
+            slot: None,
         }
+    }
+
+    pub(crate) fn set_slot(&mut self, slot: Slot) {
+        self.slot = Some(slot);
+    }
+
+    /// The slot this guard was acquired for, if it came from
+    /// [`crate::Lock::acquire_slot`].
+    pub fn slot(&self) -> Option<Slot> {
+        self.slot
     }
 
     /// This holder's fencing token: larger than every earlier holder's.
@@ -182,9 +196,42 @@ impl Guard {
         if let Some(task) = self.keep_alive.take() {
             stop_keep_alive(&self.lease, task).await;
         }
-        let result = release(&self.lease).await;
+        let result = release(&self.lease, None).await;
         self.lease.mark_lost(LossReason::Released);
         result
+    }
+
+    /// Releases the lock and records the slot given to
+    /// [`crate::Lock::acquire_slot`] as completed, in the same conditional write: call
+    /// it when the work succeeded. The slot is recorded only if the lease is still
+    /// valid when the release is sent; otherwise the lock is released as by
+    /// [`Guard::release`] and `Error::LeaseLost` says so, leaving the slot open.
+    /// A guard acquired without a slot is released and `Error::InvalidInput` returned.
+    pub async fn release_completed(mut self) -> Result<(), Error> {
+        let valid = self.check();
+        let completion = match (self.slot, &valid) {
+            (Some(slot), Ok(())) => Some(RecordedSlot {
+                slot,
+                by: self.lease.record.holder.clone(),
+                at: None,
+            }),
+            _ => None,
+        };
+        if let Some(task) = self.keep_alive.take() {
+            stop_keep_alive(&self.lease, task).await;
+        }
+        let result = release(&self.lease, completion).await;
+        self.lease.mark_lost(LossReason::Released);
+        valid?;
+        result?;
+        if self.slot.is_none() {
+            return Err(Error::InvalidInput(
+                "release_completed on a guard acquired without a slot (use Lock::acquire_slot); \
+                 released without recording one"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     fn check_time_for(&self, needed: Duration) -> Result<(), Error> {
@@ -218,7 +265,7 @@ impl Drop for Guard {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     stop_keep_alive(&lease, task).await;
-                    if let Err(error) = release(&lease).await {
+                    if let Err(error) = release(&lease, None).await {
                         tracing::warn!(lock = %lease.lock.url, %error, "background release after drop failed");
                     }
                     lease.mark_lost(LossReason::Released);
@@ -426,7 +473,7 @@ fn renewed(lease: &Lease, version: ObjectVersion, refresh_seq: u64, sent: SendTi
 
 /// Marks the object released if it is still ours. Retries transient failures until
 /// the lease would have gone stale anyway.
-async fn release(lease: &Lease) -> Result<(), Error> {
+async fn release(lease: &Lease, completion: Option<RecordedSlot>) -> Result<(), Error> {
     let lock = &lease.lock;
     let lost_before = lease.lost.borrow().clone();
     let outcome = || match lost_before.clone() {
@@ -443,8 +490,12 @@ async fn release(lease: &Lease) -> Result<(), Error> {
     {
         return outcome(); // nothing of ours left to release
     }
-    let give_up_at =
-        (lease.state().deadline.monotonic + lock.margin * 2).max(Instant::now() + lock.poll_min);
+    let give_up_at = if lock.forever {
+        // A forever lease never goes stale by itself: give up as after an outage.
+        Instant::now() + lock.unavailable_timeout.max(lock.poll_min)
+    } else {
+        (lease.state().deadline.monotonic + lock.margin * 2).max(Instant::now() + lock.poll_min)
+    };
     let mut backoff = Backoff::new(
         lock.poll_min.min(Duration::from_millis(100)),
         lock.refresh_interval,
@@ -454,7 +505,11 @@ async fn release(lease: &Lease) -> Result<(), Error> {
             let state = lease.state();
             (state.version, state.refresh_seq + 1)
         };
-        let tombstone = lease.record(LockState::Released, seq).to_metadata();
+        let mut tombstone = lease.record(LockState::Released, seq);
+        if completion.is_some() {
+            tombstone.completed.clone_from(&completion);
+        }
+        let tombstone = tombstone.to_metadata();
         let error = match lock
             .backend
             .update_metadata(&lock.object, version, &tombstone)

@@ -51,6 +51,7 @@ mod location;
 mod lock;
 mod options;
 mod record;
+mod slot;
 mod status;
 mod token;
 
@@ -62,7 +63,8 @@ pub use lease::Guard;
 pub use location::{validate_bucket_name, validate_object_name, LockUrl, PrefixUrl};
 pub use lock::{Lock, Wait};
 pub use options::LockOptions;
-pub use record::{LockRecord, LockState};
+pub use record::{LockRecord, LockState, RecordedSlot, Ttl};
+pub use slot::{CompletedSlot, Slot, SlotAcquire, MAX_PERIOD, MIN_PERIOD};
 pub use status::{list_locks, HeldStatus, LockStatus};
 pub use token::FencingToken;
 
