@@ -3,12 +3,13 @@
 #
 #   scripts/demo.sh
 #
-# Builds gcslock and a local GCS emulator (strict-gcs, which enforces GCS's
-# conditional requests exactly; fake-gcs-server if strict-gcs cannot be built), then:
+# Builds gcslock and starts a local GCS emulator (emulators/strict-gcs.sh: strict-gcs,
+# which enforces GCS's conditional requests exactly; emulators/fake-gcs-server.sh if
+# strict-gcs cannot be built), then:
 #   1. three jobs start at once on one lock: one runs, the other two are told it is busy;
 #   2. a holder crashes (SIGKILL) without releasing; a waiter takes the lock over once
 #      the crashed holder's lease has run out by the storage server's clock.
-# Everything it starts is stopped on exit.
+# Everything it starts is stopped on exit. Needs cargo, curl and python3.
 #
 # GCSLOCK_DEMO_EMULATOR=fake-gcs-server skips strict-gcs and uses fake-gcs-server.
 # The jobs' scripts are single-quoted on purpose: $GCSLOCK_TOKEN expands in the job.
@@ -22,8 +23,7 @@ BUCKET=gcslock-demo
 LOCK="gs://$BUCKET/jobs/nightly-report"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gcslock-demo.XXXXXX")"
 
-EMULATOR_PID=""
-FAKE_GCS_PORT=""
+EMULATOR=""
 BACKGROUND=()
 
 if [[ -t 1 ]]; then
@@ -42,12 +42,8 @@ cleanup() {
   if [[ -f "$WORK/holder-child.pid" ]]; then
     kill -KILL -- "-$(cat "$WORK/holder-child.pid")" 2>/dev/null || true
   fi
-  if [[ -n "$EMULATOR_PID" ]]; then
-    kill -TERM "$EMULATOR_PID" 2>/dev/null || true
-    wait "$EMULATOR_PID" 2>/dev/null || true
-  fi
-  if [[ -n "$FAKE_GCS_PORT" ]]; then
-    fake-gcs/start-fake-gcs-server.sh --stop "$FAKE_GCS_PORT" "$WORK/fake-gcs" 2>/dev/null || true
+  if [[ -n "$EMULATOR" ]]; then
+    "emulators/$EMULATOR.sh" --stop "${STORAGE_EMULATOR_HOST##*:}" "$WORK/$EMULATOR" 2>/dev/null || true
   fi
   rm -rf "$WORK"
   exit "$status"
@@ -72,42 +68,22 @@ bold "Building gcslock and the strict GCS emulator (first run: a few minutes)...
 cargo build --quiet -p gcslock-cli --bin gcslock
 GCSLOCK="$TARGET_DIR/debug/gcslock"
 
-start_strict_gcs() {
-  cargo build --quiet -p strict-gcs 2>"$WORK/strict-build.log" || return 1
-  "$TARGET_DIR/debug/strict-gcs" --host 127.0.0.1 --port 0 --bucket "$BUCKET" \
-    >"$WORK/strict.out" 2>"$WORK/strict.err" &
-  EMULATOR_PID=$!
-  for _ in $(seq 100); do
-    if read -r first <"$WORK/strict.out" 2>/dev/null && [[ "$first" == "listening on "* ]]; then
-      STORAGE_EMULATOR_HOST="${first#listening on }"
-      return 0
-    fi
-    kill -0 "$EMULATOR_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -TERM "$EMULATOR_PID" 2>/dev/null || true
-  EMULATOR_PID=""
-  return 1
+# start_emulator NAME: emulators/NAME.sh on a free port, serving the bucket.
+start_emulator() {
+  STORAGE_EMULATOR_HOST="$("emulators/$1.sh" --bucket "$BUCKET" 0 "$WORK/$1" 2>"$WORK/$1.log")" \
+    || return 1
+  EMULATOR="$1"
 }
 
-start_fake_gcs() {
-  FAKE_GCS_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
-  STORAGE_EMULATOR_HOST="$(fake-gcs/start-fake-gcs-server.sh --bucket "$BUCKET" "$FAKE_GCS_PORT" "$WORK/fake-gcs" 2>"$WORK/fake-gcs.log")" \
-    || { cat "$WORK/fake-gcs.log" >&2; die "cannot start fake-gcs-server either"; }
-}
-
-if [[ "${GCSLOCK_DEMO_EMULATOR:-strict-gcs}" == fake-gcs-server ]]; then
-  start_fake_gcs
-  say "fake-gcs-server is serving bucket $BUCKET at $STORAGE_EMULATOR_HOST"
-elif start_strict_gcs; then
-  say "strict-gcs is serving bucket $BUCKET at $STORAGE_EMULATOR_HOST"
-else
+if [[ "${GCSLOCK_DEMO_EMULATOR:-strict-gcs}" != fake-gcs-server ]] && ! start_emulator strict-gcs; then
   say "strict-gcs could not be built or started (see below); falling back to fake-gcs-server."
   say "(fake-gcs-server ignores some preconditions, so expect warnings from gcslock.)"
-  tail -n 5 "$WORK/strict-build.log" "$WORK/strict.err" 2>/dev/null | sed 's/^/    /' || true
-  start_fake_gcs
-  say "fake-gcs-server is serving bucket $BUCKET at $STORAGE_EMULATOR_HOST"
+  tail -n 5 "$WORK/strict-gcs.log" | sed 's/^/    /' || true
 fi
+if [[ -z "$EMULATOR" ]]; then
+  start_emulator fake-gcs-server || { cat "$WORK/fake-gcs-server.log" >&2; die "cannot start fake-gcs-server either"; }
+fi
+say "$EMULATOR is serving bucket $BUCKET at $STORAGE_EMULATOR_HOST"
 # gcslock talks to the emulator (plain HTTP, no credentials) when this is set.
 export STORAGE_EMULATOR_HOST
 

@@ -22,7 +22,7 @@ pub fn wall_ns() -> anyhow::Result<i64> {
 
 /// Milliseconds as nanoseconds.
 pub const fn ms(ms: u64) -> u64 {
-    ms * 1_000_000
+    ms.saturating_mul(1_000_000)
 }
 
 /// `+12.345s` relative to `origin`; negative when before it.

@@ -1,8 +1,7 @@
-//! Starting strict-gcs, and its control endpoint over a tiny HTTP/1.1 client
-//! (loopback only, `Connection: close`; no async runtime needed).
+//! Starting strict-gcs, and its control endpoint (`/_strict/...`) over ureq: a
+//! blocking client, so the orchestrator needs no async runtime.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpStream;
+use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -19,7 +18,7 @@ pub struct Emulator {
     child: Child,
     /// `http://127.0.0.1:PORT`
     pub endpoint: String,
-    host_port: String,
+    control: Control,
 }
 
 impl Emulator {
@@ -69,16 +68,11 @@ impl Emulator {
                 stderr_path.display()
             );
         };
-        let endpoint = endpoint.to_owned();
-        let host_port = endpoint
-            .strip_prefix("http://")
-            .context("strict-gcs's address is not http://")?
-            .trim_end_matches('/')
-            .to_owned();
+        let endpoint = endpoint.trim_end_matches('/').to_owned();
         let emulator = Self {
             child,
+            control: Control::new(&endpoint),
             endpoint,
-            host_port,
         };
         emulator
             .stats()
@@ -88,54 +82,12 @@ impl Emulator {
 
     /// `GET /_strict/stats`.
     pub fn stats(&self) -> anyhow::Result<Value> {
-        self.request("GET", "/_strict/stats", None)
+        self.control.stats()
     }
 
     /// `POST /_strict/faults` with a partial update.
     pub fn set_faults(&self, update: &Value) -> anyhow::Result<Value> {
-        self.request("POST", "/_strict/faults", Some(update))
-    }
-
-    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let mut stream = TcpStream::connect(&self.host_port)
-            .with_context(|| format!("cannot connect to {}", self.host_port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.host_port,
-            body.len()
-        )?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .with_context(|| format!("{method} {path}: cannot read the response"))?;
-        let text = String::from_utf8_lossy(&response);
-        let (head, payload) = text
-            .split_once("\r\n\r\n")
-            .with_context(|| format!("{method} {path}: malformed response {text:?}"))?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse::<u16>().ok())
-            .with_context(|| format!("{method} {path}: no status in {head:?}"))?;
-        let chunked = head.lines().any(|l| {
-            l.to_ascii_lowercase()
-                .starts_with("transfer-encoding: chunked")
-        });
-        let payload = if chunked {
-            dechunk(payload)?
-        } else {
-            payload.to_owned()
-        };
-        if status != 200 {
-            bail!("{method} {path}: HTTP {status}: {payload}");
-        }
-        serde_json::from_str(&payload)
-            .with_context(|| format!("{method} {path}: not JSON: {payload:?}"))
+        self.control.set_faults(update)
     }
 
     /// SIGTERM, then SIGKILL after 5 s.
@@ -164,18 +116,61 @@ impl Drop for Emulator {
     }
 }
 
-fn dechunk(mut body: &str) -> anyhow::Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").context("malformed chunk")?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-            .context("malformed chunk size")?;
-        if size == 0 {
-            return Ok(out);
+/// strict-gcs's control endpoint.
+#[derive(Debug)]
+struct Control {
+    agent: ureq::Agent,
+    endpoint: String,
+}
+
+impl Control {
+    fn new(endpoint: &str) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            // Loopback: never through a proxy from the environment.
+            .proxy(None)
+            // Error statuses are reported with their body, below.
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self {
+            agent,
+            endpoint: endpoint.to_owned(),
         }
-        let chunk = rest.get(..size).context("short chunk")?;
-        out.push_str(chunk);
-        body = rest.get(size..).unwrap_or("").trim_start_matches("\r\n");
+    }
+
+    fn stats(&self) -> anyhow::Result<Value> {
+        let path = "/_strict/stats";
+        let response = self.agent.get(format!("{}{path}", self.endpoint)).call();
+        Self::json("GET", path, response)
+    }
+
+    fn set_faults(&self, update: &Value) -> anyhow::Result<Value> {
+        let path = "/_strict/faults";
+        let response = self
+            .agent
+            .post(format!("{}{path}", self.endpoint))
+            .send_json(update);
+        Self::json("POST", path, response)
+    }
+
+    /// The JSON body of a 200 answer; anything else is an error naming the request.
+    fn json(
+        method: &str,
+        path: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<Value> {
+        let mut response = response.with_context(|| format!("{method} {path}"))?;
+        let status = response.status();
+        let payload = response
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("{method} {path}: cannot read the response"))?;
+        if status != ureq::http::StatusCode::OK {
+            bail!("{method} {path}: HTTP {}: {payload}", status.as_u16());
+        }
+        serde_json::from_str(&payload)
+            .with_context(|| format!("{method} {path}: not JSON: {payload:?}"))
     }
 }
 
@@ -197,14 +192,75 @@ pub fn faults_injected(stats: &Value) -> Vec<(String, u64)> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpListener;
+
     use super::*;
 
+    /// Serves one connection with `response`, and hands back the request's head.
+    fn serve_once(response: &'static str) -> (String, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") {
+                stream.read_exact(&mut byte).unwrap();
+                request.push(byte[0]);
+            }
+            let head = String::from_utf8(request).unwrap();
+            // Read the body too: closing with unread input would reset the connection.
+            let length = head
+                .lines()
+                .find_map(|line| {
+                    line.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+            let mut body = vec![0u8; length];
+            stream.read_exact(&mut body).unwrap();
+            stream.write_all(response.as_bytes()).unwrap();
+            head
+        });
+        (endpoint, server)
+    }
+
     #[test]
-    fn dechunks_and_counts_faults() {
-        assert_eq!(
-            dechunk("4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n").unwrap_or_default(),
-            "{\"a\":1}"
+    fn reads_a_chunked_json_answer() {
+        let (endpoint, server) = serve_once(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n",
         );
+        let stats = Control::new(&endpoint).stats().unwrap();
+        assert_eq!(stats, serde_json::json!({"a": 1}));
+        assert!(server
+            .join()
+            .unwrap()
+            .starts_with("GET /_strict/stats HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn reports_an_error_status_with_its_body() {
+        let (endpoint, server) = serve_once(
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: 13\r\nConnection: close\r\n\r\nunknown fault",
+        );
+        let error = Control::new(&endpoint)
+            .set_faults(&serde_json::json!({"nope": 1}))
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "POST /_strict/faults: HTTP 400: unknown fault"
+        );
+        assert!(server
+            .join()
+            .unwrap()
+            .starts_with("POST /_strict/faults HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn counts_faults() {
         let stats = serde_json::json!({"faults": {"fail_503": 3, "latency": 99, "reset_after": 5, "fail_429": 0}});
         assert_eq!(
             faults_injected(&stats),

@@ -441,7 +441,7 @@ fn launch(
         .args(["-q", "run", "--wait", wait])
         .args(["--ttl", &format!("{}ms", scenario.ttl_ms)])
         .args(["--refresh-interval", &format!("{}ms", scenario.refresh_ms)])
-        .args(["--kill-grace", "1s"])
+        .args(["--kill-grace", "500ms"])
         .args(["--identity", &format!("chaos-{run}")])
         .args(["--endpoint", &shared.endpoint, LOCK_URL, "--"])
         .arg(&ctx.self_exe)

@@ -63,6 +63,10 @@ pub enum Command {
     /// Write an object's body to stdout (and, with --show-token, its token to stderr)
     #[command(long_about = cmd::cat::LONG_ABOUT, after_long_help = cmd::cat::HELP)]
     Cat(cmd::cat::CatArgs),
+
+    /// Used by `run`: kills the command's process group if gcslock dies
+    #[command(name = cmd::run::watchdog::SUBCOMMAND, hide = true)]
+    Watchdog(cmd::run::watchdog::WatchdogArgs),
 }
 
 #[cfg(test)]

@@ -24,8 +24,9 @@ Exit codes:
          --busy-exit-code changes it. `gcslock break --token N`: the lock carries
          another token or changed meanwhile; nothing was broken. `gcslock put`:
          concurrent writers kept winning the race (contended)
-  76     the lease was lost while the command ran; the command was stopped (or, if the
-         lease ran out before it could start, e.g. gcslock was suspended, not started)
+  76     the lease was lost, or was about to run out unrefreshed, while the command ran;
+         the command was stopped (or, if the lease ran out before it could start, e.g.
+         gcslock was suspended, not started)
   77     permission denied by storage, or no credentials (EX_NOPERM)
   78     `gcslock put`: the fencing token is stale: the object was already written with
          a larger one, by a newer holder; nothing was written

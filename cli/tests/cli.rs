@@ -588,7 +588,7 @@ async fn lease_lost_to_break_kills_grandchildren_and_exits_76() {
     let url = emulator.url("lost");
     let mut args = vec!["run"];
     args.extend_from_slice(&SHORT_TTL);
-    args.extend_from_slice(&["--kill-grace", "5s", &url, "--", "sh", "-c"]);
+    args.extend_from_slice(&["--kill-grace", "500ms", &url, "--", "sh", "-c"]);
     // `sleep` is a grandchild of gcslock: consul would leave it running.
     args.push(r#"sleep 300 & echo "grandchild $!"; wait"#);
     let mut holder = Running::start(gcslock(Some(&emulator), &args));

@@ -416,7 +416,7 @@ async fn cli_s3_lease_lost_to_break_exits_76() {
     };
     let url = unique_url(&base, "lost");
     let mut extra = SHORT_TTL.to_vec();
-    extra.extend(["--kill-grace", "5s"]);
+    extra.extend(["--kill-grace", "500ms"]);
     let (mut holder, _, _) = hold(None, &url, &extra).await;
     let broken = output(gcslock(None, &["break", &url])).await;
     assert_eq!(broken.status.code(), Some(0), "{}", describe(&broken));

@@ -282,3 +282,20 @@ pub fn wait_for(emulator: Option<&Emulator>, url: &str, extra: &[&str]) -> Runni
     ]);
     Running::start(gcslock(emulator, &args))
 }
+
+impl Running {
+    /// Reads stdout to its end (every process holding it has closed it or died),
+    /// under the hang guard; returns the lines read.
+    pub async fn stdout_to_end(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let read_all = async {
+            while let Some(line) = self.stdout.next_line().await.expect("reading stdout") {
+                lines.push(line);
+            }
+        };
+        timeout(HANG_GUARD, read_all)
+            .await
+            .unwrap_or_else(|_| panic!("stdout still open after {HANG_GUARD:?}"));
+        lines
+    }
+}

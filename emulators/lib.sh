@@ -1,17 +1,18 @@
 # shellcheck shell=bash
-# Shared by the scripts that run a storage emulator on 127.0.0.1 without Docker:
-# fake-gcs/start-fake-gcs-server.sh, emulators/start-moto.sh and
-# emulators/start-azurite.sh (and emulators/start.sh, for free ports).
+# The one shell library of the emulator scripts in this folder: fake-gcs-server.sh,
+# strict-gcs.sh, moto.sh and azurite.sh each run one storage emulator on 127.0.0.1
+# without Docker; start-all.sh and stop-all.sh run them together.
 #
 # Source it, set the variables below, define the hooks, and call `emu_main "$@"`.
-# It gives every script the same command line:
+# It gives every emulator script the same command line:
 #
 #   SCRIPT [OPTION NAME]... PORT [STATE_DIR]   start (or reuse), create NAMEs, print the URL
+#                                              (PORT 0 picks a free port)
 #   SCRIPT --stop PORT [STATE_DIR]             stop the server started for PORT
 #   SCRIPT --help                              the script's header comment
 #
 # Variables (set before emu_main):
-#   EMU_NAME          prefix of messages (start-moto)
+#   EMU_NAME          prefix of messages (moto)
 #   EMU_WHAT          the server in messages (moto)
 #   EMU_PROC          a word of the server's command line, so a reused pid is not taken for it
 #   EMU_FILE          pid and log files: STATE_DIR/EMU_FILE.pid and .log
@@ -25,6 +26,11 @@
 #   emu_reuse_foreign optional: true (after saying so) to reuse a server this script
 #                     did not start
 # emu_main sets PORT, STATE_DIR, PID_FILE, LOG_FILE, URL and EMU_TO_CREATE for them.
+
+PYTHON="${PYTHON:-python3}"
+# Where installs go, one folder per emulator.
+# shellcheck disable=SC2034 # read by the scripts that source this
+EMU_CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/gcslock"
 
 say() { echo "$EMU_NAME: $*" >&2; }
 die() { echo "$EMU_NAME: ERROR: $*" >&2; exit 1; }
@@ -42,7 +48,7 @@ emu_need() {
 
 # A TCP port that is free on 127.0.0.1 now.
 emu_free_port() {
-  "${PYTHON:-python3}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
 # The pid in the pid file if it is alive and is our server (not a reused pid).
@@ -114,6 +120,14 @@ emu_pip_venv() {
     || die "pip could not install $package"
 }
 
+# emu_npm_install DIR PACKAGE: PACKAGE installed with npm under the prefix DIR
+# (for emu_staged_install).
+emu_npm_install() {
+  local dir="$1" package="$2"
+  npm install --prefix "$dir" --no-audit --no-fund --loglevel=error "$package" >&2 \
+    || die "npm could not install $package"
+}
+
 # emu_http_create KIND NAME CURL_ARGS...: creates KIND NAME with one request
 # (200 created, 409 already there).
 emu_http_create() {
@@ -129,6 +143,15 @@ emu_http_create() {
   rm -f "$body"
 }
 
+# emu_gcs_create_bucket NAME: creates bucket NAME through the GCS JSON API on $URL.
+emu_gcs_create_bucket() {
+  local bucket="$1"
+  [[ "$bucket" =~ ^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$ ]] \
+    || die "invalid bucket name '$bucket': use 3-222 lowercase letters, digits, '-', '_' or '.'"
+  emu_http_create bucket "$bucket" -X POST -H 'Content-Type: application/json' \
+    -d "{\"name\":\"$bucket\"}" "$URL/storage/v1/b"
+}
+
 # Waits, at most START_TIMEOUT seconds, until the server answers; fails at once if
 # the server it started exits.
 emu_wait_until_answers() {
@@ -142,6 +165,7 @@ emu_wait_until_answers() {
     fi
     if ((SECONDS >= deadline)); then
       tail -n 20 "$LOG_FILE" >&2 || true
+      emu_stop
       die "$EMU_WHAT did not answer on $URL within ${START_TIMEOUT}s"
     fi
     sleep 0.2
@@ -164,7 +188,11 @@ emu_main() {
   done
   [[ $# -ge 1 && $# -le 2 ]] || usage
   PORT="$1"
-  [[ "$PORT" =~ ^[0-9]+$ && "$PORT" -ge 1 && "$PORT" -le 65535 ]] || die "PORT must be a number from 1 to 65535, got '$PORT'"
+  [[ "$PORT" =~ ^[0-9]+$ && "$PORT" -le 65535 ]] || die "PORT must be a number from 0 to 65535, got '$PORT'"
+  if ((PORT == 0)); then
+    $stop && die "--stop needs the port the server was started on"
+    PORT="$(emu_free_port)"
+  fi
   STATE_DIR="${2:-${TMPDIR:-/tmp}/$EMU_STATE_PREFIX-$PORT}"
   PID_FILE="$STATE_DIR/$EMU_FILE.pid"
   LOG_FILE="$STATE_DIR/$EMU_FILE.log"

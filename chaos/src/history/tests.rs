@@ -1,0 +1,423 @@
+use super::events::parse;
+use super::sections::SectionEnd;
+use super::*;
+
+const S: u64 = 1_000_000_000;
+
+fn run(worker: u32, attempt: u32) -> RunId {
+    RunId { worker, attempt }
+}
+
+fn start(r: RunId, t: u64, token: u64) -> Event {
+    let mut e = Event::new(Kind::Start, t).run(r);
+    e.token = Some(token);
+    e.pid = Some(1000 + i32::try_from(r.worker * 100 + r.attempt).unwrap_or(0));
+    e
+}
+
+fn end(r: RunId, t: u64, token: u64) -> Event {
+    let mut e = Event::new(Kind::End, t).run(r);
+    e.token = Some(token);
+    e.commit = Some(COMMIT_UNFENCED.into());
+    e
+}
+
+fn section(r: RunId, from: u64, to: u64, token: u64) -> [Event; 2] {
+    [start(r, from, token), end(r, to, token)]
+}
+
+fn begin(ttl_ms: u64) -> Event {
+    let mut e = Event::new(Kind::Begin, 0);
+    e.ttl_ms = Some(ttl_ms);
+    e
+}
+
+fn final_state(t: u64, state: &str) -> Event {
+    let mut e = Event::new(Kind::Final, t);
+    e.state = Some(state.into());
+    e
+}
+
+fn exit(r: RunId, t: u64) -> Event {
+    let mut e = Event::new(Kind::Exit, t).run(r);
+    e.code = Some(0);
+    e
+}
+
+fn kinds(a: &Analysis, expected: bool) -> Vec<FindingKind> {
+    a.findings
+        .iter()
+        .filter(|f| f.expected == expected)
+        .map(|f| f.kind)
+        .collect()
+}
+
+fn clean(events: &[Event]) -> Analysis {
+    analyze(events, &[])
+}
+
+#[test]
+fn a_clean_serial_history_passes() {
+    let mut events = vec![begin(2000)];
+    events.extend(section(run(1, 0), S, 2 * S, 1));
+    events.push(exit(run(1, 0), 2 * S + 10));
+    events.extend(section(run(2, 0), 3 * S, 4 * S, 2));
+    events.extend(section(run(1, 1), 4 * S, 5 * S, 3)); // touching is not overlapping
+    events.push(exit(run(2, 0), 5 * S));
+    events.push(final_state(5 * S + 100, "released"));
+    let a = clean(&events);
+    assert!(a.findings.is_empty(), "{:?}", a.findings);
+    assert_eq!(a.max_concurrent, 1);
+    assert_eq!(a.sections.len(), 3);
+}
+
+#[test]
+fn detects_an_overlap_of_unpaused_holders() {
+    let mut events = vec![];
+    events.extend(section(run(1, 0), S, 3 * S, 1));
+    events.extend(section(run(2, 0), 2 * S, 4 * S, 2));
+    let a = clean(&events);
+    assert_eq!(kinds(&a, false), vec![FindingKind::Overlap]);
+    assert_eq!(a.max_concurrent, 2);
+    assert!(
+        a.findings[0].message.contains("1.000s"),
+        "{}",
+        a.findings[0].message
+    );
+    assert_eq!(a.findings[0].runs, vec![run(1, 0), run(2, 0)]);
+}
+
+#[test]
+fn detects_overlap_with_a_section_nested_inside_another() {
+    let mut events = vec![];
+    events.extend(section(run(1, 0), S, 10 * S, 1));
+    events.extend(section(run(2, 0), 4 * S, 5 * S, 2));
+    events.extend(section(run(3, 0), 11 * S, 12 * S, 3));
+    let a = clean(&events);
+    // The outer section also commits token 1 after the inner one committed 2.
+    assert_eq!(
+        kinds(&a, false),
+        vec![FindingKind::Overlap, FindingKind::CommitTokenRegression]
+    );
+}
+
+#[test]
+fn a_pause_does_not_excuse_an_overlap_that_began_before_it() {
+    let a_run = run(1, 0);
+    let mut stop = Event::new(Kind::Stop, 3 * S).run(a_run);
+    stop.sent = Some(3 * S);
+    let mut events = vec![start(a_run, S, 1), stop];
+    // Worker 2 starts at 2s, while worker 1 was still running unpaused.
+    events.extend(section(run(2, 0), 2 * S, 6 * S, 2));
+    events.push(end(a_run, 7 * S, 1));
+    let a = clean(&events);
+    assert_eq!(kinds(&a, false), vec![FindingKind::Overlap]);
+    // The stale commit after the pause is still the expected kind of anomaly.
+    assert_eq!(kinds(&a, true), vec![FindingKind::CommitTokenRegression]);
+    // A stop sent after the section ended explains nothing either.
+    let mut late = Event::new(Kind::Stop, 9 * S).run(run(3, 0));
+    late.sent = Some(9 * S);
+    let mut events = vec![late];
+    events.extend(section(run(3, 0), S, 8 * S, 3));
+    events.extend(section(run(4, 0), 4 * S, 5 * S, 4));
+    let a = clean(&events);
+    assert!(
+        a.count(FindingKind::Overlap, false) == 1,
+        "{:?}",
+        a.findings
+    );
+}
+
+#[test]
+fn a_killed_section_lasts_until_the_kill_was_seen() {
+    let r = run(1, 0);
+    let mut kill = Event::new(Kind::Kill, 3 * S).run(r);
+    kill.sent = Some(3 * S - 1000);
+    // Killed holder, then a survivor after the kill: fine.
+    let ok = vec![
+        start(r, S, 1),
+        kill.clone(),
+        start(run(2, 0), 6 * S, 2),
+        end(run(2, 0), 7 * S, 2),
+    ];
+    let a = clean(&ok);
+    assert!(a.findings.is_empty(), "{:?}", a.findings);
+    assert_eq!(a.sections[0].end, SectionEnd::Killed { t: 3 * S });
+    // A survivor that starts before the kill overlaps the killed section.
+    let bad = vec![
+        start(r, S, 1),
+        start(run(2, 0), 2 * S, 2),
+        kill,
+        end(run(2, 0), 7 * S, 2),
+    ];
+    assert_eq!(kinds(&clean(&bad), false), vec![FindingKind::Overlap]);
+}
+
+#[test]
+fn a_section_without_any_end_is_unresolved_and_overlaps_everything_after() {
+    let events = vec![
+        start(run(1, 0), S, 1),
+        start(run(2, 0), 9 * S, 2),
+        end(run(2, 0), 10 * S, 2),
+    ];
+    let a = clean(&events);
+    assert_eq!(
+        kinds(&a, false),
+        vec![FindingKind::UnresolvedEnd, FindingKind::Overlap]
+    );
+    // A death bounds it.
+    let mut dead = Event::new(Kind::Dead, 2 * S);
+    dead.pid = events[0].pid;
+    let mut resolved = events.clone();
+    resolved.push(dead);
+    assert!(clean(&resolved).findings.is_empty());
+}
+
+#[test]
+fn an_aborted_section_ends_at_its_abort() {
+    let r = run(1, 0);
+    let mut abort = Event::new(Kind::Abort, 2 * S).run(r);
+    abort.signal = Some(15);
+    let events = vec![
+        start(r, S, 1),
+        abort,
+        start(run(2, 0), 3 * S, 2),
+        end(run(2, 0), 4 * S, 2),
+    ];
+    let a = clean(&events);
+    assert!(a.findings.is_empty(), "{:?}", a.findings);
+    assert_eq!(
+        a.sections[0].end,
+        SectionEnd::Aborted {
+            t: 2 * S,
+            signal: 15
+        }
+    );
+}
+
+#[test]
+fn detects_a_commit_token_regression() {
+    // Serial sections, but the later commit carries a smaller token.
+    let mut events = vec![];
+    events.extend(section(run(1, 0), S, 2 * S, 5));
+    events.extend(section(run(2, 0), 3 * S, 4 * S, 4));
+    let a = clean(&events);
+    assert_eq!(
+        kinds(&a, false),
+        vec![
+            FindingKind::AcquireTokenRegression,
+            FindingKind::CommitTokenRegression
+        ]
+    );
+    // Equal tokens: a duplicate, and a commit that is not greater.
+    let mut events = vec![];
+    events.extend(section(run(1, 0), S, 2 * S, 5));
+    events.extend(section(run(2, 0), 3 * S, 4 * S, 5));
+    assert_eq!(
+        kinds(&clean(&events), false),
+        vec![
+            FindingKind::DuplicateToken,
+            FindingKind::CommitTokenRegression
+        ]
+    );
+}
+
+#[test]
+fn commit_order_is_judged_by_commit_time_not_start_time() {
+    // Sections overlap (violation), and the commit of the older token lands last.
+    let mut events = vec![];
+    events.extend(section(run(1, 0), S, 5 * S, 1));
+    events.extend(section(run(2, 0), 2 * S, 3 * S, 2));
+    let a = clean(&events);
+    assert!(
+        a.count(FindingKind::CommitTokenRegression, false) == 1,
+        "{:?}",
+        a.findings
+    );
+    assert!(a.count(FindingKind::Overlap, false) == 1);
+}
+
+#[test]
+fn pauses_make_overlap_and_stale_commits_expected_but_only_for_the_paused_holder() {
+    let paused = run(1, 0);
+    let mut stop = Event::new(Kind::Stop, 2 * S).run(paused);
+    stop.pid = Some(1);
+    let mut events = vec![
+        start(paused, S, 1),
+        stop,
+        Event::new(Kind::Cont, 7 * S).run(paused),
+    ];
+    events.extend(section(run(2, 0), 4 * S, 6 * S, 2));
+    events.push(end(paused, 7 * S + 1000, 1)); // the stale holder commits after resuming
+    let a = clean(&events);
+    assert_eq!(a.violations().count(), 0, "{:?}", a.findings);
+    assert_eq!(
+        kinds(&a, true),
+        vec![FindingKind::Overlap, FindingKind::CommitTokenRegression]
+    );
+    assert_eq!(a.max_concurrent, 2);
+
+    // Two unpaused holders overlapping in the same history is still a violation.
+    events.extend(section(run(3, 0), 8 * S, 9 * S, 3));
+    events.extend(section(run(4, 0), 8 * S + 500, 10 * S, 4));
+    let a = clean(&events);
+    assert_eq!(kinds(&a, false), vec![FindingKind::Overlap]);
+}
+
+#[test]
+fn a_section_started_after_its_gcslock_resumed_is_not_excused() {
+    // gcslock paused while acquiring (no section yet), resumed at 6s, and only
+    // then started its command although w2 held the lock: not excused.
+    let late = run(1, 0);
+    let mut stop = Event::new(Kind::Stop, S).run(late);
+    stop.sent = Some(S);
+    let mut events = vec![stop, Event::new(Kind::Cont, 6 * S).run(late)];
+    events.extend(section(run(2, 0), 4 * S, 8 * S, 2));
+    events.push(start(late, 6 * S + 1000, 1));
+    let mut abort = Event::new(Kind::Abort, 6 * S + 5000).run(late);
+    abort.signal = Some(15);
+    events.push(abort);
+    let a = clean(&events);
+    assert_eq!(
+        kinds(&a, false),
+        vec![FindingKind::Overlap, FindingKind::AcquireTokenRegression]
+    );
+    // Had the section started while gcslock was still stopped (its child was
+    // already on its way), the overlap would be the expected kind.
+    let last = events.len() - 2;
+    events[last] = start(late, 5 * S, 1);
+    let a = clean(&events);
+    assert_eq!(a.violations().count(), 0, "{:?}", a.findings);
+}
+
+#[test]
+fn a_command_started_on_an_expired_lease_without_recording_is_caught() {
+    let late = run(0, 0);
+    let mut stop = Event::new(Kind::Stop, S).run(late);
+    stop.sent = Some(S);
+    stop.state = Some(STOPPED_NO_COMMAND.into());
+    let mut unrecorded = Event::new(Kind::Unrecorded, 6 * S + 3000).run(late);
+    unrecorded.pid = Some(4242);
+    unrecorded.note = Some("gcslock: error: lease lost while the command ran".into());
+    let mut events = vec![
+        Event::new(Kind::Spawn, S / 2).run(late),
+        stop,
+        Event::new(Kind::Cont, 6 * S).run(late),
+        exit(late, 6 * S + 2000),
+        unrecorded,
+    ];
+    events.extend(section(run(1, 0), 4 * S, 8 * S, 2));
+    let a = clean(&events);
+    assert_eq!(
+        kinds(&a, false),
+        vec![FindingKind::Overlap],
+        "{:?}",
+        a.findings
+    );
+    assert!(
+        a.findings[0].message.contains("already expired"),
+        "{}",
+        a.findings[0].message
+    );
+    // Without the proof that the command was not started before the pause,
+    // the window starts at the spawn: only a possible overlap.
+    events[1].state = Some("command-started".into());
+    let a = clean(&events);
+    assert_eq!(a.violations().count(), 0, "{:?}", a.findings);
+    assert_eq!(kinds(&a, true), vec![FindingKind::PossibleOverlap]);
+}
+
+#[test]
+fn a_fenced_store_accepting_a_stale_token_is_never_expected() {
+    let paused = run(1, 0);
+    let mut events = vec![
+        start(paused, S, 1),
+        Event::new(Kind::Stop, 2 * S).run(paused),
+    ];
+    let mut newer = section(run(2, 0), 4 * S, 5 * S, 2);
+    newer[1].commit = Some(COMMIT_FENCED_ACCEPTED.into());
+    events.extend(newer);
+    let mut stale = end(paused, 7 * S, 1);
+    stale.commit = Some(COMMIT_FENCED_ACCEPTED.into());
+    events.push(stale);
+    let a = clean(&events);
+    assert_eq!(kinds(&a, false), vec![FindingKind::CommitTokenRegression]);
+    // Rejected by the store: not a commit at all.
+    let last = events.len() - 1;
+    events[last].commit = Some(format!("{COMMIT_FENCED_REJECTED}: exit 75"));
+    let a = clean(&events);
+    assert_eq!(a.violations().count(), 0, "{:?}", a.findings);
+}
+
+#[test]
+fn detects_a_lock_left_held_past_its_ttl() {
+    let r = run(1, 0);
+    let mut events = vec![begin(2000)];
+    events.extend(section(r, S, 2 * S, 1));
+    events.push(exit(r, 3 * S));
+    // Still held long after the last exit.
+    events.push(final_state(3 * S + 5 * S, "held"));
+    assert_eq!(
+        kinds(&clean(&events), false),
+        vec![FindingKind::LockLeftHeld]
+    );
+    // Stale within the bound: fine.
+    let last = events.len() - 1;
+    events[last] = final_state(3 * S + 2 * S, "stale");
+    assert!(clean(&events).findings.is_empty());
+    // Never checked: a violation too.
+    events.pop();
+    assert_eq!(
+        kinds(&clean(&events), false),
+        vec![FindingKind::LockLeftHeld]
+    );
+}
+
+#[test]
+fn detects_clock_mismatch_and_malformed_lines() {
+    let r = run(1, 0);
+    let mut events = vec![Event::new(Kind::Spawn, 5 * S).run(r)];
+    events.extend(section(r, S, 2 * S, 1));
+    let a = analyze(&events, &["oops".into()]);
+    assert_eq!(
+        kinds(&a, false),
+        vec![FindingKind::Malformed, FindingKind::ClockSanity]
+    );
+    let orphan_end = vec![end(run(9, 9), S, 3)];
+    assert_eq!(
+        kinds(&clean(&orphan_end), false),
+        vec![FindingKind::Malformed]
+    );
+}
+
+#[test]
+fn parses_complete_lines_only_while_live() {
+    let line = serde_json::to_string(&start(run(1, 2), 7, 3)).unwrap_or_default();
+    let text = format!("{line}\n{{\"ev\":\"end\",\"t\":");
+    let (events, bad) = parse(&text, true);
+    assert_eq!(events.len(), 1);
+    assert!(bad.is_empty());
+    assert_eq!(events[0].run_id(), Some(run(1, 2)));
+    let (_, bad) = parse(&text, false);
+    assert_eq!(bad.len(), 1);
+}
+
+#[test]
+fn the_log_appends_whole_lines() {
+    let dir = std::env::temp_dir().join(format!("gcslock-chaos-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_default();
+    let path = dir.join("events.jsonl");
+    let log = Log::create(&path).expect("create");
+    let other = Log::open(&path).expect("open");
+    log.append(&start(run(1, 0), 1, 1)).expect("append");
+    other.append(&end(run(1, 0), 2, 1)).expect("append");
+    let (events, bad) = read(&path, false).expect("read");
+    assert!(bad.is_empty());
+    assert_eq!(events.len(), 2);
+    let a = analyze(&events, &bad);
+    assert!(a.findings.is_empty());
+    let text = render(&events, 0, &[run(1, 0)].into_iter().collect());
+    assert!(text.contains(">>"), "{text}");
+    assert!(text.contains("token 1"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,381 @@
+//! `gcslock run`: acquire, run the command in its own process group, forward
+//! signals, stop the group before the lease can run out, release on every way out.
+//!
+//! `child`: the command's process group; `signals`: the signals gcslock forwards;
+//! `supervisor`: when to stop the group; `watchdog`: the group dies with gcslock.
+
+mod child;
+mod signals;
+mod supervisor;
+pub mod watchdog;
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::Args;
+use gcslock::{Guard, Lock, LockOptions, Wait};
+use nix::sys::signal::Signal;
+use tokio_util::sync::CancellationToken;
+
+use self::child::{describe_status, exit_code};
+use self::signals::Signals;
+use self::supervisor::{supervise, Supervised};
+use self::watchdog::Watchdog;
+use crate::exit::{self, Coded};
+use crate::global::GlobalArgs;
+use crate::logging::OUTCOME;
+use crate::output::short_duration;
+use crate::parse::{parse_duration, parse_wait};
+use crate::target::LockTarget;
+
+pub const LONG_ABOUT: &str = "\
+Run COMMAND while holding the lock gs://BUCKET/OBJECT.
+
+The command inherits stdin, stdout and stderr and runs in its own process group, with
+GCSLOCK_TOKEN (the fencing token: larger than every earlier holder's) and GCSLOCK_URL in its
+environment. gcslock's own messages go to stderr only. The lock URL is never read from the
+environment, so a `gcslock run` inside the command works on its own lock.
+
+Signals INT, TERM, HUP and QUIT sent to gcslock are forwarded to the command's whole process
+group; while gcslock is still waiting for the lock they abort the wait instead (exit 128+N).
+
+The command never outlives the lease. gcslock's own lease deadline (TTL minus the safety
+margin after the last refresh was sent) comes at least two safety margins before any other
+client may take the lock over. If the lease is not refreshed and no more than --kill-grace
+is left before that deadline, the command's process group gets SIGTERM, and SIGKILL at the
+deadline at the latest. If the lock was broken or taken over, someone else may already run,
+and the group gets SIGKILL at once; likewise when gcslock wakes from a system suspend after
+the lease ran out. Either way gcslock exits 76 (also when the loss is found only as the
+command exits). Processes the command leaves behind in its process group are stopped the same
+way once it exits, so that nothing runs without the lock. The lock is released on every way out.
+
+A healthy lease has as little as TTL - margin - refresh interval left just before each refresh,
+so --kill-grace may be at most half of that (TTL 5m: about 1m56s; TTL 10s: about 3.9s); a longer one
+is refused (exit 64). The default is 10s or that limit, whichever is shorter.
+
+If gcslock itself dies (even of SIGKILL), the command dies too: the kernel kills the command
+(parent-death signal) and a small watchdog process, `gcslock __watchdog` in a process group of
+its own, kills the command's whole process group.
+
+Every option can also be set by an environment variable (shown with each option; the option
+wins), as cron and systemd units like to configure things.
+
+The command is not in the terminal's foreground process group: it can write to a terminal
+but not read from one (it would be stopped by SIGTTIN).";
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The lock: gs://BUCKET/OBJECT (with the object-store feature also s3://, az://)
+    #[arg(value_name = "URL", value_parser = LockTarget::parse)]
+    pub url: LockTarget,
+
+    /// How long to wait for a lock someone else holds: a duration (30s, 5m, 1h30m) or
+    /// `forever`. Default: a single attempt
+    #[arg(short, long, env = "GCSLOCK_WAIT", value_name = "DURATION", value_parser = parse_wait)]
+    pub wait: Option<Wait>,
+
+    /// How long the lease lasts without a refresh (1s to 7d)
+    #[arg(
+        long,
+        env = "GCSLOCK_TTL",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        default_value = "5m"
+    )]
+    pub ttl: Duration,
+
+    /// How often the lease is refreshed. Default: TTL/8
+    #[arg(long, env = "GCSLOCK_REFRESH_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    pub refresh_interval: Option<Duration>,
+
+    /// Holder name recorded in the lock. Default: HOST:PID
+    #[arg(long, env = "GCSLOCK_IDENTITY", value_name = "NAME")]
+    pub identity: Option<String>,
+
+    /// Time between SIGTERM and SIGKILL when the command must stop because the lease
+    /// is running out. At most (TTL - safety margin - refresh interval) / 2. Default:
+    /// 10s or that limit, whichever is shorter
+    #[arg(long, env = "GCSLOCK_KILL_GRACE", value_name = "DURATION", value_parser = parse_duration)]
+    pub kill_grace: Option<Duration>,
+
+    /// Exit code when the lock is busy
+    #[arg(long, env = "GCSLOCK_BUSY_EXIT_CODE", value_name = "CODE", default_value_t = exit::BUSY)]
+    pub busy_exit_code: u8,
+
+    /// How long to keep retrying while storage is unreachable before giving up (exit 69);
+    /// the retries also continue until the end of --wait (forever with `--wait forever`)
+    #[arg(
+        long,
+        env = "GCSLOCK_STORAGE_TIMEOUT",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        default_value = "10s"
+    )]
+    pub storage_timeout: Duration,
+
+    /// The command to run, after `--`
+    #[arg(
+        value_name = "COMMAND",
+        last = true,
+        required = true,
+        num_args = 1..,
+        value_parser = clap::value_parser!(OsString)
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// The longest gcslock spends releasing the lock before it exits anyway (the lock
+/// then expires after its TTL).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The kill grace when none is given, if the lease leaves room for it.
+const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// The longest kill grace a lease leaves room for: half of the least time a healthy
+/// lease has left (just before a refresh), so that a stop never starts while the
+/// lease is fine, and the other half absorbs a slow refresh.
+pub fn max_kill_grace(ttl: Duration, margin: Duration, refresh_interval: Duration) -> Duration {
+    ttl.saturating_sub(margin).saturating_sub(refresh_interval) / 2
+}
+
+/// The kill grace to use: the one asked for, refused above the limit, or the default.
+fn kill_grace(requested: Option<Duration>, lock: &Lock) -> Result<Duration, Coded> {
+    let (ttl, margin, interval) = (lock.ttl(), lock.safety_margin(), lock.refresh_interval());
+    let limit = max_kill_grace(ttl, margin, interval);
+    match requested {
+        None => Ok(DEFAULT_KILL_GRACE.min(limit)),
+        Some(grace) if grace <= limit => Ok(grace),
+        Some(grace) => Err(Coded::new(
+            exit::USAGE,
+            format!(
+                "--kill-grace (GCSLOCK_KILL_GRACE) {} is too long for --ttl {}: at most {} ((TTL {} - safety margin \
+                 {} - refresh interval {}) / 2), so that the command is killed before the lease \
+                 can run out; shorten --kill-grace or lengthen --ttl",
+                short_duration(grace),
+                short_duration(ttl),
+                short_duration(limit),
+                short_duration(ttl),
+                short_duration(margin),
+                short_duration(interval)
+            ),
+        )),
+    }
+}
+
+pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
+    // Catch signals before anything can take time, so none is lost or kills us.
+    let mut signals = Signals::install()?;
+    let backend = args.url.backend(global)?;
+    let mut options = LockOptions::default()
+        .ttl(args.ttl)
+        .unavailable_timeout(args.storage_timeout);
+    if let Some(interval) = args.refresh_interval {
+        options = options.refresh_interval(interval);
+    }
+    if let Some(identity) = &args.identity {
+        options = options.identity(identity.clone());
+    }
+    let lock = Lock::new(backend, args.url.object(), options)?;
+    let kill_grace = kill_grace(args.kill_grace, &lock)?;
+    let url = args.url.to_string();
+
+    let (acquired, interrupted) =
+        acquire(&lock, args.wait.unwrap_or(Wait::No), &mut signals, &url).await;
+    let guard = match (acquired, interrupted) {
+        (Ok(guard), None) => guard,
+        (Ok(guard), Some(signal)) => {
+            tracing::info!("{url}: acquired just as {signal} arrived; releasing it");
+            release(guard, &url).await;
+            return Ok(exit::signal(signal as i32));
+        }
+        (Err(gcslock::Error::Cancelled { .. }), Some(signal)) => {
+            tracing::info!("{url}: stopped waiting for the lock on {signal}");
+            return Ok(exit::signal(signal as i32));
+        }
+        (Err(gcslock::Error::Busy { holder, .. }), None) => {
+            tracing::warn!(target: OUTCOME, "{url} is busy: {holder}");
+            return Ok(args.busy_exit_code);
+        }
+        (Err(error), Some(signal)) => {
+            tracing::info!("{url}: {error} (after {signal})");
+            return Ok(exit::signal(signal as i32));
+        }
+        (Err(error), None) => return Err(error.into()),
+    };
+    let code = run_locked(
+        global,
+        &args.command,
+        &guard,
+        &url,
+        kill_grace,
+        &mut signals,
+    )
+    .await;
+    release(guard, &url).await;
+    code
+}
+
+/// Runs the command under the held lock, from the last checks to the group's end.
+async fn run_locked(
+    global: &GlobalArgs,
+    command: &[OsString],
+    guard: &Guard,
+    url: &str,
+    kill_grace: Duration,
+    signals: &mut Signals,
+) -> anyhow::Result<u8> {
+    if let Some(signal) = signals.try_recv() {
+        tracing::info!("{url}: {signal} arrived before the command started; releasing the lock");
+        return Ok(exit::signal(signal as i32));
+    }
+    let mut watchdog = match Watchdog::start(global) {
+        Ok(watchdog) => watchdog,
+        Err(error) => {
+            tracing::error!("{error}; the command was not started");
+            return Ok(error.code);
+        }
+    };
+    // A final validity check right before the command starts: gcslock may have been
+    // suspended since the lock was acquired, and the lock may be someone else's now.
+    if let Err(error) = guard.check() {
+        tracing::error!("{error}; the command was not started");
+        watchdog.done().await;
+        return Ok(exit::LEASE_LOST);
+    }
+    let mut group = match child::spawn(command, guard.token().value(), url) {
+        Ok(group) => group,
+        Err(error) => {
+            tracing::error!("{error}");
+            watchdog.done().await;
+            return Ok(error.code);
+        }
+    };
+    watchdog.watch(group.pgid()).await;
+    tracing::info!(
+        token = guard.token().value(),
+        pid = group.pgid().as_raw(),
+        "{url}: command started"
+    );
+    let supervised = supervise(&mut group, guard, signals, kill_grace, url).await;
+    // Disarmed only once nothing of the group runs, so that a process group id reused
+    // later is never signalled; otherwise the watchdog keeps trying after we exit.
+    if !child::group_alive(group.pgid()) {
+        watchdog.done().await;
+    }
+    match supervised {
+        Supervised::Stopped(status) => {
+            if let Some(status) = status {
+                tracing::info!("{url}: the command ended with {}", describe_status(status));
+            }
+            Ok(exit::LEASE_LOST)
+        }
+        Supervised::WaitFailed(error) => Err(Coded::new(
+            exit::INTERNAL,
+            format!("cannot wait for the command: {error}"),
+        )
+        .into()),
+        Supervised::Exited(status) => {
+            tracing::debug!("{url}: the command ended with {}", describe_status(status));
+            if let Err(error) = guard.check() {
+                tracing::error!(
+                    "{error} before the command finished (it exited with {})",
+                    describe_status(status)
+                );
+                return Ok(exit::LEASE_LOST);
+            }
+            Ok(exit_code(status))
+        }
+    }
+}
+
+/// Acquires the lock; the forwarded signals cancel the wait cleanly (the library
+/// honours cancellation only where no lock can be left behind). Returns the
+/// outcome and the signal that interrupted the wait, if any.
+///
+/// A first attempt does not wait, so that a wait is announced (at info level) only
+/// when the lock is actually busy.
+async fn acquire(
+    lock: &Lock,
+    wait: Wait,
+    signals: &mut Signals,
+    url: &str,
+) -> (Result<Guard, gcslock::Error>, Option<Signal>) {
+    let cancel = CancellationToken::new();
+    let mut interrupted = None;
+    let first = cancellable(lock, Wait::No, &cancel, signals, &mut interrupted).await;
+    if wait == Wait::No || interrupted.is_some() {
+        return (first, interrupted);
+    }
+    let how_long = match wait {
+        Wait::For(limit) => format!("up to {}", short_duration(limit)),
+        _ => "until it is free".to_owned(),
+    };
+    let result = match first {
+        Err(gcslock::Error::Busy { holder, .. }) => {
+            tracing::info!("{url} is busy: {holder}; waiting {how_long}");
+            cancellable(lock, wait, &cancel, signals, &mut interrupted).await
+        }
+        // --wait also covers an outage.
+        Err(error @ gcslock::Error::Unavailable { .. }) => {
+            tracing::warn!("{error}; still trying {how_long}");
+            cancellable(lock, wait, &cancel, signals, &mut interrupted).await
+        }
+        other => other,
+    };
+    (result, interrupted)
+}
+
+async fn cancellable(
+    lock: &Lock,
+    wait: Wait,
+    cancel: &CancellationToken,
+    signals: &mut Signals,
+    interrupted: &mut Option<Signal>,
+) -> Result<Guard, gcslock::Error> {
+    let acquire = lock.acquire_cancellable(wait, cancel);
+    tokio::pin!(acquire);
+    loop {
+        tokio::select! {
+            result = &mut acquire => return result,
+            Some(signal) = signals.recv(), if interrupted.is_none() => {
+                tracing::debug!("{signal} while waiting for the lock; cancelling the wait");
+                *interrupted = Some(signal);
+                cancel.cancel();
+            }
+        }
+    }
+}
+
+/// Releases the lock, bounded in time; failures are reported, not fatal: an
+/// unreleased lock expires after its TTL.
+async fn release(guard: Guard, url: &str) {
+    match tokio::time::timeout(RELEASE_TIMEOUT, guard.release()).await {
+        Ok(Ok(())) => tracing::debug!("{url}: released"),
+        // Already reported when it happened.
+        Ok(Err(gcslock::Error::LeaseLost { reason, .. })) => {
+            tracing::debug!("{url}: nothing to release: {reason}");
+        }
+        Ok(Err(error)) => {
+            tracing::warn!("could not release {url}: {error}; it stays locked until its TTL passes")
+        }
+        Err(_) => tracing::warn!(
+            "could not release {url} within {}; it stays locked until its TTL passes",
+            short_duration(RELEASE_TIMEOUT)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kill_grace_fits_between_refreshes() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // The defaults for TTL 5m: margin 30s, refresh every 37.5s.
+        assert_eq!(max_kill_grace(s(300), s(30), ms(37_500)), ms(116_250));
+        // TTL 10s: margin 1s, refresh every 1.25s.
+        assert_eq!(max_kill_grace(s(10), s(1), ms(1250)), ms(3875));
+        assert_eq!(max_kill_grace(s(1), s(2), s(1)), Duration::ZERO);
+    }
+}

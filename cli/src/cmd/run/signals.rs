@@ -1,0 +1,60 @@
+//! The signals gcslock forwards to the command (or that abort the wait for the lock).
+
+use nix::sys::signal::Signal;
+use tokio::signal::unix::SignalKind;
+use tokio::sync::mpsc;
+
+use crate::exit::{self, Coded};
+
+/// The signals gcslock forwards to the command (or that abort the wait).
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
+
+/// INT, TERM, HUP and QUIT, caught (so they no longer kill gcslock) and delivered
+/// in order through one channel.
+pub struct Signals {
+    receiver: mpsc::UnboundedReceiver<Signal>,
+}
+
+impl Signals {
+    pub fn install() -> anyhow::Result<Self> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        for signal in FORWARDED {
+            let mut stream = tokio::signal::unix::signal(SignalKind::from_raw(signal as i32))
+                .map_err(|error| {
+                    Coded::new(
+                        exit::INTERNAL,
+                        format!("cannot install a handler for {signal}: {error}"),
+                    )
+                })?;
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    if sender.send(signal).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Self { receiver })
+    }
+
+    /// Signals fed by hand, for tests of the supervisor.
+    #[cfg(test)]
+    pub fn from_channel() -> (mpsc::UnboundedSender<Signal>, Self) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        (sender, Self { receiver })
+    }
+
+    pub async fn recv(&mut self) -> Option<Signal> {
+        self.receiver.recv().await
+    }
+
+    pub fn try_recv(&mut self) -> Option<Signal> {
+        self.receiver.try_recv().ok()
+    }
+}

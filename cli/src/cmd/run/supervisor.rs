@@ -1,0 +1,551 @@
+//! Watches the lease while the command runs and stops the command's process group
+//! before anyone else can take the lock over.
+//!
+//! The holder's own deadline (`Guard::time_left`) comes at least two safety margins
+//! before any other client may judge the lease stale. So the group gets SIGTERM once
+//! no more than the kill grace is left before that deadline, and SIGKILL at the
+//! deadline at the latest; when the lock was taken over or broken, someone else may
+//! already run, and the group gets SIGKILL at once.
+
+use std::future::Future;
+use std::io;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use gcslock::{Guard, LossReason};
+use nix::sys::signal::Signal;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::signals::Signals;
+use crate::output::short_duration;
+
+/// How often the lease is looked at while the command runs. The keep-alive task
+/// notices a loss only when it next wakes; tokio's clock stops during a system
+/// suspend, so the first tick after a resume sees the boot clock's verdict.
+pub const LEASE_TICK: Duration = Duration::from_millis(100);
+/// How often a stopping group is checked for survivors.
+const GROUP_POLL: Duration = Duration::from_millis(50);
+/// How long gcslock waits for the group to die after SIGKILL before giving up on it.
+const AFTER_SIGKILL: Duration = Duration::from_secs(5);
+
+/// The command's process group, as the supervisor sees it.
+pub trait Group {
+    /// The process group id, for messages.
+    fn id(&self) -> i32;
+    /// Sends `signal` to every process of the group.
+    fn signal(&self, signal: Signal);
+    /// Waits for the command itself (the group's leader) to exit.
+    fn wait(&mut self) -> impl Future<Output = io::Result<ExitStatus>>;
+    /// Whether any process of the group still runs.
+    fn alive(&self) -> bool;
+}
+
+/// The lease, as the supervisor sees it.
+pub trait Lease {
+    fn state(&self) -> LeaseState;
+    /// Resolves when the lease is lost, for a prompt reaction; the tick catches
+    /// whatever it does not report in time.
+    fn lost_notice(&self) -> impl Future<Output = ()> + 'static;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Held, with this much time before the holder's own deadline.
+    Held(Duration),
+    /// Not refreshed before the deadline: nobody else holds the lock yet, but soon may.
+    Expired(String),
+    /// Taken over, broken or deleted: someone else may hold the lock now.
+    Superseded(String),
+}
+
+impl Lease for Guard {
+    fn state(&self) -> LeaseState {
+        match self.check() {
+            Ok(()) => LeaseState::Held(self.time_left()),
+            Err(gcslock::Error::LeaseLost {
+                reason: reason @ LossReason::Expired { .. },
+                ..
+            }) => LeaseState::Expired(reason.to_string()),
+            Err(gcslock::Error::LeaseLost { reason, .. }) => {
+                LeaseState::Superseded(reason.to_string())
+            }
+            Err(other) => LeaseState::Expired(other.to_string()),
+        }
+    }
+
+    fn lost_notice(&self) -> impl Future<Output = ()> + 'static {
+        let lost = self.lost();
+        async move {
+            lost.await;
+        }
+    }
+}
+
+/// How the supervision ended.
+#[derive(Debug)]
+pub enum Supervised {
+    /// The command exited by itself; anything it left in its group was stopped.
+    Exited(ExitStatus),
+    /// The command was stopped because of the lease; its status if it was reaped.
+    Stopped(Option<ExitStatus>),
+    /// Waiting for the command failed; its group got SIGKILL.
+    WaitFailed(io::Error),
+}
+
+/// Why and by when the group must stop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stop {
+    kill_at: Instant,
+    why: Why,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Why {
+    Superseded(String),
+    Expired(String),
+    RunningOut(Duration),
+}
+
+/// Whether the lease still covers the command for longer than the kill grace.
+fn decide(state: LeaseState, kill_grace: Duration, now: Instant) -> Option<Stop> {
+    let (kill_at, why) = match state {
+        LeaseState::Superseded(reason) => (now, Why::Superseded(reason)),
+        LeaseState::Expired(reason) => (now, Why::Expired(reason)),
+        LeaseState::Held(left) if left.is_zero() => (
+            now,
+            Why::Expired("the lease deadline passed before a refresh succeeded".into()),
+        ),
+        LeaseState::Held(left) if left <= kill_grace => {
+            // Past the end of time: kill now rather than never.
+            (now.checked_add(left).unwrap_or(now), Why::RunningOut(left))
+        }
+        LeaseState::Held(_) => return None,
+    };
+    Some(Stop { kill_at, why })
+}
+
+/// The latest moment the lease allows the group to live.
+fn lease_end(state: LeaseState, now: Instant) -> Instant {
+    match state {
+        LeaseState::Held(left) => now.checked_add(left).unwrap_or(now),
+        LeaseState::Expired(_) | LeaseState::Superseded(_) => now,
+    }
+}
+
+enum Event {
+    Exited(io::Result<ExitStatus>),
+    Look,
+    Signal(Signal),
+}
+
+/// Waits for the command, forwarding signals to its process group, and stops the
+/// group as the lease requires (see the module's documentation).
+pub async fn supervise<G: Group, L: Lease>(
+    group: &mut G,
+    lease: &L,
+    signals: &mut Signals,
+    kill_grace: Duration,
+    url: &str,
+) -> Supervised {
+    let lost = lease.lost_notice();
+    tokio::pin!(lost);
+    let mut lost_seen = false;
+    let mut tick = tokio::time::interval(LEASE_TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let exited = loop {
+        let event = tokio::select! {
+            biased;
+            status = group.wait() => Event::Exited(status),
+            () = &mut lost, if !lost_seen => {
+                lost_seen = true;
+                Event::Look
+            }
+            _ = tick.tick() => Event::Look,
+            Some(signal) = signals.recv() => Event::Signal(signal),
+        };
+        match event {
+            Event::Exited(status) => break status,
+            Event::Signal(signal) => forward(group, signal),
+            Event::Look => {
+                if let Some(stop) = decide(lease.state(), kill_grace, Instant::now()) {
+                    announce(&stop, group.id(), url);
+                    let status = stop_by(group, stop.kill_at, lease, signals).await;
+                    return Supervised::Stopped(status);
+                }
+            }
+        }
+    };
+    let status = match exited {
+        Ok(status) => status,
+        Err(error) => {
+            // Should not happen; make sure nothing of the command outlives us.
+            group.signal(Signal::SIGKILL);
+            return Supervised::WaitFailed(error);
+        }
+    };
+    if group.alive() {
+        tracing::warn!(
+            "the command exited but processes it started are still running in process group \
+             {}; stopping them so that nothing runs without the lock (SIGTERM, SIGKILL after {} \
+             or at the lease's deadline if sooner)",
+            group.id(),
+            short_duration(kill_grace)
+        );
+        let now = Instant::now();
+        stop_by(
+            group,
+            now.checked_add(kill_grace).unwrap_or(now),
+            lease,
+            signals,
+        )
+        .await;
+    }
+    Supervised::Exited(status)
+}
+
+fn announce(stop: &Stop, pgid: i32, url: &str) {
+    match &stop.why {
+        Why::Superseded(reason) => tracing::error!(
+            "lease on {url} lost while the command ran: {reason}; someone else may run now, so \
+             the command is killed at once (SIGKILL to process group {pgid})"
+        ),
+        Why::Expired(reason) => tracing::error!(
+            "lease on {url} lost while the command ran: {reason}; killing the command at once \
+             (SIGKILL to process group {pgid})"
+        ),
+        Why::RunningOut(left) => tracing::error!(
+            "lease on {url} was not refreshed and runs out in {}; stopping the command before \
+             it does (SIGTERM to process group {pgid}, SIGKILL at the lease's deadline)",
+            short_duration(*left)
+        ),
+    }
+}
+
+enum StopEvent {
+    Exited(Option<ExitStatus>),
+    KillTime,
+    GiveUp,
+    Signal(Signal),
+    Poll,
+}
+
+/// Stops the whole group by `kill_at`: SIGTERM now, SIGKILL at `kill_at` to whatever
+/// is left (at once if `kill_at` has passed), and sooner if the lease ends sooner.
+/// Returns once no process of the group runs (or after it survived SIGKILL for
+/// `AFTER_SIGKILL`), with the command's status if it was reaped here.
+pub async fn stop_by<G: Group, L: Lease>(
+    group: &mut G,
+    kill_at: Instant,
+    lease: &L,
+    signals: &mut Signals,
+) -> Option<ExitStatus> {
+    let now = Instant::now();
+    let mut kill_at = kill_at.min(lease_end(lease.state(), now));
+    let mut killed_at = None;
+    if kill_at <= now {
+        killed_at = Some(kill(group));
+    } else {
+        group.signal(Signal::SIGTERM);
+        // A stopped process acts on SIGTERM only once continued.
+        group.signal(Signal::SIGCONT);
+    }
+    let mut status = None;
+    let mut poll = tokio::time::interval(GROUP_POLL);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let give_up_at = killed_at.map(|at: Instant| at.checked_add(AFTER_SIGKILL).unwrap_or(at));
+        let event = tokio::select! {
+            // An error here means the child is gone; the group check decides the rest.
+            result = group.wait(), if status.is_none() => StopEvent::Exited(result.ok()),
+            () = tokio::time::sleep_until(kill_at), if killed_at.is_none() => StopEvent::KillTime,
+            () = sleep_until_some(give_up_at) => StopEvent::GiveUp,
+            Some(signal) = signals.recv() => StopEvent::Signal(signal),
+            _ = poll.tick() => StopEvent::Poll,
+        };
+        match event {
+            StopEvent::Exited(result) => status = Some(result),
+            StopEvent::KillTime => {
+                if group.alive() {
+                    tracing::warn!(
+                        "process group {} still running at its deadline; sending SIGKILL",
+                        group.id()
+                    );
+                }
+                killed_at = Some(kill(group));
+            }
+            StopEvent::GiveUp => {
+                tracing::error!(
+                    "process group {} survived SIGKILL for {}; giving up on it",
+                    group.id(),
+                    short_duration(AFTER_SIGKILL)
+                );
+                break;
+            }
+            StopEvent::Signal(signal) => forward(group, signal),
+            StopEvent::Poll => {
+                if status.is_some() && !group.alive() {
+                    break;
+                }
+                // A suspend or a takeover since the stop began moves the deadline up.
+                if killed_at.is_none() {
+                    kill_at = kill_at.min(lease_end(lease.state(), Instant::now()));
+                }
+            }
+        }
+    }
+    status.flatten()
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn kill<G: Group>(group: &G) -> Instant {
+    group.signal(Signal::SIGKILL);
+    Instant::now()
+}
+
+fn forward<G: Group>(group: &G, signal: Signal) {
+    tracing::info!(
+        "forwarding {signal} to the command's process group {}",
+        group.id()
+    );
+    group.signal(signal);
+    // A stopped process (say, one that tried to read the terminal from its background
+    // group and got SIGTTIN) acts on the signal only once continued, as shells do.
+    group.signal(Signal::SIGCONT);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::os::unix::process::ExitStatusExt as _;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::sync::watch;
+
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(3);
+    /// A hang guard on tokio's paused clock: only a supervisor that never stops reaches it.
+    const HANG_GUARD: Duration = Duration::from_secs(600);
+
+    /// A group whose command ignores SIGTERM, dies of SIGKILL, and otherwise exits
+    /// with 0 at `exits_at`. Records every signal with its time since `start`.
+    struct FakeGroup {
+        start: Instant,
+        exits_at: Option<Instant>,
+        sent: RefCell<Vec<(Signal, Duration)>>,
+        killed: watch::Sender<bool>,
+    }
+
+    impl FakeGroup {
+        fn new(exits_after: Option<Duration>) -> Self {
+            let start = Instant::now();
+            Self {
+                start,
+                exits_at: exits_after.map(|after| start + after),
+                sent: RefCell::new(Vec::new()),
+                killed: watch::channel(false).0,
+            }
+        }
+
+        fn sent(&self) -> Vec<(Signal, Duration)> {
+            self.sent.borrow().clone()
+        }
+
+        fn first(&self, signal: Signal) -> Option<Duration> {
+            self.sent()
+                .into_iter()
+                .find(|(sent, _)| *sent == signal)
+                .map(|(_, at)| at)
+        }
+    }
+
+    impl Group for FakeGroup {
+        fn id(&self) -> i32 {
+            4242
+        }
+
+        fn signal(&self, signal: Signal) {
+            self.sent.borrow_mut().push((signal, self.start.elapsed()));
+            if signal == Signal::SIGKILL {
+                self.killed.send_replace(true);
+            }
+        }
+
+        async fn wait(&mut self) -> io::Result<ExitStatus> {
+            let mut killed = self.killed.subscribe();
+            let exit = sleep_until_some(self.exits_at);
+            tokio::select! {
+                _ = killed.wait_for(|killed| *killed) => Ok(ExitStatus::from_raw(9)),
+                () = exit => Ok(ExitStatus::from_raw(0)),
+            }
+        }
+
+        fn alive(&self) -> bool {
+            !*self.killed.borrow() && self.exits_at.is_none_or(|at| Instant::now() < at)
+        }
+    }
+
+    /// A lease whose deadline the test moves; its loss notice never comes, as when
+    /// the keep-alive task sleeps through a suspend.
+    #[derive(Clone)]
+    struct FakeLease {
+        deadline: Arc<Mutex<Instant>>,
+        superseded: Arc<Mutex<Option<String>>>,
+    }
+
+    impl FakeLease {
+        fn ending_in(left: Duration) -> Self {
+            Self {
+                deadline: Arc::new(Mutex::new(Instant::now() + left)),
+                superseded: Arc::new(Mutex::new(None)),
+            }
+        }
+
+        fn set_left(&self, left: Duration) {
+            *self.deadline.lock().unwrap() = Instant::now() + left;
+        }
+
+        fn supersede(&self) {
+            *self.superseded.lock().unwrap() = Some("taken over".into());
+        }
+    }
+
+    impl Lease for FakeLease {
+        fn state(&self) -> LeaseState {
+            if let Some(reason) = self.superseded.lock().unwrap().clone() {
+                return LeaseState::Superseded(reason);
+            }
+            let deadline = *self.deadline.lock().unwrap();
+            LeaseState::Held(deadline.saturating_duration_since(Instant::now()))
+        }
+
+        fn lost_notice(&self) -> impl Future<Output = ()> + 'static {
+            std::future::pending()
+        }
+    }
+
+    async fn supervised(group: &mut FakeGroup, lease: &FakeLease) -> Supervised {
+        let (_sender, mut signals) = Signals::from_channel();
+        tokio::time::timeout(
+            HANG_GUARD,
+            supervise(group, lease, &mut signals, GRACE, "gs://b/o"),
+        )
+        .await
+        .expect("the supervisor never stopped the group")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unrefreshed_lease_gets_sigterm_at_grace_and_sigkill_at_the_deadline() {
+        let mut group = FakeGroup::new(None);
+        let lease = FakeLease::ending_in(Duration::from_secs(7));
+        let outcome = supervised(&mut group, &lease).await;
+        assert!(matches!(outcome, Supervised::Stopped(_)), "{outcome:?}");
+        let term = group.first(Signal::SIGTERM).expect("SIGTERM sent");
+        let kill = group.first(Signal::SIGKILL).expect("SIGKILL sent");
+        // SIGTERM once no more than the grace is left (within one tick), SIGKILL no
+        // later than the deadline itself.
+        assert!(term >= Duration::from_secs(4), "{term:?}");
+        assert!(term <= Duration::from_secs(4) + LEASE_TICK, "{term:?}");
+        assert_eq!(kill, Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resume_after_the_deadline_kills_at_once_without_waiting_for_the_loss_notice() {
+        let mut group = FakeGroup::new(None);
+        let lease = FakeLease::ending_in(Duration::from_secs(60));
+        let suspend = {
+            let lease = lease.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                // Woke from a suspend longer than the TTL: the boot clock says it is over.
+                lease.set_left(Duration::ZERO);
+            })
+        };
+        let outcome = supervised(&mut group, &lease).await;
+        suspend.await.unwrap();
+        assert!(matches!(outcome, Supervised::Stopped(_)), "{outcome:?}");
+        let kill = group.first(Signal::SIGKILL).expect("SIGKILL sent");
+        assert!(kill >= Duration::from_secs(2), "{kill:?}");
+        assert!(kill <= Duration::from_secs(2) + LEASE_TICK, "{kill:?}");
+        assert_eq!(group.first(Signal::SIGTERM), None, "{:?}", group.sent());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn superseded_lease_kills_at_once() {
+        let mut group = FakeGroup::new(None);
+        let lease = FakeLease::ending_in(Duration::from_secs(60));
+        let takeover = {
+            let lease = lease.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                lease.supersede();
+            })
+        };
+        let outcome = supervised(&mut group, &lease).await;
+        takeover.await.unwrap();
+        assert!(matches!(outcome, Supervised::Stopped(_)), "{outcome:?}");
+        let kill = group.first(Signal::SIGKILL).expect("SIGKILL sent");
+        assert!(kill <= Duration::from_secs(5) + LEASE_TICK, "{kill:?}");
+        assert_eq!(group.first(Signal::SIGTERM), None, "{:?}", group.sent());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_failing_during_the_grace_moves_sigkill_up_to_the_deadline() {
+        // A stop that began with plenty of grace (a shutdown asked for by someone
+        // else, say) still ends at the lease's deadline.
+        let mut group = FakeGroup::new(None);
+        let lease = FakeLease::ending_in(Duration::from_secs(2));
+        let (_sender, mut signals) = Signals::from_channel();
+        let kill_at = Instant::now() + Duration::from_secs(30);
+        tokio::time::timeout(
+            HANG_GUARD,
+            stop_by(&mut group, kill_at, &lease, &mut signals),
+        )
+        .await
+        .expect("stop_by returned");
+        assert_eq!(group.first(Signal::SIGTERM), Some(Duration::ZERO));
+        assert_eq!(group.first(Signal::SIGKILL), Some(Duration::from_secs(2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn healthy_lease_never_stops_the_command() {
+        // TTL 10s: margin 1s, refresh every 1.25s; a refresh extends the deadline to
+        // its send time + 9s, so at least 7.75s is ever left, above the 3s grace.
+        let mut group = FakeGroup::new(Some(Duration::from_secs(120)));
+        let lease = FakeLease::ending_in(Duration::from_secs(9));
+        let refresher = {
+            let lease = lease.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(1250)).await;
+                    lease.set_left(Duration::from_secs(9));
+                }
+            })
+        };
+        let outcome = supervised(&mut group, &lease).await;
+        refresher.abort();
+        assert!(
+            matches!(outcome, Supervised::Exited(status) if status.success()),
+            "{outcome:?}"
+        );
+        assert_eq!(group.sent(), Vec::new());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn signals_are_forwarded_to_the_group() {
+        let mut group = FakeGroup::new(Some(Duration::from_secs(10)));
+        let lease = FakeLease::ending_in(Duration::from_secs(3600));
+        let (sender, mut signals) = Signals::from_channel();
+        sender.send(Signal::SIGHUP).unwrap();
+        let outcome = supervise(&mut group, &lease, &mut signals, GRACE, "gs://b/o").await;
+        assert!(matches!(outcome, Supervised::Exited(_)), "{outcome:?}");
+        let sent: Vec<Signal> = group.sent().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(sent, vec![Signal::SIGHUP, Signal::SIGCONT]);
+    }
+}
