@@ -155,7 +155,7 @@ impl LockRecord {
                     KEY_DONE_AT,
                     done.at.map_or_else(
                         || DONE_AT_RELEASE.to_owned(),
-                        |at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        |at| at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
                     ),
                 ),
             ]
