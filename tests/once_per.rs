@@ -502,10 +502,7 @@ async fn a_forever_lease_is_never_stale() {
 
     // Waiters never take it over, however long they watch one version.
     let waiter = lock_on(Arc::new(memory.clone()), "waiter");
-    match waiter
-        .acquire(Wait::For(Duration::from_secs(86_400)))
-        .await
-    {
+    match waiter.acquire(Wait::For(Duration::from_secs(86_400))).await {
         Err(Error::Busy { holder, .. }) => {
             assert_eq!(holder.holder, "holder");
             assert_eq!(holder.expires_in, None);

@@ -247,7 +247,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
             return Ok(exit::signal(signal as i32));
         }
         (Ok(SlotAcquire::AlreadyDone(done)), None) => {
-            tracing::warn!(target: OUTCOME, "{url}: {}; not running the command", done_line(&done));
+            tracing::warn!(target: OUTCOME, "{url}: {}; not running the command", done_line(slot, &done));
             return Ok(args.done_exit_code);
         }
         (Ok(SlotAcquire::AlreadyDone(_)), Some(signal)) => {
@@ -283,14 +283,27 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     code
 }
 
-/// "the 1h slot starting 2026-01-01T10:00:00Z is already done: completed ... by ..."
-fn done_line(done: &CompletedSlot) -> String {
+/// "the 1h slot starting 2026-01-01T10:00:00Z is already done: completed ... by ...",
+/// naming the later slot that was completed if it is not ours.
+fn done_line(ours: Option<Slot>, done: &CompletedSlot) -> String {
+    let start = |slot: &Slot| {
+        slot.start()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let period = short_duration(done.slot.period());
+    let which = match ours {
+        Some(ours) if ours != done.slot => format!(
+            "the {period} slot starting {} is already done: the later slot starting {} was",
+            start(&ours),
+            start(&done.slot)
+        ),
+        _ => format!(
+            "the {period} slot starting {} is already done:",
+            start(&done.slot)
+        ),
+    };
     format!(
-        "the {} slot starting {} is already done: completed {} by {}",
-        short_duration(done.slot.period()),
-        done.slot
-            .start()
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "{which} completed {} by {}",
         timestamp(&done.completed_at),
         done.completed_by
     )
