@@ -598,3 +598,31 @@ async fn a_once_per_run_costs_what_a_plain_run_costs() {
     assert_eq!(plain_memory.request_count() - before, plain_busy);
     holder.release().await.unwrap();
 }
+
+/// A TTL so large that `updated + TTL` is past chrono's last date used to panic
+/// while judging the lock; it is a lock that never goes stale in practice.
+#[tokio::test(start_paused = true)]
+async fn an_absurd_ttl_never_panics_the_judge() {
+    let memory = MemoryBackend::new("b");
+    let mut metadata = LockRecord {
+        state: LockState::Held,
+        token: 1,
+        holder: "h".into(),
+        nonce: "n".into(),
+        ttl: TTL.into(),
+        refresh_seq: 0,
+        completed: None,
+    }
+    .to_metadata();
+    metadata.insert("gcslock-ttl-ms".into(), "10000000000000000".into());
+    memory
+        .write(NAME, WriteCondition::DoesNotExist, &metadata)
+        .await
+        .unwrap();
+    let lock = lock_on(Arc::new(memory.clone()), "a");
+    match lock.status().await.unwrap() {
+        LockStatus::Held(held) => assert_eq!(held.expires_in, None),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(lock.try_acquire().await, Err(Error::Busy { .. })));
+}
