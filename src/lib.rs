@@ -31,8 +31,9 @@
 //! ```
 //!
 //! The layout, lower modules first: [`backend`] holds the small storage trait and
-//! one module per backend; `token`, `identity`, `backoff`, `clock`, `record` and
-//! `options` are the building blocks; `status` judges a lock by the server's clock;
+//! one module per backend; `token`, `identity`, `backoff`, `clock`, `slot`,
+//! `record` and `options` are the building blocks (`slot`: once per period, see
+//! [`Lock::acquire_slot`]); `status` judges a lock by the server's clock;
 //! `lease` is the keep-alive task and validity checks; `lock` the acquire/takeover
 //! algorithm, and `break_lock` the forced release. The README states what the lock
 //! guarantees and what it cannot.
