@@ -52,11 +52,12 @@ mod location;
 mod lock;
 mod options;
 mod record;
+mod retry;
 mod slot;
 mod status;
 mod token;
 
-pub use break_lock::BreakOutcome;
+pub use break_lock::{BreakOptions, BreakOutcome};
 pub use error::{Error, HolderSummary, LossReason};
 pub use fence::{BodySource, FenceError, FencedObject, FencedWriteExt};
 pub use identity::default_identity;
@@ -66,7 +67,7 @@ pub use lock::{Lock, Wait};
 pub use options::LockOptions;
 pub use record::{LockRecord, LockState, RecordedSlot, Ttl};
 pub use slot::{CompletedSlot, Slot, SlotAcquire, MAX_PERIOD, MIN_PERIOD};
-pub use status::{list_locks, HeldStatus, LockStatus};
+pub use status::{list_locks, list_locks_within, HeldStatus, LockStatus};
 pub use token::FencingToken;
 
 /// The README's Rust examples are compiled as doctests so they cannot rot.

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError, ObjectInfo, ObjectVersion, WriteCondition};
 use crate::backoff::Backoff;
-use crate::clock::SendTime;
+use crate::clock::{instant_after, SendTime};
 use crate::error::{Error, HolderSummary, LossReason};
 use crate::identity::new_nonce;
 use crate::lease::Guard;
@@ -58,6 +58,39 @@ enum Attempt {
         /// When the lock may next be free (stale), if known.
         retry_in: Option<Duration>,
     },
+}
+
+/// Creates sent by one `acquire` whose outcome stayed unknown (the response was
+/// lost and a read did not show them applied). Any of them may still apply late;
+/// a later inspect that shows one must adopt it as ours, or we would wait out our
+/// own lock (and make everyone else wait) for a whole TTL.
+#[derive(Default)]
+struct PendingCreates(Vec<(LockRecord, SendTime)>);
+
+impl PendingCreates {
+    /// Bounds the memory of an acquire that meets ambiguous failures for hours.
+    /// Only the create conditioned on the current version can still apply, and it
+    /// is the newest, so forgetting the oldest loses nothing in practice.
+    const MAX: usize = 32;
+
+    fn remember(&mut self, record: LockRecord, sent: SendTime) {
+        if self.0.len() >= Self::MAX {
+            self.0.remove(0);
+        }
+        self.0.push((record, sent));
+    }
+
+    /// The pending create that `info` shows applied, taken off the list.
+    fn take_applied(&mut self, info: &ObjectInfo) -> Option<(LockRecord, SendTime)> {
+        let shown = LockRecord::from_metadata(&info.metadata)
+            .ok()
+            .filter(|record| record.state == LockState::Held)?;
+        let index = self
+            .0
+            .iter()
+            .position(|(ours, _)| ours.nonce == shown.nonce)?;
+        Some(self.0.remove(index))
+    }
 }
 
 /// A failure of one attempt: retry it (transient), give up (fatal), or stop
@@ -200,11 +233,13 @@ impl Lock {
         let start = Instant::now();
         let wait_until = match wait {
             Wait::No => Some(start),
-            Wait::For(duration) => Some(start + duration),
+            // A wait too long for the clock is a wait forever.
+            Wait::For(duration) => start.checked_add(duration),
             Wait::Forever => None,
         };
         let mut backoff = Backoff::new(lock.poll_min, lock.poll_max);
         let mut seen: Option<(ObjectVersion, Instant)> = None;
+        let mut pending = PendingCreates::default();
         let mut failing_since: Option<Instant> = None;
         let mut last_busy: Option<HolderSummary> = None;
         let mut expired_in_a_row = 0;
@@ -214,7 +249,9 @@ impl Lock {
                     lock: lock.url.clone(),
                 });
             }
-            let attempt = self.attempt(&mut seen, cancel, slot.as_ref()).await;
+            let attempt = self
+                .attempt(&mut seen, &mut pending, cancel, slot.as_ref())
+                .await;
             let now = Instant::now();
             let wake = match attempt {
                 Ok(Attempt::Acquired(mut guard)) => {
@@ -258,8 +295,12 @@ impl Lock {
                     }
                     let delay = backoff.next();
                     // Look again just after the lock turns stale, not a full backoff later.
-                    let wake =
-                        now + retry_in.map_or(delay, |stale| delay.min(stale + lock.poll_min));
+                    let wake = instant_after(
+                        now,
+                        retry_in.map_or(delay, |stale| {
+                            delay.min(stale.saturating_add(lock.poll_min))
+                        }),
+                    );
                     // Make a last attempt at the end of the wait rather than sleeping past it.
                     wait_until.map_or(wake, |until| wake.min(until))
                 }
@@ -275,17 +316,18 @@ impl Lock {
                         }
                     }
                     let since = *failing_since.get_or_insert(now);
-                    let give_up_at =
-                        (since + lock.unavailable_timeout).max(wait_until.unwrap_or(since));
-                    if wait_until.is_some() && now >= give_up_at {
+                    // `None`: a timeout too long for the clock, which never ends.
+                    let give_up_at = since
+                        .checked_add(lock.unavailable_timeout)
+                        .map(|at| at.max(wait_until.unwrap_or(since)));
+                    if wait_until.is_some() && give_up_at.is_some_and(|at| now >= at) {
                         return Err(Error::from_backend(&lock.url, error));
                     }
                     tracing::debug!(lock = %lock.url, %error, "transient error while acquiring; retrying");
-                    let wake = now + backoff.next_after(Some(&error));
-                    if wait_until.is_some() {
-                        wake.min(give_up_at)
-                    } else {
-                        wake
+                    let wake = instant_after(now, backoff.next_after(Some(&error)));
+                    match give_up_at {
+                        Some(at) if wait_until.is_some() => wake.min(at),
+                        _ => wake,
                     }
                 }
             };
@@ -296,14 +338,15 @@ impl Lock {
         }
     }
 
-    /// Reads the lock and judges it by the server's clock.
+    /// Reads the lock and judges it by the server's clock. Transient storage
+    /// failures are retried with jittered backoff for up to
+    /// [`LockOptions::unavailable_timeout`]; then `Error::Unavailable`.
     pub async fn status(&self) -> Result<LockStatus, Error> {
-        let read = self
-            .inner
-            .backend
-            .read(&self.inner.object)
+        let lock = &self.inner;
+        let read = crate::retry::Retry::new(lock.unavailable_timeout)
+            .run(|| lock.backend.read(&lock.object))
             .await
-            .map_err(|error| Error::from_backend(&self.inner.url, error))?;
+            .map_err(|error| Error::from_backend(&lock.url, error))?;
         Ok(LockStatus::judge(read.value.as_ref(), read.server_time))
     }
 
@@ -312,6 +355,7 @@ impl Lock {
     async fn attempt(
         &self,
         seen: &mut Option<(ObjectVersion, Instant)>,
+        pending: &mut PendingCreates,
         cancel: &CancellationToken,
         slot: Option<&Slot>,
     ) -> Result<Attempt, Failure> {
@@ -322,6 +366,12 @@ impl Lock {
             read = lock.backend.read(&lock.object) => read.map_err(|e| self.classify(e))?,
         };
         let received = Instant::now();
+        if let Some(info) = &read.value {
+            if let Some((ours, sent)) = pending.take_applied(info) {
+                tracing::debug!(lock = %lock.url, "an earlier create of ours applied late; adopting it");
+                return Ok(self.started(ours, info.version, sent).await);
+            }
+        }
         let (condition, token) = match &read.value {
             None => (WriteCondition::DoesNotExist, 1),
             Some(info) => {
@@ -377,11 +427,12 @@ impl Lock {
             Ok(written) => Ok(self.started(record, written.value.version, sent).await),
             // Someone else wrote first; report who holds it now.
             Err(BackendError::PreconditionFailed) => {
-                self.after_lost_race(&record, sent, slot).await
+                self.after_lost_race(&record, sent, pending, slot).await
             }
             Err(error) if error.may_have_applied() => {
                 tracing::debug!(lock = %lock.url, %error, "create outcome unknown; resolving by nonce");
-                self.resolve_ambiguous_write(record, sent, error).await
+                self.resolve_ambiguous_write(record, sent, error, pending)
+                    .await
             }
             Err(error) => Err(self.classify(error)),
         }
@@ -391,6 +442,7 @@ impl Lock {
         &self,
         ours: &LockRecord,
         sent: SendTime,
+        pending: &mut PendingCreates,
         slot: Option<&Slot>,
     ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
@@ -405,6 +457,10 @@ impl Lock {
                 Ok(self.started(ours.clone(), info.version, sent).await)
             }
             Some(info) => {
+                // Or the race was lost to an earlier create of ours, applied late.
+                if let Some((earlier, earlier_sent)) = pending.take_applied(info) {
+                    return Ok(self.started(earlier, info.version, earlier_sent).await);
+                }
                 let record = self.decode(info)?;
                 if let Some(done) = slot_done(slot, &record, info) {
                     return Ok(Attempt::Done(done));
@@ -438,13 +494,14 @@ impl Lock {
         ours: LockRecord,
         sent: SendTime,
         first_error: BackendError,
+        pending: &mut PendingCreates,
     ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
         // A forever lease never ends by itself: bound the reading as for an outage.
         let give_up_at = if lock.forever {
-            sent.at + lock.unavailable_timeout.max(lock.refresh_interval)
+            instant_after(sent.at, lock.unavailable_timeout.max(lock.refresh_interval))
         } else {
-            sent.at + lock.ttl - lock.margin
+            instant_after(sent.at, lock.ttl.saturating_sub(lock.margin))
         };
         let mut backoff = Backoff::new(
             lock.poll_min.min(Duration::from_millis(100)),
@@ -454,19 +511,26 @@ impl Lock {
         while Instant::now() < give_up_at {
             match lock.backend.read(&lock.object).await {
                 Ok(read) => {
-                    return match &read.value {
-                        Some(info) if self.is_ours(info, &ours) => {
-                            Ok(self.started(ours, info.version, sent).await)
+                    if let Some(info) = &read.value {
+                        if self.is_ours(info, &ours) {
+                            return Ok(self.started(ours, info.version, sent).await);
                         }
-                        // Not applied (or applied and already superseded): judge afresh.
-                        _ => Err(Failure::Transient(last_error)),
-                    };
+                        if let Some((earlier, earlier_sent)) = pending.take_applied(info) {
+                            return Ok(self.started(earlier, info.version, earlier_sent).await);
+                        }
+                    }
+                    // Not applied yet (it may still, late), or applied and already
+                    // superseded: remember it, and judge the lock afresh.
+                    pending.remember(ours, sent);
+                    return Err(Failure::Transient(last_error));
                 }
                 Err(error) if error.is_transient() => last_error = error,
                 Err(error) => return Err(self.classify(error)),
             }
-            tokio::time::sleep_until((Instant::now() + backoff.next()).min(give_up_at)).await;
+            tokio::time::sleep_until(instant_after(Instant::now(), backoff.next()).min(give_up_at))
+                .await;
         }
+        pending.remember(ours, sent);
         Err(Failure::Transient(last_error))
     }
 
@@ -525,7 +589,9 @@ impl Lock {
                 received
             }
         };
-        let local_left = (ttl + margin).saturating_sub(received - first_seen);
+        let local_left = ttl
+            .saturating_add(margin)
+            .saturating_sub(received.saturating_duration_since(first_seen));
         if local_left.is_zero() {
             return Staleness::Stale {
                 by: "version unchanged for a full TTL on the local clock",

@@ -28,6 +28,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::backend::Metadata;
+use crate::options::{MAX_TTL, MIN_TTL};
 use crate::slot::{CompletedSlot, Slot};
 
 pub(crate) const KEY_FORMAT: &str = "gcslock-format";
@@ -47,8 +48,6 @@ const FORMAT: &str = "1";
 const TTL_FOREVER: &str = "forever";
 /// `gcslock-done-at` of the release that completed the slot: the object's `updated`.
 const DONE_AT_RELEASE: &str = "released";
-/// Longest accepted `gcslock-done-by`, as for identities.
-const MAX_HOLDER_LEN: usize = 512;
 
 /// How long a lease lasts without a refresh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -104,6 +103,13 @@ impl RecordedSlot {
         }
     }
 }
+
+/// The longest holder name accepted (the same bound `LockOptions::identity` has).
+const MAX_HOLDER_LEN: usize = 512;
+/// The longest nonce accepted; ours are 32 hex digits.
+const MAX_NONCE_LEN: usize = 128;
+/// How much of a rejected value an error message quotes.
+const QUOTED_LEN: usize = 64;
 
 /// Whether the lock is held or has been released (a tombstone).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +182,12 @@ impl LockRecord {
     }
 
     /// Decodes the record, or says why the metadata is not a gcslock lock.
+    ///
+    /// The metadata is untrusted: anyone with write access to the bucket can put
+    /// anything there. Only the canonical encoding is accepted (plain decimal
+    /// numbers without sign or leading zeros, a TTL within the range locks accept,
+    /// a holder and nonce of sane length without control characters), so nothing
+    /// downstream meets a value it cannot compute with.
     pub fn from_metadata(metadata: &Metadata) -> Result<Self, String> {
         let get = |key: &str| {
             metadata
@@ -184,30 +196,65 @@ impl LockRecord {
         };
         let number = |key: &str| -> Result<u64, String> {
             let value = get(key)?;
-            value
-                .parse()
-                .map_err(|_| format!("metadata key {key} is not a number: {value:?}"))
+            parse_decimal(value).ok_or_else(|| {
+                format!(
+                    "metadata key {key} is not a number (plain decimal below 2^64): {}",
+                    quoted(value)
+                )
+            })
+        };
+        let text = |key: &str, max_len: usize| -> Result<String, String> {
+            let value = get(key)?;
+            if value.is_empty() || value.len() > max_len {
+                return Err(format!(
+                    "metadata key {key} must be 1 to {max_len} bytes long, not {}",
+                    value.len()
+                ));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(format!(
+                    "metadata key {key} contains control characters: {}",
+                    quoted(value)
+                ));
+            }
+            Ok(value.clone())
         };
         let format = get(KEY_FORMAT)?;
         if format != FORMAT {
             return Err(format!(
-                "unknown gcslock format {format:?} (this version understands {FORMAT})"
+                "unknown gcslock format {} (this version understands {FORMAT})",
+                quoted(format)
             ));
         }
         let state = match get(KEY_STATE)?.as_str() {
             "held" => LockState::Held,
             "released" => LockState::Released,
-            other => return Err(format!("unknown lock state {other:?}")),
+            other => return Err(format!("unknown lock state {}", quoted(other))),
+        };
+        let token = number(KEY_TOKEN)?;
+        let holder = text(KEY_HOLDER, MAX_HOLDER_LEN)?;
+        let nonce = text(KEY_NONCE, MAX_NONCE_LEN)?;
+        let ttl = if get(KEY_TTL_MS)? == TTL_FOREVER {
+            Ttl::Forever
+        } else {
+            let ttl = Duration::from_millis(number(KEY_TTL_MS)?);
+            if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+                return Err(format!(
+                    "metadata key {KEY_TTL_MS} is out of range: {} ms (locks accept {} to {}, \
+                     or {TTL_FOREVER})",
+                    ttl.as_millis(),
+                    humantime::format_duration(MIN_TTL),
+                    humantime::format_duration(MAX_TTL)
+                ));
+            }
+            Ttl::Finite(ttl)
         };
         Ok(Self {
             state,
-            token: number(KEY_TOKEN)?,
-            holder: get(KEY_HOLDER)?.clone(),
-            nonce: get(KEY_NONCE)?.clone(),
-            ttl: match get(KEY_TTL_MS)?.as_str() {
-                TTL_FOREVER => Ttl::Forever,
-                _ => Ttl::Finite(Duration::from_millis(number(KEY_TTL_MS)?)),
-            },
+            token,
+            holder,
+            nonce,
+            ttl,
             refresh_seq: number(KEY_SEQ)?,
             completed: decode_completed(metadata)?,
         })
@@ -227,25 +274,34 @@ fn decode_completed(metadata: &Metadata) -> Result<Option<RecordedSlot>, String>
             keys.join(", ")
         ));
     };
-    let number = |key: &str, value: &String| -> Result<u64, String> {
-        value
-            .parse()
-            .map_err(|_| format!("metadata key {key} is not a number: {value:?}"))
+    let number = |key: &str, value: &str| -> Result<u64, String> {
+        parse_decimal(value).ok_or_else(|| {
+            format!(
+                "metadata key {key} is not a number (plain decimal below 2^64): {}",
+                quoted(value)
+            )
+        })
     };
     let period = Duration::from_secs(number(KEY_DONE_PERIOD, period)?);
     let slot = Slot::new(period, number(KEY_DONE_SLOT, index)?)
         .map_err(|error| format!("metadata keys {KEY_DONE_PERIOD}/{KEY_DONE_SLOT}: {error}"))?;
     if by.is_empty() || by.len() > MAX_HOLDER_LEN || by.chars().any(char::is_control) {
         return Err(format!(
-            "metadata key {KEY_DONE_BY} must be 1 to {MAX_HOLDER_LEN} characters without \
-             control characters"
+            "metadata key {KEY_DONE_BY} must be 1 to {MAX_HOLDER_LEN} bytes without control \
+             characters: {}",
+            quoted(by)
         ));
     }
     let at = match at.as_str() {
         DONE_AT_RELEASE => None,
         at => Some(
             DateTime::parse_from_rfc3339(at)
-                .map_err(|_| format!("metadata key {KEY_DONE_AT} is not an RFC 3339 time: {at:?}"))?
+                .map_err(|_| {
+                    format!(
+                        "metadata key {KEY_DONE_AT} is not an RFC 3339 time: {}",
+                        quoted(at)
+                    )
+                })?
                 .with_timezone(&Utc),
         ),
     };
@@ -254,6 +310,27 @@ fn decode_completed(metadata: &Metadata) -> Result<Option<RecordedSlot>, String>
         by: by.clone(),
         at,
     }))
+}
+
+/// A `u64` in canonical decimal: ASCII digits only, no sign, no leading zero
+/// (`u64::from_str` would also take `+1`).
+fn parse_decimal(value: &str) -> Option<u64> {
+    let canonical = !value.is_empty()
+        && value.bytes().all(|byte| byte.is_ascii_digit())
+        && (value == "0" || !value.starts_with('0'));
+    if canonical {
+        value.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// A value for an error message: escaped, and cut short if long.
+fn quoted(value: &str) -> String {
+    match value.char_indices().nth(QUOTED_LEN) {
+        Some((end, _)) => format!("{:?}... ({} bytes)", &value[..end], value.len()),
+        None => format!("{value:?}"),
+    }
 }
 
 #[cfg(test)]
@@ -283,5 +360,146 @@ mod tests {
         assert!(LockRecord::from_metadata(&metadata)
             .unwrap_err()
             .contains("not a number"));
+    }
+
+    fn valid() -> Metadata {
+        LockRecord {
+            state: LockState::Held,
+            token: 7,
+            holder: "host:1".into(),
+            nonce: "0123456789abcdef0123456789abcdef".into(),
+            ttl: Duration::from_secs(60).into(),
+            refresh_seq: 0,
+            completed: None,
+        }
+        .to_metadata()
+    }
+
+    fn with(key: &str, value: &str) -> Metadata {
+        let mut metadata = valid();
+        metadata.insert(key.into(), value.into());
+        metadata
+    }
+
+    #[test]
+    fn hostile_numbers_are_rejected_with_the_reason() {
+        let megabyte_of_digits = "9".repeat(1 << 20);
+        for key in [KEY_TOKEN, KEY_TTL_MS, KEY_SEQ] {
+            for hostile in [
+                "",
+                "+1",
+                "-1",
+                "01",
+                "1.0",
+                "1e3",
+                " 1",
+                "1\n",
+                "0x10",
+                "18446744073709551616", // u64::MAX + 1
+                "99999999999999999999999999999999",
+                "\u{0}",
+                megabyte_of_digits.as_str(),
+            ] {
+                let why = LockRecord::from_metadata(&with(key, hostile)).unwrap_err();
+                assert!(why.contains(key), "{key}={hostile:?}: {why}");
+                assert!(
+                    why.len() < 300,
+                    "the message quotes too much: {} bytes",
+                    why.len()
+                );
+            }
+        }
+        // The canonical extremes of the counters are fine.
+        let record = LockRecord::from_metadata(&with(KEY_TOKEN, &u64::MAX.to_string())).unwrap();
+        assert_eq!(record.token, u64::MAX);
+        assert_eq!(
+            LockRecord::from_metadata(&with(KEY_SEQ, "0"))
+                .unwrap()
+                .refresh_seq,
+            0
+        );
+    }
+
+    #[test]
+    fn a_ttl_outside_what_locks_accept_makes_the_record_invalid() {
+        for hostile in [
+            0,
+            999,
+            MAX_TTL.as_millis() as u64 + 1,
+            10_000_000_000_000_000, // the DateTime + TTL overflow
+            u64::MAX,
+        ] {
+            let why =
+                LockRecord::from_metadata(&with(KEY_TTL_MS, &hostile.to_string())).unwrap_err();
+            assert!(why.contains("out of range"), "{hostile}: {why}");
+        }
+        for fine in [MIN_TTL, MAX_TTL] {
+            let ttl = fine.as_millis().to_string();
+            assert_eq!(
+                LockRecord::from_metadata(&with(KEY_TTL_MS, &ttl))
+                    .unwrap()
+                    .ttl,
+                Ttl::Finite(fine)
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_holders_and_nonces_are_rejected() {
+        let megabyte = "a".repeat(1 << 20);
+        for key in [KEY_HOLDER, KEY_NONCE] {
+            for hostile in [
+                "",
+                "a\0b",
+                "a\u{1b}[2Jb",
+                "line\nbreak",
+                "\r",
+                "\u{7f}",
+                "\u{85}",
+                &megabyte,
+            ] {
+                let why = LockRecord::from_metadata(&with(key, hostile)).unwrap_err();
+                assert!(why.contains(key), "{key}: {why}");
+                assert!(
+                    why.len() < 300,
+                    "the message quotes too much: {} bytes",
+                    why.len()
+                );
+            }
+        }
+        let unicode = LockRecord::from_metadata(&with(KEY_HOLDER, "höst-名前:1")).unwrap();
+        assert_eq!(unicode.holder, "höst-名前:1");
+    }
+
+    #[test]
+    fn unknown_states_formats_and_missing_fields_are_rejected() {
+        let megabyte = "h".repeat(1 << 20);
+        for (key, value) in [
+            (KEY_STATE, "HELD"),
+            (KEY_STATE, ""),
+            (KEY_STATE, megabyte.as_str()),
+            (KEY_FORMAT, "2"),
+            (KEY_FORMAT, megabyte.as_str()),
+        ] {
+            let why = LockRecord::from_metadata(&with(key, value)).unwrap_err();
+            assert!(why.starts_with("unknown"), "{why}");
+            assert!(
+                why.len() < 300,
+                "the message quotes too much: {} bytes",
+                why.len()
+            );
+        }
+        for key in [
+            KEY_FORMAT, KEY_STATE, KEY_TOKEN, KEY_HOLDER, KEY_NONCE, KEY_TTL_MS, KEY_SEQ,
+        ] {
+            let mut metadata = valid();
+            metadata.remove(key);
+            let why = LockRecord::from_metadata(&metadata).unwrap_err();
+            assert!(why.contains(key) && why.contains("missing"), "{why}");
+        }
+        // Keys of later versions (or of other tools) are no reason to refuse.
+        let mut extra = valid();
+        extra.insert("gcslock-something-new".into(), "\u{0}".into());
+        assert!(LockRecord::from_metadata(&extra).is_ok());
     }
 }

@@ -9,6 +9,7 @@ use crate::backend::{Backend, ObjectInfo, ObjectVersion};
 use crate::error::Error;
 use crate::options::default_margin;
 use crate::record::{LockRecord, LockState, Ttl};
+use crate::retry::{Retry, DEFAULT_TIMEOUT};
 use crate::slot::CompletedSlot;
 use crate::token::FencingToken;
 
@@ -95,17 +96,19 @@ impl LockStatus {
                 last_completed,
             };
         }
+        // The record's TTL is within range, but `updated` comes from the server
+        // too: a time at the end of chrono's range yields no server judgement, and
+        // waiters fall back to their own clock. A forever TTL is never stale.
         let stale_at = match record.ttl {
-            Ttl::Finite(ttl) => chrono::Duration::from_std(ttl + default_margin(ttl))
-                .ok()
+            Ttl::Finite(ttl) => ttl
+                .checked_add(default_margin(ttl))
+                .and_then(|lease| chrono::Duration::from_std(lease).ok())
                 .and_then(|lease| info.updated.checked_add_signed(lease)),
             Ttl::Forever => None,
         };
         let expires_in = match (stale_at, server_time) {
             (Some(stale_at), Some(now)) => Some((stale_at - now).to_std().unwrap_or_default()),
-            // A forever TTL, or one too large for chrono: never stale.
-            (None, Some(_)) => None,
-            (_, None) => None,
+            _ => None,
         };
         let held = HeldStatus {
             holder: record.holder,
@@ -126,13 +129,26 @@ impl LockStatus {
 }
 
 /// Lists the locks under `prefix`, each judged by the server's clock at listing time.
+/// Transient storage failures are retried for up to 10 s (the default of
+/// [`LockOptions::unavailable_timeout`](crate::LockOptions::unavailable_timeout));
+/// see [`list_locks_within`] to choose.
 pub async fn list_locks(
     backend: &dyn Backend,
     prefix: &str,
 ) -> Result<Vec<(String, LockStatus)>, Error> {
+    list_locks_within(backend, prefix, DEFAULT_TIMEOUT).await
+}
+
+/// [`list_locks`], retrying transient storage failures (5xx, 429, timeouts, resets)
+/// with jittered backoff for up to `timeout`; then `Error::Unavailable`.
+pub async fn list_locks_within(
+    backend: &dyn Backend,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<Vec<(String, LockStatus)>, Error> {
     let location = format!("{}/{prefix}", backend.describe());
-    let listing = backend
-        .list(prefix)
+    let listing = Retry::new(timeout)
+        .run(|| backend.list(prefix))
         .await
         .map_err(|error| Error::from_backend(&location, error))?;
     let now = listing.server_time;
@@ -141,4 +157,57 @@ pub async fn list_locks(
         .iter()
         .map(|info| (info.name.clone(), LockStatus::judge(Some(info), now)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::LockRecord;
+
+    fn held_at(updated: DateTime<Utc>, ttl_ms: &str) -> ObjectInfo {
+        let mut metadata = LockRecord {
+            state: LockState::Held,
+            token: 1,
+            holder: "h:1".into(),
+            nonce: "n".into(),
+            ttl: Duration::from_secs(60).into(),
+            refresh_seq: 0,
+            completed: None,
+        }
+        .to_metadata();
+        metadata.insert(crate::record::KEY_TTL_MS.into(), ttl_ms.into());
+        ObjectInfo {
+            name: "l".into(),
+            version: ObjectVersion {
+                generation: 1,
+                metageneration: 1,
+            },
+            updated,
+            metadata,
+        }
+    }
+
+    #[test]
+    fn hostile_ttls_and_times_are_judged_without_panicking() {
+        let now = Utc::now();
+        // `updated + TTL` used to overflow chrono's range and panic.
+        for ttl_ms in [
+            "10000000000000000",
+            "9223372036854775807",
+            "18446744073709551615",
+        ] {
+            let judged = LockStatus::judge(Some(&held_at(now, ttl_ms)), Some(now));
+            assert!(matches!(judged, LockStatus::NotALock { .. }), "{judged:?}");
+        }
+        // A server time at the end of chrono's range: no server judgement, no panic.
+        for updated in [DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MIN_UTC] {
+            for server_time in [Some(now), Some(DateTime::<Utc>::MIN_UTC), None] {
+                let judged = LockStatus::judge(Some(&held_at(updated, "60000")), server_time);
+                assert!(
+                    matches!(judged, LockStatus::Held(_) | LockStatus::Stale(_)),
+                    "{judged:?}"
+                );
+            }
+        }
+    }
 }

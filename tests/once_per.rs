@@ -8,8 +8,8 @@ use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, ObjectVersion, WriteCondition};
 use gcslock::{
-    BreakOutcome, CompletedSlot, Error, FencingToken, Lock, LockOptions, LockRecord, LockState,
-    LockStatus, Slot, SlotAcquire, Ttl, Wait, MAX_PERIOD,
+    BreakOptions, BreakOutcome, CompletedSlot, Error, FencingToken, Lock, LockOptions, LockRecord,
+    LockState, LockStatus, Slot, SlotAcquire, Ttl, Wait, MAX_PERIOD,
 };
 
 const NAME: &str = "jobs/hourly";
@@ -235,7 +235,9 @@ async fn a_failed_run_leaves_the_slot_open() {
 
     // A run that lost its lock to a break records nothing either.
     let guard = acquired(lock.acquire_slot(this, Wait::No).await.unwrap());
-    lock.break_lock(None).await.unwrap();
+    lock.break_with(&BreakOptions::new().now(true))
+        .await
+        .unwrap();
     tokio::time::sleep(TTL).await; // the next refresh sees the break
     assert!(guard.release_completed().await.is_err());
     assert_eq!(record(&memory).await.completed, None);
@@ -361,9 +363,17 @@ async fn the_completed_slot_carries_over_every_write() {
     assert_eq!(guard.token(), FencingToken::new(4));
     expect_carried(record(&memory).await);
     drop(crashed_guard);
-    // Break.
+    // Break: a revoke, then a break at once.
     assert!(matches!(
         taker.break_lock(None).await.unwrap(),
+        BreakOutcome::RevokedUntil { .. }
+    ));
+    expect_carried(record(&memory).await);
+    assert!(matches!(
+        taker
+            .break_with(&BreakOptions::new().now(true))
+            .await
+            .unwrap(),
         BreakOutcome::Broken { .. }
     ));
     expect_carried(record(&memory).await);
@@ -514,10 +524,19 @@ async fn a_forever_lease_is_never_stale() {
         Err(Error::Busy { .. })
     ));
 
-    // Only a break frees it; the holder notices at its next refresh.
+    // Only a break at once frees it: a revoked forever lease would never go stale.
+    // The holder notices at its next refresh.
     drain(&faulty).await;
     assert!(matches!(
-        waiter.break_lock(None).await.unwrap(),
+        waiter.break_lock(None).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert_eq!(record(&memory).await.holder, "holder", "untouched");
+    assert!(matches!(
+        waiter
+            .break_with(&BreakOptions::new().now(true))
+            .await
+            .unwrap(),
         BreakOutcome::Broken { .. }
     ));
     tokio::time::sleep(Duration::from_secs(61)).await;
@@ -597,32 +616,4 @@ async fn a_once_per_run_costs_what_a_plain_run_costs() {
     assert!(other.acquire_slot(hour_slot(3), Wait::No).await.is_err());
     assert_eq!(plain_memory.request_count() - before, plain_busy);
     holder.release().await.unwrap();
-}
-
-/// A TTL so large that `updated + TTL` is past chrono's last date used to panic
-/// while judging the lock; it is a lock that never goes stale in practice.
-#[tokio::test(start_paused = true)]
-async fn an_absurd_ttl_never_panics_the_judge() {
-    let memory = MemoryBackend::new("b");
-    let mut metadata = LockRecord {
-        state: LockState::Held,
-        token: 1,
-        holder: "h".into(),
-        nonce: "n".into(),
-        ttl: TTL.into(),
-        refresh_seq: 0,
-        completed: None,
-    }
-    .to_metadata();
-    metadata.insert("gcslock-ttl-ms".into(), "10000000000000000".into());
-    memory
-        .write(NAME, WriteCondition::DoesNotExist, &metadata)
-        .await
-        .unwrap();
-    let lock = lock_on(Arc::new(memory.clone()), "a");
-    match lock.status().await.unwrap() {
-        LockStatus::Held(held) => assert_eq!(held.expires_in, None),
-        other => panic!("{other:?}"),
-    }
-    assert!(matches!(lock.try_acquire().await, Err(Error::Busy { .. })));
 }

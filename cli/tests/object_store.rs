@@ -194,7 +194,11 @@ async fn lock_a_broken_lease_is_noticed_by_its_holder(t: &Ctx) {
     let guard = holder.try_acquire().await.expect("acquire");
     let lost = guard.lost();
     let breaker = Lock::new(t.fresh(), name, short("breaker")).expect("lock");
-    let outcome = breaker.break_lock(None).await.expect("break");
+    // At once (`--now`): the next acquire below must not wait out a revoked lease.
+    let outcome = breaker
+        .break_with(&gcslock::BreakOptions::new().now(true))
+        .await
+        .expect("break");
     assert!(
         matches!(outcome, gcslock::BreakOutcome::Broken { token, .. } if token.value() == 1),
         "{outcome:?}"

@@ -346,7 +346,7 @@ async fn a_forever_lock_is_held_until_broken() {
     // A break frees it; the holder notices at its next refresh.
     let broken = output(gcslock(
         Some(&emulator),
-        &["break", "--token", &token.to_string(), &url],
+        &["break", "--now", "--token", &token.to_string(), &url],
     ))
     .await;
     assert_eq!(code(&broken), 0, "{}", describe(&broken));

@@ -1,19 +1,40 @@
 //! `gcslock status`: one lock's state, for people (one line) or programs (JSON).
 //! The line and the JSON object are shared with `list`.
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 use clap::Args;
 use gcslock::{CompletedSlot, HeldStatus, Lock, LockOptions, LockStatus, Ttl};
 use serde::Serialize;
 
 use crate::global::GlobalArgs;
-use crate::output::{print_lines, short_duration, timestamp};
+use crate::output::{escape, print_lines, short_duration, timestamp};
+use crate::parse::parse_duration;
 use crate::target::LockTarget;
+
+/// How long `status`, `list` and `break` retry transient storage failures (503, 429,
+/// timeouts, resets) before giving up with exit 69.
+#[derive(Debug, Args)]
+pub struct StorageTimeout {
+    /// How long to retry transient storage failures (5xx, 429, timeouts, resets) with
+    /// backoff before giving up (exit 69)
+    #[arg(
+        long = "storage-timeout",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        default_value = "10s",
+        env = "GCSLOCK_STORAGE_TIMEOUT"
+    )]
+    pub duration: Duration,
+}
 
 pub const HELP: &str = "\
 States: free (no lock object, or released by its last holder), held, stale (not refreshed
 within its TTL by the server's clock: the next contender takes it over), not-a-lock.
-Times left are judged by the storage server's clock, never this machine's.
+Times left are judged by the storage server's clock, never this machine's. A lock revoked
+by `gcslock break` shows as held by \"revoked by NAME\" until it turns stale.
+Text output shows control and bidi characters read from storage escaped as \\u{..}.
 
 --json prints one object: {\"url\", \"state\": \"free\"|\"released\"|\"held\"|\"stale\"|\"not-a-lock\",
 \"free\": bool, \"token\", \"holder\", \"ttl_ms\", \"last_refresh\" (RFC 3339), \"expires_in_ms\",
@@ -33,11 +54,15 @@ pub struct StatusArgs {
     /// Print one JSON object instead of a line of text
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub storage_timeout: StorageTimeout,
 }
 
 pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<u8> {
     let backend = args.url.backend(global)?;
-    let lock = Lock::new(backend, args.url.object(), LockOptions::default())?;
+    let options = LockOptions::default().unavailable_timeout(args.storage_timeout.duration);
+    let lock = Lock::new(backend, args.url.object(), options)?;
     let status = lock.status().await?;
     let url = args.url.to_string();
     let line = if args.json {
@@ -50,8 +75,9 @@ pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<u8
     Ok(0)
 }
 
-/// One line for people.
+/// One line for people; everything read from storage is escaped.
 pub fn describe(url: &str, status: &LockStatus) -> String {
+    let url = escape(url);
     let line = match status {
         LockStatus::Free => format!("{url}: free (no lock object)"),
         LockStatus::Released {
@@ -67,8 +93,8 @@ pub fn describe(url: &str, status: &LockStatus) -> String {
                 .unwrap_or_default();
             format!(
                 "{url}: held by {} (token {}){heard}; last refresh {}, ttl forever \
-                 (only `gcslock break` frees it)",
-                held.holder,
+                 (only `gcslock break --now` frees it)",
+                escape(&held.holder),
                 held.token,
                 timestamp(&held.last_refresh),
             )
@@ -80,7 +106,7 @@ pub fn describe(url: &str, status: &LockStatus) -> String {
                 .unwrap_or_default();
             format!(
                 "{url}: held by {} (token {}){left}; last refresh {}, ttl {}",
-                held.holder,
+                escape(&held.holder),
                 held.token,
                 timestamp(&held.last_refresh),
                 ttl_text(held.ttl)
@@ -89,12 +115,12 @@ pub fn describe(url: &str, status: &LockStatus) -> String {
         LockStatus::Stale(held) => format!(
             "{url}: stale: held by {} (token {}) but not refreshed since {} (ttl {}); \
              the next contender takes it over",
-            held.holder,
+            escape(&held.holder),
             held.token,
             timestamp(&held.last_refresh),
             ttl_text(held.ttl)
         ),
-        LockStatus::NotALock { why } => format!("{url}: not a gcslock lock: {why}"),
+        LockStatus::NotALock { why } => format!("{url}: not a gcslock lock: {}", escape(why)),
         _ => format!("{url}: in a state this version cannot describe"),
     };
     match status.last_completed() {
@@ -117,7 +143,7 @@ pub fn completed_text(done: &CompletedSlot) -> String {
         humantime::format_duration(done.slot.period()),
         timestamp(&done.slot.start()),
         timestamp(&done.completed_at),
-        done.completed_by
+        escape(&done.completed_by)
     )
 }
 

@@ -74,7 +74,7 @@ within the time between the period boundary and the cron firing time.
 and SIGKILL after --kill-grace; gcslock releases the lock and exits 124.
 
 --ttl forever: the lease never expires by time and no waiter ever takes it over; only
-`gcslock break` frees the lock (a crashed holder's lock stays until then). The holder still
+`gcslock break --now` frees the lock (a crashed holder's lock stays until then). The holder still
 refreshes (every minute by default) so that `gcslock status` shows when it was last heard from,
 and keeps its lease while refreshes fail. Older gcslock versions see such a lock as
 \"not a gcslock lock\" and never touch it.
@@ -97,7 +97,7 @@ pub struct RunArgs {
     pub wait: Option<Wait>,
 
     /// How long the lease lasts without a refresh (1s to 7d), or `forever`: never
-    /// stale, only `gcslock break` frees it
+    /// stale, only `gcslock break --now` frees it
     #[arg(
         long,
         env = "GCSLOCK_TTL",
