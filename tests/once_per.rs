@@ -617,3 +617,35 @@ async fn a_once_per_run_costs_what_a_plain_run_costs() {
     assert_eq!(plain_memory.request_count() - before, plain_busy);
     holder.release().await.unwrap();
 }
+
+/// A forever lease never goes stale by itself, so its release cannot retry "until
+/// the lease would be stale anyway": it gives up as after an outage.
+#[tokio::test(start_paused = true)]
+async fn a_forever_release_gives_up_after_the_storage_timeout() {
+    let memory = MemoryBackend::new("b");
+    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    let lock = Lock::new(
+        Arc::new(faulty.clone()),
+        NAME,
+        LockOptions::default()
+            .ttl_forever()
+            .unavailable_timeout(Duration::from_secs(10)),
+    )
+    .unwrap();
+    let guard = lock.try_acquire().await.unwrap();
+    faulty.inject_times(
+        Operation::UpdateMetadata,
+        Fault::Reject(FaultError::Unavailable),
+        100_000,
+    );
+    let started = tokio::time::Instant::now();
+    let released = tokio::time::timeout(Duration::from_secs(3600), guard.release())
+        .await
+        .expect("release gave up");
+    assert!(
+        matches!(released, Err(Error::Unavailable { .. })),
+        "{released:?}"
+    );
+    assert!(started.elapsed() <= Duration::from_secs(15));
+    assert_eq!(record(&memory).await.state, LockState::Held);
+}
