@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::identity::new_nonce;
 use crate::lock::Lock;
 use crate::options::{default_margin, LockSettings, MAX_TTL};
-use crate::record::{LockRecord, LockState, KEY_TOKEN};
+use crate::record::{LockRecord, LockState, Ttl, KEY_TOKEN};
 use crate::retry::Retry;
 use crate::status::LockStatus;
 use crate::token::FencingToken;
@@ -249,14 +249,23 @@ fn plan(
     if options.now {
         return Ok(released(&record));
     }
-    if record.ttl > MAX_TTL {
+    let Ttl::Finite(ttl) = record.ttl else {
+        return Err(Error::Conflict {
+            lock: lock.url.clone(),
+            why: "its TTL is forever, so a revoked lease would never go stale; break it at \
+                  once instead (`--now`, BreakOptions::now), after making sure its holder has \
+                  stopped"
+                .into(),
+        });
+    };
+    if ttl > MAX_TTL {
         return Err(Error::Conflict {
             lock: lock.url.clone(),
             why: format!(
                 "its TTL ({}) is above the longest TTL gcslock accepts ({}), so revoking it \
                  would keep it blocked that long; break it at once instead (`--now`, \
                  BreakOptions::now), after making sure its holder has stopped",
-                humantime::format_duration(record.ttl),
+                humantime::format_duration(ttl),
                 humantime::format_duration(MAX_TTL)
             ),
         });
@@ -333,8 +342,10 @@ fn repair_plan(
         token,
         holder: format!("repaired by {}", lock.identity),
         nonce: new_nonce(),
-        ttl: lock.ttl,
+        ttl: lock.record_ttl(),
         refresh_seq: 0,
+        // The invalid record's completed slot, if any, cannot be trusted.
+        completed: None,
     };
     Ok(Plan::Write {
         record,
@@ -383,14 +394,20 @@ fn carries_nonce(metadata: &Metadata, nonce: &str) -> bool {
 /// When a held `record` last written at `info.updated` turns stale, as
 /// [`LockStatus::judge`] sees it.
 fn stale_after(url: &str, record: &LockRecord, info: &ObjectInfo) -> Result<DateTime<Utc>, Error> {
-    chrono::Duration::from_std(record.ttl.saturating_add(default_margin(record.ttl)))
+    let Ttl::Finite(ttl) = record.ttl else {
+        return Err(Error::Conflict {
+            lock: url.to_owned(),
+            why: "its TTL is forever: it never turns stale".into(),
+        });
+    };
+    chrono::Duration::from_std(ttl.saturating_add(default_margin(ttl)))
         .ok()
         .and_then(|lease| info.updated.checked_add_signed(lease))
         .ok_or_else(|| Error::Conflict {
             lock: url.to_owned(),
             why: format!(
                 "its TTL ({}) is too large to compute when it turns stale",
-                humantime::format_duration(record.ttl)
+                humantime::format_duration(ttl)
             ),
         })
 }

@@ -17,7 +17,8 @@ use crate::backoff::Backoff;
 use crate::clock::{instant_after, Deadline, SendTime};
 use crate::error::{Error, LossReason};
 use crate::options::LockSettings;
-use crate::record::{LockRecord, LockState};
+use crate::record::{LockRecord, LockState, RecordedSlot};
+use crate::slot::Slot;
 use crate::token::FencingToken;
 
 /// Proof of holding a lock. Refreshes the lease in the background until released
@@ -31,6 +32,8 @@ use crate::token::FencingToken;
 pub struct Guard {
     lease: Arc<Lease>,
     keep_alive: Option<JoinHandle<()>>,
+    /// The slot this guard was acquired for ([`crate::Lock::acquire_slot`]).
+    slot: Option<Slot>,
 }
 
 #[derive(Debug)]
@@ -82,7 +85,18 @@ impl Guard {
         Self {
             lease,
             keep_alive: Some(keep_alive),
+            slot: None,
         }
+    }
+
+    pub(crate) fn set_slot(&mut self, slot: Slot) {
+        self.slot = Some(slot);
+    }
+
+    /// The slot this guard was acquired for, if it came from
+    /// [`crate::Lock::acquire_slot`].
+    pub fn slot(&self) -> Option<Slot> {
+        self.slot
     }
 
     /// This holder's fencing token: larger than every earlier holder's.
@@ -189,9 +203,42 @@ impl Guard {
         if let Some(task) = self.keep_alive.take() {
             stop_keep_alive(&self.lease, task).await;
         }
-        let result = release(&self.lease).await;
+        let result = release(&self.lease, None).await;
         self.lease.mark_lost(LossReason::Released);
         result
+    }
+
+    /// Releases the lock and records the slot given to
+    /// [`crate::Lock::acquire_slot`] as completed, in the same conditional write: call
+    /// it when the work succeeded. The slot is recorded only if the lease is still
+    /// valid when the release is sent; otherwise the lock is released as by
+    /// [`Guard::release`] and `Error::LeaseLost` says so, leaving the slot open.
+    /// A guard acquired without a slot is released and `Error::InvalidInput` returned.
+    pub async fn release_completed(mut self) -> Result<(), Error> {
+        let valid = self.check();
+        let completion = match (self.slot, &valid) {
+            (Some(slot), Ok(())) => Some(RecordedSlot {
+                slot,
+                by: self.lease.record.holder.clone(),
+                at: None,
+            }),
+            _ => None,
+        };
+        if let Some(task) = self.keep_alive.take() {
+            stop_keep_alive(&self.lease, task).await;
+        }
+        let result = release(&self.lease, completion).await;
+        self.lease.mark_lost(LossReason::Released);
+        valid?;
+        result?;
+        if self.slot.is_none() {
+            return Err(Error::InvalidInput(
+                "release_completed on a guard acquired without a slot (use Lock::acquire_slot); \
+                 released without recording one"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     fn check_time_for(&self, needed: Duration) -> Result<(), Error> {
@@ -225,7 +272,7 @@ impl Drop for Guard {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     stop_keep_alive(&lease, task).await;
-                    if let Err(error) = release(&lease).await {
+                    if let Err(error) = release(&lease, None).await {
                         tracing::warn!(lock = %lease.lock.url, %error, "background release after drop failed");
                     }
                     lease.mark_lost(LossReason::Released);
@@ -462,7 +509,8 @@ fn renewed(lease: &Lease, version: ObjectVersion, refresh_seq: u64, sent: SendTi
 /// Marks the object released if it is still ours. Retries transient failures until
 /// the lease would have gone stale anyway. Should the release outlast the lease
 /// deadline (a request that hangs), the lease is marked lost at the deadline.
-async fn release(lease: &Lease) -> Result<(), Error> {
+/// `completion` is recorded in the same write (`Guard::release_completed`).
+async fn release(lease: &Lease, completion: Option<RecordedSlot>) -> Result<(), Error> {
     let lock = &lease.lock;
     let lost_before = lease.lost.borrow().clone();
     let outcome = || match lost_before.clone() {
@@ -480,9 +528,14 @@ async fn release(lease: &Lease) -> Result<(), Error> {
         return outcome(); // nothing of ours left to release
     }
     let deadline = lease.state().deadline.monotonic;
-    let give_up_at = instant_after(deadline, lock.margin.saturating_mul(2))
-        .max(instant_after(Instant::now(), lock.poll_min));
-    let releasing = release_until(lease, give_up_at);
+    let give_up_at = if lock.forever {
+        // A forever lease never goes stale by itself: give up as after an outage.
+        instant_after(Instant::now(), lock.unavailable_timeout.max(lock.poll_min))
+    } else {
+        instant_after(deadline, lock.margin.saturating_mul(2))
+            .max(instant_after(Instant::now(), lock.poll_min))
+    };
+    let releasing = release_until(lease, give_up_at, completion);
     tokio::pin!(releasing);
     tokio::select! {
         biased;
@@ -496,7 +549,11 @@ async fn release(lease: &Lease) -> Result<(), Error> {
 
 /// The release requests, each bounded by `give_up_at`: past it the lease is stale
 /// to everyone, and a hanging request is abandoned.
-async fn release_until(lease: &Lease, give_up_at: Instant) -> Result<(), Error> {
+async fn release_until(
+    lease: &Lease,
+    give_up_at: Instant,
+    completion: Option<RecordedSlot>,
+) -> Result<(), Error> {
     let lock = &lease.lock;
     let gave_up = || {
         Error::from_backend(
@@ -516,7 +573,11 @@ async fn release_until(lease: &Lease, give_up_at: Instant) -> Result<(), Error> 
             let state = lease.state();
             (state.version, state.refresh_seq.saturating_add(1))
         };
-        let tombstone = lease.record(LockState::Released, seq).to_metadata();
+        let mut tombstone = lease.record(LockState::Released, seq);
+        if completion.is_some() {
+            tombstone.completed.clone_from(&completion);
+        }
+        let tombstone = tombstone.to_metadata();
         let update = lock
             .backend
             .update_metadata(&lock.object, version, &tombstone);

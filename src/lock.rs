@@ -23,7 +23,8 @@ use crate::error::{Error, HolderSummary, LossReason};
 use crate::identity::new_nonce;
 use crate::lease::Guard;
 use crate::options::{default_margin, LockOptions, LockSettings};
-use crate::record::{LockRecord, LockState};
+use crate::record::{LockRecord, LockState, RecordedSlot, Ttl};
+use crate::slot::{CompletedSlot, Slot, SlotAcquire};
 use crate::status::LockStatus;
 use crate::token::FencingToken;
 
@@ -46,6 +47,8 @@ pub struct Lock {
 
 enum Attempt {
     Acquired(Guard),
+    /// The slot asked for is already completed: nothing was written.
+    Done(CompletedSlot),
     /// The write succeeded, but the lease had already run out by the time its answer
     /// arrived (the process was suspended, or requests were very slow). The lock was
     /// released again; a guard that is invalid from birth is never returned.
@@ -117,8 +120,8 @@ impl Lock {
     }
 
     /// How long a lease lasts without a refresh.
-    pub fn ttl(&self) -> Duration {
-        self.inner.ttl
+    pub fn ttl(&self) -> Ttl {
+        self.inner.record_ttl()
     }
 
     /// How often the holder refreshes.
@@ -164,6 +167,68 @@ impl Lock {
         wait: Wait,
         cancel: &CancellationToken,
     ) -> Result<Guard, Error> {
+        match self.acquire_for(wait, cancel, None).await? {
+            SlotAcquire::Acquired(guard) => Ok(guard),
+            // Only a slot can be done, and none was asked for.
+            SlotAcquire::AlreadyDone(done) => Err(Error::Conflict {
+                lock: self.inner.url.clone(),
+                why: done.to_string(),
+            }),
+        }
+    }
+
+    /// Once per period: acquires the lock for `slot` unless the lock records that
+    /// slot (or a later one of the same period) as completed, waiting as `wait`
+    /// says. A waiter stops waiting as soon as it sees the slot completed. The
+    /// check rides on the read every acquire makes: it costs no extra request.
+    ///
+    /// Record the slot as completed with [`Guard::release_completed`] once the work
+    /// succeeded; a plain release (or a lost lease) leaves it open for a retry.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::{Duration, SystemTime}};
+    /// use gcslock::{backend::memory::MemoryBackend, Lock, LockOptions, Slot, SlotAcquire, Wait};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), gcslock::Error> {
+    /// let bucket = Arc::new(MemoryBackend::new("my-bucket"));
+    /// let lock = Lock::new(bucket, "jobs/hourly", LockOptions::default())?;
+    /// // Name the slot by this machine's wall clock when the job starts.
+    /// let slot = Slot::containing(SystemTime::now(), Duration::from_secs(3600))?;
+    ///
+    /// match lock.acquire_slot(slot, Wait::No).await? {
+    ///     SlotAcquire::Acquired(guard) => {
+    ///         // ... the hourly work; on failure `guard.release()` leaves the slot open
+    ///         guard.release_completed().await?;
+    ///     }
+    ///     SlotAcquire::AlreadyDone(done) => unreachable!("first run: {done}"),
+    /// }
+    /// // The same hour again: another machine (or a later cron tick) skips it.
+    /// assert!(matches!(lock.acquire_slot(slot, Wait::No).await?, SlotAcquire::AlreadyDone(_)));
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire_slot(&self, slot: Slot, wait: Wait) -> Result<SlotAcquire, Error> {
+        self.acquire_slot_cancellable(slot, wait, &CancellationToken::new())
+            .await
+    }
+
+    /// Like [`Lock::acquire_slot`], and stops waiting when `cancel` fires, as
+    /// [`Lock::acquire_cancellable`] does.
+    pub async fn acquire_slot_cancellable(
+        &self,
+        slot: Slot,
+        wait: Wait,
+        cancel: &CancellationToken,
+    ) -> Result<SlotAcquire, Error> {
+        self.acquire_for(wait, cancel, Some(slot)).await
+    }
+
+    async fn acquire_for(
+        &self,
+        wait: Wait,
+        cancel: &CancellationToken,
+        slot: Option<Slot>,
+    ) -> Result<SlotAcquire, Error> {
         let lock = &self.inner;
         let start = Instant::now();
         let wait_until = match wait {
@@ -184,10 +249,18 @@ impl Lock {
                     lock: lock.url.clone(),
                 });
             }
-            let attempt = self.attempt(&mut seen, &mut pending, cancel).await;
+            let attempt = self
+                .attempt(&mut seen, &mut pending, cancel, slot.as_ref())
+                .await;
             let now = Instant::now();
             let wake = match attempt {
-                Ok(Attempt::Acquired(guard)) => return Ok(guard),
+                Ok(Attempt::Acquired(mut guard)) => {
+                    if let Some(slot) = slot {
+                        guard.set_slot(slot);
+                    }
+                    return Ok(SlotAcquire::Acquired(guard));
+                }
+                Ok(Attempt::Done(done)) => return Ok(SlotAcquire::AlreadyDone(done)),
                 Err(Failure::Fatal(error)) => return Err(error),
                 Err(Failure::Cancelled) => {
                     return Err(Error::Cancelled {
@@ -284,6 +357,7 @@ impl Lock {
         seen: &mut Option<(ObjectVersion, Instant)>,
         pending: &mut PendingCreates,
         cancel: &CancellationToken,
+        slot: Option<&Slot>,
     ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
         let read = tokio::select! {
@@ -302,6 +376,9 @@ impl Lock {
             None => (WriteCondition::DoesNotExist, 1),
             Some(info) => {
                 let record = self.decode(info)?;
+                if let Some(done) = slot_done(slot, &record, info) {
+                    return Ok(Attempt::Done(done));
+                }
                 let next_token = record.token.checked_add(1).ok_or_else(|| {
                     Failure::Fatal(Error::NotALock {
                         lock: lock.url.clone(),
@@ -337,8 +414,9 @@ impl Lock {
             token,
             holder: lock.identity.clone(),
             nonce: new_nonce(),
-            ttl: lock.ttl,
+            ttl: lock.record_ttl(),
             refresh_seq: 0,
+            completed: carried_completion(read.value.as_ref()),
         };
         let sent = SendTime::now();
         match lock
@@ -349,7 +427,7 @@ impl Lock {
             Ok(written) => Ok(self.started(record, written.value.version, sent).await),
             // Someone else wrote first; report who holds it now.
             Err(BackendError::PreconditionFailed) => {
-                self.after_lost_race(&record, sent, pending).await
+                self.after_lost_race(&record, sent, pending, slot).await
             }
             Err(error) if error.may_have_applied() => {
                 tracing::debug!(lock = %lock.url, %error, "create outcome unknown; resolving by nonce");
@@ -365,6 +443,7 @@ impl Lock {
         ours: &LockRecord,
         sent: SendTime,
         pending: &mut PendingCreates,
+        slot: Option<&Slot>,
     ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
         let read = lock
@@ -383,6 +462,9 @@ impl Lock {
                     return Ok(self.started(earlier, info.version, earlier_sent).await);
                 }
                 let record = self.decode(info)?;
+                if let Some(done) = slot_done(slot, &record, info) {
+                    return Ok(Attempt::Done(done));
+                }
                 let status = LockStatus::judge(Some(info), read.server_time);
                 let retry_in = match status {
                     LockStatus::Held(held) => held.expires_in,
@@ -415,7 +497,12 @@ impl Lock {
         pending: &mut PendingCreates,
     ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
-        let give_up_at = instant_after(sent.at, lock.ttl.saturating_sub(lock.margin));
+        // A forever lease never ends by itself: bound the reading as for an outage.
+        let give_up_at = if lock.forever {
+            instant_after(sent.at, lock.unavailable_timeout.max(lock.refresh_interval))
+        } else {
+            instant_after(sent.at, lock.ttl.saturating_sub(lock.margin))
+        };
         let mut backoff = Backoff::new(
             lock.poll_min.min(Duration::from_millis(100)),
             lock.refresh_interval,
@@ -487,7 +574,11 @@ impl Lock {
         received: Instant,
         seen: &mut Option<(ObjectVersion, Instant)>,
     ) -> Staleness {
-        let margin = default_margin(record.ttl);
+        // A forever lease is never stale: only a break frees it.
+        let Ttl::Finite(ttl) = record.ttl else {
+            return Staleness::Fresh { retry_in: None };
+        };
+        let margin = default_margin(ttl);
         // Local rule: the holder must change the version within its TTL to keep the
         // lease; one version unchanged for TTL + margin on our monotonic clock means
         // its holder's deadline has passed.
@@ -498,8 +589,7 @@ impl Lock {
                 received
             }
         };
-        let local_left = record
-            .ttl
+        let local_left = ttl
             .saturating_add(margin)
             .saturating_sub(received.saturating_duration_since(first_seen));
         if local_left.is_zero() {
@@ -534,6 +624,20 @@ impl Lock {
 enum Staleness {
     Stale { by: &'static str },
     Fresh { retry_in: Option<Duration> },
+}
+
+/// The completion recorded in `record` if it covers `slot`.
+fn slot_done(slot: Option<&Slot>, record: &LockRecord, info: &ObjectInfo) -> Option<CompletedSlot> {
+    let done = record.completed.as_ref()?;
+    slot.filter(|slot| done.slot.covers(slot))
+        .map(|_| done.resolve(info.updated))
+}
+
+/// The completed slot an acquire carries over from the object it replaces.
+fn carried_completion(inspected: Option<&ObjectInfo>) -> Option<RecordedSlot> {
+    let info = inspected?;
+    let record = LockRecord::from_metadata(&info.metadata).ok()?;
+    record.completed.map(|done| done.carried_from(info.updated))
 }
 
 fn summary(record: &LockRecord, expires_in: Option<Duration>) -> HolderSummary {

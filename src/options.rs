@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::backend::Backend;
 use crate::error::Error;
 use crate::identity::default_identity;
+use crate::record::Ttl;
 
 /// TTLs outside this range are refused: below it no refresh can keep up with
 /// request latency; above it a crashed holder blocks everyone for days.
@@ -26,6 +27,12 @@ pub(crate) fn default_margin(ttl: Duration) -> Duration {
     (ttl / 10).max(MIN_MARGIN)
 }
 
+/// A forever holder's lease length on its own clocks: far enough to never end,
+/// near enough that deadline arithmetic on `Instant` cannot overflow.
+pub(crate) const FOREVER_LEASE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// How often a forever holder refreshes by default, so that status shows it is alive.
+pub(crate) const FOREVER_REFRESH: Duration = Duration::from_secs(60);
+
 /// The default margin's floor: request latency and the server's whole-second
 /// `Date` dominate below it.
 const MIN_MARGIN: Duration = Duration::from_millis(200);
@@ -34,6 +41,7 @@ const MIN_MARGIN: Duration = Duration::from_millis(200);
 #[derive(Clone, Debug)]
 pub struct LockOptions {
     ttl: Duration,
+    forever: bool,
     refresh_interval: Option<Duration>,
     safety_margin: Option<Duration>,
     identity: Option<String>,
@@ -46,6 +54,7 @@ impl Default for LockOptions {
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(300),
+            forever: false,
             refresh_interval: None,
             safety_margin: None,
             identity: None,
@@ -60,6 +69,20 @@ impl LockOptions {
     /// How long a lease lasts without a refresh (default 5 minutes; 1 s to 7 days).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
+        self.forever = false;
+        self
+    }
+
+    /// A lease that never expires by time: no waiter ever takes it over, and only
+    /// a break at once ([`crate::Lock::break_with`] with `BreakOptions::now`) frees it
+    /// if the holder dies; a revoking break is refused, as it would never go stale. The holder still
+    /// refreshes (every minute by default, never faster than the backend's write-rate
+    /// floor) so that status shows when it was last heard from; refresh failures
+    /// never end the lease. The safety margin is zero. Locks held this way are
+    /// "not a lock" to gcslock versions from before forever TTLs, which therefore
+    /// never touch them.
+    pub fn ttl_forever(mut self) -> Self {
+        self.forever = true;
         self
     }
 
@@ -114,7 +137,10 @@ pub(crate) struct LockSettings {
     pub backend: Arc<dyn Backend>,
     pub object: String,
     pub url: String,
+    /// The lease length basis: the TTL, or [`FOREVER_LEASE`] for a forever lock.
     pub ttl: Duration,
+    /// Never stale by time (`LockOptions::ttl_forever`).
+    pub forever: bool,
     pub refresh_interval: Duration,
     pub margin: Duration,
     pub identity: String,
@@ -131,6 +157,9 @@ impl LockSettings {
         options: LockOptions,
     ) -> Result<Self, Error> {
         crate::validate_object_name(object)?;
+        if options.forever {
+            return Self::forever(backend, object, options);
+        }
         let ttl = options.ttl;
         if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
             return Err(Error::InvalidInput(format!(
@@ -185,6 +214,7 @@ impl LockSettings {
             object: object.to_owned(),
             url,
             ttl,
+            forever: false,
             refresh_interval,
             margin,
             identity,
@@ -192,6 +222,50 @@ impl LockSettings {
             poll_max: options.poll_max,
             unavailable_timeout: options.unavailable_timeout,
         })
+    }
+
+    /// A forever lock: validated as a long finite lock for the checks they share
+    /// (identity, backoff), then given a lease that does not end and no margin.
+    fn forever(
+        backend: Arc<dyn Backend>,
+        object: &str,
+        options: LockOptions,
+    ) -> Result<Self, Error> {
+        let floor = backend.min_mutation_interval().unwrap_or_default();
+        let refresh_interval = options
+            .refresh_interval
+            .unwrap_or(FOREVER_REFRESH.max(floor));
+        if refresh_interval.is_zero() || refresh_interval < floor || refresh_interval > MAX_TTL / 2
+        {
+            return Err(Error::InvalidInput(format!(
+                "refresh interval {} of a forever lock must be at least {} and at most {}",
+                humantime::format_duration(refresh_interval),
+                humantime::format_duration(floor.max(Duration::from_millis(1))),
+                humantime::format_duration(MAX_TTL / 2),
+            )));
+        }
+        let shared = LockOptions {
+            forever: false,
+            ttl: MAX_TTL,
+            refresh_interval: Some(refresh_interval),
+            safety_margin: None,
+            ..options
+        };
+        Ok(Self {
+            ttl: FOREVER_LEASE,
+            forever: true,
+            margin: Duration::ZERO,
+            ..Self::new(backend, object, shared)?
+        })
+    }
+
+    /// The TTL as recorded in the lock.
+    pub(crate) fn record_ttl(&self) -> Ttl {
+        if self.forever {
+            Ttl::Forever
+        } else {
+            Ttl::Finite(self.ttl)
+        }
     }
 }
 

@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use crate::backend::{Backend, ObjectInfo, ObjectVersion};
 use crate::error::Error;
 use crate::options::default_margin;
-use crate::record::{LockRecord, LockState};
+use crate::record::{LockRecord, LockState, Ttl};
 use crate::retry::{Retry, DEFAULT_TIMEOUT};
+use crate::slot::CompletedSlot;
 use crate::token::FencingToken;
 
 /// What a read of the lock object shows.
@@ -24,6 +25,8 @@ pub enum LockStatus {
         token: FencingToken,
         /// When it was released, by the server's clock.
         released_at: DateTime<Utc>,
+        /// The last slot completed under this lock (`--once-per`), if any.
+        last_completed: Option<CompletedSlot>,
     },
     /// Held and refreshed recently enough.
     Held(HeldStatus),
@@ -38,20 +41,37 @@ pub enum LockStatus {
 
 /// Details of a held (or stale) lock.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HeldStatus {
     /// The holder's identity, as recorded in the lock.
     pub holder: String,
     /// The holder's fencing token.
     pub token: FencingToken,
     /// The TTL the holder acquired the lock with.
-    pub ttl: Duration,
+    pub ttl: Ttl,
     /// The last acquire or refresh, by the server's clock.
     pub last_refresh: DateTime<Utc>,
+    /// Time since `last_refresh` by the server's clock; `None` if the server sent
+    /// no `Date`.
+    pub last_heard: Option<Duration>,
     /// Server-judged time until the lock counts as stale (zero once stale);
-    /// `None` if the server sent no `Date`.
+    /// `None` if the server sent no `Date`, and for a forever TTL.
     pub expires_in: Option<Duration>,
     /// The object version read.
     pub version: ObjectVersion,
+    /// The last slot completed under this lock (`--once-per`), if any.
+    pub last_completed: Option<CompletedSlot>,
+}
+
+impl LockStatus {
+    /// The last slot completed under this lock (`--once-per`), whatever its state.
+    pub fn last_completed(&self) -> Option<&CompletedSlot> {
+        match self {
+            Self::Released { last_completed, .. } => last_completed.as_ref(),
+            Self::Held(held) | Self::Stale(held) => held.last_completed.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 impl LockStatus {
@@ -65,20 +85,27 @@ impl LockStatus {
             Ok(record) => record,
             Err(why) => return Self::NotALock { why },
         };
+        let last_completed = record
+            .completed
+            .as_ref()
+            .map(|done| done.resolve(info.updated));
         if record.state == LockState::Released {
             return Self::Released {
                 token: FencingToken::new(record.token),
                 released_at: info.updated,
+                last_completed,
             };
         }
         // The record's TTL is within range, but `updated` comes from the server
         // too: a time at the end of chrono's range yields no server judgement, and
-        // waiters fall back to their own clock.
-        let stale_at = record
-            .ttl
-            .checked_add(default_margin(record.ttl))
-            .and_then(|lease| chrono::Duration::from_std(lease).ok())
-            .and_then(|lease| info.updated.checked_add_signed(lease));
+        // waiters fall back to their own clock. A forever TTL is never stale.
+        let stale_at = match record.ttl {
+            Ttl::Finite(ttl) => ttl
+                .checked_add(default_margin(ttl))
+                .and_then(|lease| chrono::Duration::from_std(lease).ok())
+                .and_then(|lease| info.updated.checked_add_signed(lease)),
+            Ttl::Forever => None,
+        };
         let expires_in = match (stale_at, server_time) {
             (Some(stale_at), Some(now)) => Some((stale_at - now).to_std().unwrap_or_default()),
             _ => None,
@@ -88,8 +115,10 @@ impl LockStatus {
             token: FencingToken::new(record.token),
             ttl: record.ttl,
             last_refresh: info.updated,
+            last_heard: server_time.map(|now| (now - info.updated).to_std().unwrap_or_default()),
             expires_in,
             version: info.version,
+            last_completed,
         };
         if expires_in == Some(Duration::ZERO) {
             Self::Stale(held)
@@ -145,8 +174,9 @@ mod tests {
             token: 1,
             holder: "h:1".into(),
             nonce: "n".into(),
-            ttl: Duration::from_secs(60),
+            ttl: Duration::from_secs(60).into(),
             refresh_seq: 0,
+            completed: None,
         }
         .to_metadata();
         metadata.insert(crate::record::KEY_TTL_MS.into(), ttl_ms.into());

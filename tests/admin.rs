@@ -353,8 +353,10 @@ async fn a_ttl_beyond_the_maximum_needs_now() {
         token: 3,
         holder: "forever".into(),
         nonce: "n".into(),
-        ttl: Duration::from_secs(365 * 24 * 3600),
+        // Beyond every finite TTL: a record with a longer one is not a lock at all.
+        ttl: gcslock::Ttl::Forever,
         refresh_seq: 0,
+        completed: None,
     };
     memory
         .write(NAME, WriteCondition::DoesNotExist, &forever.to_metadata())

@@ -244,8 +244,9 @@ fn hostile_records() -> Vec<(&'static str, Metadata)> {
         token: 3,
         holder: "host:1".into(),
         nonce: "0123456789abcdef0123456789abcdef".into(),
-        ttl: TTL,
+        ttl: TTL.into(),
         refresh_seq: 0,
+        completed: None,
     }
     .to_metadata();
     let with = |key: &str, value: String| {

@@ -41,8 +41,9 @@ fn crashed_holder(ttl: Duration, token: u64) -> LockRecord {
         token,
         holder: "crashed-holder:1".into(),
         nonce: "0".repeat(32),
-        ttl,
+        ttl: ttl.into(),
         refresh_seq: 0,
+        completed: None,
     }
 }
 

@@ -31,8 +31,9 @@ fn record(seq: u64) -> LockRecord {
         token: 1,
         holder: "bench-latency:1".into(),
         nonce: "0123456789abcdef0123456789abcdef".into(),
-        ttl: Duration::from_secs(60),
+        ttl: Duration::from_secs(60).into(),
         refresh_seq: seq,
+        completed: None,
     }
 }
 

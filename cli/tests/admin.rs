@@ -56,8 +56,9 @@ fn held_by(holder: &str, token: u64) -> BTreeMap<String, String> {
         token,
         holder: holder.into(),
         nonce: "0123456789abcdef0123456789abcdef".into(),
-        ttl: Duration::from_secs(300),
+        ttl: Duration::from_secs(300).into(),
         refresh_seq: 0,
+        completed: None,
     }
     .to_metadata()
 }

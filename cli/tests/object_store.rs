@@ -162,8 +162,9 @@ async fn lock_a_crashed_holder_is_taken_over_after_its_ttl(t: &Ctx) {
         token: 7,
         holder: "crashed".into(),
         nonce: "dead".into(),
-        ttl,
+        ttl: ttl.into(),
         refresh_seq: 0,
+        completed: None,
     };
     let crashed_at = Instant::now();
     t.backend
@@ -234,8 +235,9 @@ async fn without_a_server_clock_takeover_waits_a_full_ttl_on_the_local_clock() {
         token: 1,
         holder: "crashed".into(),
         nonce: "dead".into(),
-        ttl,
+        ttl: ttl.into(),
         refresh_seq: 0,
+        completed: None,
     };
     backend
         .write("lock", DoesNotExist, &crashed.to_metadata())

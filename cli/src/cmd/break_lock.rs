@@ -30,8 +30,8 @@ Which to use:
                            while the broken holder's command MAY STILL RUN for up to its
                            refresh interval plus its --kill-grace, overlapping the next
                            holder's. Use it when you know the holder is gone (its machine
-                           is dead), or for a lock whose TTL is above the longest TTL
-                           gcslock accepts (7 days), which the default refuses to revoke.
+                           is dead), or for a lock whose TTL is forever (`run --ttl
+                           forever`), which the default refuses to revoke.
 
 The lock is never deleted: fencing tokens keep growing (the next holder gets token+1).
 With --token N the lock is broken only if it still carries token N.
