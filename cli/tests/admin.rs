@@ -202,32 +202,50 @@ async fn text_output_never_echoes_control_characters_from_storage() {
     let Some(emulator) = Emulator::strict() else {
         return;
     };
-    let hostile = "evil\u{1b}[2J\u{1b}]0;pwned\u{7}\nline two\0nul\u{202E}reversed";
-    let url = emulator.url("hostile");
-    create(&emulator, &url, &held_by(hostile, 3)).await;
-    let raw = |c: char| c.is_control() || c == '\u{202E}';
+    let raw = |c: char| c.is_control() || matches!(c, '\u{202E}' | '\u{200B}');
+    let one_line = |out: &std::process::Output| {
+        assert_eq!(code(out), 0, "{}", describe(out));
+        let shown = text(&out.stdout);
+        let line = shown.strip_suffix('\n').expect("one line").to_owned();
+        assert!(!line.chars().any(raw), "raw control characters: {line:?}");
+        line
+    };
 
+    // A valid record whose holder carries a bidi override and a zero-width space:
+    // accepted, and escaped wherever text shows it.
+    let tricky = "evil\u{202E}reversed\u{200B}zw";
+    let url = emulator.url("tricky");
+    create(&emulator, &url, &held_by(tricky, 3)).await;
     let status = output(gcslock(Some(&emulator), &["status", &url])).await;
     // The lock's full name as the prefix: only it is listed.
     let list = output(gcslock(Some(&emulator), &["list", &url])).await;
     for out in [&status, &list] {
-        assert_eq!(code(out), 0, "{}", describe(out));
-        let shown = text(&out.stdout);
-        let line = shown.strip_suffix('\n').expect("one line");
-        assert!(!line.chars().any(raw), "raw control characters: {line:?}");
-        assert!(line.contains("evil\\u{1b}[2J"), "{line:?}");
-        assert!(line.contains("\\u{202e}reversed"), "{line:?}");
+        let line = one_line(out);
+        assert!(
+            line.contains("evil\\u{202e}reversed\\u{200b}zw"),
+            "{line:?}"
+        );
     }
     // JSON carries the exact holder (serde_json escapes it).
-    let status = status_json(Some(&emulator), &url).await;
-    assert_eq!(status["holder"], hostile, "{status}");
-
-    let broken = output(gcslock(Some(&emulator), &["break", &url])).await;
-    assert_eq!(code(&broken), 0, "{}", describe(&broken));
-    let line = text(&broken.stdout);
-    let line = line.strip_suffix('\n').expect("one line");
-    assert!(!line.chars().any(raw), "raw control characters: {line:?}");
+    let json = status_json(Some(&emulator), &url).await;
+    assert_eq!(json["holder"], tricky, "{json}");
+    let line = one_line(&output(gcslock(Some(&emulator), &["break", &url])).await);
     assert!(line.contains("revoked"), "{line:?}");
+
+    // Control characters make the record invalid; the reason, which quotes the
+    // value, is escaped too.
+    let hostile = "evil\u{1b}[2J\u{1b}]0;pwned\u{7}\nline two\0nul";
+    let url = emulator.url("hostile");
+    create(&emulator, &url, &held_by(hostile, 3)).await;
+    for args in [["status", url.as_str()], ["list", url.as_str()]] {
+        let line = one_line(&output(gcslock(Some(&emulator), &args)).await);
+        assert!(line.contains("not a gcslock lock"), "{line:?}");
+        assert!(line.contains("gcslock-holder"), "{line:?}");
+    }
+    assert_eq!(
+        status_json(Some(&emulator), &url).await["state"],
+        "not-a-lock"
+    );
 }
 
 #[tokio::test]

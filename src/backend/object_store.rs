@@ -1,4 +1,4 @@
-//! S3, Azure Blob and in-memory stores through the [`object_store`](::object_store)
+//! S3, Azure Blob and in-memory stores through the [`object_store`]
 //! crate (cargo feature `object-store`).
 //!
 //! The lease protocol conditions every write on an [`ObjectVersion`] (GCS's
@@ -26,7 +26,7 @@
 //!   deletes (release and break write a tombstone), so nothing needs it.
 //! * `list` lists the names, then reads each object (admin commands only).
 //! * Server time: the HTTP `Date` header of the store's own response, captured by
-//!   an [`HttpConnector`](::object_store::client::HttpConnector) wrapped around
+//!   an [`HttpConnector`] wrapped around
 //!   `object_store`'s reqwest client, and compared only with the same store's
 //!   `Last-Modified`. HTTP dates have whole seconds, so `updated` is reported as
 //!   `Last-Modified + 1s` (an upper bound: staleness is never judged early). The
