@@ -1,5 +1,5 @@
 //! Breaking a lock by force ([`Lock::break_lock`], [`Lock::break_with`]) and what it
-//! found.
+//! found (PROTOCOL.md §8).
 //!
 //! A held lock is *revoked* by default rather than released: its version and nonce
 //! change (so its holder's next refresh fails and it stops), but it stays held, by

@@ -1,6 +1,7 @@
 //! The holder's clocks: when a request was sent, and the lease deadline it yields,
 //! on the monotonic clock and (on Linux) on CLOCK_BOOTTIME, which keeps counting
 //! through a suspend, and on CLOCK_MONOTONIC_RAW, which NTP does not slew.
+//! PROTOCOL.md §4 (rule 2) and §6 (clock rates).
 //!
 //! # Clock-rate tolerance
 //!

@@ -1,6 +1,7 @@
 //! A held lease: the keep-alive task, loss notification, the commit guard and
 //! release. Its deadline is `send time of the last successful refresh + TTL - margin`
 //! ([`crate::clock`]): network delay can only shorten the holder's belief.
+//! (PROTOCOL.md §5.)
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -1,7 +1,7 @@
 //! A named lock and the acquire/takeover algorithm. Transport-free: it speaks
 //! only to the [`Backend`] trait.
 //!
-//! Rules it keeps (see DESIGN.md §2):
+//! Rules it keeps (PROTOCOL.md §3-§4):
 //! * expiry is judged by the server's clock (`Date` vs `updated` + TTL), or by the
 //!   waiter watching one version stay unchanged for a TTL on its monotonic clock,
 //!   never by comparing two machines' wall clocks;

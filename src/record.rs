@@ -3,7 +3,7 @@
 //! The object is never deleted by gcslock: release and break mark it released, so
 //! the fencing-token counter it carries survives from one holder to the next.
 //!
-//! Two optional parts (see DESIGN.md §7):
+//! Two optional parts (PROTOCOL.md §7 and §10):
 //!
 //! * **Forever TTL**: `gcslock-ttl-ms` = `forever`. The lease never expires by time;
 //!   only a break frees it. Versions of gcslock from before forever TTLs fail to

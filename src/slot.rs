@@ -1,5 +1,5 @@
 //! Once per period: the period slot a run belongs to, and the completed slot a
-//! lock record carries.
+//! lock record carries (PROTOCOL.md §10).
 //!
 //! A slot is `floor(unix_time / period)` of the wall clock of the machine that
 //! starts the run: the clock that made its cron fire, so machines whose clocks

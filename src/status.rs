@@ -1,5 +1,5 @@
 //! What a read of a lock object shows, judged by the storage server's clock, and
-//! the listing of locks under a prefix.
+//! the listing of locks under a prefix (PROTOCOL.md §4, rule 1).
 
 use std::time::Duration;
 

@@ -428,8 +428,12 @@ async fn cli_s3_lease_lost_to_break_exits_76() {
     holder.expect_stderr("lost while the command ran").await;
     let (status, _, stderr) = holder.finish().await;
     assert_eq!(status.code(), Some(76), "{stderr}");
+    // A default break revokes: held by the breaker until the broken holder must have
+    // stopped (PROTOCOL.md §8), not free at once.
     let status = status_json(None, &url).await;
-    assert_eq!(status["state"], "released", "{status}");
+    assert_eq!(status["state"], "held", "{status}");
+    let holder = status["holder"].as_str().unwrap_or_default();
+    assert!(holder.starts_with("revoked by "), "{status}");
 }
 
 #[tokio::test]
