@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
+use gcslock::backend::intercept::{Intercept, NoDate};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, WriteCondition};
 use gcslock::{
@@ -479,67 +480,6 @@ async fn skewed_clocks_stay_safe() {
 async fn without_a_server_date_waiters_fall_back_to_their_own_clock() {
     // A backend that strips the Date header: staleness must come from watching the
     // version stay unchanged for a TTL on the waiter's monotonic clock.
-    #[derive(Debug)]
-    struct NoDate(MemoryBackend);
-    #[async_trait::async_trait]
-    impl Backend for NoDate {
-        async fn write(
-            &self,
-            n: &str,
-            c: WriteCondition,
-            m: &Metadata,
-        ) -> Result<
-            gcslock::backend::Stamped<gcslock::backend::ObjectInfo>,
-            gcslock::backend::BackendError,
-        > {
-            self.0.write(n, c, m).await.map(|mut s| {
-                s.server_time = None;
-                s
-            })
-        }
-        async fn read(
-            &self,
-            n: &str,
-        ) -> Result<
-            gcslock::backend::Stamped<Option<gcslock::backend::ObjectInfo>>,
-            gcslock::backend::BackendError,
-        > {
-            self.0.read(n).await.map(|mut s| {
-                s.server_time = None;
-                s
-            })
-        }
-        async fn update_metadata(
-            &self,
-            n: &str,
-            v: gcslock::backend::ObjectVersion,
-            m: &Metadata,
-        ) -> Result<
-            gcslock::backend::Stamped<gcslock::backend::ObjectInfo>,
-            gcslock::backend::BackendError,
-        > {
-            self.0.update_metadata(n, v, m).await
-        }
-        async fn delete(
-            &self,
-            n: &str,
-            v: gcslock::backend::ObjectVersion,
-        ) -> Result<(), gcslock::backend::BackendError> {
-            self.0.delete(n, v).await
-        }
-        async fn list(
-            &self,
-            p: &str,
-        ) -> Result<
-            Vec<gcslock::backend::Stamped<gcslock::backend::ObjectInfo>>,
-            gcslock::backend::BackendError,
-        > {
-            self.0.list(p).await
-        }
-        fn describe(&self) -> String {
-            self.0.describe()
-        }
-    }
     let memory = MemoryBackend::new("b");
     let failing = FaultyBackend::new(Arc::new(memory.clone()));
     stop_refreshing(&failing);
@@ -548,7 +488,10 @@ async fn without_a_server_date_waiters_fall_back_to_their_own_clock() {
         .await
         .expect("free");
     let start = Instant::now();
-    let waiter = lock_on(Arc::new(NoDate(memory.clone())), "waiter");
+    let waiter = lock_on(
+        Arc::new(Intercept::wrap(Arc::new(memory.clone()), NoDate)),
+        "waiter",
+    );
     let taken = waiter
         .acquire(Wait::Forever)
         .await
