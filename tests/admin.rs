@@ -8,8 +8,8 @@ use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, WriteCondition};
 use gcslock::{
-    BreakOptions, BreakOutcome, Error, FencingToken, Lock, LockOptions, LockRecord, LockState,
-    LockStatus, LossReason, Wait,
+    BreakOptions, BreakOutcome, Error, FencingToken, Guard, Lock, LockOptions, LockRecord,
+    LockState, LockStatus, LossReason, Wait,
 };
 use tokio::time::Instant;
 
@@ -25,6 +25,14 @@ fn lock_on(backend: Arc<dyn Backend>, identity: &str) -> Lock {
         .identity(identity)
         .unavailable_timeout(STORAGE_TIMEOUT);
     Lock::new(backend, NAME, options).expect("valid lock")
+}
+
+/// Takes the free lock through `backend` as `identity`.
+async fn hold(backend: Arc<dyn Backend>, identity: &str) -> Guard {
+    lock_on(backend, identity)
+        .try_acquire()
+        .await
+        .expect("free")
 }
 
 async fn record(memory: &MemoryBackend) -> LockRecord {
@@ -53,15 +61,31 @@ fn metadata_of(pairs: &[(&str, &str)]) -> Metadata {
         .collect()
 }
 
+/// Asserts that `operation` gave up as unavailable once the storage timeout ran
+/// out, and not much later.
+async fn gives_up_after_the_storage_timeout<T: std::fmt::Debug>(
+    operation: impl std::future::Future<Output = Result<T, Error>>,
+) {
+    let started = Instant::now();
+    let result = operation.await;
+    let took = Instant::now() - started;
+    assert!(
+        matches!(result, Err(Error::Unavailable { .. })),
+        "{result:?}"
+    );
+    let grace = Duration::from_secs(1);
+    assert!(
+        took >= STORAGE_TIMEOUT && took < STORAGE_TIMEOUT + grace,
+        "{took:?}"
+    );
+}
+
 // ---------------------------------------------------------------- retries
 
 #[tokio::test(start_paused = true)]
 async fn status_and_list_retry_transient_errors_then_succeed() {
     let memory = MemoryBackend::new("b");
-    let holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
     let faults = faulty(&memory);
     for fault in [
         FaultError::Unavailable,
@@ -100,43 +124,16 @@ async fn persistent_failure_is_unavailable_after_the_timeout_not_before() {
         10_000,
     );
     let admin = lock_on(Arc::new(faults.clone()), "admin");
-    let grace = Duration::from_secs(1);
+    gives_up_after_the_storage_timeout(admin.status()).await;
 
-    let started = Instant::now();
-    let status = admin.status().await;
-    let took = Instant::now() - started;
-    assert!(
-        matches!(status, Err(Error::Unavailable { .. })),
-        "{status:?}"
-    );
-    assert!(
-        took >= STORAGE_TIMEOUT && took < STORAGE_TIMEOUT + grace,
-        "{took:?}"
-    );
+    gives_up_after_the_storage_timeout(admin.break_lock(None)).await;
 
-    let started = Instant::now();
-    let broken = admin.break_lock(None).await;
-    let took = Instant::now() - started;
-    assert!(
-        matches!(broken, Err(Error::Unavailable { .. })),
-        "{broken:?}"
-    );
-    assert!(
-        took >= STORAGE_TIMEOUT && took < STORAGE_TIMEOUT + grace,
-        "{took:?}"
-    );
-
-    let started = Instant::now();
-    let listed = gcslock::list_locks_within(&faults, "jobs/", STORAGE_TIMEOUT).await;
-    let took = Instant::now() - started;
-    assert!(
-        matches!(listed, Err(Error::Unavailable { .. })),
-        "{listed:?}"
-    );
-    assert!(
-        took >= STORAGE_TIMEOUT && took < STORAGE_TIMEOUT + grace,
-        "{took:?}"
-    );
+    gives_up_after_the_storage_timeout(gcslock::list_locks_within(
+        &faults,
+        "jobs/",
+        STORAGE_TIMEOUT,
+    ))
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -158,10 +155,7 @@ async fn permission_denied_is_not_retried_by_admin_operations() {
 #[tokio::test(start_paused = true)]
 async fn break_retries_and_resolves_a_lost_response_by_reading_back() {
     let memory = MemoryBackend::new("b");
-    let holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
     let seq_before = record(&memory).await.refresh_seq;
     let faults = faulty(&memory);
     faults.inject(Operation::Read, Fault::Reject(FaultError::Unavailable));
@@ -200,10 +194,7 @@ async fn break_retries_and_resolves_a_lost_response_by_reading_back() {
 #[tokio::test(start_paused = true)]
 async fn default_break_revokes_until_the_broken_holder_must_have_stopped() {
     let memory = MemoryBackend::new("b");
-    let holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
     let lost = holder.lost();
     // Break mid-interval, so the holder's last refresh is well before the break.
     tokio::time::sleep(REFRESH / 2).await;
@@ -254,10 +245,7 @@ async fn default_break_revokes_until_the_broken_holder_must_have_stopped() {
 #[tokio::test(start_paused = true)]
 async fn break_now_releases_at_once() {
     let memory = MemoryBackend::new("b");
-    let holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
     let lost = holder.lost();
     let admin = lock_on(Arc::new(memory.clone()), "admin");
     let outcome = admin
@@ -285,10 +273,7 @@ async fn a_stale_lock_is_simply_released() {
         Fault::Reject(FaultError::Unavailable),
         1000,
     );
-    let holder = lock_on(Arc::new(crashed), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(crashed), "holder").await;
     tokio::time::sleep(TTL + MARGIN).await;
     let admin = lock_on(Arc::new(memory.clone()), "admin");
     let outcome = admin.break_lock(None).await.expect("break");
@@ -303,10 +288,7 @@ async fn a_stale_lock_is_simply_released() {
 #[tokio::test(start_paused = true)]
 async fn breaking_a_revoked_lock_again_does_not_extend_it() {
     let memory = MemoryBackend::new("b");
-    let holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
     let admin = lock_on(Arc::new(memory.clone()), "admin");
     let first = admin.break_lock(None).await.expect("break");
     let version = memory
@@ -377,10 +359,7 @@ async fn a_ttl_beyond_the_maximum_needs_now() {
 #[tokio::test(start_paused = true)]
 async fn break_with_the_wrong_token_changes_nothing() {
     let memory = MemoryBackend::new("b");
-    let holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
     let admin = lock_on(Arc::new(memory.clone()), "admin");
     let wrong = admin.break_lock(Some(FencingToken::new(9))).await;
     assert!(matches!(wrong, Err(Error::Conflict { .. })), "{wrong:?}");
@@ -513,10 +492,7 @@ async fn repair_never_touches_foreign_objects_or_exhausted_tokens() {
 #[tokio::test(start_paused = true)]
 async fn repair_on_a_valid_record_breaks_it() {
     let memory = MemoryBackend::new("b");
-    let holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
     let admin = lock_on(Arc::new(memory.clone()), "admin");
     let outcome = admin
         .break_with(&BreakOptions::new().repair(true))

@@ -12,7 +12,7 @@ use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::intercept::{Call, Hook, Intercept, Outcome};
 use gcslock::backend::memory::{MemoryBackend, Mutation};
 use gcslock::backend::{Backend, BackendError, Metadata, WriteCondition};
-use gcslock::{list_locks, Lock};
+use gcslock::{list_locks, Guard, Lock};
 use gcslock::{Error, LockOptions, LockRecord, LockState, LockStatus, LossReason, Wait};
 use tokio::time::Instant;
 
@@ -29,6 +29,21 @@ fn lock_on(backend: Arc<dyn Backend>, identity: &str) -> Lock {
         LockOptions::default().ttl(TTL).identity(identity),
     )
     .expect("valid lock")
+}
+
+/// Takes the free lock through `backend` as `identity`.
+async fn hold(backend: Arc<dyn Backend>, identity: &str) -> Guard {
+    lock_on(backend, identity)
+        .try_acquire()
+        .await
+        .expect("free")
+}
+
+/// A bucket, and a fault injector in front of it.
+fn faulty_bucket() -> (MemoryBackend, FaultyBackend) {
+    let memory = MemoryBackend::new("b");
+    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    (memory, faulty)
 }
 
 async fn record(memory: &MemoryBackend) -> LockRecord {
@@ -51,13 +66,9 @@ fn bump_version(memory: &MemoryBackend) {
 
 #[tokio::test(start_paused = true)]
 async fn a_hanging_read_back_after_a_refresh_conflict_does_not_delay_the_loss() {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    let (memory, faulty) = faulty_bucket();
     let start = Instant::now();
-    let guard = lock_on(Arc::new(faulty.clone()), "me")
-        .try_acquire()
-        .await
-        .expect("free");
+    let guard = hold(Arc::new(faulty.clone()), "me").await;
     bump_version(&memory);
     faulty.inject(Operation::Read, Fault::Delay(A_YEAR));
     let reason = guard.lost().await;
@@ -75,13 +86,9 @@ async fn a_hanging_read_back_after_a_refresh_conflict_does_not_delay_the_loss() 
 
 #[tokio::test(start_paused = true)]
 async fn a_hanging_read_back_during_release_does_not_delay_the_loss() {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    let (memory, faulty) = faulty_bucket();
     let start = Instant::now();
-    let guard = lock_on(Arc::new(faulty.clone()), "me")
-        .try_acquire()
-        .await
-        .expect("free");
+    let guard = hold(Arc::new(faulty.clone()), "me").await;
     let lost = guard.lost();
     bump_version(&memory);
     faulty.inject(Operation::Read, Fault::Delay(A_YEAR));
@@ -125,10 +132,7 @@ async fn a_keep_alive_that_panics_resolves_lost_and_fails_check() {
     let backend = Arc::new(Intercept::<PanickingRefresh>::new(Arc::new(
         MemoryBackend::new("b"),
     )));
-    let guard = lock_on(backend.clone(), "me")
-        .try_acquire()
-        .await
-        .expect("free");
+    let guard = hold(backend.clone(), "me").await;
     backend.armed.store(true, Ordering::SeqCst);
     let start = Instant::now();
     let reason = tokio::time::timeout(TTL * 10, guard.lost())
@@ -190,8 +194,7 @@ fn futures_executor_block_on<F: std::future::Future>(future: F) -> F::Output {
 
 #[tokio::test(start_paused = true)]
 async fn absurd_waits_timeouts_and_retry_afters_do_not_overflow() {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    let (_, faulty) = faulty_bucket();
     faulty.inject(Operation::Read, Fault::Reject(FaultError::Unavailable));
     let lock = Lock::new(
         Arc::new(faulty.clone()),
