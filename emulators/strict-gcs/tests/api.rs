@@ -9,6 +9,33 @@ use serde_json::{json, Value};
 
 const B: &str = "test-bucket";
 
+/// Preconditions that the live object at generation `g`, metageneration `m` fails,
+/// and what each is answered: 412, or 304 for the `NotMatch` ones.
+fn conditions_failing_on(g: i64, m: i64) -> Vec<(String, StatusCode)> {
+    vec![
+        (
+            format!("ifGenerationMatch={}", g + 1),
+            StatusCode::PRECONDITION_FAILED,
+        ),
+        (
+            "ifGenerationMatch=0".to_owned(),
+            StatusCode::PRECONDITION_FAILED,
+        ),
+        (
+            format!("ifGenerationMatch={g}&ifMetagenerationMatch={}", m + 1),
+            StatusCode::PRECONDITION_FAILED,
+        ),
+        (
+            format!("ifGenerationNotMatch={g}"),
+            StatusCode::NOT_MODIFIED,
+        ),
+        (
+            format!("ifMetagenerationNotMatch={m}"),
+            StatusCode::NOT_MODIFIED,
+        ),
+    ]
+}
+
 #[tokio::test]
 async fn multipart_upload_create_only_if_absent() {
     let h = start(&[B]).await;
@@ -115,28 +142,11 @@ async fn overwrite_changes_generation_and_resets_metageneration() {
 async fn upload_preconditions_each_enforced() {
     let h = start(&[B]).await;
     let (g, m) = h.create(B, "o", json!({})).await;
-    let cases: Vec<(String, StatusCode)> = vec![
-        (
-            format!("ifGenerationMatch={}", g + 1),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            format!("ifMetagenerationMatch={}", m + 1),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            format!("ifGenerationMatch={g}&ifMetagenerationMatch={}", m + 1),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            format!("ifGenerationNotMatch={g}"),
-            StatusCode::NOT_MODIFIED,
-        ),
-        (
-            format!("ifMetagenerationNotMatch={m}"),
-            StatusCode::NOT_MODIFIED,
-        ),
-    ];
+    let mut cases = conditions_failing_on(g, m);
+    cases.push((
+        format!("ifMetagenerationMatch={}", m + 1),
+        StatusCode::PRECONDITION_FAILED,
+    ));
     for (query, expected) in &cases {
         for kind in ["media", "multipart"] {
             let response = if kind == "media" {
@@ -210,39 +220,24 @@ async fn get_preconditions_each_enforced() {
     let h = start(&[B]).await;
     let (g, m) = h.create(B, "o", json!({"k": "v"})).await;
     for alt in ["", "alt=media&", "alt=json&"] {
-        let cases = [
+        let mut cases = conditions_failing_on(g, m);
+        cases.extend([
             (
                 format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
                 StatusCode::OK,
             ),
             (
-                format!("ifGenerationMatch={}", g + 1),
-                StatusCode::PRECONDITION_FAILED,
-            ),
-            (
-                "ifGenerationMatch=0".to_owned(),
-                StatusCode::PRECONDITION_FAILED,
-            ),
-            (
                 format!("ifMetagenerationMatch={}", m + 1),
                 StatusCode::PRECONDITION_FAILED,
             ),
-            (
-                format!("ifGenerationNotMatch={g}"),
-                StatusCode::NOT_MODIFIED,
-            ),
             (format!("ifGenerationNotMatch={}", g + 1), StatusCode::OK),
-            (
-                format!("ifMetagenerationNotMatch={m}"),
-                StatusCode::NOT_MODIFIED,
-            ),
             (
                 format!("ifMetagenerationNotMatch={}", m + 1),
                 StatusCode::OK,
             ),
             (format!("generation={g}"), StatusCode::OK),
             (format!("generation={}", g + 1), StatusCode::NOT_FOUND),
-        ];
+        ]);
         for (query, expected) in cases {
             let response = h.get(B, "o", &format!("{alt}{query}")).await;
             assert_eq!(response.status(), expected, "GET ?{alt}{query}");
@@ -352,29 +347,13 @@ async fn patch_bumps_metageneration_and_enforces_preconditions() {
         error_reason(stale, StatusCode::PRECONDITION_FAILED).await.0,
         "conditionNotMet"
     );
-    let cases = [
-        (
-            format!("ifGenerationMatch={}", g + 1),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            "ifGenerationMatch=0".to_owned(),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            format!("ifMetagenerationMatch={m}"),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            format!("ifGenerationNotMatch={g}"),
-            StatusCode::NOT_MODIFIED,
-        ),
-        (
-            format!("ifMetagenerationNotMatch={}", m + 1),
-            StatusCode::NOT_MODIFIED,
-        ),
-        (format!("generation={}", g + 1), StatusCode::NOT_FOUND),
-    ];
+    // The live object is now (g, m + 1).
+    let mut cases = conditions_failing_on(g, m + 1);
+    cases.push((
+        format!("ifMetagenerationMatch={m}"),
+        StatusCode::PRECONDITION_FAILED,
+    ));
+    cases.push((format!("generation={}", g + 1), StatusCode::NOT_FOUND));
     for (query, expected) in cases {
         let response = h
             .patch(B, "o", &query, &json!({"metadata": {"x": "1"}}))
@@ -462,29 +441,8 @@ async fn patch_removing_an_existing_key_is_refused_until_the_model_supports_it()
 async fn delete_enforces_preconditions() {
     let h = start(&[B]).await;
     let (g, m) = h.create(B, "o", json!({})).await;
-    let cases = [
-        (
-            format!("ifGenerationMatch={}", g + 1),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            "ifGenerationMatch=0".to_owned(),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            format!("ifGenerationMatch={g}&ifMetagenerationMatch={}", m + 1),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            format!("ifGenerationNotMatch={g}"),
-            StatusCode::NOT_MODIFIED,
-        ),
-        (
-            format!("ifMetagenerationNotMatch={m}"),
-            StatusCode::NOT_MODIFIED,
-        ),
-        (format!("generation={}", g + 1), StatusCode::NOT_FOUND),
-    ];
+    let mut cases = conditions_failing_on(g, m);
+    cases.push((format!("generation={}", g + 1), StatusCode::NOT_FOUND));
     for (query, expected) in cases {
         let response = h.delete(B, "o", &query).await;
         assert_eq!(response.status(), expected, "DELETE ?{query}");
