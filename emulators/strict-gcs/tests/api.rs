@@ -3,7 +3,7 @@
 mod common;
 
 use chrono::{DateTime, Utc};
-use common::{enc, error_reason, start, version};
+use common::{enc, error_reason, if_version, start, version};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -114,7 +114,7 @@ async fn overwrite_changes_generation_and_resets_metageneration() {
     // Overwrite with the exact current version as precondition (both kinds).
     for upload in ["media", "multipart"] {
         let (g, m) = version(&h.stat(B, "o").await.expect("exists"));
-        let query = format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}");
+        let query = if_version(g, m);
         let response = if upload == "media" {
             h.upload_media(B, "o", &query, b"new").await
         } else {
@@ -222,10 +222,7 @@ async fn get_preconditions_each_enforced() {
     for alt in ["", "alt=media&", "alt=json&"] {
         let mut cases = conditions_failing_on(g, m);
         cases.extend([
-            (
-                format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
-                StatusCode::OK,
-            ),
+            (if_version(g, m), StatusCode::OK),
             (
                 format!("ifMetagenerationMatch={}", m + 1),
                 StatusCode::PRECONDITION_FAILED,
@@ -316,7 +313,7 @@ async fn patch_bumps_metageneration_and_enforces_preconditions() {
         .patch(
             B,
             "o",
-            &format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
+            &if_version(g, m),
             &json!({"metadata": {"b": "2", "c": "3", "gone": null}}),
         )
         .await;
@@ -336,12 +333,7 @@ async fn patch_bumps_metageneration_and_enforces_preconditions() {
 
     // The stale version no longer matches: 412, and nothing changes.
     let stale = h
-        .patch(
-            B,
-            "o",
-            &format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
-            &json!({"metadata": {"x": "1"}}),
-        )
+        .patch(B, "o", &if_version(g, m), &json!({"metadata": {"x": "1"}}))
         .await;
     assert_eq!(
         error_reason(stale, StatusCode::PRECONDITION_FAILED).await.0,
@@ -451,26 +443,14 @@ async fn delete_enforces_preconditions() {
             "DELETE ?{query} deleted nothing"
         );
     }
-    let response = h
-        .delete(
-            B,
-            "o",
-            &format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
-        )
-        .await;
+    let response = h.delete(B, "o", &if_version(g, m)).await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert!(response.bytes().await.expect("body").is_empty());
     assert!(h.stat(B, "o").await.is_none());
     // A recreated object is a new instance: the old version cannot delete it.
     let (g2, _) = h.create(B, "o", json!({})).await;
     assert_ne!(g2, g);
-    let stale = h
-        .delete(
-            B,
-            "o",
-            &format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
-        )
-        .await;
+    let stale = h.delete(B, "o", &if_version(g, m)).await;
     assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
     let current = h.delete(B, "o", &format!("ifGenerationMatch={g2}")).await;
     assert_eq!(current.status(), StatusCode::NO_CONTENT);
@@ -744,12 +724,7 @@ async fn percent_encoded_names_with_slashes_and_spaces() {
     assert_eq!(object["name"], name);
     assert_eq!(object["id"], format!("{B}/{name}/{g}"));
     let patched = h
-        .patch(
-            B,
-            name,
-            &format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
-            &json!({"metadata": {"k": "w"}}),
-        )
+        .patch(B, name, &if_version(g, m), &json!({"metadata": {"k": "w"}}))
         .await;
     assert_eq!(patched.status(), StatusCode::OK);
     let listed: Value = h
@@ -816,7 +791,7 @@ async fn concurrent_conditional_writes_have_exactly_one_winner() {
         .map(|i| {
             let h = h.clone();
             tokio::spawn(async move {
-                let query = format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}");
+                let query = if_version(g, m);
                 h.patch(
                     B,
                     "contended",
