@@ -45,7 +45,7 @@ use gcslock::fence::{
 };
 use gcslock::{Error, FencingToken, Lock, LockOptions, Wait};
 use harness::support::{loud, run_id};
-use harness::{Emulator, HANG_GUARD};
+use harness::{exits, Emulator, HANG_GUARD};
 use tokio::sync::oneshot;
 
 // ---------------------------------------------------------------------------
@@ -1019,8 +1019,7 @@ mod cli {
         let out = with_input(from_env, b"three again").await;
         assert_eq!(code(&out), 0, "{}", describe(&out));
 
-        let out = output(gcslock(Some(&host), &["cat", "--show-token", &url])).await;
-        assert_eq!(code(&out), 0, "{}", describe(&out));
+        let out = exits(Some(&host), &["cat", "--show-token", &url], 0).await;
         assert_eq!(out.stdout, b"three again", "stdout is the pure body");
         assert_eq!(stderr(&out).trim(), format!("gcslock: {url}: token 3"));
 
@@ -1064,8 +1063,7 @@ mod cli {
             "{}",
             describe(&out)
         );
-        let out = output(gcslock(Some(&host), &["cat", "--show-token", &foreign])).await;
-        assert_eq!(code(&out), 0, "{}", describe(&out));
+        let out = exits(Some(&host), &["cat", "--show-token", &foreign], 0).await;
         assert_eq!(out.stdout, b"foreign");
         assert!(
             stderr(&out).contains("no fencing token"),
@@ -1083,8 +1081,7 @@ mod cli {
         assert_eq!(code(&out), 0, "{}", describe(&out));
 
         // Missing object and missing bucket: 66.
-        let out = output(gcslock(Some(&host), &["cat", &format!("{prefix}/nothing")])).await;
-        assert_eq!(code(&out), 66, "{}", describe(&out));
+        let out = exits(Some(&host), &["cat", &format!("{prefix}/nothing")], 66).await;
         assert!(
             stderr(&out).contains("does not exist"),
             "{}",
@@ -1100,8 +1097,7 @@ mod cli {
         )
         .await;
         assert_eq!(code(&out), 66, "{}", describe(&out));
-        let out = output(gcslock(Some(&host), &["cat", &no_bucket])).await;
-        assert_eq!(code(&out), 66, "{}", describe(&out));
+        exits(Some(&host), &["cat", &no_bucket], 66).await;
     }
 
     #[tokio::test]
@@ -1251,8 +1247,7 @@ mod cli {
             "the refused put explains itself: {errors}"
         );
 
-        let out = output(gcslock(Some(&host), &["cat", "--show-token", &data_url])).await;
-        assert_eq!(code(&out), 0, "{}", describe(&out));
+        let out = exits(Some(&host), &["cat", "--show-token", &data_url], 0).await;
         assert_eq!(out.stdout, b"new holder data");
         assert_eq!(
             stderr(&out).trim(),
