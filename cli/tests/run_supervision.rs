@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use harness::{
-    code, describe, exits, gcslock, output, start_ready, status_json, text, Emulator, Running, BIN,
-    SHORT_TTL,
+    code, describe, exits, gcslock, output, run_script, start_ready, status_json, text, Emulator,
+    Running, BIN, SHORT_TTL,
 };
 use nix::sys::signal::{kill, Signal};
 use tokio::net::{TcpListener, TcpStream};
@@ -62,18 +62,11 @@ async fn assert_gone_when_the_waiter_started(waiter: &mut Running, pids: &[i32])
 /// A holder whose command starts a grandchild in its process group; both ignore
 /// SIGTERM. Returns the holder, the command's pid and the grandchild's.
 async fn hold_stubborn(emulator: &Emulator, url: &str, extra: &[&str]) -> (Running, i32, i32) {
-    let mut args = vec!["run"];
-    args.extend_from_slice(&SHORT_TTL);
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[
-        url,
-        "--",
-        "sh",
-        "-c",
-        // The grandchild inherits the ignored SIGTERM: like a job whose graceful
-        // shutdown takes longer than the lease has left.
-        r#"trap '' TERM; sleep 300 & echo "ready $$ $!"; wait"#,
-    ]);
+    let extra = [&SHORT_TTL[..], extra].concat();
+    // The grandchild inherits the ignored SIGTERM: like a job whose graceful
+    // shutdown takes longer than the lease has left.
+    let script = r#"trap '' TERM; sleep 300 & echo "ready $$ $!"; wait"#;
+    let args = run_script(&extra, url, script);
     start_ready(gcslock(Some(emulator), &args)).await
 }
 

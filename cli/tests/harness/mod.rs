@@ -259,16 +259,16 @@ impl Running {
 /// then waits for a line on stdin (or EOF) before exiting 0. Returns the holder, its
 /// command's pid (also its process group) and its token.
 pub async fn hold(emulator: Option<&Emulator>, url: &str, extra: &[&str]) -> (Running, i32, u64) {
+    let args = run_script(extra, url, r#"echo "ready $$ $GCSLOCK_TOKEN"; read _"#);
+    start_ready(gcslock(emulator, &args)).await
+}
+
+/// The arguments of `gcslock run EXTRA URL -- sh -c SCRIPT`.
+pub fn run_script<'a>(extra: &[&'a str], url: &'a str, script: &'a str) -> Vec<&'a str> {
     let mut args = vec!["run"];
     args.extend_from_slice(extra);
-    args.extend_from_slice(&[
-        url,
-        "--",
-        "sh",
-        "-c",
-        r#"echo "ready $$ $GCSLOCK_TOKEN"; read _"#,
-    ]);
-    start_ready(gcslock(emulator, &args)).await
+    args.extend_from_slice(&[url, "--", "sh", "-c", script]);
+    args
 }
 
 /// Starts `command` and reads its `ready A B` line.
