@@ -1,6 +1,8 @@
 //! The admin operations (status, list, break, repair) under storage faults and
 //! hostile records, on the strict in-memory backend and tokio's paused clock.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use gcslock::{
     BreakOptions, BreakOutcome, Error, FencingToken, Guard, Lock, LockOptions, LockRecord,
     LockState, LockStatus, LossReason, Wait,
 };
+use support::{faulty_bucket, record_at};
 use tokio::time::Instant;
 
 const NAME: &str = "jobs/nightly";
@@ -36,8 +39,7 @@ async fn hold(backend: Arc<dyn Backend>, identity: &str) -> Guard {
 }
 
 async fn record(memory: &MemoryBackend) -> LockRecord {
-    let read = memory.read(NAME).await.expect("read");
-    LockRecord::from_metadata(&read.value.expect("object exists").metadata).expect("a lock")
+    record_at(memory, NAME).await
 }
 
 async fn metadata(memory: &MemoryBackend) -> Metadata {
@@ -111,8 +113,7 @@ async fn status_and_list_retry_transient_errors_then_succeed() {
 
 #[tokio::test(start_paused = true)]
 async fn persistent_failure_is_unavailable_after_the_timeout_not_before() {
-    let memory = MemoryBackend::new("b");
-    let faults = faulty(&memory);
+    let (_, faults) = faulty_bucket();
     faults.inject_times(
         Operation::Read,
         Fault::Reject(FaultError::Unavailable),
@@ -138,8 +139,7 @@ async fn persistent_failure_is_unavailable_after_the_timeout_not_before() {
 
 #[tokio::test(start_paused = true)]
 async fn permission_denied_is_not_retried_by_admin_operations() {
-    let memory = MemoryBackend::new("b");
-    let faults = faulty(&memory);
+    let (_, faults) = faulty_bucket();
     faults.inject(Operation::Read, Fault::Reject(FaultError::PermissionDenied));
     faults.inject(Operation::Read, Fault::Reject(FaultError::Unavailable));
     let admin = lock_on(Arc::new(faults.clone()), "admin");

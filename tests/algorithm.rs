@@ -1,6 +1,8 @@
 //! The lock algorithm on the strict in-memory backend, under tokio's paused clock:
 //! virtual time makes TTLs of minutes run in milliseconds, deterministically.
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use gcslock::{
     BreakOptions, Error, FencingToken, Guard, Lock, LockOptions, LockRecord, LockState, LockStatus,
     LossReason, Wait,
 };
+use support::{faulty_bucket, record_at};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -36,13 +39,6 @@ async fn hold(backend: Arc<dyn Backend>, identity: &str) -> Guard {
         .expect("free")
 }
 
-/// A bucket, and a fault injector in front of it.
-fn faulty_bucket() -> (MemoryBackend, FaultyBackend) {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
-    (memory, faulty)
-}
-
 /// Makes every later refresh through `backend` fail, as if its holder had crashed
 /// or been cut off: the lease then runs out unrefreshed.
 fn stop_refreshing(backend: &FaultyBackend) {
@@ -54,8 +50,7 @@ fn stop_refreshing(backend: &FaultyBackend) {
 }
 
 async fn record(memory: &MemoryBackend) -> LockRecord {
-    let read = memory.read("jobs/nightly").await.expect("read");
-    LockRecord::from_metadata(&read.value.expect("object exists").metadata).expect("a lock")
+    record_at(memory, "jobs/nightly").await
 }
 
 #[tokio::test(start_paused = true)]

@@ -2,18 +2,21 @@
 //! lock records, clock-rate error and creates that apply late, on the strict
 //! in-memory backend under tokio's paused clock.
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
-use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
+use gcslock::backend::fault::{Fault, FaultError, Operation};
 use gcslock::backend::intercept::{Call, Hook, Intercept, Outcome};
 use gcslock::backend::memory::{MemoryBackend, Mutation};
 use gcslock::backend::{Backend, BackendError, Metadata, WriteCondition};
 use gcslock::{list_locks, Guard, Lock};
 use gcslock::{Error, LockOptions, LockRecord, LockState, LockStatus, LossReason, Wait};
+use support::{faulty_bucket, record_at};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(80);
@@ -39,16 +42,8 @@ async fn hold(backend: Arc<dyn Backend>, identity: &str) -> Guard {
         .expect("free")
 }
 
-/// A bucket, and a fault injector in front of it.
-fn faulty_bucket() -> (MemoryBackend, FaultyBackend) {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
-    (memory, faulty)
-}
-
 async fn record(memory: &MemoryBackend) -> LockRecord {
-    let read = memory.read(OBJECT).await.expect("read");
-    LockRecord::from_metadata(&read.value.expect("object exists").metadata).expect("a lock")
+    record_at(memory, OBJECT).await
 }
 
 /// Changes the lock object's version without changing what it says, so the
