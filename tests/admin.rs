@@ -1,6 +1,8 @@
 //! The admin operations (status, list, break, repair) under storage faults and
 //! hostile records, on the strict in-memory backend and tokio's paused clock.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,9 +10,10 @@ use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, WriteCondition};
 use gcslock::{
-    BreakOptions, BreakOutcome, Error, FencingToken, Lock, LockOptions, LockRecord, LockState,
-    LockStatus, LossReason, Wait,
+    BreakOptions, BreakOutcome, Error, FencingToken, Guard, Lock, LockOptions, LockRecord,
+    LockState, LockStatus, LossReason, Wait,
 };
+use support::{faulty_bucket, record_at};
 use tokio::time::Instant;
 
 const NAME: &str = "jobs/nightly";
@@ -27,9 +30,16 @@ fn lock_on(backend: Arc<dyn Backend>, identity: &str) -> Lock {
     Lock::new(backend, NAME, options).expect("valid lock")
 }
 
+/// Takes the free lock through `backend` as `identity`.
+async fn hold(backend: Arc<dyn Backend>, identity: &str) -> Guard {
+    lock_on(backend, identity)
+        .try_acquire()
+        .await
+        .expect("free")
+}
+
 async fn record(memory: &MemoryBackend) -> LockRecord {
-    let read = memory.read(NAME).await.expect("read");
-    LockRecord::from_metadata(&read.value.expect("object exists").metadata).expect("a lock")
+    record_at(memory, NAME).await
 }
 
 async fn metadata(memory: &MemoryBackend) -> Metadata {
@@ -53,15 +63,31 @@ fn metadata_of(pairs: &[(&str, &str)]) -> Metadata {
         .collect()
 }
 
+/// Asserts that `operation` gave up as unavailable once the storage timeout ran
+/// out, and not much later.
+async fn gives_up_after_the_storage_timeout<T: std::fmt::Debug>(
+    operation: impl std::future::Future<Output = Result<T, Error>>,
+) {
+    let started = Instant::now();
+    let result = operation.await;
+    let took = Instant::now() - started;
+    assert!(
+        matches!(result, Err(Error::Unavailable { .. })),
+        "{result:?}"
+    );
+    let grace = Duration::from_secs(1);
+    assert!(
+        took >= STORAGE_TIMEOUT && took < STORAGE_TIMEOUT + grace,
+        "{took:?}"
+    );
+}
+
 // ---------------------------------------------------------------- retries
 
 #[tokio::test(start_paused = true)]
 async fn status_and_list_retry_transient_errors_then_succeed() {
     let memory = MemoryBackend::new("b");
-    let holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
     let faults = faulty(&memory);
     for fault in [
         FaultError::Unavailable,
@@ -87,8 +113,7 @@ async fn status_and_list_retry_transient_errors_then_succeed() {
 
 #[tokio::test(start_paused = true)]
 async fn persistent_failure_is_unavailable_after_the_timeout_not_before() {
-    let memory = MemoryBackend::new("b");
-    let faults = faulty(&memory);
+    let (_, faults) = faulty_bucket();
     faults.inject_times(
         Operation::Read,
         Fault::Reject(FaultError::Unavailable),
@@ -100,49 +125,21 @@ async fn persistent_failure_is_unavailable_after_the_timeout_not_before() {
         10_000,
     );
     let admin = lock_on(Arc::new(faults.clone()), "admin");
-    let grace = Duration::from_secs(1);
+    gives_up_after_the_storage_timeout(admin.status()).await;
 
-    let started = Instant::now();
-    let status = admin.status().await;
-    let took = Instant::now() - started;
-    assert!(
-        matches!(status, Err(Error::Unavailable { .. })),
-        "{status:?}"
-    );
-    assert!(
-        took >= STORAGE_TIMEOUT && took < STORAGE_TIMEOUT + grace,
-        "{took:?}"
-    );
+    gives_up_after_the_storage_timeout(admin.break_lock(None)).await;
 
-    let started = Instant::now();
-    let broken = admin.break_lock(None).await;
-    let took = Instant::now() - started;
-    assert!(
-        matches!(broken, Err(Error::Unavailable { .. })),
-        "{broken:?}"
-    );
-    assert!(
-        took >= STORAGE_TIMEOUT && took < STORAGE_TIMEOUT + grace,
-        "{took:?}"
-    );
-
-    let started = Instant::now();
-    let listed = gcslock::list_locks_within(&faults, "jobs/", STORAGE_TIMEOUT).await;
-    let took = Instant::now() - started;
-    assert!(
-        matches!(listed, Err(Error::Unavailable { .. })),
-        "{listed:?}"
-    );
-    assert!(
-        took >= STORAGE_TIMEOUT && took < STORAGE_TIMEOUT + grace,
-        "{took:?}"
-    );
+    gives_up_after_the_storage_timeout(gcslock::list_locks_within(
+        &faults,
+        "jobs/",
+        STORAGE_TIMEOUT,
+    ))
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn permission_denied_is_not_retried_by_admin_operations() {
-    let memory = MemoryBackend::new("b");
-    let faults = faulty(&memory);
+    let (_, faults) = faulty_bucket();
     faults.inject(Operation::Read, Fault::Reject(FaultError::PermissionDenied));
     faults.inject(Operation::Read, Fault::Reject(FaultError::Unavailable));
     let admin = lock_on(Arc::new(faults.clone()), "admin");
@@ -158,10 +155,7 @@ async fn permission_denied_is_not_retried_by_admin_operations() {
 #[tokio::test(start_paused = true)]
 async fn break_retries_and_resolves_a_lost_response_by_reading_back() {
     let memory = MemoryBackend::new("b");
-    let holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
     let seq_before = record(&memory).await.refresh_seq;
     let faults = faulty(&memory);
     faults.inject(Operation::Read, Fault::Reject(FaultError::Unavailable));
@@ -200,10 +194,7 @@ async fn break_retries_and_resolves_a_lost_response_by_reading_back() {
 #[tokio::test(start_paused = true)]
 async fn default_break_revokes_until_the_broken_holder_must_have_stopped() {
     let memory = MemoryBackend::new("b");
-    let holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
     let lost = holder.lost();
     // Break mid-interval, so the holder's last refresh is well before the break.
     tokio::time::sleep(REFRESH / 2).await;
@@ -254,10 +245,7 @@ async fn default_break_revokes_until_the_broken_holder_must_have_stopped() {
 #[tokio::test(start_paused = true)]
 async fn break_now_releases_at_once() {
     let memory = MemoryBackend::new("b");
-    let holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
     let lost = holder.lost();
     let admin = lock_on(Arc::new(memory.clone()), "admin");
     let outcome = admin
@@ -285,10 +273,7 @@ async fn a_stale_lock_is_simply_released() {
         Fault::Reject(FaultError::Unavailable),
         1000,
     );
-    let holder = lock_on(Arc::new(crashed), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(crashed), "holder").await;
     tokio::time::sleep(TTL + MARGIN).await;
     let admin = lock_on(Arc::new(memory.clone()), "admin");
     let outcome = admin.break_lock(None).await.expect("break");
@@ -303,10 +288,7 @@ async fn a_stale_lock_is_simply_released() {
 #[tokio::test(start_paused = true)]
 async fn breaking_a_revoked_lock_again_does_not_extend_it() {
     let memory = MemoryBackend::new("b");
-    let holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
     let admin = lock_on(Arc::new(memory.clone()), "admin");
     let first = admin.break_lock(None).await.expect("break");
     let version = memory
@@ -379,10 +361,7 @@ async fn a_ttl_beyond_the_maximum_needs_now() {
 #[tokio::test(start_paused = true)]
 async fn break_with_the_wrong_token_changes_nothing() {
     let memory = MemoryBackend::new("b");
-    let holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
     let admin = lock_on(Arc::new(memory.clone()), "admin");
     let wrong = admin.break_lock(Some(FencingToken::new(9))).await;
     assert!(matches!(wrong, Err(Error::Conflict { .. })), "{wrong:?}");
@@ -515,10 +494,7 @@ async fn repair_never_touches_foreign_objects_or_exhausted_tokens() {
 #[tokio::test(start_paused = true)]
 async fn repair_on_a_valid_record_breaks_it() {
     let memory = MemoryBackend::new("b");
-    let holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
     let admin = lock_on(Arc::new(memory.clone()), "admin");
     let outcome = admin
         .break_with(&BreakOptions::new().repair(true))

@@ -1,17 +1,21 @@
 //! The lock algorithm on the strict in-memory backend, under tokio's paused clock:
 //! virtual time makes TTLs of minutes run in milliseconds, deterministically.
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
+use gcslock::backend::intercept::{Intercept, NoDate};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, WriteCondition};
 use gcslock::{
-    BreakOptions, Error, FencingToken, Lock, LockOptions, LockRecord, LockState, LockStatus,
+    BreakOptions, Error, FencingToken, Guard, Lock, LockOptions, LockRecord, LockState, LockStatus,
     LossReason, Wait,
 };
+use support::{faulty_bucket, record_at};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +31,14 @@ fn lock_on(backend: Arc<dyn Backend>, identity: &str) -> Lock {
     Lock::new(backend, "jobs/nightly", options(identity)).expect("valid lock")
 }
 
+/// Takes the free lock through `backend` as `identity`.
+async fn hold(backend: Arc<dyn Backend>, identity: &str) -> Guard {
+    lock_on(backend, identity)
+        .try_acquire()
+        .await
+        .expect("free")
+}
+
 /// Makes every later refresh through `backend` fail, as if its holder had crashed
 /// or been cut off: the lease then runs out unrefreshed.
 fn stop_refreshing(backend: &FaultyBackend) {
@@ -38,8 +50,7 @@ fn stop_refreshing(backend: &FaultyBackend) {
 }
 
 async fn record(memory: &MemoryBackend) -> LockRecord {
-    let read = memory.read("jobs/nightly").await.expect("read");
-    LockRecord::from_metadata(&read.value.expect("object exists").metadata).expect("a lock")
+    record_at(memory, "jobs/nightly").await
 }
 
 #[tokio::test(start_paused = true)]
@@ -234,10 +245,7 @@ async fn refresh_that_finds_the_lock_broken_fires_the_loss() {
 #[tokio::test(start_paused = true)]
 async fn refresh_that_finds_the_lock_stolen_fires_the_loss() {
     let memory = MemoryBackend::new("b");
-    let guard = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let guard = hold(Arc::new(memory.clone()), "holder").await;
     let current = memory
         .read("jobs/nightly")
         .await
@@ -266,12 +274,8 @@ async fn refresh_that_finds_the_lock_stolen_fires_the_loss() {
 
 #[tokio::test(start_paused = true)]
 async fn transient_refresh_errors_recover_before_the_deadline() {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
-    let guard = lock_on(Arc::new(faulty.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let (memory, faulty) = faulty_bucket();
+    let guard = hold(Arc::new(faulty.clone()), "holder").await;
     faulty.inject_times(
         Operation::UpdateMetadata,
         Fault::Reject(FaultError::Unavailable),
@@ -295,12 +299,8 @@ async fn transient_refresh_errors_recover_before_the_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn refresh_errors_until_the_deadline_lose_the_lease_in_time() {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
-    let guard = lock_on(Arc::new(faulty.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let (_, faulty) = faulty_bucket();
+    let guard = hold(Arc::new(faulty.clone()), "holder").await;
     let acquired = Instant::now();
     faulty.inject_times(
         Operation::UpdateMetadata,
@@ -323,12 +323,8 @@ async fn refresh_errors_until_the_deadline_lose_the_lease_in_time() {
 
 #[tokio::test(start_paused = true)]
 async fn hanging_refresh_loses_the_lease_at_the_deadline() {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
-    let guard = lock_on(Arc::new(faulty.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let (_, faulty) = faulty_bucket();
+    let guard = hold(Arc::new(faulty.clone()), "holder").await;
     let acquired = Instant::now();
     faulty.inject(
         Operation::UpdateMetadata,
@@ -340,8 +336,7 @@ async fn hanging_refresh_loses_the_lease_at_the_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn lost_create_response_is_resolved_by_nonce() {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    let (memory, faulty) = faulty_bucket();
     faulty.inject(Operation::Write, Fault::LoseResponse(FaultError::Timeout));
     // The inspect fails transiently first: a single attempt still retries it.
     faulty.inject(Operation::Read, Fault::Reject(FaultError::Unavailable));
@@ -357,8 +352,7 @@ async fn lost_create_response_is_resolved_by_nonce() {
 
 #[tokio::test(start_paused = true)]
 async fn create_that_did_not_apply_is_not_mistaken_for_ours() {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    let (_, faulty) = faulty_bucket();
     faulty.inject(Operation::Write, Fault::Reject(FaultError::Unavailable));
     let lock = lock_on(Arc::new(faulty.clone()), "me");
     // The 503 was before applying; a retry acquires normally.
@@ -371,12 +365,8 @@ async fn create_that_did_not_apply_is_not_mistaken_for_ours() {
 
 #[tokio::test(start_paused = true)]
 async fn lost_release_response_is_resolved_and_not_repeated() {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
-    let guard = lock_on(Arc::new(faulty.clone()), "me")
-        .try_acquire()
-        .await
-        .expect("free");
+    let (memory, faulty) = faulty_bucket();
+    let guard = hold(Arc::new(faulty.clone()), "me").await;
     faulty.inject(
         Operation::UpdateMetadata,
         Fault::LoseResponse(FaultError::Reset),
@@ -391,10 +381,7 @@ async fn lost_release_response_is_resolved_and_not_repeated() {
 #[tokio::test(start_paused = true)]
 async fn waiters_treat_429_as_backpressure() {
     let memory = MemoryBackend::new("b");
-    let holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
     let faulty = FaultyBackend::new(Arc::new(memory.clone()));
     faulty.inject_times(Operation::Read, Fault::Reject(FaultError::RateLimited), 20);
     let waiter = lock_on(Arc::new(faulty.clone()), "waiter");
@@ -413,8 +400,7 @@ async fn waiters_treat_429_as_backpressure() {
 
 #[tokio::test(start_paused = true)]
 async fn unavailable_storage_fails_in_bounded_time() {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    let (_, faulty) = faulty_bucket();
     faulty.inject_times(
         Operation::Read,
         Fault::Reject(FaultError::Unavailable),
@@ -432,8 +418,7 @@ async fn unavailable_storage_fails_in_bounded_time() {
 
 #[tokio::test(start_paused = true)]
 async fn permission_denied_is_not_retried() {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    let (_, faulty) = faulty_bucket();
     faulty.inject(Operation::Read, Fault::Reject(FaultError::PermissionDenied));
     let result = lock_on(Arc::new(faulty.clone()), "me")
         .acquire(Wait::Forever)
@@ -479,76 +464,14 @@ async fn skewed_clocks_stay_safe() {
 async fn without_a_server_date_waiters_fall_back_to_their_own_clock() {
     // A backend that strips the Date header: staleness must come from watching the
     // version stay unchanged for a TTL on the waiter's monotonic clock.
-    #[derive(Debug)]
-    struct NoDate(MemoryBackend);
-    #[async_trait::async_trait]
-    impl Backend for NoDate {
-        async fn write(
-            &self,
-            n: &str,
-            c: WriteCondition,
-            m: &Metadata,
-        ) -> Result<
-            gcslock::backend::Stamped<gcslock::backend::ObjectInfo>,
-            gcslock::backend::BackendError,
-        > {
-            self.0.write(n, c, m).await.map(|mut s| {
-                s.server_time = None;
-                s
-            })
-        }
-        async fn read(
-            &self,
-            n: &str,
-        ) -> Result<
-            gcslock::backend::Stamped<Option<gcslock::backend::ObjectInfo>>,
-            gcslock::backend::BackendError,
-        > {
-            self.0.read(n).await.map(|mut s| {
-                s.server_time = None;
-                s
-            })
-        }
-        async fn update_metadata(
-            &self,
-            n: &str,
-            v: gcslock::backend::ObjectVersion,
-            m: &Metadata,
-        ) -> Result<
-            gcslock::backend::Stamped<gcslock::backend::ObjectInfo>,
-            gcslock::backend::BackendError,
-        > {
-            self.0.update_metadata(n, v, m).await
-        }
-        async fn delete(
-            &self,
-            n: &str,
-            v: gcslock::backend::ObjectVersion,
-        ) -> Result<(), gcslock::backend::BackendError> {
-            self.0.delete(n, v).await
-        }
-        async fn list(
-            &self,
-            p: &str,
-        ) -> Result<
-            Vec<gcslock::backend::Stamped<gcslock::backend::ObjectInfo>>,
-            gcslock::backend::BackendError,
-        > {
-            self.0.list(p).await
-        }
-        fn describe(&self) -> String {
-            self.0.describe()
-        }
-    }
-    let memory = MemoryBackend::new("b");
-    let failing = FaultyBackend::new(Arc::new(memory.clone()));
+    let (memory, failing) = faulty_bucket();
     stop_refreshing(&failing);
-    let guard = lock_on(Arc::new(failing), "crashed")
-        .try_acquire()
-        .await
-        .expect("free");
+    let guard = hold(Arc::new(failing), "crashed").await;
     let start = Instant::now();
-    let waiter = lock_on(Arc::new(NoDate(memory.clone())), "waiter");
+    let waiter = lock_on(
+        Arc::new(Intercept::wrap(Arc::new(memory.clone()), NoDate)),
+        "waiter",
+    );
     let taken = waiter
         .acquire(Wait::Forever)
         .await
@@ -560,12 +483,8 @@ async fn without_a_server_date_waiters_fall_back_to_their_own_clock() {
 
 #[tokio::test(start_paused = true)]
 async fn commit_runs_only_with_enough_lease_left() {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
-    let guard = lock_on(Arc::new(faulty.clone()), "me")
-        .try_acquire()
-        .await
-        .expect("free");
+    let (_, faulty) = faulty_bucket();
+    let guard = hold(Arc::new(faulty.clone()), "me").await;
     let token = guard
         .commit(Duration::from_secs(5), |token| token)
         .expect("enough time");
@@ -607,10 +526,7 @@ async fn dropping_a_guard_releases_in_the_background() {
 #[tokio::test(start_paused = true)]
 async fn cancelling_a_wait_leaves_no_lock_behind() {
     let memory = MemoryBackend::new("b");
-    let holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
     let cancel = CancellationToken::new();
     let waiter = lock_on(Arc::new(memory.clone()), "waiter");
     let wait = {
@@ -665,10 +581,7 @@ async fn status_reports_server_judged_state() {
     assert_eq!(lock.status().await.expect("status"), LockStatus::Free);
     let failing = FaultyBackend::new(Arc::new(memory.clone()));
     stop_refreshing(&failing);
-    let guard = lock_on(Arc::new(failing), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let guard = hold(Arc::new(failing), "holder").await;
     match lock.status().await.expect("status") {
         LockStatus::Held(held) => {
             assert_eq!(held.holder, "holder");
@@ -719,8 +632,7 @@ fn bad_options_are_refused_before_any_request() {
 
 #[tokio::test(start_paused = true)]
 async fn waiters_judge_a_lock_by_its_holders_ttl_not_their_own() {
-    let memory = MemoryBackend::new("b");
-    let crashed_backend = FaultyBackend::new(Arc::new(memory.clone()));
+    let (memory, crashed_backend) = faulty_bucket();
     stop_refreshing(&crashed_backend);
     let short = Lock::new(
         Arc::new(crashed_backend),
@@ -755,8 +667,7 @@ async fn waiters_judge_a_lock_by_its_holders_ttl_not_their_own() {
 
 #[tokio::test(start_paused = true)]
 async fn cancelling_while_a_create_is_in_flight_never_leaves_a_lock_behind() {
-    let memory = MemoryBackend::new("b");
-    let slow = FaultyBackend::new(Arc::new(memory.clone()));
+    let (memory, slow) = faulty_bucket();
     // The create applies at once, but its response takes 5 s to arrive.
     slow.inject(
         Operation::Write,
@@ -816,8 +727,7 @@ async fn a_lease_that_ran_out_before_acquire_returned_is_never_handed_out() {
 
 #[tokio::test(start_paused = true)]
 async fn a_late_answer_with_no_contender_is_released_and_retried() {
-    let memory = MemoryBackend::new("b");
-    let suspended = FaultyBackend::new(Arc::new(memory.clone()));
+    let (_, suspended) = faulty_bucket();
     suspended.inject(Operation::Write, Fault::DelayResponse(TTL));
     let guard = lock_on(Arc::new(suspended), "a")
         .try_acquire()
@@ -834,10 +744,7 @@ async fn a_late_answer_with_no_contender_is_released_and_retried() {
 #[tokio::test(start_paused = true)]
 async fn a_wait_that_ends_during_a_storage_hiccup_reports_busy() {
     let memory = MemoryBackend::new("b");
-    let _holder = lock_on(Arc::new(memory.clone()), "holder")
-        .try_acquire()
-        .await
-        .expect("free");
+    let _holder = hold(Arc::new(memory.clone()), "holder").await;
     let flaky = FaultyBackend::new(Arc::new(memory.clone()));
     let waiter = lock_on(Arc::new(flaky.clone()), "waiter");
     let wait =
@@ -857,12 +764,8 @@ async fn a_wait_that_ends_during_a_storage_hiccup_reports_busy() {
 
 #[tokio::test(start_paused = true)]
 async fn release_lets_a_refresh_in_flight_finish_instead_of_racing_it() {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
-    let guard = lock_on(Arc::new(faulty.clone()), "me")
-        .try_acquire()
-        .await
-        .expect("free");
+    let (memory, faulty) = faulty_bucket();
+    let guard = hold(Arc::new(faulty.clone()), "me").await;
     // The first refresh applies on the server, but its answer takes a second.
     faulty.inject(
         Operation::UpdateMetadata,

@@ -2,18 +2,21 @@
 //! lock records, clock-rate error and creates that apply late, on the strict
 //! in-memory backend under tokio's paused clock.
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
+use futures_util::future::BoxFuture;
+use gcslock::backend::fault::{Fault, FaultError, Operation};
+use gcslock::backend::intercept::{Call, Hook, Intercept, Outcome};
 use gcslock::backend::memory::{MemoryBackend, Mutation};
-use gcslock::backend::{
-    Backend, BackendError, Metadata, ObjectInfo, ObjectVersion, Stamped, WriteCondition,
-};
-use gcslock::{list_locks, Lock};
+use gcslock::backend::{Backend, BackendError, Metadata, WriteCondition};
+use gcslock::{list_locks, Guard, Lock};
 use gcslock::{Error, LockOptions, LockRecord, LockState, LockStatus, LossReason, Wait};
+use support::{faulty_bucket, record_at};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(80);
@@ -31,9 +34,16 @@ fn lock_on(backend: Arc<dyn Backend>, identity: &str) -> Lock {
     .expect("valid lock")
 }
 
+/// Takes the free lock through `backend` as `identity`.
+async fn hold(backend: Arc<dyn Backend>, identity: &str) -> Guard {
+    lock_on(backend, identity)
+        .try_acquire()
+        .await
+        .expect("free")
+}
+
 async fn record(memory: &MemoryBackend) -> LockRecord {
-    let read = memory.read(OBJECT).await.expect("read");
-    LockRecord::from_metadata(&read.value.expect("object exists").metadata).expect("a lock")
+    record_at(memory, OBJECT).await
 }
 
 /// Changes the lock object's version without changing what it says, so the
@@ -51,13 +61,9 @@ fn bump_version(memory: &MemoryBackend) {
 
 #[tokio::test(start_paused = true)]
 async fn a_hanging_read_back_after_a_refresh_conflict_does_not_delay_the_loss() {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    let (memory, faulty) = faulty_bucket();
     let start = Instant::now();
-    let guard = lock_on(Arc::new(faulty.clone()), "me")
-        .try_acquire()
-        .await
-        .expect("free");
+    let guard = hold(Arc::new(faulty.clone()), "me").await;
     bump_version(&memory);
     faulty.inject(Operation::Read, Fault::Delay(A_YEAR));
     let reason = guard.lost().await;
@@ -75,13 +81,9 @@ async fn a_hanging_read_back_after_a_refresh_conflict_does_not_delay_the_loss() 
 
 #[tokio::test(start_paused = true)]
 async fn a_hanging_read_back_during_release_does_not_delay_the_loss() {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    let (memory, faulty) = faulty_bucket();
     let start = Instant::now();
-    let guard = lock_on(Arc::new(faulty.clone()), "me")
-        .try_acquire()
-        .await
-        .expect("free");
+    let guard = hold(Arc::new(faulty.clone()), "me").await;
     let lost = guard.lost();
     bump_version(&memory);
     faulty.inject(Operation::Read, Fault::Delay(A_YEAR));
@@ -104,58 +106,28 @@ async fn a_hanging_read_back_during_release_does_not_delay_the_loss() {
 
 // 2. A keep-alive task that panics or is dropped resolves `lost()`.
 
-/// Delegates to a memory bucket, but panics inside `update_metadata` once armed.
-#[derive(Debug)]
+/// Panics inside `update_metadata` once armed.
+#[derive(Debug, Default)]
 struct PanickingRefresh {
-    inner: MemoryBackend,
     armed: AtomicBool,
 }
 
 #[async_trait]
-impl Backend for PanickingRefresh {
-    async fn write(
-        &self,
-        name: &str,
-        condition: WriteCondition,
-        metadata: &Metadata,
-    ) -> Result<Stamped<ObjectInfo>, BackendError> {
-        self.inner.write(name, condition, metadata).await
-    }
-    async fn read(&self, name: &str) -> Result<Stamped<Option<ObjectInfo>>, BackendError> {
-        self.inner.read(name).await
-    }
-    async fn update_metadata(
-        &self,
-        name: &str,
-        expected: ObjectVersion,
-        metadata: &Metadata,
-    ) -> Result<Stamped<ObjectInfo>, BackendError> {
-        if self.armed.load(Ordering::SeqCst) {
+impl Hook for PanickingRefresh {
+    async fn around(&self, call: Call<'_>, proceed: BoxFuture<'_, Outcome>) -> Outcome {
+        if call.operation() == Operation::UpdateMetadata && self.armed.load(Ordering::SeqCst) {
             panic!("injected: a bug inside the backend during a refresh");
         }
-        self.inner.update_metadata(name, expected, metadata).await
-    }
-    async fn delete(&self, name: &str, expected: ObjectVersion) -> Result<(), BackendError> {
-        self.inner.delete(name, expected).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<Stamped<ObjectInfo>>, BackendError> {
-        self.inner.list(prefix).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
+        proceed.await
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_keep_alive_that_panics_resolves_lost_and_fails_check() {
-    let backend = Arc::new(PanickingRefresh {
-        inner: MemoryBackend::new("b"),
-        armed: AtomicBool::new(false),
-    });
-    let guard = lock_on(backend.clone(), "me")
-        .try_acquire()
-        .await
-        .expect("free");
+    let backend = Arc::new(Intercept::<PanickingRefresh>::new(Arc::new(
+        MemoryBackend::new("b"),
+    )));
+    let guard = hold(backend.clone(), "me").await;
     backend.armed.store(true, Ordering::SeqCst);
     let start = Instant::now();
     let reason = tokio::time::timeout(TTL * 10, guard.lost())
@@ -217,8 +189,7 @@ fn futures_executor_block_on<F: std::future::Future>(future: F) -> F::Output {
 
 #[tokio::test(start_paused = true)]
 async fn absurd_waits_timeouts_and_retry_afters_do_not_overflow() {
-    let memory = MemoryBackend::new("b");
-    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    let (_, faulty) = faulty_bucket();
     faulty.inject(Operation::Read, Fault::Reject(FaultError::Unavailable));
     let lock = Lock::new(
         Arc::new(faulty.clone()),
@@ -372,7 +343,8 @@ async fn a_holder_clock_22_percent_slow_still_stops_before_observers_judge_stale
 /// after it, `delay` later: a request stuck in the network.
 #[derive(Debug)]
 struct LateCreate {
-    inner: MemoryBackend,
+    /// The store the held-back write finally reaches.
+    memory: MemoryBackend,
     held_back: Mutex<Option<(WriteCondition, Metadata)>>,
     used: AtomicBool,
     reads_until_apply: Mutex<u32>,
@@ -380,14 +352,15 @@ struct LateCreate {
 }
 
 impl LateCreate {
-    fn new(inner: MemoryBackend, apply_before_read: u32, delay: Duration) -> Self {
-        Self {
-            inner,
+    fn wrap(memory: MemoryBackend, apply_before_read: u32, delay: Duration) -> Intercept<Self> {
+        let hook = Self {
+            memory: memory.clone(),
             held_back: Mutex::new(None),
             used: AtomicBool::new(false),
             reads_until_apply: Mutex::new(apply_before_read),
             delay,
-        }
+        };
+        Intercept::wrap(Arc::new(memory), hook)
     }
 
     fn due(&self) -> Option<(WriteCondition, Metadata)> {
@@ -404,42 +377,29 @@ impl LateCreate {
 }
 
 #[async_trait]
-impl Backend for LateCreate {
-    async fn write(
-        &self,
-        name: &str,
-        condition: WriteCondition,
-        metadata: &Metadata,
-    ) -> Result<Stamped<ObjectInfo>, BackendError> {
-        if !self.used.swap(true, Ordering::SeqCst) {
-            *self.held_back.lock().expect("mutex") = Some((condition, metadata.clone()));
-            return Err(BackendError::Timeout(Duration::from_secs(10)));
+impl Hook for LateCreate {
+    async fn around(&self, call: Call<'_>, proceed: BoxFuture<'_, Outcome>) -> Outcome {
+        match call {
+            Call::Write {
+                condition,
+                metadata,
+                ..
+            } if !self.used.swap(true, Ordering::SeqCst) => {
+                *self.held_back.lock().expect("mutex") = Some((condition, metadata.clone()));
+                Outcome::failed(
+                    Operation::Write,
+                    BackendError::Timeout(Duration::from_secs(10)),
+                )
+            }
+            Call::Read { name } => {
+                if let Some((condition, metadata)) = self.due() {
+                    tokio::time::sleep(self.delay).await;
+                    let _applied_or_refused = self.memory.write(name, condition, &metadata).await;
+                }
+                proceed.await
+            }
+            _ => proceed.await,
         }
-        self.inner.write(name, condition, metadata).await
-    }
-    async fn read(&self, name: &str) -> Result<Stamped<Option<ObjectInfo>>, BackendError> {
-        if let Some((condition, metadata)) = self.due() {
-            tokio::time::sleep(self.delay).await;
-            let _applied_or_refused = self.inner.write(name, condition, &metadata).await;
-        }
-        self.inner.read(name).await
-    }
-    async fn update_metadata(
-        &self,
-        name: &str,
-        expected: ObjectVersion,
-        metadata: &Metadata,
-    ) -> Result<Stamped<ObjectInfo>, BackendError> {
-        self.inner.update_metadata(name, expected, metadata).await
-    }
-    async fn delete(&self, name: &str, expected: ObjectVersion) -> Result<(), BackendError> {
-        self.inner.delete(name, expected).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<Stamped<ObjectInfo>>, BackendError> {
-        self.inner.list(prefix).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
     }
 }
 
@@ -448,7 +408,7 @@ async fn a_create_that_applies_after_its_response_was_lost_is_adopted() {
     let memory = MemoryBackend::new("b");
     // The read that resolves the lost response sees nothing; the create applies
     // right after it, before the next inspect.
-    let late = Arc::new(LateCreate::new(memory.clone(), 2, Duration::ZERO));
+    let late = Arc::new(LateCreate::wrap(memory.clone(), 2, Duration::ZERO));
     let lock = lock_on(late, "me");
     let start = Instant::now();
     let guard = lock
@@ -470,7 +430,7 @@ async fn a_create_that_applies_after_its_response_was_lost_is_adopted() {
 async fn a_late_create_whose_lease_already_ran_out_is_released_not_kept() {
     let memory = MemoryBackend::new("b");
     // The create applies a whole TTL after it was sent: its lease is over.
-    let late = Arc::new(LateCreate::new(memory.clone(), 2, TTL));
+    let late = Arc::new(LateCreate::wrap(memory.clone(), 2, TTL));
     let lock = lock_on(late, "me");
     let guard = lock
         .acquire(Wait::For(Duration::from_secs(5)))

@@ -15,7 +15,7 @@ use std::time::Duration;
 use gcslock::backend::gcs::GcsBackend;
 use gcslock::backend::{Backend, BackendError, WriteCondition};
 use gcslock::{LockRecord, LockState};
-use harness::{code, describe, gcslock, output, status_json, text, Emulator, HANG_GUARD};
+use harness::{code, describe, exits, gcslock, output, status_json, text, Emulator, HANG_GUARD};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -157,17 +157,14 @@ async fn admin_commands_retry_injected_503s_429s_and_resets() {
 
     // Several rounds, so that a single lucky first attempt cannot pass the test.
     for _ in 0..5 {
-        let status = output(gcslock(Some(emulator), &["status", "--json", &url])).await;
-        assert_eq!(code(&status), 0, "{}", describe(&status));
+        let status = exits(Some(emulator), &["status", "--json", &url], 0).await;
         assert_eq!(json(&status)["state"], "held", "{}", describe(&status));
 
         let prefix = url.rsplit_once('/').map(|(prefix, _)| prefix).expect("/");
-        let list = output(gcslock(Some(emulator), &["list", "--json", prefix])).await;
-        assert_eq!(code(&list), 0, "{}", describe(&list));
+        let list = exits(Some(emulator), &["list", "--json", prefix], 0).await;
         assert_eq!(text(&list.stdout).lines().count(), 1, "{}", describe(&list));
     }
-    let broken = output(gcslock(Some(emulator), &["break", "--json", &url])).await;
-    assert_eq!(code(&broken), 0, "{}", describe(&broken));
+    let broken = exits(Some(emulator), &["break", "--json", &url], 0).await;
     let outcome = json(&broken);
     assert_eq!(outcome["outcome"], "revoked", "{outcome}");
     assert_eq!(outcome["token"], 4, "{outcome}");
@@ -265,8 +262,7 @@ async fn an_invalid_record_needs_repair_which_keeps_tokens_growing() {
     .collect();
     create(&emulator, &url, &invalid).await;
 
-    let refused = output(gcslock(Some(&emulator), &["break", &url])).await;
-    assert_eq!(code(&refused), 65, "{}", describe(&refused));
+    let refused = exits(Some(&emulator), &["break", &url], 65).await;
     assert!(
         text(&refused.stderr).contains("--repair"),
         "{}",
@@ -307,8 +303,7 @@ async fn break_now_and_already_free_in_json() {
         return;
     };
     let url = emulator.url("break-json");
-    let free = output(gcslock(Some(&emulator), &["break", "--json", &url])).await;
-    assert_eq!(code(&free), 0, "{}", describe(&free));
+    let free = exits(Some(&emulator), &["break", "--json", &url], 0).await;
     assert_eq!(
         json(&free),
         serde_json::json!({"url": url, "outcome": "already-free"})
@@ -362,7 +357,6 @@ async fn put_json_describes_the_write() {
     assert_eq!(written["replaced"], "fenced", "{written}");
     assert_eq!(written["previous_token"], 5, "{written}");
 
-    let quiet = output(gcslock(Some(&emulator), &["put", "--token", "7", &url])).await;
-    assert_eq!(code(&quiet), 0, "{}", describe(&quiet));
+    let quiet = exits(Some(&emulator), &["put", "--token", "7", &url], 0).await;
     assert!(quiet.stdout.is_empty(), "{}", describe(&quiet));
 }

@@ -38,7 +38,7 @@ use std::time::Instant;
 use gcslock::backend::gcs::GcsBackend;
 use gcslock::backend::{Backend, WriteCondition};
 use harness::{
-    code, describe, gcslock, hold, output, status_json, text, wait_for, Emulator, Running,
+    code, describe, exits, gcslock, hold, output, status_json, text, wait_for, Emulator, Running,
     SHORT_TTL,
 };
 use nix::sys::signal::{kill, killpg, Signal};
@@ -168,8 +168,7 @@ async fn unreachable_endpoint_exits_69() {
         "--",
         "true",
     ]);
-    let out = output(gcslock(None, &run)).await;
-    assert_eq!(code(&out), 69, "{}", describe(&out));
+    let out = exits(None, &run, 69).await;
     assert!(out.stdout.is_empty(), "{}", describe(&out));
     assert!(
         text(&out.stderr).starts_with("gcslock: error: "),
@@ -266,8 +265,7 @@ async fn child_gets_the_token_that_status_reports() {
         .unwrap_or(&url)
         .to_owned()
         + "/";
-    let out = output(gcslock(Some(&emulator), &["list", "--json", &prefix])).await;
-    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let out = exits(Some(&emulator), &["list", "--json", &prefix], 0).await;
     let listed: Vec<Value> = text(&out.stdout)
         .lines()
         .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
@@ -381,8 +379,7 @@ async fn command_not_found_127_not_executable_126() {
 
     let dir = std::env::temp_dir();
     let dir = dir.to_str().expect("UTF-8 temp dir");
-    let not_executable = output(gcslock(Some(&emulator), &["run", &url, "--", dir])).await;
-    assert_eq!(code(&not_executable), 126, "{}", describe(&not_executable));
+    exits(Some(&emulator), &["run", &url, "--", dir], 126).await;
 
     // The lock was released both times.
     let status = status_json(Some(&emulator), &url).await;
@@ -411,10 +408,8 @@ async fn foreign_objects_are_not_locks() {
 
     let status = status_json(Some(&emulator), &url).await;
     assert_eq!(status["state"], "not-a-lock", "{status}");
-    let run = output(gcslock(Some(&emulator), &["run", &url, "--", "true"])).await;
-    assert_eq!(code(&run), 65, "{}", describe(&run));
-    let broken = output(gcslock(Some(&emulator), &["break", &url])).await;
-    assert_eq!(code(&broken), 65, "{}", describe(&broken));
+    exits(Some(&emulator), &["run", &url, "--", "true"], 65).await;
+    exits(Some(&emulator), &["break", &url], 65).await;
 }
 
 #[tokio::test]
@@ -423,18 +418,15 @@ async fn break_is_conditional_on_the_token() {
         return;
     };
     let url = emulator.url("break-token");
-    let free = output(gcslock(Some(&emulator), &["break", &url])).await;
-    assert_eq!(code(&free), 0, "{}", describe(&free));
+    let free = exits(Some(&emulator), &["break", &url], 0).await;
     assert!(
         text(&free.stdout).contains("already free"),
         "{}",
         describe(&free)
     );
 
-    let run = output(gcslock(Some(&emulator), &["run", &url, "--", "true"])).await;
-    assert_eq!(code(&run), 0, "{}", describe(&run));
-    let wrong = output(gcslock(Some(&emulator), &["break", "--token", "99", &url])).await;
-    assert_eq!(code(&wrong), 75, "{}", describe(&wrong));
+    exits(Some(&emulator), &["run", &url, "--", "true"], 0).await;
+    let wrong = exits(Some(&emulator), &["break", "--token", "99", &url], 75).await;
     assert!(
         text(&wrong.stderr).contains("token 1"),
         "{}",
@@ -483,8 +475,7 @@ async fn busy_exits_75_quickly_with_one_line() {
     .await;
     assert_eq!(code(&custom), 3, "{}", describe(&custom));
 
-    let quiet = output(gcslock(Some(&emulator), &["-q", "run", &url, "--", "true"])).await;
-    assert_eq!(code(&quiet), 75, "{}", describe(&quiet));
+    let quiet = exits(Some(&emulator), &["-q", "run", &url, "--", "true"], 75).await;
     assert!(
         quiet.stderr.is_empty(),
         "-q prints errors only: {}",
@@ -597,8 +588,7 @@ async fn lease_lost_to_break_kills_grandchildren_and_exits_76() {
     let grandchild: i32 = holder.expect_line("grandchild").await.parse().expect("pid");
     assert!(!is_gone(grandchild));
 
-    let broken = output(gcslock(Some(&emulator), &["break", &url])).await;
-    assert_eq!(code(&broken), 0, "{}", describe(&broken));
+    let broken = exits(Some(&emulator), &["break", &url], 0).await;
     assert!(
         text(&broken.stdout).contains("broken"),
         "{}",
@@ -673,8 +663,6 @@ async fn a_missing_bucket_exits_66() {
         "gs://gcslock-no-such-bucket-{:08x}/o",
         rand::random::<u32>()
     );
-    let run = output(gcslock(Some(&emulator), &["run", &url, "--", "true"])).await;
-    assert_eq!(code(&run), 66, "{}", describe(&run));
-    let status = output(gcslock(Some(&emulator), &["status", &url])).await;
-    assert_eq!(code(&status), 66, "{}", describe(&status));
+    exits(Some(&emulator), &["run", &url, "--", "true"], 66).await;
+    exits(Some(&emulator), &["status", &url], 66).await;
 }

@@ -32,26 +32,27 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt as _;
-use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
+use gcslock::backend::fault::{Fault, FaultError, Faults, FaultyBackend, Operation};
 use gcslock::backend::gcs::GcsBackend;
+use gcslock::backend::intercept::{Call, Hook, Intercept, Outcome};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{
-    Backend, BackendError, Download, Metadata, ObjectBodies, ObjectInfo, ObjectVersion, Stamped,
-    UploadBody, WriteCondition,
+    Backend, BackendError, Download, Metadata, ObjectBodies, ObjectInfo, Stamped, UploadBody,
+    WriteCondition,
 };
 use gcslock::fence::{
     BodySource, FenceError, FenceOptions, FenceState, FencedObject, Replaced, TOKEN_KEY,
 };
 use gcslock::{Error, FencingToken, Lock, LockOptions, Wait};
 use harness::support::{loud, run_id};
-use harness::{Emulator, HANG_GUARD};
+use harness::{exits, Emulator, HANG_GUARD};
 use tokio::sync::oneshot;
 
 // ---------------------------------------------------------------------------
 // A store whose uploads can be held, delayed, failed or preceded by another write
 // ---------------------------------------------------------------------------
 
-type Hook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+type Action = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 
 /// What happens to the next upload through a [`Scripted`] store.
 enum Step {
@@ -65,29 +66,31 @@ enum Step {
     /// Wait this long on tokio's clock first.
     Delay(Duration),
     /// Run this first (a competing write).
-    Run(Hook),
+    Run(Action),
     /// Fail with this error without uploading.
     Reject(FaultError),
     /// Upload, then lose the response and report a timeout.
     LoseResponse,
 }
 
-/// Bodies go to the real store; `Backend` calls (the fenced write's metadata reads)
-/// go through the lock's own fault injector, so `Fault::Delay` applies to them.
-#[derive(Clone)]
-struct Scripted {
-    bodies: Arc<dyn ObjectBodies>,
-    reads: FaultyBackend,
+/// Bodies go to the real store through the script; `Backend` calls (the fenced
+/// write's metadata reads) go through the lock's own fault injector, so
+/// `Fault::Delay` applies to them.
+type Scripted = Intercept<Script>;
+
+#[derive(Clone, Default)]
+struct Script {
+    reads: Faults,
     uploads: Arc<Mutex<VecDeque<Step>>>,
-    before_download: Arc<Mutex<VecDeque<Hook>>>,
+    before_download: Arc<Mutex<VecDeque<Action>>>,
     /// Uploads that reached the real store.
     uploaded: Arc<AtomicUsize>,
 }
 
-impl fmt::Debug for Scripted {
+impl fmt::Debug for Script {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Scripted")
-            .field("bodies", &self.bodies)
+        f.debug_struct("Script")
+            .field("reads", &self.reads)
             .finish_non_exhaustive()
     }
 }
@@ -98,17 +101,11 @@ fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Scripted {
-    fn new<B: ObjectBodies + Clone>(store: B) -> Self {
-        Self {
-            reads: FaultyBackend::new(Arc::new(store.clone())),
-            bodies: Arc::new(store),
-            uploads: Arc::default(),
-            before_download: Arc::default(),
-            uploaded: Arc::default(),
-        }
-    }
+fn scripted<B: ObjectBodies>(store: B) -> Scripted {
+    Intercept::wrap_bodies(Arc::new(store), Script::default())
+}
 
+impl Script {
     fn then(&self, step: Step) {
         locked(&self.uploads).push_back(step);
     }
@@ -130,50 +127,15 @@ impl Scripted {
 }
 
 #[async_trait]
-impl Backend for Scripted {
-    async fn write(
+impl Hook for Script {
+    async fn around(&self, call: Call<'_>, proceed: BoxFuture<'_, Outcome>) -> Outcome {
+        self.reads.around(call, proceed).await
+    }
+
+    async fn around_upload(
         &self,
-        name: &str,
-        condition: WriteCondition,
-        metadata: &Metadata,
-    ) -> Result<Stamped<ObjectInfo>, BackendError> {
-        self.reads.write(name, condition, metadata).await
-    }
-
-    async fn read(&self, name: &str) -> Result<Stamped<Option<ObjectInfo>>, BackendError> {
-        self.reads.read(name).await
-    }
-
-    async fn update_metadata(
-        &self,
-        name: &str,
-        expected: ObjectVersion,
-        metadata: &Metadata,
-    ) -> Result<Stamped<ObjectInfo>, BackendError> {
-        self.reads.update_metadata(name, expected, metadata).await
-    }
-
-    async fn delete(&self, name: &str, expected: ObjectVersion) -> Result<(), BackendError> {
-        self.reads.delete(name, expected).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<Stamped<ObjectInfo>>, BackendError> {
-        self.reads.list(prefix).await
-    }
-
-    fn describe(&self) -> String {
-        self.bodies.describe()
-    }
-}
-
-#[async_trait]
-impl ObjectBodies for Scripted {
-    async fn upload(
-        &self,
-        name: &str,
-        condition: WriteCondition,
-        metadata: &Metadata,
-        body: UploadBody,
+        _name: &str,
+        proceed: BoxFuture<'_, Result<Stamped<ObjectInfo>, BackendError>>,
     ) -> Result<Stamped<ObjectInfo>, BackendError> {
         let step = locked(&self.uploads).pop_front();
         let mut lose = false;
@@ -184,7 +146,7 @@ impl ObjectBodies for Scripted {
                 let _ = resume.await;
             }
             Some(Step::Delay(delay)) => tokio::time::sleep(delay).await,
-            Some(Step::Run(hook)) => hook().await,
+            Some(Step::Run(action)) => action().await,
             Some(Step::Reject(error)) => {
                 return Err(match error {
                     FaultError::Unavailable => BackendError::Server {
@@ -198,7 +160,7 @@ impl ObjectBodies for Scripted {
             Some(Step::LoseResponse) => lose = true,
         }
         self.uploaded.fetch_add(1, Ordering::SeqCst);
-        let result = self.bodies.upload(name, condition, metadata, body).await;
+        let result = proceed.await;
         if lose {
             let _applied = result;
             return Err(BackendError::Timeout(Duration::from_secs(10)));
@@ -206,16 +168,16 @@ impl ObjectBodies for Scripted {
         result
     }
 
-    async fn download(
+    async fn around_download(
         &self,
-        name: &str,
-        expected: ObjectVersion,
+        _name: &str,
+        proceed: BoxFuture<'_, Result<Download, BackendError>>,
     ) -> Result<Download, BackendError> {
-        let hook = locked(&self.before_download).pop_front();
-        if let Some(hook) = hook {
-            hook().await;
+        let action = locked(&self.before_download).pop_front();
+        if let Some(action) = action {
+            action().await;
         }
-        self.bodies.download(name, expected).await
+        proceed.await
     }
 }
 
@@ -281,8 +243,8 @@ impl Target {
 
     fn scripted(&self) -> Scripted {
         match self {
-            Self::Memory(memory) => Scripted::new(memory.clone()),
-            Self::Strict(gcs) => Scripted::new(gcs.clone()),
+            Self::Memory(memory) => scripted(memory.clone()),
+            Self::Strict(gcs) => scripted(gcs.clone()),
         }
     }
 
@@ -736,7 +698,7 @@ async fn interleaved_writers_end_with_the_highest_token() {
         let name = format!("race/{round}");
         let mut tasks = Vec::new();
         for token in 1..=8u64 {
-            let store = Scripted::new(memory.clone());
+            let store = scripted(memory.clone());
             let read_delay = (token * 37 + round * 11) % 7;
             let upload_delay = (token * 53 + round * 29) % 5;
             store.reads.inject(
@@ -830,7 +792,7 @@ async fn file_bodies_are_streamed_again_for_each_attempt() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("body");
     std::fs::write(&path, b"from a file").expect("write");
-    let store = Scripted::new(memory.clone());
+    let store = scripted(memory.clone());
     store.then(Step::Reject(FaultError::Unavailable));
     let object = FencedObject::new(Arc::new(store), "files/out").expect("name");
     let written = object
@@ -1057,8 +1019,7 @@ mod cli {
         let out = with_input(from_env, b"three again").await;
         assert_eq!(code(&out), 0, "{}", describe(&out));
 
-        let out = output(gcslock(Some(&host), &["cat", "--show-token", &url])).await;
-        assert_eq!(code(&out), 0, "{}", describe(&out));
+        let out = exits(Some(&host), &["cat", "--show-token", &url], 0).await;
         assert_eq!(out.stdout, b"three again", "stdout is the pure body");
         assert_eq!(stderr(&out).trim(), format!("gcslock: {url}: token 3"));
 
@@ -1102,8 +1063,7 @@ mod cli {
             "{}",
             describe(&out)
         );
-        let out = output(gcslock(Some(&host), &["cat", "--show-token", &foreign])).await;
-        assert_eq!(code(&out), 0, "{}", describe(&out));
+        let out = exits(Some(&host), &["cat", "--show-token", &foreign], 0).await;
         assert_eq!(out.stdout, b"foreign");
         assert!(
             stderr(&out).contains("no fencing token"),
@@ -1121,8 +1081,7 @@ mod cli {
         assert_eq!(code(&out), 0, "{}", describe(&out));
 
         // Missing object and missing bucket: 66.
-        let out = output(gcslock(Some(&host), &["cat", &format!("{prefix}/nothing")])).await;
-        assert_eq!(code(&out), 66, "{}", describe(&out));
+        let out = exits(Some(&host), &["cat", &format!("{prefix}/nothing")], 66).await;
         assert!(
             stderr(&out).contains("does not exist"),
             "{}",
@@ -1138,8 +1097,7 @@ mod cli {
         )
         .await;
         assert_eq!(code(&out), 66, "{}", describe(&out));
-        let out = output(gcslock(Some(&host), &["cat", &no_bucket])).await;
-        assert_eq!(code(&out), 66, "{}", describe(&out));
+        exits(Some(&host), &["cat", &no_bucket], 66).await;
     }
 
     #[tokio::test]
@@ -1289,8 +1247,7 @@ mod cli {
             "the refused put explains itself: {errors}"
         );
 
-        let out = output(gcslock(Some(&host), &["cat", "--show-token", &data_url])).await;
-        assert_eq!(code(&out), 0, "{}", describe(&out));
+        let out = exits(Some(&host), &["cat", "--show-token", &data_url], 0).await;
         assert_eq!(out.stdout, b"new holder data");
         assert_eq!(
             stderr(&out).trim(),

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use harness::{
-    code, describe, gcslock, output, status_json, text, Emulator, Running, BIN, SHORT_TTL,
+    code, describe, exits, gcslock, output, run_script, start_ready, status_json, text, Emulator,
+    Running, BIN, SHORT_TTL,
 };
 use nix::sys::signal::{kill, Signal};
 use tokio::net::{TcpListener, TcpStream};
@@ -61,25 +62,12 @@ async fn assert_gone_when_the_waiter_started(waiter: &mut Running, pids: &[i32])
 /// A holder whose command starts a grandchild in its process group; both ignore
 /// SIGTERM. Returns the holder, the command's pid and the grandchild's.
 async fn hold_stubborn(emulator: &Emulator, url: &str, extra: &[&str]) -> (Running, i32, i32) {
-    let mut args = vec!["run"];
-    args.extend_from_slice(&SHORT_TTL);
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[
-        url,
-        "--",
-        "sh",
-        "-c",
-        // The grandchild inherits the ignored SIGTERM: like a job whose graceful
-        // shutdown takes longer than the lease has left.
-        r#"trap '' TERM; sleep 300 & echo "ready $$ $!"; wait"#,
-    ]);
-    let mut holder = Running::start(gcslock(Some(emulator), &args));
-    let ready = holder.expect_line("ready").await;
-    let (command, grandchild) = ready
-        .split_once(' ')
-        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-        .unwrap_or_else(|| panic!("two pids: {ready:?}"));
-    (holder, command, grandchild)
+    let extra = [&SHORT_TTL[..], extra].concat();
+    // The grandchild inherits the ignored SIGTERM: like a job whose graceful
+    // shutdown takes longer than the lease has left.
+    let script = r#"trap '' TERM; sleep 300 & echo "ready $$ $!"; wait"#;
+    let args = run_script(&extra, url, script);
+    start_ready(gcslock(Some(emulator), &args)).await
 }
 
 #[tokio::test]
@@ -195,8 +183,7 @@ async fn a_nested_run_uses_its_own_url_and_token() {
     let outer_url = emulator.url("nested-outer");
     let inner_url = emulator.url("nested-inner");
     // The outer lock's token becomes 2, the inner's 1: a leak would show.
-    let first = output(gcslock(Some(&emulator), &["run", &outer_url, "--", "true"])).await;
-    assert_eq!(code(&first), 0, "{}", describe(&first));
+    exits(Some(&emulator), &["run", &outer_url, "--", "true"], 0).await;
 
     let inner = format!(
         r#"{BIN} run {inner_url} -- sh -c 'echo "inner $GCSLOCK_URL $GCSLOCK_TOKEN"' && echo "outer $GCSLOCK_URL $GCSLOCK_TOKEN" && {BIN} run -- true; echo "no url: $?""#
@@ -278,8 +265,7 @@ async fn a_kill_grace_the_lease_has_no_room_for_is_refused() {
     let base = ["run", "--endpoint", "http://127.0.0.1:1", "--ttl", "10s"];
     let mut args = base.to_vec();
     args.extend_from_slice(&["--kill-grace", "4s", url, "--", "true"]);
-    let out = output(gcslock(None, &args)).await;
-    assert_eq!(code(&out), 64, "{}", describe(&out));
+    let out = exits(None, &args, 64).await;
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains(
@@ -298,6 +284,5 @@ async fn a_kill_grace_the_lease_has_no_room_for_is_refused() {
         "--",
         "true",
     ]);
-    let out = output(gcslock(None, &args)).await;
-    assert_eq!(code(&out), 69, "{}", describe(&out));
+    exits(None, &args, 69).await;
 }

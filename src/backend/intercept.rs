@@ -147,10 +147,48 @@ pub trait Hook: Send + Sync + fmt::Debug + 'static {
     /// Handles `call`; `proceed` performs it on the inner backend. The returned
     /// outcome must be of `call`'s operation ([`Outcome::failed`] builds one).
     async fn around(&self, call: Call<'_>, proceed: BoxFuture<'_, Outcome>) -> Outcome;
+
+    /// Handles an upload of `name` through [`Intercept::wrap_bodies`]; `proceed`
+    /// performs it. Passes it through unless a hook overrides it.
+    async fn around_upload(
+        &self,
+        name: &str,
+        proceed: BoxFuture<'_, Result<Stamped<ObjectInfo>, BackendError>>,
+    ) -> Result<Stamped<ObjectInfo>, BackendError> {
+        let _ = name;
+        proceed.await
+    }
+
+    /// Handles a download of `name`, like [`Hook::around_upload`].
+    async fn around_download(
+        &self,
+        name: &str,
+        proceed: BoxFuture<'_, Result<Download, BackendError>>,
+    ) -> Result<Download, BackendError> {
+        let _ = name;
+        proceed.await
+    }
+}
+
+/// Strips the server's clock readings, as a store without `Date` headers would:
+/// `Intercept::wrap(inner, NoDate)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoDate;
+
+#[async_trait]
+impl Hook for NoDate {
+    async fn around(&self, _call: Call<'_>, proceed: BoxFuture<'_, Outcome>) -> Outcome {
+        let mut outcome = proceed.await;
+        for time in outcome.server_times_mut() {
+            *time = None;
+        }
+        outcome
+    }
 }
 
 /// A backend that runs `hook` around every call of `inner`. Object bodies
-/// ([`ObjectBodies`]) pass through unhooked. It dereferences to its hook, so the
+/// ([`ObjectBodies`]) pass through [`Hook::around_upload`] and
+/// [`Hook::around_download`], which forward them unless the hook overrides them. It dereferences to its hook, so the
 /// hook's own methods (a counter's counts, a fault script) are callable on it.
 #[derive(Clone, Debug)]
 pub struct Intercept<H> {
@@ -184,7 +222,8 @@ impl<H: Hook> Intercept<H> {
         }
     }
 
-    /// Wraps a store with object bodies; uploads and downloads reach it unhooked.
+    /// Wraps a store with object bodies; uploads and downloads reach it through the
+    /// hook's body methods.
     pub fn wrap_bodies(inner: Arc<dyn ObjectBodies>, hook: H) -> Self {
         Self {
             // Through `impl Backend for Arc<T>`: trait upcasting needs Rust 1.86.
@@ -311,10 +350,9 @@ impl<H: Hook> ObjectBodies for Intercept<H> {
         metadata: &Metadata,
         body: UploadBody,
     ) -> Result<Stamped<ObjectInfo>, BackendError> {
-        match &self.bodies {
-            Some(bodies) => bodies.upload(name, condition, metadata, body).await,
-            None => Err(no_bodies(&self.inner)),
-        }
+        let bodies = self.bodies.as_ref().ok_or_else(|| no_bodies(&self.inner))?;
+        let proceed = bodies.upload(name, condition, metadata, body);
+        self.hook.around_upload(name, proceed).await
     }
 
     async fn download(
@@ -322,10 +360,10 @@ impl<H: Hook> ObjectBodies for Intercept<H> {
         name: &str,
         expected: ObjectVersion,
     ) -> Result<Download, BackendError> {
-        match &self.bodies {
-            Some(bodies) => bodies.download(name, expected).await,
-            None => Err(no_bodies(&self.inner)),
-        }
+        let bodies = self.bodies.as_ref().ok_or_else(|| no_bodies(&self.inner))?;
+        self.hook
+            .around_download(name, bodies.download(name, expected))
+            .await
     }
 }
 
@@ -388,21 +426,6 @@ mod tests {
     use super::*;
     use crate::backend::gcs::{GcsBackend, DEFAULT_ENDPOINT};
     use crate::backend::memory::MemoryBackend;
-
-    /// Strips the server's clock readings, as a store without `Date` headers would.
-    #[derive(Debug)]
-    struct NoDate;
-
-    #[async_trait]
-    impl Hook for NoDate {
-        async fn around(&self, _call: Call<'_>, proceed: BoxFuture<'_, Outcome>) -> Outcome {
-            let mut outcome = proceed.await;
-            for time in outcome.server_times_mut() {
-                *time = None;
-            }
-            outcome
-        }
-    }
 
     /// Answers every call with a list outcome.
     #[derive(Debug)]

@@ -135,6 +135,13 @@ pub fn describe(output: &Output) -> String {
     )
 }
 
+/// Runs `gcslock ARGS` to completion and checks its exit code.
+pub async fn exits(emulator: Option<&Emulator>, args: &[&str], expected: i32) -> Output {
+    let out = output(gcslock(emulator, args)).await;
+    assert_eq!(code(&out), expected, "gcslock {args:?}: {}", describe(&out));
+    out
+}
+
 /// `gcslock status --json URL`, which must succeed.
 pub async fn status_json(emulator: Option<&Emulator>, url: &str) -> Value {
     let out = output(gcslock(emulator, &["status", "--json", url])).await;
@@ -252,22 +259,29 @@ impl Running {
 /// then waits for a line on stdin (or EOF) before exiting 0. Returns the holder, its
 /// command's pid (also its process group) and its token.
 pub async fn hold(emulator: Option<&Emulator>, url: &str, extra: &[&str]) -> (Running, i32, u64) {
+    let args = run_script(extra, url, r#"echo "ready $$ $GCSLOCK_TOKEN"; read _"#);
+    start_ready(gcslock(emulator, &args)).await
+}
+
+/// The arguments of `gcslock run EXTRA URL -- sh -c SCRIPT`.
+pub fn run_script<'a>(extra: &[&'a str], url: &'a str, script: &'a str) -> Vec<&'a str> {
     let mut args = vec!["run"];
     args.extend_from_slice(extra);
-    args.extend_from_slice(&[
-        url,
-        "--",
-        "sh",
-        "-c",
-        r#"echo "ready $$ $GCSLOCK_TOKEN"; read _"#,
-    ]);
-    let mut holder = Running::start(gcslock(emulator, &args));
-    let ready = holder.expect_line("ready").await;
-    let (child, token) = ready
+    args.extend_from_slice(&[url, "--", "sh", "-c", script]);
+    args
+}
+
+/// Starts `command` and reads its `ready A B` line.
+pub async fn start_ready<A: std::str::FromStr, B: std::str::FromStr>(
+    command: Command,
+) -> (Running, A, B) {
+    let mut running = Running::start(command);
+    let ready = running.expect_line("ready").await;
+    let (a, b) = ready
         .split_once(' ')
-        .and_then(|(child, token)| Some((child.parse().ok()?, token.parse().ok()?)))
-        .unwrap_or_else(|| panic!("pid and token: {ready:?}"));
-    (holder, child, token)
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .unwrap_or_else(|| panic!("two values after ready: {ready:?}"));
+    (running, a, b)
 }
 
 /// A waiter: `gcslock -v run EXTRA --wait 60s URL` of a command that prints

@@ -244,11 +244,20 @@ pub async fn upload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let op = match decode_upload(path, raw.as_deref(), &headers, body) {
-        Ok(op) => op,
-        Err(e) => return e.into_response(),
-    };
-    run(state, conn.map(|Extension(c)| c), op).await
+    let decoded = decode_upload(path, raw.as_deref(), &headers, body);
+    run_decoded(state, conn, decoded).await
+}
+
+/// Runs a decoded object request, or answers why it could not be decoded.
+async fn run_decoded(
+    state: SharedState,
+    conn: Option<Extension<ConnHandle>>,
+    decoded: Result<Op, GcsError>,
+) -> Response {
+    match decoded {
+        Ok(op) => run(state, conn.map(|Extension(c)| c), op).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 fn decode_upload(
@@ -342,30 +351,8 @@ pub async fn get_object(
     path: ObjectPath,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let decode = || -> Result<Op, GcsError> {
-        let (bucket, name) = object_path(path)?;
-        let query = Query::parse(raw.as_deref());
-        let media = match query.get("alt")? {
-            None | Some("json") => false,
-            Some("media") => true,
-            Some(other) => {
-                return Err(GcsError::invalid(format!(
-                    "Invalid value for alt: '{other}'. Use json or media."
-                )))
-            }
-        };
-        Ok(Op::Get {
-            bucket,
-            name,
-            pre: Preconditions::from_query(&query)?,
-            generation: query.get_i64("generation")?,
-            media,
-        })
-    };
-    match decode() {
-        Ok(op) => run(state, conn.map(|Extension(c)| c), op).await,
-        Err(e) => e.into_response(),
-    }
+    let decoded = decode_get(path, raw.as_deref(), false);
+    run_decoded(state, conn, decoded).await
 }
 
 /// `GET /download/storage/v1/b/B/o/NAME`: the media-download URL form.
@@ -375,21 +362,31 @@ pub async fn download_object(
     path: ObjectPath,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let decode = || -> Result<Op, GcsError> {
-        let (bucket, name) = object_path(path)?;
-        let query = Query::parse(raw.as_deref());
-        Ok(Op::Get {
-            bucket,
-            name,
-            pre: Preconditions::from_query(&query)?,
-            generation: query.get_i64("generation")?,
-            media: true,
-        })
-    };
-    match decode() {
-        Ok(op) => run(state, conn.map(|Extension(c)| c), op).await,
-        Err(e) => e.into_response(),
-    }
+    let decoded = decode_get(path, raw.as_deref(), true);
+    run_decoded(state, conn, decoded).await
+}
+
+/// A metadata or media GET; the download URL form is always media.
+fn decode_get(path: ObjectPath, raw: Option<&str>, download_url: bool) -> Result<Op, GcsError> {
+    let (bucket, name) = object_path(path)?;
+    let query = Query::parse(raw);
+    let media = download_url
+        || match query.get("alt")? {
+            None | Some("json") => false,
+            Some("media") => true,
+            Some(other) => {
+                return Err(GcsError::invalid(format!(
+                    "Invalid value for alt: '{other}'. Use json or media."
+                )))
+            }
+        };
+    Ok(Op::Get {
+        bucket,
+        name,
+        pre: Preconditions::from_query(&query)?,
+        generation: query.get_i64("generation")?,
+        media,
+    })
 }
 
 pub async fn patch_object(
@@ -441,10 +438,7 @@ pub async fn patch_object(
             content_type,
         })
     };
-    match decode() {
-        Ok(op) => run(state, conn.map(|Extension(c)| c), op).await,
-        Err(e) => e.into_response(),
-    }
+    run_decoded(state, conn, decode()).await
 }
 
 pub async fn delete_object(
@@ -463,10 +457,7 @@ pub async fn delete_object(
             generation: query.get_i64("generation")?,
         })
     };
-    match decode() {
-        Ok(op) => run(state, conn.map(|Extension(c)| c), op).await,
-        Err(e) => e.into_response(),
-    }
+    run_decoded(state, conn, decode()).await
 }
 
 pub async fn list_objects(
@@ -505,10 +496,7 @@ pub async fn list_objects(
             after,
         })
     };
-    match decode() {
-        Ok(op) => run(state, conn.map(|Extension(c)| c), op).await,
-        Err(e) => e.into_response(),
-    }
+    run_decoded(state, conn, decode()).await
 }
 
 fn encode_page_token(last_name: &str) -> String {

@@ -3,11 +3,38 @@
 mod common;
 
 use chrono::{DateTime, Utc};
-use common::{enc, error_reason, start, version};
+use common::{enc, error_reason, if_version, start, version};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 const B: &str = "test-bucket";
+
+/// Preconditions that the live object at generation `g`, metageneration `m` fails,
+/// and what each is answered: 412, or 304 for the `NotMatch` ones.
+fn conditions_failing_on(g: i64, m: i64) -> Vec<(String, StatusCode)> {
+    vec![
+        (
+            format!("ifGenerationMatch={}", g + 1),
+            StatusCode::PRECONDITION_FAILED,
+        ),
+        (
+            "ifGenerationMatch=0".to_owned(),
+            StatusCode::PRECONDITION_FAILED,
+        ),
+        (
+            format!("ifGenerationMatch={g}&ifMetagenerationMatch={}", m + 1),
+            StatusCode::PRECONDITION_FAILED,
+        ),
+        (
+            format!("ifGenerationNotMatch={g}"),
+            StatusCode::NOT_MODIFIED,
+        ),
+        (
+            format!("ifMetagenerationNotMatch={m}"),
+            StatusCode::NOT_MODIFIED,
+        ),
+    ]
+}
 
 #[tokio::test]
 async fn multipart_upload_create_only_if_absent() {
@@ -87,7 +114,7 @@ async fn overwrite_changes_generation_and_resets_metageneration() {
     // Overwrite with the exact current version as precondition (both kinds).
     for upload in ["media", "multipart"] {
         let (g, m) = version(&h.stat(B, "o").await.expect("exists"));
-        let query = format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}");
+        let query = if_version(g, m);
         let response = if upload == "media" {
             h.upload_media(B, "o", &query, b"new").await
         } else {
@@ -115,28 +142,11 @@ async fn overwrite_changes_generation_and_resets_metageneration() {
 async fn upload_preconditions_each_enforced() {
     let h = start(&[B]).await;
     let (g, m) = h.create(B, "o", json!({})).await;
-    let cases: Vec<(String, StatusCode)> = vec![
-        (
-            format!("ifGenerationMatch={}", g + 1),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            format!("ifMetagenerationMatch={}", m + 1),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            format!("ifGenerationMatch={g}&ifMetagenerationMatch={}", m + 1),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            format!("ifGenerationNotMatch={g}"),
-            StatusCode::NOT_MODIFIED,
-        ),
-        (
-            format!("ifMetagenerationNotMatch={m}"),
-            StatusCode::NOT_MODIFIED,
-        ),
-    ];
+    let mut cases = conditions_failing_on(g, m);
+    cases.push((
+        format!("ifMetagenerationMatch={}", m + 1),
+        StatusCode::PRECONDITION_FAILED,
+    ));
     for (query, expected) in &cases {
         for kind in ["media", "multipart"] {
             let response = if kind == "media" {
@@ -210,39 +220,21 @@ async fn get_preconditions_each_enforced() {
     let h = start(&[B]).await;
     let (g, m) = h.create(B, "o", json!({"k": "v"})).await;
     for alt in ["", "alt=media&", "alt=json&"] {
-        let cases = [
-            (
-                format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
-                StatusCode::OK,
-            ),
-            (
-                format!("ifGenerationMatch={}", g + 1),
-                StatusCode::PRECONDITION_FAILED,
-            ),
-            (
-                "ifGenerationMatch=0".to_owned(),
-                StatusCode::PRECONDITION_FAILED,
-            ),
+        let mut cases = conditions_failing_on(g, m);
+        cases.extend([
+            (if_version(g, m), StatusCode::OK),
             (
                 format!("ifMetagenerationMatch={}", m + 1),
                 StatusCode::PRECONDITION_FAILED,
             ),
-            (
-                format!("ifGenerationNotMatch={g}"),
-                StatusCode::NOT_MODIFIED,
-            ),
             (format!("ifGenerationNotMatch={}", g + 1), StatusCode::OK),
-            (
-                format!("ifMetagenerationNotMatch={m}"),
-                StatusCode::NOT_MODIFIED,
-            ),
             (
                 format!("ifMetagenerationNotMatch={}", m + 1),
                 StatusCode::OK,
             ),
             (format!("generation={g}"), StatusCode::OK),
             (format!("generation={}", g + 1), StatusCode::NOT_FOUND),
-        ];
+        ]);
         for (query, expected) in cases {
             let response = h.get(B, "o", &format!("{alt}{query}")).await;
             assert_eq!(response.status(), expected, "GET ?{alt}{query}");
@@ -321,7 +313,7 @@ async fn patch_bumps_metageneration_and_enforces_preconditions() {
         .patch(
             B,
             "o",
-            &format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
+            &if_version(g, m),
             &json!({"metadata": {"b": "2", "c": "3", "gone": null}}),
         )
         .await;
@@ -341,40 +333,19 @@ async fn patch_bumps_metageneration_and_enforces_preconditions() {
 
     // The stale version no longer matches: 412, and nothing changes.
     let stale = h
-        .patch(
-            B,
-            "o",
-            &format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
-            &json!({"metadata": {"x": "1"}}),
-        )
+        .patch(B, "o", &if_version(g, m), &json!({"metadata": {"x": "1"}}))
         .await;
     assert_eq!(
         error_reason(stale, StatusCode::PRECONDITION_FAILED).await.0,
         "conditionNotMet"
     );
-    let cases = [
-        (
-            format!("ifGenerationMatch={}", g + 1),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            "ifGenerationMatch=0".to_owned(),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            format!("ifMetagenerationMatch={m}"),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            format!("ifGenerationNotMatch={g}"),
-            StatusCode::NOT_MODIFIED,
-        ),
-        (
-            format!("ifMetagenerationNotMatch={}", m + 1),
-            StatusCode::NOT_MODIFIED,
-        ),
-        (format!("generation={}", g + 1), StatusCode::NOT_FOUND),
-    ];
+    // The live object is now (g, m + 1).
+    let mut cases = conditions_failing_on(g, m + 1);
+    cases.push((
+        format!("ifMetagenerationMatch={m}"),
+        StatusCode::PRECONDITION_FAILED,
+    ));
+    cases.push((format!("generation={}", g + 1), StatusCode::NOT_FOUND));
     for (query, expected) in cases {
         let response = h
             .patch(B, "o", &query, &json!({"metadata": {"x": "1"}}))
@@ -462,29 +433,8 @@ async fn patch_removing_an_existing_key_is_refused_until_the_model_supports_it()
 async fn delete_enforces_preconditions() {
     let h = start(&[B]).await;
     let (g, m) = h.create(B, "o", json!({})).await;
-    let cases = [
-        (
-            format!("ifGenerationMatch={}", g + 1),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            "ifGenerationMatch=0".to_owned(),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            format!("ifGenerationMatch={g}&ifMetagenerationMatch={}", m + 1),
-            StatusCode::PRECONDITION_FAILED,
-        ),
-        (
-            format!("ifGenerationNotMatch={g}"),
-            StatusCode::NOT_MODIFIED,
-        ),
-        (
-            format!("ifMetagenerationNotMatch={m}"),
-            StatusCode::NOT_MODIFIED,
-        ),
-        (format!("generation={}", g + 1), StatusCode::NOT_FOUND),
-    ];
+    let mut cases = conditions_failing_on(g, m);
+    cases.push((format!("generation={}", g + 1), StatusCode::NOT_FOUND));
     for (query, expected) in cases {
         let response = h.delete(B, "o", &query).await;
         assert_eq!(response.status(), expected, "DELETE ?{query}");
@@ -493,26 +443,14 @@ async fn delete_enforces_preconditions() {
             "DELETE ?{query} deleted nothing"
         );
     }
-    let response = h
-        .delete(
-            B,
-            "o",
-            &format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
-        )
-        .await;
+    let response = h.delete(B, "o", &if_version(g, m)).await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert!(response.bytes().await.expect("body").is_empty());
     assert!(h.stat(B, "o").await.is_none());
     // A recreated object is a new instance: the old version cannot delete it.
     let (g2, _) = h.create(B, "o", json!({})).await;
     assert_ne!(g2, g);
-    let stale = h
-        .delete(
-            B,
-            "o",
-            &format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
-        )
-        .await;
+    let stale = h.delete(B, "o", &if_version(g, m)).await;
     assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
     let current = h.delete(B, "o", &format!("ifGenerationMatch={g2}")).await;
     assert_eq!(current.status(), StatusCode::NO_CONTENT);
@@ -786,12 +724,7 @@ async fn percent_encoded_names_with_slashes_and_spaces() {
     assert_eq!(object["name"], name);
     assert_eq!(object["id"], format!("{B}/{name}/{g}"));
     let patched = h
-        .patch(
-            B,
-            name,
-            &format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
-            &json!({"metadata": {"k": "w"}}),
-        )
+        .patch(B, name, &if_version(g, m), &json!({"metadata": {"k": "w"}}))
         .await;
     assert_eq!(patched.status(), StatusCode::OK);
     let listed: Value = h
@@ -858,7 +791,7 @@ async fn concurrent_conditional_writes_have_exactly_one_winner() {
         .map(|i| {
             let h = h.clone();
             tokio::spawn(async move {
-                let query = format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}");
+                let query = if_version(g, m);
                 h.patch(
                     B,
                     "contended",

@@ -5,7 +5,7 @@ mod common;
 use std::error::Error as _;
 use std::time::Duration;
 
-use common::{error_reason, start, version};
+use common::{error_reason, if_version, start, version};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -53,7 +53,7 @@ async fn reset_after_apply_loses_the_response_but_applies_the_patch() {
         .try_patch(
             B,
             "lock",
-            &format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
+            &if_version(g, m),
             &json!({"metadata": {"seq": "1"}}),
         )
         .await;
@@ -68,7 +68,7 @@ async fn reset_after_apply_loses_the_response_but_applies_the_patch() {
         .patch(
             B,
             "lock",
-            &format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
+            &if_version(g, m),
             &json!({"metadata": {"seq": "1"}}),
         )
         .await;
@@ -114,7 +114,7 @@ async fn reset_before_apply_changes_nothing() {
         .try_patch(
             B,
             "lock",
-            &format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
+            &if_version(g, m),
             &json!({"metadata": {"seq": "1"}}),
         )
         .await;
@@ -153,7 +153,7 @@ async fn injected_503_and_429_apply_nothing() {
             .patch(
                 B,
                 "lock",
-                &format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
+                &if_version(g, m),
                 &json!({"metadata": {"a": "b"}}),
             )
             .await;
@@ -203,7 +203,7 @@ async fn per_object_rate_limit_gives_429() {
         .patch(
             B,
             "lock",
-            &format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
+            &if_version(g, m),
             &json!({"metadata": {"a": "b"}}),
         )
         .await;
@@ -220,14 +220,7 @@ async fn per_object_rate_limit_gives_429() {
     assert_eq!(h.stats().await["faults"]["rate_limit"], 2);
     // Turning the limit off lets the next mutation through.
     h.set_faults(json!({"object_rate_limit": null})).await;
-    let patch = h
-        .patch(
-            B,
-            "lock",
-            &format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}"),
-            &json!({}),
-        )
-        .await;
+    let patch = h.patch(B, "lock", &if_version(g, m), &json!({})).await;
     assert_eq!(patch.status(), StatusCode::OK);
 }
 

@@ -273,6 +273,11 @@ impl Harness {
 }
 
 /// (generation, metageneration) of an object resource; both must be strings.
+/// The query of a request that applies only to generation `g`, metageneration `m`.
+pub fn if_version(g: i64, m: i64) -> String {
+    format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}")
+}
+
 pub fn version(object: &Value) -> (i64, i64) {
     let field = |name: &str| -> i64 {
         object[name]
