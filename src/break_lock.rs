@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::backend::{BackendError, Metadata, ObjectInfo, ObjectVersion, Stamped};
+use crate::backend::{BackendError, Metadata, ObjectInfo, ObjectVersion, Stamped, WriteCondition};
 use crate::error::Error;
 use crate::identity::new_nonce;
 use crate::lock::Lock;
@@ -24,7 +24,7 @@ use crate::status::LockStatus;
 use crate::token::FencingToken;
 
 /// The holder name of a revoked lock starts with this.
-const REVOKED_BY: &str = "revoked by ";
+use crate::options::REVOKED_PREFIX as REVOKED_BY;
 
 /// The outcome of [`Lock::break_lock`] and [`Lock::break_with`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +120,9 @@ enum Plan {
     Done(BreakOutcome),
     Write {
         record: LockRecord,
+        /// Replace the whole metadata (an upload) rather than merge into it (a PATCH):
+        /// a repair must not leave the invalid record's stray keys behind.
+        replace: bool,
         outcome: Outcome,
     },
 }
@@ -157,17 +160,25 @@ impl Lock {
         let Some(info) = read.value else {
             return Ok(BreakOutcome::AlreadyFree);
         };
-        let (record, outcome) = match plan(lock, options, &info, read.server_time)? {
+        let (record, replace, outcome) = match plan(lock, options, &info, read.server_time)? {
             Plan::Done(outcome) => return Ok(outcome),
-            Plan::Write { record, outcome } => (record, outcome),
+            Plan::Write {
+                record,
+                replace,
+                outcome,
+            } => (record, replace, outcome),
         };
         let metadata = record.to_metadata();
         loop {
-            match lock
-                .backend
-                .update_metadata(&lock.object, info.version, &metadata)
-                .await
-            {
+            let written = if replace {
+                let condition = WriteCondition::Matches(info.version);
+                lock.backend.write(&lock.object, condition, &metadata).await
+            } else {
+                lock.backend
+                    .update_metadata(&lock.object, info.version, &metadata)
+                    .await
+            };
+            match written {
                 Ok(written) => return outcome(&written),
                 Err(BackendError::PreconditionFailed | BackendError::NotFound) => {}
                 Err(error) => retry.pause_or_give_up(error).await.map_err(fail)?,
@@ -229,6 +240,7 @@ fn plan(
                 refresh_seq: record.refresh_seq.saturating_add(1),
                 ..record.clone()
             },
+            replace: false,
             outcome: Box::new(move |written| {
                 Ok(BreakOutcome::Broken {
                     previous_holder: previous_holder.clone(),
@@ -292,6 +304,7 @@ fn plan(
     let judged_record = revoked.clone();
     Ok(Plan::Write {
         record: revoked,
+        replace: false,
         outcome: Box::new(move |written| {
             let stale_in = match LockStatus::judge(Some(&written.value), written.server_time) {
                 LockStatus::Held(held) | LockStatus::Stale(held) => held.expires_in,
@@ -349,6 +362,7 @@ fn repair_plan(
     };
     Ok(Plan::Write {
         record,
+        replace: true,
         outcome: Box::new(move |written| {
             Ok(BreakOutcome::Repaired {
                 why: why.clone(),

@@ -12,6 +12,8 @@ use crate::record::Ttl;
 /// TTLs outside this range are refused: below it no refresh can keep up with
 /// request latency; above it a crashed holder blocks everyone for days.
 pub(crate) const MIN_TTL: Duration = Duration::from_secs(1);
+/// The holder prefix of a revoked lock (PROTOCOL.md §8).
+pub(crate) const REVOKED_PREFIX: &str = "revoked by ";
 pub(crate) const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The default safety margin for a TTL; what observers add to a holder's TTL.
@@ -207,6 +209,13 @@ impl LockSettings {
             return Err(Error::InvalidInput(
                 "identity must be 1 to 512 characters without control characters".into(),
             ));
+        }
+        // A revoked lock is recognised by this prefix (PROTOCOL.md §8): a holder
+        // named so could not be revoked.
+        if identity.starts_with(REVOKED_PREFIX) {
+            return Err(Error::InvalidInput(format!(
+                "identity must not start with {REVOKED_PREFIX:?}, which marks a revoked lock"
+            )));
         }
         let url = format!("{}/{}", backend.describe(), object);
         Ok(Self {

@@ -24,14 +24,15 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(crate) struct Retry {
     backoff: Backoff,
-    give_up_at: Instant,
+    /// `None`: a timeout too long for the clock, i.e. no limit (never a panic).
+    give_up_at: Option<Instant>,
 }
 
 impl Retry {
     pub(crate) fn new(timeout: Duration) -> Self {
         Self {
             backoff: Backoff::new(PAUSE_MIN, PAUSE_MAX),
-            give_up_at: Instant::now() + timeout,
+            give_up_at: Instant::now().checked_add(timeout),
         }
     }
 
@@ -44,11 +45,13 @@ impl Retry {
         error: BackendError,
     ) -> Result<(), BackendError> {
         let now = Instant::now();
-        if !error.is_transient() || now >= self.give_up_at {
+        if !error.is_transient() || self.give_up_at.is_some_and(|end| now >= end) {
             return Err(error);
         }
         tracing::debug!(%error, "transient storage error; retrying");
-        let wake = (now + self.backoff.next_after(Some(&error))).min(self.give_up_at);
+        let pause = self.backoff.next_after(Some(&error));
+        let wake = now.checked_add(pause).unwrap_or(now);
+        let wake = self.give_up_at.map_or(wake, |end| wake.min(end));
         tokio::time::sleep_until(wake).await;
         Ok(())
     }

@@ -703,10 +703,17 @@ impl Backend for ObjectStoreBackend {
             }
             let mut merged = known.info.metadata.clone();
             merged.extend(metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+            // The stored metageneration is untrusted: an absurd one is refused, not wrapped.
+            let Some(metageneration) = expected.metageneration.checked_add(1) else {
+                return Err(BackendError::InvalidResponse(format!(
+                    "{name}: metageneration {} cannot grow",
+                    expected.metageneration
+                )));
+            };
             let body = Body {
                 format: BODY_FORMAT,
                 generation: expected.generation,
-                metageneration: expected.metageneration + 1,
+                metageneration,
                 metadata: merged,
             };
             match self
