@@ -66,9 +66,9 @@ fn is_gone(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
-/// The wire emulator and the URL of the lock `object` on it, if the emulator runs.
-fn wired(object: &str) -> Option<(Emulator, String)> {
-    let emulator = Emulator::wire()?;
+/// The emulator and the URL of the lock `object` on it, if the emulator runs.
+fn lock_on(emulator: Option<Emulator>, object: &str) -> Option<(Emulator, String)> {
+    let emulator = emulator?;
     let url = emulator.url(object);
     Some((emulator, url))
 }
@@ -220,7 +220,7 @@ async fn unreachable_endpoint_exits_69() {
 
 #[tokio::test]
 async fn exit_codes_pass_through() {
-    let Some((emulator, url)) = wired("passthrough") else {
+    let Some((emulator, url)) = lock_on(Emulator::wire(), "passthrough") else {
         return;
     };
     for (script, expected, stdout) in [
@@ -244,7 +244,7 @@ async fn exit_codes_pass_through() {
 
 #[tokio::test]
 async fn child_gets_the_token_that_status_reports() {
-    let Some((emulator, url)) = wired("token") else {
+    let Some((emulator, url)) = lock_on(Emulator::wire(), "token") else {
         return;
     };
     let mut holder = Running::start(gcslock(
@@ -304,7 +304,7 @@ async fn child_gets_the_token_that_status_reports() {
 
 #[tokio::test]
 async fn sigterm_reaches_the_child_and_the_lock_is_released() {
-    let Some((emulator, url)) = wired("sigterm") else {
+    let Some((emulator, url)) = lock_on(Emulator::wire(), "sigterm") else {
         return;
     };
     let marker = temp_path("sigterm");
@@ -330,7 +330,7 @@ async fn sigterm_reaches_the_child_and_the_lock_is_released() {
 
 #[tokio::test]
 async fn processes_left_behind_are_stopped_before_the_release() {
-    let Some((emulator, url)) = wired("leftover") else {
+    let Some((emulator, url)) = lock_on(Emulator::wire(), "leftover") else {
         return;
     };
     // The command exits at once, leaving a background process in its group.
@@ -365,7 +365,7 @@ async fn processes_left_behind_are_stopped_before_the_release() {
 
 #[tokio::test]
 async fn command_not_found_127_not_executable_126() {
-    let Some((emulator, url)) = wired("spawn") else {
+    let Some((emulator, url)) = lock_on(Emulator::wire(), "spawn") else {
         return;
     };
     let missing = output(gcslock(
@@ -390,7 +390,7 @@ async fn command_not_found_127_not_executable_126() {
 
 #[tokio::test]
 async fn foreign_objects_are_not_locks() {
-    let Some((emulator, url)) = wired("foreign") else {
+    let Some((emulator, url)) = lock_on(Emulator::wire(), "foreign") else {
         return;
     };
     let object = url
@@ -414,7 +414,7 @@ async fn foreign_objects_are_not_locks() {
 
 #[tokio::test]
 async fn break_is_conditional_on_the_token() {
-    let Some((emulator, url)) = wired("break-token") else {
+    let Some((emulator, url)) = lock_on(Emulator::wire(), "break-token") else {
         return;
     };
     let free = exits(Some(&emulator), &["break", &url], 0).await;
@@ -439,10 +439,9 @@ async fn break_is_conditional_on_the_token() {
 
 #[tokio::test]
 async fn busy_exits_75_quickly_with_one_line() {
-    let Some(emulator) = Emulator::strict() else {
+    let Some((emulator, url)) = lock_on(Emulator::strict(), "busy") else {
         return;
     };
-    let url = emulator.url("busy");
     let (holder, _, token) = hold(Some(&emulator), &url, &[]).await;
 
     let started = Instant::now();
@@ -510,10 +509,9 @@ async fn finish_holder(mut holder: Running) -> (ExitStatus, String, String) {
 
 #[tokio::test]
 async fn wait_acquires_once_the_holder_exits() {
-    let Some(emulator) = Emulator::strict() else {
+    let Some((emulator, url)) = lock_on(Emulator::strict(), "wait") else {
         return;
     };
-    let url = emulator.url("wait");
     let (holder, _, first) = hold(Some(&emulator), &url, &[]).await;
 
     let mut waiter = wait_for(Some(&emulator), &url, &[]);
@@ -538,10 +536,9 @@ async fn wait_acquires_once_the_holder_exits() {
 
 #[tokio::test]
 async fn a_signal_aborts_the_wait_without_leaving_a_lock() {
-    let Some(emulator) = Emulator::strict() else {
+    let Some((emulator, url)) = lock_on(Emulator::strict(), "abort-wait") else {
         return;
     };
-    let url = emulator.url("abort-wait");
     let (holder, _, token) = hold(Some(&emulator), &url, &[]).await;
 
     let mut waiter = Running::start(gcslock(
@@ -572,10 +569,9 @@ async fn a_signal_aborts_the_wait_without_leaving_a_lock() {
 
 #[tokio::test]
 async fn lease_lost_to_break_kills_grandchildren_and_exits_76() {
-    let Some(emulator) = Emulator::strict() else {
+    let Some((emulator, url)) = lock_on(Emulator::strict(), "lost") else {
         return;
     };
-    let url = emulator.url("lost");
     let mut args = vec!["run"];
     args.extend_from_slice(&SHORT_TTL);
     args.extend_from_slice(&["--kill-grace", "500ms", &url, "--", "sh", "-c"]);
@@ -616,10 +612,9 @@ async fn lease_lost_to_break_kills_grandchildren_and_exits_76() {
 
 #[tokio::test]
 async fn a_crashed_holder_is_taken_over_after_its_ttl() {
-    let Some(emulator) = Emulator::strict() else {
+    let Some((emulator, url)) = lock_on(Emulator::strict(), "crash") else {
         return;
     };
-    let url = emulator.url("crash");
     let (holder, child, first) = hold(Some(&emulator), &url, &SHORT_TTL).await;
 
     // Crash: no release, no more refreshes.
