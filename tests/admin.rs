@@ -38,6 +38,18 @@ async fn hold(backend: Arc<dyn Backend>, identity: &str) -> Guard {
         .expect("free")
 }
 
+/// A bucket whose lock "holder" holds.
+async fn held() -> (MemoryBackend, Guard) {
+    let memory = MemoryBackend::new("b");
+    let holder = hold(Arc::new(memory.clone()), "holder").await;
+    (memory, holder)
+}
+
+/// The lock as the administrator "admin" sees it.
+fn admin_on(memory: &MemoryBackend) -> Lock {
+    lock_on(Arc::new(memory.clone()), "admin")
+}
+
 async fn record(memory: &MemoryBackend) -> LockRecord {
     record_at(memory, NAME).await
 }
@@ -86,8 +98,7 @@ async fn gives_up_after_the_storage_timeout<T: std::fmt::Debug>(
 
 #[tokio::test(start_paused = true)]
 async fn status_and_list_retry_transient_errors_then_succeed() {
-    let memory = MemoryBackend::new("b");
-    let holder = hold(Arc::new(memory.clone()), "holder").await;
+    let (memory, holder) = held().await;
     let faults = faulty(&memory);
     for fault in [
         FaultError::Unavailable,
@@ -154,8 +165,7 @@ async fn permission_denied_is_not_retried_by_admin_operations() {
 
 #[tokio::test(start_paused = true)]
 async fn break_retries_and_resolves_a_lost_response_by_reading_back() {
-    let memory = MemoryBackend::new("b");
-    let holder = hold(Arc::new(memory.clone()), "holder").await;
+    let (memory, holder) = held().await;
     let seq_before = record(&memory).await.refresh_seq;
     let faults = faulty(&memory);
     faults.inject(Operation::Read, Fault::Reject(FaultError::Unavailable));
@@ -193,13 +203,12 @@ async fn break_retries_and_resolves_a_lost_response_by_reading_back() {
 
 #[tokio::test(start_paused = true)]
 async fn default_break_revokes_until_the_broken_holder_must_have_stopped() {
-    let memory = MemoryBackend::new("b");
-    let holder = hold(Arc::new(memory.clone()), "holder").await;
+    let (memory, holder) = held().await;
     let lost = holder.lost();
     // Break mid-interval, so the holder's last refresh is well before the break.
     tokio::time::sleep(REFRESH / 2).await;
     let broken_at = Instant::now();
-    let admin = lock_on(Arc::new(memory.clone()), "admin");
+    let admin = admin_on(&memory);
     let outcome = admin.break_lock(None).await.expect("break");
     let BreakOutcome::RevokedUntil {
         token, stale_in, ..
@@ -244,10 +253,9 @@ async fn default_break_revokes_until_the_broken_holder_must_have_stopped() {
 
 #[tokio::test(start_paused = true)]
 async fn break_now_releases_at_once() {
-    let memory = MemoryBackend::new("b");
-    let holder = hold(Arc::new(memory.clone()), "holder").await;
+    let (memory, holder) = held().await;
     let lost = holder.lost();
-    let admin = lock_on(Arc::new(memory.clone()), "admin");
+    let admin = admin_on(&memory);
     let outcome = admin
         .break_with(&BreakOptions::new().now(true))
         .await
@@ -275,7 +283,7 @@ async fn a_stale_lock_is_simply_released() {
     );
     let holder = hold(Arc::new(crashed), "holder").await;
     tokio::time::sleep(TTL + MARGIN).await;
-    let admin = lock_on(Arc::new(memory.clone()), "admin");
+    let admin = admin_on(&memory);
     let outcome = admin.break_lock(None).await.expect("break");
     assert!(
         matches!(outcome, BreakOutcome::Broken { .. }),
@@ -287,9 +295,8 @@ async fn a_stale_lock_is_simply_released() {
 
 #[tokio::test(start_paused = true)]
 async fn breaking_a_revoked_lock_again_does_not_extend_it() {
-    let memory = MemoryBackend::new("b");
-    let holder = hold(Arc::new(memory.clone()), "holder").await;
-    let admin = lock_on(Arc::new(memory.clone()), "admin");
+    let (memory, holder) = held().await;
+    let admin = admin_on(&memory);
     let first = admin.break_lock(None).await.expect("break");
     let version = memory
         .read(NAME)
@@ -344,7 +351,7 @@ async fn a_ttl_beyond_the_maximum_needs_now() {
         .write(NAME, WriteCondition::DoesNotExist, &forever.to_metadata())
         .await
         .expect("write");
-    let admin = lock_on(Arc::new(memory.clone()), "admin");
+    let admin = admin_on(&memory);
     let refused = admin.break_lock(None).await;
     match &refused {
         Err(Error::Conflict { why, .. }) => assert!(why.contains("--now"), "{why}"),
@@ -360,9 +367,8 @@ async fn a_ttl_beyond_the_maximum_needs_now() {
 
 #[tokio::test(start_paused = true)]
 async fn break_with_the_wrong_token_changes_nothing() {
-    let memory = MemoryBackend::new("b");
-    let holder = hold(Arc::new(memory.clone()), "holder").await;
-    let admin = lock_on(Arc::new(memory.clone()), "admin");
+    let (memory, holder) = held().await;
+    let admin = admin_on(&memory);
     let wrong = admin.break_lock(Some(FencingToken::new(9))).await;
     assert!(matches!(wrong, Err(Error::Conflict { .. })), "{wrong:?}");
     assert_eq!(record(&memory).await.holder, "holder");
@@ -391,7 +397,7 @@ async fn an_invalid_record_is_refused_then_repaired_above_every_token() {
         .write(NAME, WriteCondition::DoesNotExist, &hostile)
         .await
         .expect("write");
-    let admin = lock_on(Arc::new(memory.clone()), "admin");
+    let admin = admin_on(&memory);
     let refused = admin.break_lock(None).await;
     assert!(
         matches!(refused, Err(Error::NotALock { .. })),
@@ -448,7 +454,7 @@ async fn repair_without_any_token_starts_above_zero() {
         )
         .await
         .expect("write");
-    let admin = lock_on(Arc::new(memory.clone()), "admin");
+    let admin = admin_on(&memory);
     let outcome = admin
         .break_with(&BreakOptions::new().repair(true))
         .await
@@ -467,7 +473,7 @@ async fn repair_never_touches_foreign_objects_or_exhausted_tokens() {
         .write(NAME, WriteCondition::DoesNotExist, &foreign)
         .await
         .expect("write");
-    let admin = lock_on(Arc::new(memory.clone()), "admin");
+    let admin = admin_on(&memory);
     let repair = BreakOptions::new().repair(true);
     let refused = admin.break_with(&repair).await;
     assert!(
@@ -493,9 +499,8 @@ async fn repair_never_touches_foreign_objects_or_exhausted_tokens() {
 
 #[tokio::test(start_paused = true)]
 async fn repair_on_a_valid_record_breaks_it() {
-    let memory = MemoryBackend::new("b");
-    let holder = hold(Arc::new(memory.clone()), "holder").await;
-    let admin = lock_on(Arc::new(memory.clone()), "admin");
+    let (memory, holder) = held().await;
+    let admin = admin_on(&memory);
     let outcome = admin
         .break_with(&BreakOptions::new().repair(true))
         .await

@@ -66,6 +66,30 @@ fn is_gone(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
+/// The emulator and the URL of the lock `object` on it, if the emulator runs.
+fn lock_on(emulator: Option<Emulator>, object: &str) -> Option<(Emulator, String)> {
+    let emulator = emulator?;
+    let url = emulator.url(object);
+    Some((emulator, url))
+}
+
+/// The lock's `status --json`, asserted to be `state` with the last token `token`.
+async fn status_is(emulator: &Emulator, url: &str, state: &str, token: u64) -> Value {
+    let status = status_json(Some(emulator), url).await;
+    assert_eq!(status["state"], state, "{status}");
+    assert_eq!(status["token"], token, "{status}");
+    status
+}
+
+/// The token a `run` child printed on its `ready TOKEN` line.
+async fn ready_token(holder: &mut Running) -> u64 {
+    holder
+        .expect_line("ready")
+        .await
+        .parse()
+        .expect("numeric token")
+}
+
 // ---------------------------------------------------------------------------
 // No emulator needed
 // ---------------------------------------------------------------------------
@@ -196,10 +220,9 @@ async fn unreachable_endpoint_exits_69() {
 
 #[tokio::test]
 async fn exit_codes_pass_through() {
-    let Some(emulator) = Emulator::wire() else {
+    let Some((emulator, url)) = lock_on(Emulator::wire(), "passthrough") else {
         return;
     };
-    let url = emulator.url("passthrough");
     for (script, expected, stdout) in [
         ("echo out; exit 0", 0, "out\n"),
         ("echo seven; exit 7", 7, "seven\n"),
@@ -216,17 +239,14 @@ async fn exit_codes_pass_through() {
         assert_eq!(text(&out.stdout), stdout, "{script}: {}", describe(&out));
     }
     // Each run released the lock: the next one got it at once, with a growing token.
-    let status = status_json(Some(&emulator), &url).await;
-    assert_eq!(status["state"], "released", "{status}");
-    assert_eq!(status["token"], 4, "{status}");
+    status_is(&emulator, &url, "released", 4).await;
 }
 
 #[tokio::test]
 async fn child_gets_the_token_that_status_reports() {
-    let Some(emulator) = Emulator::wire() else {
+    let Some((emulator, url)) = lock_on(Emulator::wire(), "token") else {
         return;
     };
-    let url = emulator.url("token");
     let mut holder = Running::start(gcslock(
         Some(&emulator),
         &[
@@ -239,16 +259,10 @@ async fn child_gets_the_token_that_status_reports() {
         ],
     ));
     assert_eq!(holder.expect_line("url").await, url);
-    let token: u64 = holder
-        .expect_line("ready")
-        .await
-        .parse()
-        .expect("numeric token");
+    let token = ready_token(&mut holder).await;
 
-    let status = status_json(Some(&emulator), &url).await;
-    assert_eq!(status["state"], "held", "{status}");
+    let status = status_is(&emulator, &url, "held", token).await;
     assert_eq!(status["free"], false, "{status}");
-    assert_eq!(status["token"], token, "{status}");
     assert!(
         status["holder"].as_str().is_some_and(|h| !h.is_empty()),
         "{status}"
@@ -284,28 +298,21 @@ async fn child_gets_the_token_that_status_reports() {
     holder.send_line().await;
     let (status_code, _, stderr) = holder.finish().await;
     assert_eq!(status_code.code(), Some(0), "{stderr}");
-    let status = status_json(Some(&emulator), &url).await;
-    assert_eq!(status["state"], "released", "{status}");
+    let status = status_is(&emulator, &url, "released", token).await;
     assert_eq!(status["free"], true, "{status}");
-    assert_eq!(status["token"], token, "{status}");
 }
 
 #[tokio::test]
 async fn sigterm_reaches_the_child_and_the_lock_is_released() {
-    let Some(emulator) = Emulator::wire() else {
+    let Some((emulator, url)) = lock_on(Emulator::wire(), "sigterm") else {
         return;
     };
-    let url = emulator.url("sigterm");
     let marker = temp_path("sigterm");
     let script = r#"trap 'echo "got TERM" > "$MARKER"; exit 42' TERM; echo "ready $GCSLOCK_TOKEN"; sleep 300 & wait"#;
     let mut command = gcslock(Some(&emulator), &["run", &url, "--", "sh", "-c", script]);
     command.env("MARKER", &marker);
     let mut holder = Running::start(command);
-    let token: u64 = holder
-        .expect_line("ready")
-        .await
-        .parse()
-        .expect("numeric token");
+    let token = ready_token(&mut holder).await;
 
     kill(holder.pid(), Signal::SIGTERM).expect("signalling gcslock");
     let (status, _, stderr) = holder.finish().await;
@@ -318,17 +325,14 @@ async fn sigterm_reaches_the_child_and_the_lock_is_released() {
     assert_eq!(written.trim(), "got TERM");
     let _ = std::fs::remove_file(&marker);
 
-    let status = status_json(Some(&emulator), &url).await;
-    assert_eq!(status["state"], "released", "{status}");
-    assert_eq!(status["token"], token, "{status}");
+    status_is(&emulator, &url, "released", token).await;
 }
 
 #[tokio::test]
 async fn processes_left_behind_are_stopped_before_the_release() {
-    let Some(emulator) = Emulator::wire() else {
+    let Some((emulator, url)) = lock_on(Emulator::wire(), "leftover") else {
         return;
     };
-    let url = emulator.url("leftover");
     // The command exits at once, leaving a background process in its group.
     let out = output(gcslock(
         Some(&emulator),
@@ -361,10 +365,9 @@ async fn processes_left_behind_are_stopped_before_the_release() {
 
 #[tokio::test]
 async fn command_not_found_127_not_executable_126() {
-    let Some(emulator) = Emulator::wire() else {
+    let Some((emulator, url)) = lock_on(Emulator::wire(), "spawn") else {
         return;
     };
-    let url = emulator.url("spawn");
     let missing = output(gcslock(
         Some(&emulator),
         &["run", &url, "--", "/nonexistent/gcslock-test-command"],
@@ -382,17 +385,14 @@ async fn command_not_found_127_not_executable_126() {
     exits(Some(&emulator), &["run", &url, "--", dir], 126).await;
 
     // The lock was released both times.
-    let status = status_json(Some(&emulator), &url).await;
-    assert_eq!(status["state"], "released", "{status}");
-    assert_eq!(status["token"], 2, "{status}");
+    status_is(&emulator, &url, "released", 2).await;
 }
 
 #[tokio::test]
 async fn foreign_objects_are_not_locks() {
-    let Some(emulator) = Emulator::wire() else {
+    let Some((emulator, url)) = lock_on(Emulator::wire(), "foreign") else {
         return;
     };
-    let url = emulator.url("foreign");
     let object = url
         .strip_prefix(&format!("gs://{}/", emulator.bucket))
         .expect("our URL");
@@ -414,10 +414,9 @@ async fn foreign_objects_are_not_locks() {
 
 #[tokio::test]
 async fn break_is_conditional_on_the_token() {
-    let Some(emulator) = Emulator::wire() else {
+    let Some((emulator, url)) = lock_on(Emulator::wire(), "break-token") else {
         return;
     };
-    let url = emulator.url("break-token");
     let free = exits(Some(&emulator), &["break", &url], 0).await;
     assert!(
         text(&free.stdout).contains("already free"),
@@ -440,10 +439,9 @@ async fn break_is_conditional_on_the_token() {
 
 #[tokio::test]
 async fn busy_exits_75_quickly_with_one_line() {
-    let Some(emulator) = Emulator::strict() else {
+    let Some((emulator, url)) = lock_on(Emulator::strict(), "busy") else {
         return;
     };
-    let url = emulator.url("busy");
     let (holder, _, token) = hold(Some(&emulator), &url, &[]).await;
 
     let started = Instant::now();
@@ -511,10 +509,9 @@ async fn finish_holder(mut holder: Running) -> (ExitStatus, String, String) {
 
 #[tokio::test]
 async fn wait_acquires_once_the_holder_exits() {
-    let Some(emulator) = Emulator::strict() else {
+    let Some((emulator, url)) = lock_on(Emulator::strict(), "wait") else {
         return;
     };
-    let url = emulator.url("wait");
     let (holder, _, first) = hold(Some(&emulator), &url, &[]).await;
 
     let mut waiter = wait_for(Some(&emulator), &url, &[]);
@@ -539,10 +536,9 @@ async fn wait_acquires_once_the_holder_exits() {
 
 #[tokio::test]
 async fn a_signal_aborts_the_wait_without_leaving_a_lock() {
-    let Some(emulator) = Emulator::strict() else {
+    let Some((emulator, url)) = lock_on(Emulator::strict(), "abort-wait") else {
         return;
     };
-    let url = emulator.url("abort-wait");
     let (holder, _, token) = hold(Some(&emulator), &url, &[]).await;
 
     let mut waiter = Running::start(gcslock(
@@ -566,19 +562,16 @@ async fn a_signal_aborts_the_wait_without_leaving_a_lock() {
     assert!(stdout.is_empty(), "{stdout}");
 
     // The holder still holds it: the waiter wrote nothing.
-    let status = status_json(Some(&emulator), &url).await;
-    assert_eq!(status["state"], "held", "{status}");
-    assert_eq!(status["token"], token, "{status}");
+    status_is(&emulator, &url, "held", token).await;
     let (status, _, stderr) = finish_holder(holder).await;
     assert_eq!(status.code(), Some(0), "{stderr}");
 }
 
 #[tokio::test]
 async fn lease_lost_to_break_kills_grandchildren_and_exits_76() {
-    let Some(emulator) = Emulator::strict() else {
+    let Some((emulator, url)) = lock_on(Emulator::strict(), "lost") else {
         return;
     };
-    let url = emulator.url("lost");
     let mut args = vec!["run"];
     args.extend_from_slice(&SHORT_TTL);
     args.extend_from_slice(&["--kill-grace", "500ms", &url, "--", "sh", "-c"]);
@@ -619,10 +612,9 @@ async fn lease_lost_to_break_kills_grandchildren_and_exits_76() {
 
 #[tokio::test]
 async fn a_crashed_holder_is_taken_over_after_its_ttl() {
-    let Some(emulator) = Emulator::strict() else {
+    let Some((emulator, url)) = lock_on(Emulator::strict(), "crash") else {
         return;
     };
-    let url = emulator.url("crash");
     let (holder, child, first) = hold(Some(&emulator), &url, &SHORT_TTL).await;
 
     // Crash: no release, no more refreshes.

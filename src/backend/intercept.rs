@@ -275,6 +275,16 @@ fn mismatched(operation: Operation) -> BackendError {
     ))
 }
 
+/// Runs `$call` through the hook and unwraps the outcome of its own operation.
+macro_rules! run_as {
+    ($intercept:ident, $call:expr, $operation:ident) => {
+        match $intercept.run($call).await {
+            Outcome::$operation(result) => result,
+            _ => Err(mismatched(Operation::$operation)),
+        }
+    };
+}
+
 #[async_trait]
 impl<H: Hook> Backend for Intercept<H> {
     async fn write(
@@ -288,17 +298,11 @@ impl<H: Hook> Backend for Intercept<H> {
             condition,
             metadata,
         };
-        match self.run(call).await {
-            Outcome::Write(result) => result,
-            _ => Err(mismatched(Operation::Write)),
-        }
+        run_as!(self, call, Write)
     }
 
     async fn read(&self, name: &str) -> Result<Stamped<Option<ObjectInfo>>, BackendError> {
-        match self.run(Call::Read { name }).await {
-            Outcome::Read(result) => result,
-            _ => Err(mismatched(Operation::Read)),
-        }
+        run_as!(self, Call::Read { name }, Read)
     }
 
     async fn update_metadata(
@@ -312,24 +316,15 @@ impl<H: Hook> Backend for Intercept<H> {
             expected,
             metadata,
         };
-        match self.run(call).await {
-            Outcome::UpdateMetadata(result) => result,
-            _ => Err(mismatched(Operation::UpdateMetadata)),
-        }
+        run_as!(self, call, UpdateMetadata)
     }
 
     async fn delete(&self, name: &str, expected: ObjectVersion) -> Result<(), BackendError> {
-        match self.run(Call::Delete { name, expected }).await {
-            Outcome::Delete(result) => result,
-            _ => Err(mismatched(Operation::Delete)),
-        }
+        run_as!(self, Call::Delete { name, expected }, Delete)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Stamped<ObjectInfo>>, BackendError> {
-        match self.run(Call::List { prefix }).await {
-            Outcome::List(result) => result,
-            _ => Err(mismatched(Operation::List)),
-        }
+        run_as!(self, Call::List { prefix }, List)
     }
 
     fn describe(&self) -> String {

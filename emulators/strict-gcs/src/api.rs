@@ -689,6 +689,22 @@ fn existing(
     }
 }
 
+/// The live object `name` (of `generation`, if given) that a PATCH or DELETE may
+/// change: the object's rate limit allows it and the preconditions hold.
+fn mutable(
+    state: &AppState,
+    bucket: &Bucket,
+    guard: &mut BucketState,
+    name: &str,
+    pre: Preconditions,
+    generation: Option<i64>,
+) -> Result<(ObjectInfo, Bytes), GcsError> {
+    check_rate(state, bucket, guard, name)?;
+    let (info, body) = existing(bucket, name, generation)?;
+    pre.check(Some(info.version))?;
+    Ok((info, body))
+}
+
 fn attrs_of(state: &BucketState, info: &ObjectInfo, size: u64) -> Attrs {
     match state.attrs.get(&info.name) {
         Some(attrs) if attrs.generation == info.version.generation => attrs.clone(),
@@ -809,9 +825,7 @@ async fn patch(
     metadata: MetadataPatch,
     content_type: Option<String>,
 ) -> ApiResult {
-    check_rate(state, bucket, guard, name)?;
-    let (info, body) = existing(bucket, name, generation)?;
-    pre.check(Some(info.version))?;
+    let (info, body) = mutable(state, bucket, guard, name, pre, generation)?;
     let (set, remove): (Metadata, Vec<String>) = match metadata {
         MetadataPatch::Keep => (Metadata::new(), Vec::new()),
         MetadataPatch::Clear => (Metadata::new(), info.metadata.keys().cloned().collect()),
@@ -861,9 +875,7 @@ async fn delete(
     pre: Preconditions,
     generation: Option<i64>,
 ) -> ApiResult {
-    check_rate(state, bucket, guard, name)?;
-    let (info, _) = existing(bucket, name, generation)?;
-    pre.check(Some(info.version))?;
+    let (info, _) = mutable(state, bucket, guard, name, pre, generation)?;
     bucket
         .backend
         .delete(name, info.version)

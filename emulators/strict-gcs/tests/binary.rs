@@ -6,7 +6,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -71,14 +70,7 @@ async fn flags_configure_the_server() {
             .expect("answered");
         assert_eq!(response.status(), StatusCode::OK, "{bucket} was created");
     }
-    let faults: Value = client
-        .get(format!("{url}/_strict/faults"))
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("JSON");
+    let faults = common::get_json(&client, format!("{url}/_strict/faults")).await;
     assert_eq!(faults["object_rate_limit"], "1/3600s");
     assert_eq!(faults["reset_after"], 0.25);
     assert_eq!(faults["scope"], "mutations");

@@ -5,8 +5,8 @@ mod common;
 use std::error::Error as _;
 use std::time::Duration;
 
-use common::{error_reason, if_version, start, version};
-use reqwest::StatusCode;
+use common::{error_reason, if_version, start, version, Harness};
+use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
 const B: &str = "fault-bucket";
@@ -20,6 +20,21 @@ fn chain(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// PATCHes `lock` to `metadata` if it is still version `(g, m)`.
+async fn try_patch_lock(
+    h: &Harness,
+    (g, m): (i64, i64),
+    metadata: Value,
+) -> reqwest::Result<Response> {
+    h.try_patch(B, "lock", &if_version(g, m), &metadata).await
+}
+
+async fn patch_lock(h: &Harness, version: (i64, i64), metadata: Value) -> Response {
+    try_patch_lock(h, version, metadata)
+        .await
+        .expect("patch is answered")
 }
 
 fn assert_transport_error(result: reqwest::Result<reqwest::Response>, what: &str) -> String {
@@ -49,14 +64,7 @@ async fn reset_after_apply_loses_the_response_but_applies_the_patch() {
     let h = start(&[B]).await;
     let (g, m) = h.create(B, "lock", json!({"seq": "0"})).await;
     h.set_faults(json!({"reset_after": 1.0})).await;
-    let result = h
-        .try_patch(
-            B,
-            "lock",
-            &if_version(g, m),
-            &json!({"metadata": {"seq": "1"}}),
-        )
-        .await;
+    let result = try_patch_lock(&h, (g, m), json!({"metadata": {"seq": "1"}})).await;
     let text = assert_transport_error(result, "PATCH with reset_after=1");
     eprintln!("reqwest sees a reset-after-apply PATCH as: {text}");
     h.clear_faults().await;
@@ -64,14 +72,7 @@ async fn reset_after_apply_loses_the_response_but_applies_the_patch() {
     assert_eq!(version(&object), (g, m + 1), "the PATCH was applied");
     assert_eq!(object["metadata"]["seq"], "1");
     // Its retry now fails its precondition: the ambiguous outcome the lock must resolve.
-    let retry = h
-        .patch(
-            B,
-            "lock",
-            &if_version(g, m),
-            &json!({"metadata": {"seq": "1"}}),
-        )
-        .await;
+    let retry = patch_lock(&h, (g, m), json!({"metadata": {"seq": "1"}})).await;
     assert_eq!(retry.status(), StatusCode::PRECONDITION_FAILED);
     let stats = h.stats().await;
     assert_eq!(stats["faults"]["reset_after"], 1);
@@ -110,14 +111,7 @@ async fn reset_before_apply_changes_nothing() {
     let h = start(&[B]).await;
     let (g, m) = h.create(B, "lock", json!({"seq": "0"})).await;
     h.set_faults(json!({"reset_before": 1.0})).await;
-    let result = h
-        .try_patch(
-            B,
-            "lock",
-            &if_version(g, m),
-            &json!({"metadata": {"seq": "1"}}),
-        )
-        .await;
+    let result = try_patch_lock(&h, (g, m), json!({"metadata": {"seq": "1"}})).await;
     assert_transport_error(result, "PATCH with reset_before=1");
     let result = h
         .try_upload_media(B, "new", "ifGenerationMatch=0", b"x")
@@ -149,14 +143,7 @@ async fn injected_503_and_429_apply_nothing() {
             reason,
             "{field} create"
         );
-        let patch = h
-            .patch(
-                B,
-                "lock",
-                &if_version(g, m),
-                &json!({"metadata": {"a": "b"}}),
-            )
-            .await;
+        let patch = patch_lock(&h, (g, m), json!({"metadata": {"a": "b"}})).await;
         assert_eq!(patch.status(), status, "{field} patch");
         assert!(patch.headers().contains_key("date"));
         let delete = h.delete(B, "lock", "").await;
@@ -199,14 +186,7 @@ async fn per_object_rate_limit_gives_429() {
     // One mutation per hour per object: the second is refused however slow the machine.
     h.set_faults(json!({"object_rate_limit": "1/1h"})).await;
     let (g, m) = h.create(B, "lock", json!({})).await;
-    let patch = h
-        .patch(
-            B,
-            "lock",
-            &if_version(g, m),
-            &json!({"metadata": {"a": "b"}}),
-        )
-        .await;
+    let patch = patch_lock(&h, (g, m), json!({"metadata": {"a": "b"}})).await;
     let (reason, message) = error_reason(patch, StatusCode::TOO_MANY_REQUESTS).await;
     assert_eq!(reason, "rateLimitExceeded");
     assert!(message.contains(&format!("{B}/lock")), "{message}");
@@ -257,11 +237,8 @@ async fn a_stalled_request_times_out_then_applies() {
     let error = result.expect_err("the stalled PATCH times out");
     assert!(error.is_timeout(), "{error:?}");
     let held = h
-        .client
-        .get(h.url("/_strict/idle?in_flight=1&timeout_ms=30000"))
-        .send()
-        .await
-        .expect("answered");
+        .control(Method::GET, "/_strict/idle?in_flight=1&timeout_ms=30000")
+        .await;
     assert_eq!(
         held.status(),
         StatusCode::OK,
@@ -274,19 +251,11 @@ async fn a_stalled_request_times_out_then_applies() {
     );
 
     h.clear_faults().await;
-    let released = h
-        .client
-        .post(h.url("/_strict/stalls/release"))
-        .send()
-        .await
-        .expect("answered");
+    let released = h.control(Method::POST, "/_strict/stalls/release").await;
     assert_eq!(released.status(), StatusCode::OK);
     let idle = h
-        .client
-        .get(h.url("/_strict/idle?timeout_ms=30000"))
-        .send()
-        .await
-        .expect("answered");
+        .control(Method::GET, "/_strict/idle?timeout_ms=30000")
+        .await;
     assert_eq!(idle.status(), StatusCode::OK);
     let object = h.stat(B, "lock").await.expect("exists");
     assert_eq!(
@@ -307,7 +276,7 @@ async fn latency_is_counted_and_requests_still_succeed() {
     assert_eq!(h.stats().await["faults"]["latency"], 2);
 }
 
-async fn statuses(h: &common::Harness, n: usize) -> Vec<u16> {
+async fn statuses(h: &Harness, n: usize) -> Vec<u16> {
     let mut out = Vec::new();
     for _ in 0..n {
         out.push(h.get(B, "o", "").await.status().as_u16());
@@ -358,16 +327,7 @@ async fn control_endpoint_validates_and_reports() {
         .await;
     assert_eq!(reset["fail_429"], 0.0);
     assert_eq!(reset["reset_after"], 0.5);
-    let current: Value = h
-        .client
-        .get(h.url("/_strict/faults"))
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("JSON");
-    assert_eq!(current, reset);
+    assert_eq!(h.faults().await, reset);
     // Control requests are not counted as storage requests.
     let stats = h.stats().await;
     assert!(stats["requests"].get("GET").is_none(), "{stats}");

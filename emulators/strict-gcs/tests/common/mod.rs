@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use reqwest::{Client, Response, StatusCode};
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
 use strict_gcs::{FaultConfig, Server, ServerConfig};
 
@@ -75,8 +75,24 @@ impl Harness {
         format!("{}{path}", self.base)
     }
 
-    fn object_url(&self, bucket: &str, name: &str, query: &str) -> String {
-        self.url(&format!("/storage/v1/b/{bucket}/o/{}?{query}", enc(name)))
+    fn object_request(
+        &self,
+        method: Method,
+        bucket: &str,
+        name: &str,
+        query: &str,
+    ) -> RequestBuilder {
+        let url = self.url(&format!("/storage/v1/b/{bucket}/o/{}?{query}", enc(name)));
+        self.client.request(method, url)
+    }
+
+    /// Sends a request to a control endpoint (`/_strict/...`); it must be answered.
+    pub async fn control(&self, method: Method, path: &str) -> Response {
+        self.client
+            .request(method, self.url(path))
+            .send()
+            .await
+            .expect("control endpoint answers")
     }
 
     pub async fn create_bucket(&self, name: &str) -> Response {
@@ -170,8 +186,7 @@ impl Harness {
         name: &str,
         query: &str,
     ) -> reqwest::Result<Response> {
-        self.client
-            .get(self.object_url(bucket, name, query))
+        self.object_request(Method::GET, bucket, name, query)
             .send()
             .await
     }
@@ -199,8 +214,7 @@ impl Harness {
         query: &str,
         body: &Value,
     ) -> reqwest::Result<Response> {
-        self.client
-            .patch(self.object_url(bucket, name, query))
+        self.object_request(Method::PATCH, bucket, name, query)
             .json(body)
             .send()
             .await
@@ -218,8 +232,7 @@ impl Harness {
         name: &str,
         query: &str,
     ) -> reqwest::Result<Response> {
-        self.client
-            .delete(self.object_url(bucket, name, query))
+        self.object_request(Method::DELETE, bucket, name, query)
             .send()
             .await
     }
@@ -251,33 +264,38 @@ impl Harness {
     }
 
     pub async fn clear_faults(&self) {
-        let response = self
-            .client
-            .delete(self.url("/_strict/faults"))
-            .send()
-            .await
-            .expect("control endpoint answers");
+        let response = self.control(Method::DELETE, "/_strict/faults").await;
         assert_eq!(response.status(), StatusCode::OK);
     }
 
+    /// The fault settings now in force.
+    pub async fn faults(&self) -> Value {
+        get_json(&self.client, self.url("/_strict/faults")).await
+    }
+
     pub async fn stats(&self) -> Value {
-        self.client
-            .get(self.url("/_strict/stats"))
-            .send()
-            .await
-            .expect("stats endpoint answers")
-            .json()
-            .await
-            .expect("stats JSON")
+        get_json(&self.client, self.url("/_strict/stats")).await
     }
 }
 
-/// (generation, metageneration) of an object resource; both must be strings.
+/// GETs `url`, which must answer with JSON.
+pub async fn get_json(client: &Client, url: String) -> Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("JSON")
+}
+
 /// The query of a request that applies only to generation `g`, metageneration `m`.
 pub fn if_version(g: i64, m: i64) -> String {
     format!("ifGenerationMatch={g}&ifMetagenerationMatch={m}")
 }
 
+/// (generation, metageneration) of an object resource; both must be strings.
 pub fn version(object: &Value) -> (i64, i64) {
     let field = |name: &str| -> i64 {
         object[name]
