@@ -4,6 +4,7 @@ mod clock;
 mod emulator;
 mod history;
 mod procs;
+mod proxy;
 mod record;
 mod report;
 mod runner;
@@ -57,6 +58,9 @@ enum Sub {
     /// The critical section run by `gcslock run` (internal)
     #[command(hide = true)]
     Record(record::RecordArgs),
+    /// A helper process of the recorded job (internal)
+    #[command(hide = true)]
+    Linger(record::LingerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -110,7 +114,7 @@ struct RunArgs {
 fn main() -> ExitCode {
     if std::env::args_os()
         .nth(1)
-        .is_some_and(|arg| arg == "record")
+        .is_some_and(|arg| arg == "record" || arg == "linger")
     {
         record::block_stop_signals();
     }
@@ -124,6 +128,10 @@ fn main() -> ExitCode {
                     ExitCode::from(70)
                 }
             };
+        }
+        Some(Sub::Linger(args)) => {
+            record::linger(&args);
+            return ExitCode::SUCCESS;
         }
         Some(Sub::Check { file, history }) => check(&file, history),
         None => run(&cli.run),

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::events::{Event, Kind, RunId, STOPPED_NO_COMMAND};
+use super::events::{Event, Kind, RunId, STOPPED_GCSLOCK_ONLY, STOPPED_NO_COMMAND};
 use super::render::span;
 use super::sections::{self, by_run, malformed_event, Commit, Section, SectionEnd};
 use crate::clock::{ms, rel};
@@ -20,6 +20,8 @@ pub enum FindingKind {
     Malformed,
     /// An unrecorded command whose window only partly meets another section.
     PossibleOverlap,
+    /// A command still running well after its stopped gcslock was continued.
+    SlowStopAfterResume,
 }
 
 impl FindingKind {
@@ -34,6 +36,7 @@ impl FindingKind {
             Self::ClockSanity => "clock-sanity",
             Self::Malformed => "malformed-history",
             Self::PossibleOverlap => "possible-overlap",
+            Self::SlowStopAfterResume => "slow-stop-after-resume",
         }
     }
 }
@@ -108,6 +111,7 @@ pub fn analyze(events: &[Event], malformed: &[String]) -> Analysis {
     findings.extend(token_order(&sections, origin));
     findings.extend(commit_order(&sections, origin));
     findings.extend(lock_left_held(events, origin));
+    findings.extend(stopped_after_resume(events, &sections, origin));
     findings.sort_by_key(|f| (f.expected, f.at));
     Analysis {
         max_concurrent: max_concurrent(&sections),
@@ -144,14 +148,18 @@ fn unparsable_lines(malformed: &[String], origin: u64) -> Vec<Finding> {
 fn unresolved_ends(sections: &[Section], origin: u64) -> Vec<Finding> {
     sections
         .iter()
-        .filter(|section| section.end == SectionEnd::Unknown)
+        .filter(|section| section.end_bound() == u64::MAX)
         .map(|section| Finding {
             kind: FindingKind::UnresolvedEnd,
             expected: false,
             message: format!(
-                "{}: no end, abort, kill or death was recorded; it is treated as running \
-                 to the end of the history",
-                span(section, origin)
+                "{}: {}; it is treated as running to the end of the history",
+                span(section, origin),
+                if section.end == SectionEnd::Unknown {
+                    "no end, abort, kill or death was recorded"
+                } else {
+                    "a helper process it started was never seen dead"
+                }
             ),
             runs: vec![section.run],
             at: section.start,
@@ -474,4 +482,59 @@ fn lock_left_held(events: &[Event], origin: u64) -> Option<Finding> {
         runs: vec![],
         at: last.t,
     })
+}
+
+/// How soon after SIGCONT a gcslock that was stopped alone (its command ran on)
+/// must have stopped its command: it looks at the lease every 100 ms and then
+/// SIGKILLs at once, as the deadline has passed; the rest is room for a loaded
+/// 2-core machine.
+pub const RESUME_STOP_BOUND_NS: u64 = 1_000_000_000;
+
+/// Scenario `gcslock-stopped`: gcslock alone was SIGSTOPped past its lease while
+/// its command ran on. The overlap that follows is expected (gcslock could not
+/// act), but once continued it must stop the command at once: the section (the
+/// recorder and its helpers) must be gone by SIGCONT + [`RESUME_STOP_BOUND_NS`].
+fn stopped_after_resume(events: &[Event], sections: &[Section], origin: u64) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for stop in events
+        .iter()
+        .filter(|e| e.ev == Kind::Stop && e.state.as_deref() == Some(STOPPED_GCSLOCK_ONLY))
+    {
+        let Some(run) = stop.run_id() else {
+            findings.push(malformed_event(stop, "stop event without a run"));
+            continue;
+        };
+        let Some(cont) = events
+            .iter()
+            .filter(|e| e.ev == Kind::Cont && e.run_id() == Some(run) && e.t >= stop.t)
+            .map(|e| e.t)
+            .min()
+        else {
+            continue; // never continued: nothing to judge
+        };
+        let bound = cont.saturating_add(RESUME_STOP_BOUND_NS);
+        for section in sections.iter().filter(|s| s.run == run) {
+            let end = section.end_bound();
+            if end <= bound {
+                continue;
+            }
+            findings.push(Finding {
+                kind: FindingKind::SlowStopAfterResume,
+                expected: false,
+                message: format!(
+                    "{}: gcslock alone was stopped at {} and continued at {}, its lease long \
+                     gone, but its command ran until {}: it must be stopped within {} ms of \
+                     the SIGCONT",
+                    span(section, origin),
+                    rel(stop.t, origin),
+                    rel(cont, origin),
+                    rel(end, origin),
+                    RESUME_STOP_BOUND_NS / 1_000_000
+                ),
+                runs: vec![run],
+                at: cont,
+            });
+        }
+    }
+    findings
 }

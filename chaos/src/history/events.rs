@@ -41,11 +41,28 @@ pub enum Kind {
     /// recorder never wrote a start: it was stopped before it could. `pid` is the
     /// process group gcslock says it signalled, `note` its message.
     Unrecorded,
+    /// The recorder started a helper process (`pid`) in its own process group: part
+    /// of the job, so the section lasts until it is gone too.
+    Helper,
+    /// The recorder got a stop signal (`signal`) and handles it slowly: it keeps
+    /// running for `note` before it aborts.
+    Term,
+    /// The orchestrator SIGKILLed gcslock alone (`ppid`), not its command's group:
+    /// `sent` is when, `t` when gcslock was seen dead.
+    Crash,
+    /// The orchestrator black-holed a worker's link to storage (its proxy).
+    Cut,
+    /// ... and restored it.
+    Heal,
 }
 
 /// A stop event's `state` when the stopped gcslock had not started its command
 /// (so it can start it only after being continued).
 pub const STOPPED_NO_COMMAND: &str = "no-command";
+
+/// A stop event's `state` when only gcslock was stopped, not its command: the
+/// command runs on, and gcslock must stop it at once when continued.
+pub const STOPPED_GCSLOCK_ONLY: &str = "gcslock-only";
 
 /// One line of the history. Fields not used by a kind are absent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
