@@ -65,12 +65,13 @@ enum Sub {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Which sizes: short (CI, under 3 minutes) or soak
+    /// Which sizes: short (CI, under 4 minutes) or soak
     #[arg(long, value_enum, default_value_t = Profile::Short)]
     profile: Profile,
 
     /// Run only these scenarios (name or letter; repeatable): steady|a, kill|b, pause|c,
-    /// pause-acquire|c2, storm|d, lost-responses|e, skew|f, mixed|g (soak only)
+    /// pause-acquire|c2, storm|d, lost-responses|e, skew|f, cut-off|h, gcslock-killed|i,
+    /// gcslock-stopped|j, mixed|g (soak only)
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
 

@@ -68,7 +68,6 @@ impl Proxy {
     pub fn heal(&self) {
         self.state.cut.store(false, Ordering::SeqCst);
     }
-
 }
 
 impl Drop for Proxy {

@@ -55,8 +55,11 @@ pub struct Outcome {
     pub attempts: usize,
     pub committed: usize,
     pub aborted: usize,
+    /// SIGKILLs of holders: their groups (`kill`) or gcslock alone (`crash`).
     pub killed: usize,
     pub paused: usize,
+    /// Holders whose link to storage was cut.
+    pub cut: usize,
     /// Final token shown by `gcslock status`: lock instances issued.
     pub tokens_issued: Option<u64>,
     pub exit_codes: BTreeMap<String, usize>,
@@ -340,8 +343,9 @@ pub fn run(ctx: &Context, scenario: &Scenario, seed: u64) -> anyhow::Result<Outc
         attempts: count(Kind::Spawn),
         committed: count(Kind::End),
         aborted: count(Kind::Abort),
-        killed: count(Kind::Kill),
+        killed: count(Kind::Kill).saturating_add(count(Kind::Crash)),
         paused: count(Kind::Stop),
+        cut: count(Kind::Cut),
         tokens_issued,
         exit_codes,
         faults: faults_injected(&stats),
@@ -482,7 +486,12 @@ fn launch(
         .args(["--refresh-interval", &format!("{}ms", scenario.refresh_ms)])
         .args(["--kill-grace", "500ms"])
         .args(["--identity", &format!("chaos-{run}")])
-        .args(["--endpoint", shared.endpoint_for(run.worker), LOCK_URL, "--"])
+        .args([
+            "--endpoint",
+            shared.endpoint_for(run.worker),
+            LOCK_URL,
+            "--",
+        ])
         .arg(&ctx.self_exe)
         .arg("record")
         .arg("--log")
@@ -1080,7 +1089,8 @@ fn watch_deaths(shared: &Shared<'_>) -> anyhow::Result<()> {
                     wait_dead(&[pid], Duration::from_secs(5));
                     let mut dead = Event::new(Kind::Dead, mono_ns()?).run(run);
                     dead.pid = Some(pid);
-                    dead.note = Some("outlived every worker by 10s; SIGKILLed by gcslock-chaos".into());
+                    dead.note =
+                        Some("outlived every worker by 10s; SIGKILLed by gcslock-chaos".into());
                     shared.log.append(&dead)?;
                 }
                 return Ok(());
@@ -1114,9 +1124,7 @@ impl Tail {
         let read = file
             .read_to_end(&mut self.partial)
             .context("cannot read the history")?;
-        self.offset = self
-            .offset
-            .saturating_add(u64::try_from(read).unwrap_or(0));
+        self.offset = self.offset.saturating_add(u64::try_from(read).unwrap_or(0));
         let Some(last_newline) = self.partial.iter().rposition(|&b| b == b'\n') else {
             return Ok(Vec::new());
         };

@@ -44,7 +44,10 @@ pub enum Chaos {
     },
     /// SIGKILL a random holder's gcslock alone, mid-section: its command (and the
     /// helper it started) run on unless gcslock's watchdog kills them.
-    CrashGcslock { count: u32, every_ms: (u64, u64) },
+    CrashGcslock {
+        count: u32,
+        every_ms: (u64, u64),
+    },
     /// Rounds of: gcslock alone SIGSTOPped while its command runs (`victim_hold_ms`),
     /// the lock taken over meanwhile, gcslock continued after `pause_ms`
     /// (see `runner::stop_gcslock_rounds`).
