@@ -50,6 +50,9 @@ pub struct RecordArgs {
     /// as the hold (a grandchild of gcslock: the job is not one process)
     #[arg(long)]
     pub helper: bool,
+    /// The job fails: after the hold, record `end` with this code and exit with it
+    #[arg(long, default_value_t = 0)]
+    pub exit_code: u8,
 }
 
 /// `gcslock-chaos linger`: a helper process of the job. Stop signals are blocked
@@ -180,8 +183,11 @@ pub fn record(args: &RecordArgs) -> anyhow::Result<i32> {
     end.pid = Some(pid);
     end.wall = Some(wall_ns()?);
     end.commit = Some(commit);
+    if args.exit_code != 0 {
+        end.code = Some(i32::from(args.exit_code));
+    }
     log.append(&end)?;
-    Ok(0)
+    Ok(i32::from(args.exit_code))
 }
 
 /// Starts `gcslock-chaos linger` in this process group and records its pid, so

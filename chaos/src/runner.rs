@@ -216,6 +216,18 @@ pub fn run(ctx: &Context, scenario: &Scenario, seed: u64) -> anyhow::Result<Outc
                     stop_gcslock_rounds(shared, rounds, pause_ms, victim_hold_ms, contender_hold_ms)
                 })]
             }
+            Chaos::OncePer {
+                ticks,
+                period_s,
+                window_ms,
+                fail_percent,
+                ..
+            } => {
+                let shared = &shared;
+                vec![scope.spawn(move || {
+                    once_per_ticks(shared, seed, ticks, period_s, window_ms, fail_percent)
+                })]
+            }
             _ => (0..scenario.workers)
                 .map(|w| {
                     let shared = &shared;
@@ -455,15 +467,33 @@ fn faketime_for(shared: &Shared<'_>, w: u32) -> Option<(PathBuf, &'static str)> 
     Some((faketime.clone(), offsets[index]))
 }
 
+/// What one run's command does.
+#[derive(Clone, Copy, Debug)]
+struct Job {
+    hold_ms: u64,
+    /// The job's exit code (0: it succeeds).
+    exit_code: u8,
+}
+
+impl Job {
+    fn hold(hold_ms: u64) -> Self {
+        Self {
+            hold_ms,
+            exit_code: 0,
+        }
+    }
+}
+
 /// Spawns `gcslock run` for `run` in its own process group, with the recorder
 /// as its command; `None` once the scenario is stopping.
 fn launch(
     shared: &Shared<'_>,
     run: RunId,
-    hold: u64,
+    job: Job,
     wait: &str,
     stderr: &(PathBuf, std::fs::File),
 ) -> anyhow::Result<Option<Launched>> {
+    let hold = job.hold_ms;
     let (stderr_path, stderr) = stderr;
     let scenario = shared.scenario;
     let ctx = shared.ctx;
@@ -484,7 +514,15 @@ fn launch(
         .args(["-q", "run", "--wait", wait])
         .args(["--ttl", &format!("{}ms", scenario.ttl_ms)])
         .args(["--refresh-interval", &format!("{}ms", scenario.refresh_ms)])
-        .args(["--kill-grace", "500ms"])
+        .args(["--kill-grace", "500ms"]);
+    let period = match scenario.chaos {
+        Chaos::OncePer { period_s, .. } => Some(period_s),
+        _ => None,
+    };
+    if let Some(period) = period {
+        command.args(["--once-per", &format!("{period}s")]);
+    }
+    command
         .args(["--identity", &format!("chaos-{run}")])
         .args([
             "--endpoint",
@@ -499,7 +537,8 @@ fn launch(
         .args(["--worker", &run.worker.to_string()])
         .args(["--attempt", &run.attempt.to_string()])
         .args(["--hold-ms", &hold.to_string()])
-        .args(["--term-delay-ms", &scenario.term_delay_ms.to_string()]);
+        .args(["--term-delay-ms", &scenario.term_delay_ms.to_string()])
+        .args(["--exit-code", &job.exit_code.to_string()]);
     if scenario.helper {
         command.arg("--helper");
     }
@@ -520,16 +559,31 @@ fn launch(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr.try_clone()?);
-    let _ = writeln!(&*stderr, "--- {run}: hold {hold}ms");
+    let _ = writeln!(
+        &*stderr,
+        "--- {run}: hold {hold}ms{}",
+        if job.exit_code == 0 {
+            String::new()
+        } else {
+            format!(", then fail with exit {}", job.exit_code)
+        }
+    );
     let stderr_from = stderr.metadata().map(|m| m.len()).unwrap_or(0);
 
-    let (child, spawned_at, pgid) = {
+    let (child, spawned_at, pgid, slot) = {
         let mut running = shared.running();
         // Checked under the lock, so the wall-time SIGTERM cannot miss this run.
         if shared.stop.load(Ordering::SeqCst) {
             return Ok(None);
         }
         let spawned_at = mono_ns()?;
+        // The slot gcslock will name: its wall clock at start (the same machine's).
+        let slot = match period {
+            Some(period) if period > 0 => {
+                Some(u64::try_from(wall_ns()?).unwrap_or(0) / 1_000_000_000 / period)
+            }
+            _ => None,
+        };
         let child = command
             .spawn()
             .with_context(|| format!("cannot run {}", ctx.gcslock.display()))?;
@@ -541,10 +595,11 @@ fn launch(
                 pgid,
             },
         );
-        (child, spawned_at, pgid)
+        (child, spawned_at, pgid, slot)
     };
     let mut spawn = Event::new(Kind::Spawn, spawned_at).run(run);
     spawn.pgid = Some(pgid);
+    spawn.slot = slot;
     spawn.note = fake.as_ref().map(|(_, offset)| (*offset).to_owned());
     shared.log.append(&spawn)?;
     Ok(Some(Launched {
@@ -650,7 +705,7 @@ fn worker(shared: &Shared<'_>, w: u32, seed: u64) -> anyhow::Result<()> {
         }
         let run = RunId { worker: w, attempt };
         let hold = rng.random_range(scenario.hold_ms.0..=scenario.hold_ms.1);
-        let Some(launched) = launch(shared, run, hold, scenario.wait, &stderr)? else {
+        let Some(launched) = launch(shared, run, Job::hold(hold), scenario.wait, &stderr)? else {
             break;
         };
         finish(shared, run, launched)?;
@@ -686,7 +741,7 @@ fn pause_acquire_rounds(
             worker: 1,
             attempt: round,
         };
-        let Some(first) = launch(shared, frozen, 300, "0", &frozen_stderr)? else {
+        let Some(first) = launch(shared, frozen, Job::hold(300), "0", &frozen_stderr)? else {
             break;
         };
         std::thread::sleep(Duration::from_millis(stop_after_ms));
@@ -705,7 +760,7 @@ fn pause_acquire_rounds(
             let second = launch(
                 shared,
                 contender,
-                contender_hold_ms,
+                Job::hold(contender_hold_ms),
                 shared.scenario.wait,
                 &contender_stderr,
             )?;
@@ -753,7 +808,14 @@ fn stop_gcslock_rounds(
             worker: 1,
             attempt: round,
         };
-        let Some(first) = launch(shared, victim, victim_hold_ms, "0", &victim_stderr)? else {
+        let Some(first) = launch(
+            shared,
+            victim,
+            Job::hold(victim_hold_ms),
+            "0",
+            &victim_stderr,
+        )?
+        else {
             break;
         };
         let pgid = first.pgid;
@@ -780,7 +842,7 @@ fn stop_gcslock_rounds(
                 if let Some(second) = launch(
                     shared,
                     contender,
-                    contender_hold_ms,
+                    Job::hold(contender_hold_ms),
                     shared.scenario.wait,
                     &contender_stderr,
                 )? {
@@ -804,6 +866,79 @@ fn stop_gcslock_rounds(
             Ok(())
         })?;
         std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// Scenario `once-per`, in ticks: each waits for the next boundary of the
+/// period on the wall clock (plus 300 ms, so that no spawn straddles one), then
+/// every worker fires `gcslock run --once-per` once, at a random offset within
+/// `window_ms`; its job fails (exit 1) with `fail_percent` % probability. The
+/// checker judges each slot (`checks::once_per_slots`).
+fn once_per_ticks(
+    shared: &Shared<'_>,
+    seed: u64,
+    ticks: u32,
+    period_s: u64,
+    window_ms: u64,
+    fail_percent: u32,
+) -> anyhow::Result<()> {
+    let scenario = shared.scenario;
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(7_000_003));
+    let stderr: Vec<_> = (0..scenario.workers)
+        .map(|w| worker_stderr(shared, w))
+        .collect::<anyhow::Result<_>>()?;
+    let period_ns = period_s.saturating_mul(1_000_000_000).max(1);
+    for tick in 0..ticks {
+        let now = u64::try_from(wall_ns()?).unwrap_or(0);
+        let next_boundary = (now / period_ns)
+            .saturating_add(1)
+            .saturating_mul(period_ns);
+        let wait_ns = next_boundary.saturating_sub(now).saturating_add(ms(300));
+        if !nap(shared, Duration::from_nanos(wait_ns)) && shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let plans: Vec<(u64, Job)> = (0..scenario.workers)
+            .map(|_| {
+                let offset = rng.random_range(0..=window_ms);
+                let hold_ms = rng.random_range(scenario.hold_ms.0..=scenario.hold_ms.1);
+                let fails = rng.random_range(0..100) < fail_percent;
+                (
+                    offset,
+                    Job {
+                        hold_ms,
+                        exit_code: u8::from(fails),
+                    },
+                )
+            })
+            .collect();
+        std::thread::scope(|scope| -> anyhow::Result<()> {
+            let handles: Vec<_> = plans
+                .iter()
+                .zip(&stderr)
+                .zip(0u32..)
+                .map(|(((offset, job), stderr), w)| {
+                    let run = RunId {
+                        worker: w,
+                        attempt: tick,
+                    };
+                    scope.spawn(move || -> anyhow::Result<()> {
+                        std::thread::sleep(Duration::from_millis(*offset));
+                        if let Some(launched) = launch(shared, run, *job, scenario.wait, stderr)? {
+                            finish(shared, run, launched)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for handle in handles {
+                match handle.join() {
+                    Ok(result) => result?,
+                    Err(_) => bail!("a run thread panicked"),
+                }
+            }
+            Ok(())
+        })?;
     }
     Ok(())
 }
@@ -923,6 +1058,7 @@ fn chaos(shared: &Shared<'_>, seed: u64) -> anyhow::Result<()> {
             every_ms,
         } => (count, every_ms, Action::Cut { cut_ms }),
         Chaos::CrashGcslock { count, every_ms } => (count, every_ms, Action::Crash),
+        Chaos::OncePer { kills, .. } => (kills, (1_000, 4_000), Action::Kill),
     };
     let mut done = 0;
     while done < count {

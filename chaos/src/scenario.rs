@@ -57,12 +57,23 @@ pub enum Chaos {
         victim_hold_ms: u64,
         contender_hold_ms: u64,
     },
+    /// Ticks of `gcslock run --once-per PERIOD`: in each, every worker fires once
+    /// at a random offset within `window_ms` after a period boundary; a job fails
+    /// (exit 1) with `fail_percent` % probability; `kills` holders are SIGKILLed
+    /// over the scenario (see `runner::once_per_ticks`).
+    OncePer {
+        ticks: u32,
+        period_s: u64,
+        window_ms: u64,
+        fail_percent: u32,
+        kills: u32,
+    },
 }
 
 #[derive(Clone, Debug)]
 pub struct Scenario {
     pub name: &'static str,
-    /// Short id: a, b, c, c2, d, e, f, h, i, j, g.
+    /// Short id: a, b, c, c2, d, e, f, h, i, j, k, g.
     pub id: &'static str,
     pub what: &'static str,
     pub workers: u32,
@@ -139,7 +150,7 @@ pub fn budget(profile: Profile) -> Option<Duration> {
 /// The least wall time a scenario is given under a budget.
 pub const MIN_SCENARIO: Duration = Duration::from_secs(8);
 
-/// The scenarios of a profile, in order (a) to (f), (h) to (j) (and (g) for soak).
+/// The scenarios of a profile, in order (a) to (f), (h) to (k) (and (g) for soak).
 pub fn scenarios(profile: Profile) -> Vec<Scenario> {
     let soak = profile == Profile::Soak;
     let (workers, iterations) = if soak { (8, 12) } else { (6, 3) };
@@ -306,6 +317,27 @@ pub fn scenarios(profile: Profile) -> Vec<Scenario> {
             )
         },
     ]);
+    list.push(Scenario {
+        chaos: Chaos::OncePer {
+            ticks: if soak { 8 } else { 3 },
+            period_s: 10,
+            window_ms: 1_500,
+            fail_percent: 35,
+            kills: if soak { 4 } else { 1 },
+        },
+        hold_ms: (300, 700),
+        wait: "6s",
+        wall_limit: limit(50, 150),
+        ..base(
+            "once-per",
+            "k",
+            "ticks of `run --once-per 10s`: workers fire at random offsets after each period \
+             boundary, 35% of jobs fail, holders are killed; at most one success per slot, \
+             failed slots retried, nothing overlaps",
+            if soak { 5 } else { 4 },
+            if soak { 8 } else { 3 },
+        )
+    });
     if soak {
         let mut mixed = storm;
         mixed.extend(flags(&["--reset-after", "0.05"]));
@@ -341,8 +373,8 @@ mod tests {
             let list = scenarios(profile);
             let ids: Vec<&str> = list.iter().map(|s| s.id).collect();
             assert_eq!(
-                ids[..10],
-                ["a", "b", "c", "c2", "d", "e", "f", "h", "i", "j"]
+                ids[..11],
+                ["a", "b", "c", "c2", "d", "e", "f", "h", "i", "j", "k"]
             );
             for s in &list {
                 assert!(s.refresh_ms * 8 <= s.ttl_ms, "{}", s.name);

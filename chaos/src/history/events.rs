@@ -19,7 +19,8 @@ pub enum Kind {
     Spawn,
     /// The critical section starts (recorder child, holding the lock).
     Start,
-    /// The critical section commits and ends (recorder child): `commit` says how.
+    /// The critical section commits and ends (recorder child): `commit` says how;
+    /// `code`, when present and not 0, is the job's failing exit code.
     End,
     /// The recorder got a signal (gcslock stopping it after losing the lease, or
     /// the orchestrator's wall-time limit) and stops without committing.
@@ -105,6 +106,10 @@ pub struct Event {
     pub state: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Spawn of a `gcslock run --once-per P`: the slot, floor(unix time / P), of
+    /// the wall clock at the spawn (`ttl_ms`-like: `period_s` in `note`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u64>,
 }
 
 impl Event {
@@ -126,6 +131,7 @@ impl Event {
             ttl_ms: None,
             state: None,
             note: None,
+            slot: None,
         }
     }
 

@@ -56,6 +56,8 @@ pub struct Section {
     /// When the last helper process the command started (in its process group)
     /// was seen dead: `u64::MAX` if one never was; `None` without helpers.
     pub helpers_gone: Option<u64>,
+    /// The job's exit code, from its end event, when it failed (not 0).
+    pub failed_with: Option<i32>,
 }
 
 impl Section {
@@ -161,7 +163,9 @@ pub fn build(events: &[Event]) -> (Vec<Section>, Vec<Finding>) {
             malformed.push(malformed_event(event, "second start event for one run"));
             continue;
         }
+        let mut failed_with = None;
         let end = if let Some(end) = ends.get(&run).and_then(|e| e.first()) {
+            failed_with = end.code.filter(|&code| code != 0);
             if end.token != Some(token) {
                 malformed.push(malformed_event(end, "end event with another token"));
             }
@@ -201,6 +205,7 @@ pub fn build(events: &[Event]) -> (Vec<Section>, Vec<Finding>) {
                     .max()
                     .unwrap_or(0)
             }),
+            failed_with,
         };
         // Only a pause while the section ran explains anything about it: one that
         // ended before it started left gcslock time to see its lease had expired,

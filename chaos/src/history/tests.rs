@@ -1,3 +1,4 @@
+use super::checks::retry_grace_ns;
 use super::events::parse;
 use super::events::STOPPED_GCSLOCK_ONLY;
 use super::sections::SectionEnd;
@@ -544,4 +545,118 @@ fn a_command_must_stop_soon_after_its_gcslock_is_continued() {
     let a = clean(&history(5 * S + 2 * S));
     assert_eq!(kinds(&a, false), vec![FindingKind::SlowStopAfterResume]);
     assert_eq!(kinds(&a, true), vec![FindingKind::Overlap]);
+}
+
+fn spawn_in_slot(r: RunId, t: u64, slot: u64) -> Event {
+    let mut e = Event::new(Kind::Spawn, t).run(r);
+    e.slot = Some(slot);
+    e
+}
+
+fn exit_with(r: RunId, t: u64, code: Option<i32>) -> Event {
+    let mut e = Event::new(Kind::Exit, t).run(r);
+    e.code = code;
+    e.signal = code.is_none().then_some(9);
+    e
+}
+
+fn failed_section(r: RunId, from: u64, to: u64, token: u64) -> [Event; 2] {
+    let mut end = end(r, to, token);
+    end.code = Some(1);
+    [start(r, from, token), end]
+}
+
+/// One slot: w0 fails, w1 (waiting) retries and succeeds, w2 fires later and
+/// finds the slot done.
+fn once_per_tick() -> Vec<Event> {
+    let (w0, w1, w2) = (run(0, 0), run(1, 0), run(2, 0));
+    let mut events = vec![begin(2000)];
+    events.push(spawn_in_slot(w0, S / 10, 7));
+    events.push(spawn_in_slot(w1, S / 5, 7));
+    events.extend(failed_section(w0, S / 2, S, 1));
+    events.push(exit_with(w0, S + 1, Some(1)));
+    events.extend(section(w1, 2 * S, 3 * S, 2));
+    events.push(exit_with(w1, 3 * S + 1, Some(0)));
+    events.push(spawn_in_slot(w2, 3 * S + 2, 7));
+    events.push(exit_with(w2, 3 * S + 3, Some(0)));
+    events.push(final_state(4 * S, "released"));
+    events
+}
+
+#[test]
+fn a_failed_slot_retried_by_a_waiter_and_then_skipped_passes() {
+    let a = clean(&once_per_tick());
+    assert!(a.findings.is_empty(), "{:?}", a.findings);
+}
+
+#[test]
+fn a_command_started_after_its_slot_completed_is_flagged() {
+    let mut events = once_per_tick();
+    // w2 ran the job although w1 had completed the slot.
+    events.retain(|e| e.run_id() != Some(run(2, 0)) || e.ev == Kind::Spawn);
+    events.extend(section(run(2, 0), 3 * S + 10, 3 * S + 20, 3));
+    events.push(exit_with(run(2, 0), 3 * S + 30, Some(0)));
+    let a = clean(&events);
+    assert_eq!(kinds(&a, false), vec![FindingKind::SlotRunAfterDone]);
+}
+
+#[test]
+fn a_run_that_skips_a_slot_nobody_completed_is_flagged() {
+    // As if w0's failure had recorded the slot: w1 gives up at once, w2 skips too.
+    let (w0, w1, w2) = (run(0, 0), run(1, 0), run(2, 0));
+    let mut events = vec![begin(2000)];
+    events.push(spawn_in_slot(w0, S / 10, 7));
+    events.push(spawn_in_slot(w1, S / 5, 7));
+    events.extend(failed_section(w0, S / 2, S, 1));
+    events.push(exit_with(w0, S + 1, Some(1)));
+    events.push(exit_with(w1, S + 2, Some(0)));
+    events.push(spawn_in_slot(w2, 3 * S, 7));
+    events.push(exit_with(w2, 3 * S + 1, Some(0)));
+    events.push(final_state(4 * S, "released"));
+    let a = clean(&events);
+    assert_eq!(
+        kinds(&a, false),
+        vec![
+            FindingKind::SlotSkippedUndone,
+            FindingKind::SlotSkippedUndone
+        ]
+    );
+}
+
+#[test]
+fn a_failed_slot_left_alone_while_a_run_still_waited_is_flagged() {
+    let (w0, w1) = (run(0, 0), run(1, 0));
+    let history = |waiter_exit: u64| {
+        let mut events = vec![begin(2000)];
+        events.push(spawn_in_slot(w0, S / 10, 7));
+        events.push(spawn_in_slot(w1, S / 5, 7));
+        events.extend(failed_section(w0, S / 2, S, 1));
+        events.push(exit_with(w0, S + 1, Some(1)));
+        events.push(exit_with(w1, waiter_exit, Some(75)));
+        events.push(final_state(waiter_exit + S, "released"));
+        events
+    };
+    // The waiter gave up before the lock could be expected to reach it: fine.
+    let a = clean(&history(2 * S));
+    assert!(a.findings.is_empty(), "{:?}", a.findings);
+    // It was still waiting long after the failure and never ran the job.
+    let a = clean(&history(S + retry_grace_ns(2 * S) + S));
+    assert_eq!(kinds(&a, false), vec![FindingKind::FailedSlotNotRetried]);
+}
+
+#[test]
+fn a_killed_holder_counts_as_a_failed_run_of_its_slot() {
+    let (w0, w1) = (run(0, 0), run(1, 0));
+    let mut events = vec![begin(2000)];
+    events.push(spawn_in_slot(w0, S / 10, 7));
+    events.push(spawn_in_slot(w1, S / 5, 7));
+    events.push(start(w0, S / 2, 1));
+    let mut kill = Event::new(Kind::Kill, S).run(w0);
+    kill.sent = Some(S);
+    events.push(kill);
+    events.push(exit_with(w0, S + 1, None));
+    events.push(exit_with(w1, 10 * S, Some(75)));
+    events.push(final_state(11 * S, "free"));
+    let a = clean(&events);
+    assert_eq!(kinds(&a, false), vec![FindingKind::FailedSlotNotRetried]);
 }
