@@ -18,7 +18,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 
 use crate::runner::{default_binary, workspace_root, Context};
-use crate::scenario::{scenarios, Profile};
+use crate::scenario::{scenarios, Chaos, Profile};
 
 const BUILD_HINT: &str = "cargo build --bins -p gcslock-cli -p strict-gcs -p gcslock-chaos";
 
@@ -240,6 +240,19 @@ fn has_put(gcslock: &Path) -> bool {
         .is_ok_and(|status| status.success())
 }
 
+/// Whether this gcslock's `run` has `--once-per` (scenario once-per needs it).
+fn has_once_per(gcslock: &Path) -> bool {
+    Command::new(gcslock)
+        .args(["run", "--help"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|output| {
+            output.status.success()
+                && String::from_utf8_lossy(&output.stdout).contains("--once-per")
+        })
+}
+
 fn run(args: &RunArgs) -> anyhow::Result<u8> {
     let all = scenarios(args.profile);
     if args.list {
@@ -310,6 +323,31 @@ fn run(args: &RunArgs) -> anyhow::Result<u8> {
             gcslock.display()
         );
     }
+    let mut unavailable = Vec::new();
+    let chosen: Vec<_> = if chosen
+        .iter()
+        .any(|s| matches!(s.chaos, Chaos::OncePer { .. }))
+        && !has_once_per(&gcslock)
+    {
+        if !args.scenarios.is_empty() {
+            bail!(
+                "scenario once-per is not available: {} run has no --once-per option",
+                gcslock.display()
+            );
+        }
+        chosen
+            .into_iter()
+            .filter(|s| {
+                let once = matches!(s.chaos, Chaos::OncePer { .. });
+                if once {
+                    unavailable.push(format!("({}) {}", s.id, s.name));
+                }
+                !once
+            })
+            .collect()
+    } else {
+        chosen
+    };
     let wants_faketime = chosen.iter().any(|s| !s.faketime.is_empty());
     let faketime = if args.no_faketime || !wants_faketime {
         None
@@ -319,6 +357,12 @@ fn run(args: &RunArgs) -> anyhow::Result<u8> {
     let mut preamble = Vec::new();
     if !skipped.is_empty() {
         preamble.push(format!("SKIPPED by --skip: {}", skipped.join(", ")));
+    }
+    if !unavailable.is_empty() {
+        preamble.push(format!(
+            "SKIPPED, not available in this gcslock (`run` has no --once-per): {}",
+            unavailable.join(", ")
+        ));
     }
     if wants_faketime {
         preamble.push(match (&faketime, args.no_faketime) {
