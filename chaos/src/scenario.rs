@@ -142,7 +142,7 @@ fn base(
 /// scenarios left still get [`MIN_SCENARIO`] each (see `main`).
 pub fn budget(profile: Profile) -> Option<Duration> {
     match profile {
-        Profile::Short => Some(Duration::from_secs(225)),
+        Profile::Short => Some(Duration::from_secs(230)),
         Profile::Soak => None,
     }
 }
