@@ -7,6 +7,10 @@ use rand::Rng as _;
 
 use crate::backend::BackendError;
 
+/// The longest `Retry-After` honoured. A server (or a proxy) may send any number;
+/// beyond this the lease deadline or the caller's wait governs, not the header.
+pub(crate) const RETRY_AFTER_CEILING: Duration = Duration::from_secs(60);
+
 /// Jittered exponential backoff ("equal jitter": half fixed, half random), so
 /// waiters that started together spread out.
 #[derive(Debug)]
@@ -26,8 +30,8 @@ impl Backoff {
     pub(crate) fn next(&mut self) -> Duration {
         let half = self.current / 2;
         let jitter = rand::rng().random_range(Duration::ZERO..=half);
-        self.current = (self.current * 2).min(self.max);
-        half + jitter
+        self.current = self.current.saturating_mul(2).min(self.max);
+        half.saturating_add(jitter)
     }
 
     /// The delay before retrying after `failure` (`None`: a failure that is no
@@ -44,11 +48,12 @@ impl Backoff {
         tokio::time::sleep(self.next_after(failure)).await;
     }
 
-    /// 429: back off harder, and at least as long as the server asked.
+    /// 429: back off harder, and at least as long as the server asked (up to
+    /// [`RETRY_AFTER_CEILING`]).
     fn slow_down(&mut self, retry_after: Option<Duration>) {
-        self.current = (self.current * 2).min(self.max);
+        self.current = self.current.saturating_mul(2).min(self.max);
         if let Some(after) = retry_after {
-            self.current = self.current.max(after);
+            self.current = self.current.max(after.min(RETRY_AFTER_CEILING));
         }
     }
 }
@@ -69,5 +74,32 @@ mod tests {
         assert!(backoff.next() >= Duration::from_millis(500));
         backoff.slow_down(Some(Duration::from_secs(5)));
         assert!(backoff.next() >= Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn an_absurd_retry_after_is_capped_and_never_overflows() {
+        for absurd in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX),
+            Duration::from_secs(1 << 40),
+        ] {
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+            let limited = BackendError::RateLimited {
+                retry_after: Some(absurd),
+            };
+            for _ in 0..100 {
+                let delay = backoff.next_after(Some(&limited));
+                assert!(delay <= RETRY_AFTER_CEILING, "{delay:?}");
+                assert!(delay >= RETRY_AFTER_CEILING / 2, "{delay:?}");
+            }
+            // And it comes back down to its own bounds once the server stops asking.
+            backoff.next();
+            assert!(backoff.next() <= Duration::from_secs(1));
+        }
+        // Bounds that are themselves absurd saturate instead of overflowing.
+        let mut huge = Backoff::new(Duration::MAX, Duration::MAX);
+        for _ in 0..3 {
+            assert!(huge.next_after(None) >= Duration::MAX / 2);
+        }
     }
 }

@@ -155,6 +155,13 @@ pub enum LossReason {
     },
     /// The guard was released or dropped.
     Released,
+    /// The task that refreshes the lease ended without deciding the lease's fate
+    /// (it panicked, was aborted, or its runtime shut down): nothing refreshes
+    /// the lease any more.
+    KeepAliveStopped {
+        /// How it ended.
+        why: String,
+    },
 }
 
 impl fmt::Display for LossReason {
@@ -177,6 +184,10 @@ impl fmt::Display for LossReason {
                 "no refresh succeeded before the lease deadline (last error: {last_error})"
             ),
             Self::Released => write!(f, "the lock was released"),
+            Self::KeepAliveStopped { why } => write!(
+                f,
+                "the task refreshing the lease stopped unexpectedly ({why}); nothing refreshes it"
+            ),
         }
     }
 }

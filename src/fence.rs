@@ -14,7 +14,7 @@
 //! ```
 //! use std::{sync::Arc, time::Duration};
 //! use gcslock::backend::memory::MemoryBackend;
-//! use gcslock::fence::{BodySource, FenceError, FencedObject, FencedWriteExt};
+//! use gcslock::fence::{BodySource, FenceError, FencedObject};
 //! use gcslock::{FencingToken, Lock, LockOptions, Wait};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -30,7 +30,11 @@
 //! // A holder from before (token 0 < 1), e.g. one that was paused, is refused
 //! // by the storage, not by its own belief.
 //! let stale = report.write(FencingToken::new(0), &BodySource::from("old")).await;
-//! assert!(matches!(stale, Err(FenceError::Stale { seen: 1, presented: 0, .. })));
+//! assert!(matches!(
+//!     stale,
+//!     Err(FenceError::Stale { seen, presented, .. })
+//!         if seen == FencingToken::new(1) && presented == FencingToken::new(0)
+//! ));
 //! assert_eq!(report.read().await?.bytes().await?, "a,b\n1,2\n");
 //! # Ok(()) }
 //! ```
@@ -82,7 +86,7 @@
 //!   succeeded on another.
 //! * **Emulators that ignore preconditions do not fence.** fake-gcs-server ignores
 //!   `ifGenerationMatch` on media uploads and `ifMetagenerationMatch` on multipart
-//!   uploads (fake-gcs/README.md): fencing cannot be shown, or relied on, there.
+//!   uploads (emulators/README.md): fencing cannot be shown, or relied on, there.
 //!
 //! # Objects without a fencing token
 //!
@@ -109,10 +113,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt as _, TryStreamExt as _};
-use tokio::io::AsyncReadExt as _;
 
 use crate::backend::{
     BackendError, ByteStream, Metadata, ObjectBodies, ObjectInfo, UploadBody, WriteCondition,
@@ -132,6 +134,7 @@ const FILE_CHUNK: usize = 256 * 1024;
 
 /// Why a fenced write or read failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FenceError {
     /// The object carries a newer token than the one presented: a newer lock holder
     /// has written it. This write was refused by the storage.
@@ -144,9 +147,9 @@ pub enum FenceError {
         /// The object, for messages.
         object: String,
         /// The token the object carries.
-        seen: u64,
+        seen: FencingToken,
         /// The older token presented.
-        presented: u64,
+        presented: FencingToken,
     },
 
     /// The object exists without a valid fencing token, and adopting it was not
@@ -207,51 +210,45 @@ pub enum BodySource {
     /// at open fails instead of writing a torn object.
     File(PathBuf),
     /// An open regular file (an unnamed temporary file, say), streamed from its
-    /// start for every attempt. Each attempt moves the file's offset: do not use
-    /// the handle elsewhere while a write runs.
+    /// start for every attempt. Each attempt reads at its own explicit offsets, so
+    /// a retry never shares a position with an earlier attempt whose body is still
+    /// being read, and the handle's own offset is left alone.
     Handle(Arc<std::fs::File>),
 }
 
 impl BodySource {
     /// Opens the body for one upload.
     pub async fn open(&self) -> Result<UploadBody, FenceError> {
-        match self {
-            Self::Bytes(bytes) => Ok(UploadBody::from_bytes(bytes.clone())),
+        let (file, path) = match self {
+            Self::Bytes(bytes) => return Ok(UploadBody::from_bytes(bytes.clone())),
             Self::File(path) => {
-                let failed = |source| FenceError::Body {
-                    path: path.clone(),
-                    source,
-                };
-                let file = tokio::fs::File::open(path).await.map_err(failed)?;
-                let stat = file.metadata().await.map_err(failed)?;
-                if !stat.is_file() {
-                    return Err(failed(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "not a regular file (the length must be known before the upload; \
-                         copy a pipe to a file first)",
-                    )));
-                }
-                Ok(UploadBody::from_stream(stat.len(), file_chunks(file)))
+                let file =
+                    tokio::fs::File::open(path)
+                        .await
+                        .map_err(|source| FenceError::Body {
+                            path: path.clone(),
+                            source,
+                        })?;
+                (Arc::new(file.into_std().await), path.clone())
             }
-            Self::Handle(handle) => {
-                let failed = |source| FenceError::Body {
-                    path: PathBuf::from("(an open file)"),
-                    source,
-                };
-                let mut file = handle.try_clone().map_err(failed)?;
-                let stat = file.metadata().map_err(failed)?;
-                if !stat.is_file() {
-                    return Err(failed(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "not a regular file",
-                    )));
-                }
-                io::Seek::rewind(&mut file).map_err(failed)?;
-                let file = tokio::fs::File::from_std(file);
-                Ok(UploadBody::from_stream(stat.len(), file_chunks(file)))
-            }
-        }
+            Self::Handle(handle) => (handle.clone(), PathBuf::from("(an open file)")),
+        };
+        let len = regular_file_len(&file).map_err(|source| FenceError::Body { path, source })?;
+        Ok(UploadBody::from_stream(len, file_chunks(file)))
     }
+}
+
+/// The length of a regular file: an upload must announce it before it starts.
+fn regular_file_len(file: &std::fs::File) -> io::Result<u64> {
+    let stat = file.metadata()?;
+    if !stat.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (the length must be known before the upload; copy a pipe \
+             to a file first)",
+        ));
+    }
+    Ok(stat.len())
 }
 
 impl From<Bytes> for BodySource {
@@ -278,16 +275,54 @@ impl From<String> for BodySource {
     }
 }
 
-fn file_chunks(file: tokio::fs::File) -> impl futures_util::Stream<Item = io::Result<Bytes>> {
-    stream::try_unfold(file, |mut file| async move {
-        let mut chunk = BytesMut::with_capacity(FILE_CHUNK);
-        while chunk.len() < FILE_CHUNK {
-            if file.read_buf(&mut chunk).await? == 0 {
-                break;
+/// The file from its start to its end, in chunks read at explicit offsets: never
+/// through the file's shared position, which another attempt may be moving.
+fn file_chunks(file: Arc<std::fs::File>) -> impl futures_util::Stream<Item = io::Result<Bytes>> {
+    stream::try_unfold(0_u64, move |offset| {
+        let file = file.clone();
+        async move {
+            let chunk = tokio::task::spawn_blocking(move || read_chunk_at(&file, offset))
+                .await
+                .map_err(io::Error::other)??;
+            if chunk.is_empty() {
+                return Ok(None);
             }
+            let next = u64::try_from(chunk.len())
+                .ok()
+                .and_then(|len| offset.checked_add(len))
+                .ok_or_else(|| io::Error::other("file offset overflow"))?;
+            Ok(Some((chunk, next)))
         }
-        Ok((!chunk.is_empty()).then(|| (chunk.freeze(), file)))
     })
+}
+
+/// Up to `FILE_CHUNK` bytes at `offset`; fewer only at the end of the file.
+fn read_chunk_at(file: &std::fs::File, offset: u64) -> io::Result<Bytes> {
+    let mut chunk = vec![0; FILE_CHUNK];
+    let mut filled = 0;
+    while filled < FILE_CHUNK {
+        let at = offset
+            .checked_add(filled as u64)
+            .ok_or_else(|| io::Error::other("file offset overflow"))?;
+        match read_at(file, &mut chunk[filled..], at) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    chunk.truncate(filled);
+    Ok(chunk.into())
+}
+
+#[cfg(unix)]
+fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
 }
 
 /// Settings of fenced writes and reads.
@@ -527,7 +562,7 @@ impl FencedObject {
 
     /// Writes `body` if `token` is at least the token recorded on the object; see
     /// the [module documentation](self) for what that guarantees. Use
-    /// [`FencedWriteExt::fenced_write`] from a [`Guard`]; this form is for a writer
+    /// [`Guard::fenced_write`] from a held lock; this form is for a writer
     /// that only has the token (another process than the holder, say).
     pub async fn write(
         &self,
@@ -617,8 +652,8 @@ impl FencedObject {
                     if token < seen {
                         return Err(FenceError::Stale {
                             object: self.url.clone(),
-                            seen: seen.value(),
-                            presented: token.value(),
+                            seen,
+                            presented: token,
                         });
                     }
                     (
@@ -710,23 +745,13 @@ async fn pause(backoff: &mut Backoff, error: Option<&BackendError>) {
 }
 
 /// Fenced writes from a held lock.
-#[async_trait]
-pub trait FencedWriteExt {
+impl Guard {
     /// Writes `body` to `object` with this holder's token. Before each upload the
     /// lease is checked ([`Guard::check`]): a holder that knows its lease is gone
     /// does not write ([`FenceError::Lock`] with [`Error::LeaseLost`]). One that does
     /// not know yet (it was paused) is refused by the storage as
     /// [`FenceError::Stale`] once a newer holder has written the object.
-    async fn fenced_write(
-        &self,
-        object: &FencedObject,
-        body: &BodySource,
-    ) -> Result<FencedWrite, FenceError>;
-}
-
-#[async_trait]
-impl FencedWriteExt for Guard {
-    async fn fenced_write(
+    pub async fn fenced_write(
         &self,
         object: &FencedObject,
         body: &BodySource,
@@ -783,13 +808,19 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn file_bodies_stream_in_chunks_and_must_keep_their_length() {
+    /// A fresh directory holding a file `body` of `len` patterned bytes.
+    fn temp_body(len: usize) -> (PathBuf, PathBuf, Vec<u8>) {
         let dir = std::env::temp_dir().join(format!("gcslock-fence-{:x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("body");
-        let data: Vec<u8> = (0..FILE_CHUNK * 2 + 10).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).expect("write");
+        (dir, path, data)
+    }
+
+    #[tokio::test]
+    async fn file_bodies_stream_in_chunks_and_must_keep_their_length() {
+        let (dir, path, data) = temp_body(FILE_CHUNK * 2 + 10);
         let source = BodySource::File(path.clone());
         let body = source.open().await.expect("open");
         assert_eq!(body.len(), data.len() as u64);
@@ -817,6 +848,47 @@ mod tests {
         assert!(
             matches!(directory, Err(FenceError::Body { .. })),
             "{directory:?}"
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A retry opens the body again while the earlier attempt's stream may still be
+    /// read (its request not yet torn down): each must see exactly the file.
+    #[tokio::test]
+    async fn attempts_on_one_handle_never_share_a_file_offset() {
+        let (dir, path, data) = temp_body(FILE_CHUNK * 3 + 10);
+        let source = BodySource::Handle(Arc::new(std::fs::File::open(&path).expect("open")));
+
+        let mut first = source.open().await.expect("first attempt").into_stream();
+        let mut first_bytes = first
+            .try_next()
+            .await
+            .expect("read")
+            .expect("chunk")
+            .to_vec();
+        // The retry starts while the first attempt's body is mid-stream.
+        let mut second = source.open().await.expect("retry").into_stream();
+        let mut second_bytes = Vec::new();
+        loop {
+            let a = second.try_next().await.expect("retry read");
+            let b = first.try_next().await.expect("first read");
+            if let Some(chunk) = &a {
+                second_bytes.extend_from_slice(chunk);
+            }
+            if let Some(chunk) = &b {
+                first_bytes.extend_from_slice(chunk);
+            }
+            if a.is_none() && b.is_none() {
+                break;
+            }
+        }
+        assert!(
+            second_bytes == data,
+            "the retry sent other bytes than the file's"
+        );
+        assert!(
+            first_bytes == data,
+            "the first attempt's bytes were disturbed"
         );
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

@@ -14,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendError, ObjectInfo, ObjectVersion};
 use crate::backoff::Backoff;
-use crate::clock::{Deadline, SendTime};
+use crate::clock::{instant_after, Deadline, SendTime};
 use crate::error::{Error, LossReason};
 use crate::options::LockSettings;
-use crate::record::{LockRecord, LockState};
+use crate::record::{LockRecord, LockState, RecordedSlot};
+use crate::slot::Slot;
 use crate::token::FencingToken;
 
 /// Proof of holding a lock. Refreshes the lease in the background until released
@@ -31,6 +32,8 @@ use crate::token::FencingToken;
 pub struct Guard {
     lease: Arc<Lease>,
     keep_alive: Option<JoinHandle<()>>,
+    /// The slot this guard was acquired for ([`crate::Lock::acquire_slot`]).
+    slot: Option<Slot>,
 }
 
 #[derive(Debug)]
@@ -71,11 +74,29 @@ impl Guard {
             lost: watch::channel(None).0,
             stop: CancellationToken::new(),
         });
-        let keep_alive = tokio::spawn(keep_alive(Arc::clone(&lease), sent.at));
+        let loss_on_exit = LossOnExit(Arc::clone(&lease));
+        let keep_alive = tokio::spawn({
+            let lease = Arc::clone(&lease);
+            async move {
+                let _loss_on_exit = loss_on_exit;
+                keep_alive(lease, sent.at).await;
+            }
+        });
         Self {
             lease,
             keep_alive: Some(keep_alive),
+            slot: None,
         }
+    }
+
+    pub(crate) fn set_slot(&mut self, slot: Slot) {
+        self.slot = Some(slot);
+    }
+
+    /// The slot this guard was acquired for, if it came from
+    /// [`crate::Lock::acquire_slot`].
+    pub fn slot(&self) -> Option<Slot> {
+        self.slot
     }
 
     /// This holder's fencing token: larger than every earlier holder's.
@@ -182,9 +203,42 @@ impl Guard {
         if let Some(task) = self.keep_alive.take() {
             stop_keep_alive(&self.lease, task).await;
         }
-        let result = release(&self.lease).await;
+        let result = release(&self.lease, None).await;
         self.lease.mark_lost(LossReason::Released);
         result
+    }
+
+    /// Releases the lock and records the slot given to
+    /// [`crate::Lock::acquire_slot`] as completed, in the same conditional write: call
+    /// it when the work succeeded. The slot is recorded only if the lease is still
+    /// valid when the release is sent; otherwise the lock is released as by
+    /// [`Guard::release`] and `Error::LeaseLost` says so, leaving the slot open.
+    /// A guard acquired without a slot is released and `Error::InvalidInput` returned.
+    pub async fn release_completed(mut self) -> Result<(), Error> {
+        let valid = self.check();
+        let completion = match (self.slot, &valid) {
+            (Some(slot), Ok(())) => Some(RecordedSlot {
+                slot,
+                by: self.lease.record.holder.clone(),
+                at: None,
+            }),
+            _ => None,
+        };
+        if let Some(task) = self.keep_alive.take() {
+            stop_keep_alive(&self.lease, task).await;
+        }
+        let result = release(&self.lease, completion).await;
+        self.lease.mark_lost(LossReason::Released);
+        valid?;
+        result?;
+        if self.slot.is_none() {
+            return Err(Error::InvalidInput(
+                "release_completed on a guard acquired without a slot (use Lock::acquire_slot); \
+                 released without recording one"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     fn check_time_for(&self, needed: Duration) -> Result<(), Error> {
@@ -218,7 +272,7 @@ impl Drop for Guard {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     stop_keep_alive(&lease, task).await;
-                    if let Err(error) = release(&lease).await {
+                    if let Err(error) = release(&lease, None).await {
                         tracing::warn!(lock = %lease.lock.url, %error, "background release after drop failed");
                     }
                     lease.mark_lost(LossReason::Released);
@@ -318,13 +372,35 @@ fn jittered(interval: Duration, earliest: f64, floor: Duration) -> Duration {
         .max(floor.min(interval))
 }
 
+/// Marks the lease lost if the keep-alive task ends without having decided its
+/// fate (a panic, an abort, a runtime shutting down), so `lost()` never waits for
+/// a task that is gone. A stop asked for by release or drop is no loss.
+/// It is moved into the task's future, so it fires even if the task is dropped
+/// before its first poll.
+struct LossOnExit(Arc<Lease>);
+
+impl Drop for LossOnExit {
+    fn drop(&mut self) {
+        if self.0.stop.is_cancelled() {
+            return;
+        }
+        let why = if std::thread::panicking() {
+            "it panicked"
+        } else {
+            "it was aborted, or its runtime shut down"
+        };
+        self.0
+            .mark_lost(LossReason::KeepAliveStopped { why: why.into() });
+    }
+}
+
 /// Refreshes every `refresh_interval` until lost; transient failures are retried
 /// until the deadline, and the deadline itself ends the lease even if a request hangs.
 async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
     let lock = &lease.lock;
     let interval = lock.refresh_interval;
     let floor = lock.backend.min_mutation_interval().unwrap_or_default();
-    let mut next = acquired_at + jittered(interval, 0.5, floor);
+    let mut next = instant_after(acquired_at, jittered(interval, 0.5, floor));
     let mut retry = Backoff::new(interval / 8, interval);
     let mut last_error = String::from("none");
     // Send time of a refresh whose response was lost: if it applied, the lease runs
@@ -343,7 +419,7 @@ async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
         }
         let (version, seq) = {
             let state = lease.state();
-            (state.version, state.refresh_seq + 1)
+            (state.version, state.refresh_seq.saturating_add(1))
         };
         let metadata = lease.record(LockState::Held, seq).to_metadata();
         let sent = SendTime::now();
@@ -366,7 +442,7 @@ async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
                     renewed(&lease, written.value.version, record.refresh_seq, sent);
                     unconfirmed = None;
                     retry = Backoff::new(interval / 8, interval);
-                    next = sent.at + jittered(interval, 0.9, floor);
+                    next = instant_after(sent.at, jittered(interval, 0.9, floor));
                 }
                 _ => {
                     lease.mark_lost(LossReason::Superseded { holder: None });
@@ -374,7 +450,13 @@ async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
                 }
             },
             Err(BackendError::PreconditionFailed | BackendError::NotFound) => {
-                match read_back(&lease).await {
+                // A read-back that hangs must not outlive the lease either.
+                let Ok(read) = tokio::time::timeout_at(deadline, read_back(&lease)).await else {
+                    last_error =
+                        "read-back after a conflict still pending at the lease deadline".into();
+                    continue; // the loop top sees the deadline has passed
+                };
+                match read {
                     Ok(ReadBack::Ours(current, record)) if record.state == LockState::Held => {
                         // One of our refreshes applied unseen; it was sent no earlier
                         // than `unconfirmed`, so the lease runs at least from then.
@@ -399,7 +481,7 @@ async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
                     }
                     Err(error) => {
                         last_error = error.to_string();
-                        next = Instant::now() + retry.next();
+                        next = instant_after(Instant::now(), retry.next_after(Some(&error)));
                     }
                 }
             }
@@ -408,7 +490,7 @@ async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
                 if error.may_have_applied() {
                     unconfirmed.get_or_insert(sent);
                 }
-                next = Instant::now() + retry.next_after(Some(&error));
+                next = instant_after(Instant::now(), retry.next_after(Some(&error)));
                 last_error = error.to_string();
             }
         }
@@ -425,8 +507,10 @@ fn renewed(lease: &Lease, version: ObjectVersion, refresh_seq: u64, sent: SendTi
 }
 
 /// Marks the object released if it is still ours. Retries transient failures until
-/// the lease would have gone stale anyway.
-async fn release(lease: &Lease) -> Result<(), Error> {
+/// the lease would have gone stale anyway. Should the release outlast the lease
+/// deadline (a request that hangs), the lease is marked lost at the deadline.
+/// `completion` is recorded in the same write (`Guard::release_completed`).
+async fn release(lease: &Lease, completion: Option<RecordedSlot>) -> Result<(), Error> {
     let lock = &lease.lock;
     let lost_before = lease.lost.borrow().clone();
     let outcome = || match lost_before.clone() {
@@ -443,31 +527,75 @@ async fn release(lease: &Lease) -> Result<(), Error> {
     {
         return outcome(); // nothing of ours left to release
     }
-    let give_up_at =
-        (lease.state().deadline.monotonic + lock.margin * 2).max(Instant::now() + lock.poll_min);
+    let deadline = lease.state().deadline.monotonic;
+    let give_up_at = if lock.forever {
+        // A forever lease never goes stale by itself: give up as after an outage.
+        instant_after(Instant::now(), lock.unavailable_timeout.max(lock.poll_min))
+    } else {
+        instant_after(deadline, lock.margin.saturating_mul(2))
+            .max(instant_after(Instant::now(), lock.poll_min))
+    };
+    let releasing = release_until(lease, give_up_at, completion);
+    tokio::pin!(releasing);
+    tokio::select! {
+        biased;
+        result = &mut releasing => return result.and_then(|()| outcome()),
+        () = tokio::time::sleep_until(deadline) => lease.mark_lost(LossReason::Expired {
+            last_error: "the lease deadline passed while releasing".into(),
+        }),
+    }
+    releasing.await.and_then(|()| outcome())
+}
+
+/// The release requests, each bounded by `give_up_at`: past it the lease is stale
+/// to everyone, and a hanging request is abandoned.
+async fn release_until(
+    lease: &Lease,
+    give_up_at: Instant,
+    completion: Option<RecordedSlot>,
+) -> Result<(), Error> {
+    let lock = &lease.lock;
+    let gave_up = || {
+        Error::from_backend(
+            &lock.url,
+            BackendError::Transport("release still pending when the lease went stale".into()),
+        )
+    };
     let mut backoff = Backoff::new(
         lock.poll_min.min(Duration::from_millis(100)),
         lock.refresh_interval,
     );
     loop {
+        if Instant::now() >= give_up_at {
+            return Err(gave_up());
+        }
         let (version, seq) = {
             let state = lease.state();
-            (state.version, state.refresh_seq + 1)
+            (state.version, state.refresh_seq.saturating_add(1))
         };
-        let tombstone = lease.record(LockState::Released, seq).to_metadata();
-        let error = match lock
+        let mut tombstone = lease.record(LockState::Released, seq);
+        if completion.is_some() {
+            tombstone.completed.clone_from(&completion);
+        }
+        let tombstone = tombstone.to_metadata();
+        let update = lock
             .backend
-            .update_metadata(&lock.object, version, &tombstone)
-            .await
-        {
+            .update_metadata(&lock.object, version, &tombstone);
+        let Ok(updated) = tokio::time::timeout_at(give_up_at, update).await else {
+            return Err(gave_up());
+        };
+        let error = match updated {
             Ok(_) => {
                 tracing::info!(lock = %lock.url, token = lease.record.token, "lock released");
-                return outcome();
+                return Ok(());
             }
             Err(BackendError::PreconditionFailed | BackendError::NotFound) => {
-                match read_back(lease).await {
+                let Ok(read) = tokio::time::timeout_at(give_up_at, read_back(lease)).await else {
+                    return Err(gave_up());
+                };
+                match read {
                     Ok(ReadBack::Ours(_, record)) if record.state == LockState::Released => {
-                        return outcome(); // an earlier attempt applied unseen
+                        return Ok(()); // an earlier attempt applied unseen
                     }
                     Ok(ReadBack::Ours(current, record)) => {
                         // A refresh applied unseen; release that version instead.
@@ -490,7 +618,10 @@ async fn release(lease: &Lease) -> Result<(), Error> {
         if !error.is_transient() || Instant::now() >= give_up_at {
             return Err(Error::from_backend(&lock.url, error));
         }
-        backoff.pause_after(Some(&error)).await;
+        tokio::time::sleep_until(
+            instant_after(Instant::now(), backoff.next_after(Some(&error))).min(give_up_at),
+        )
+        .await;
     }
 }
 
@@ -507,5 +638,25 @@ mod tests {
             let early = jittered(Duration::from_secs(10), 0.5, second);
             assert!(early >= Duration::from_secs(5) && early <= Duration::from_secs(10));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_aborted_keep_alive_task_resolves_lost() {
+        let backend = Arc::new(crate::backend::memory::MemoryBackend::new("b"));
+        let lock =
+            crate::Lock::new(backend, "l", crate::LockOptions::default()).expect("valid lock");
+        let mut guard = lock.try_acquire().await.expect("free");
+        let lost = guard.lost();
+        let task = guard.keep_alive.take().expect("a keep-alive task");
+        task.abort();
+        assert!(task.await.expect_err("aborted").is_cancelled());
+        let reason = tokio::time::timeout(Duration::from_secs(1), lost)
+            .await
+            .expect("lost() resolves at once");
+        assert!(
+            matches!(&reason, LossReason::KeepAliveStopped { why } if why.contains("aborted")),
+            "{reason:?}"
+        );
+        assert!(guard.check().is_err());
     }
 }

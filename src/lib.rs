@@ -31,8 +31,9 @@
 //! ```
 //!
 //! The layout, lower modules first: [`backend`] holds the small storage trait and
-//! one module per backend; `token`, `identity`, `backoff`, `clock`, `record` and
-//! `options` are the building blocks; `status` judges a lock by the server's clock;
+//! one module per backend; `token`, `identity`, `backoff`, `clock`, `slot`,
+//! `record` and `options` are the building blocks (`slot`: once per period, see
+//! [`Lock::acquire_slot`]); `status` judges a lock by the server's clock;
 //! `lease` is the keep-alive task and validity checks; `lock` the acquire/takeover
 //! algorithm, and `break_lock` the forced release. The README states what the lock
 //! guarantees and what it cannot.
@@ -51,19 +52,22 @@ mod location;
 mod lock;
 mod options;
 mod record;
+mod retry;
+mod slot;
 mod status;
 mod token;
 
-pub use break_lock::BreakOutcome;
+pub use break_lock::{BreakOptions, BreakOutcome};
 pub use error::{Error, HolderSummary, LossReason};
-pub use fence::{BodySource, FenceError, FencedObject, FencedWriteExt};
+pub use fence::{BodySource, FenceError, FencedObject};
 pub use identity::default_identity;
 pub use lease::Guard;
 pub use location::{validate_bucket_name, validate_object_name, LockUrl, PrefixUrl};
 pub use lock::{Lock, Wait};
 pub use options::LockOptions;
-pub use record::{LockRecord, LockState};
-pub use status::{list_locks, HeldStatus, LockStatus};
+pub use record::{LockRecord, LockState, RecordedSlot, Ttl};
+pub use slot::{CompletedSlot, Slot, SlotAcquire, MAX_PERIOD, MIN_PERIOD};
+pub use status::{list_locks, list_locks_within, HeldStatus, LockStatus};
 pub use token::FencingToken;
 
 /// The README's Rust examples are compiled as doctests so they cannot rot.

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::backend::{Scheme, StorageUrl};
 use crate::Error;
 
 /// A lock's address: a bucket and an object name inside it.
@@ -44,13 +45,11 @@ impl FromStr for LockUrl {
     type Err = Error;
 
     fn from_str(url: &str) -> Result<Self, Error> {
-        let (bucket, object) = parse_gs_url(url)?;
-        if object.is_empty() {
-            return Err(Error::InvalidInput(format!(
-                "{url:?} names no object: expected gs://BUCKET/OBJECT"
-            )));
-        }
-        Self::new(bucket, object)
+        let parsed = gcs_only(url, StorageUrl::parse_object)?;
+        Ok(Self {
+            bucket: parsed.bucket().to_owned(),
+            object: parsed.name().to_owned(),
+        })
     }
 }
 
@@ -67,29 +66,23 @@ impl FromStr for PrefixUrl {
     type Err = Error;
 
     fn from_str(url: &str) -> Result<Self, Error> {
-        let (bucket, prefix) = parse_gs_url(url)?;
-        validate_bucket_name(bucket)?;
-        if !prefix.is_empty() {
-            check_object_characters(prefix)?;
-        }
+        let parsed = gcs_only(url, StorageUrl::parse_prefix)?;
         Ok(Self {
-            bucket: bucket.to_owned(),
-            prefix: prefix.to_owned(),
+            bucket: parsed.bucket().to_owned(),
+            prefix: parsed.name().to_owned(),
         })
     }
 }
 
-fn parse_gs_url(url: &str) -> Result<(&str, &str), Error> {
-    let rest = url.strip_prefix("gs://").ok_or_else(|| {
-        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
-        Error::InvalidInput(match scheme {
-            Some(scheme) => {
-                format!("unsupported scheme {scheme:?} in {url:?}: expected gs://BUCKET/OBJECT")
-            }
-            None => format!("{url:?} is not a gs:// URL: expected gs://BUCKET/OBJECT"),
-        })
-    })?;
-    Ok(rest.split_once('/').unwrap_or((rest, "")))
+/// These types name GCS objects (fenced objects need GCS's preconditions):
+/// another store's URL is refused by name.
+fn gcs_only(url: &str, parse: fn(&str) -> Result<StorageUrl, Error>) -> Result<StorageUrl, Error> {
+    match url.split_once("://") {
+        Some((scheme, _)) if scheme != Scheme::Gcs.as_str() => Err(Error::InvalidInput(format!(
+            "unsupported scheme {scheme:?} in {url:?}: expected gs://BUCKET/OBJECT"
+        ))),
+        _ => parse(url),
+    }
 }
 
 /// GCS bucket naming rules (<https://cloud.google.com/storage/docs/buckets#naming>).
@@ -149,7 +142,7 @@ pub fn validate_object_name(object: &str) -> Result<(), Error> {
     check_object_characters(object)
 }
 
-fn check_object_characters(object: &str) -> Result<(), Error> {
+pub(crate) fn check_object_characters(object: &str) -> Result<(), Error> {
     if object.len() > 1024 {
         return Err(Error::InvalidInput(format!(
             "invalid object name: {} bytes long, at most 1024 are allowed",

@@ -18,12 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError, ObjectInfo, ObjectVersion, WriteCondition};
 use crate::backoff::Backoff;
-use crate::clock::SendTime;
+use crate::clock::{instant_after, SendTime};
 use crate::error::{Error, HolderSummary, LossReason};
 use crate::identity::new_nonce;
 use crate::lease::Guard;
 use crate::options::{default_margin, LockOptions, LockSettings};
-use crate::record::{LockRecord, LockState};
+use crate::record::{LockRecord, LockState, RecordedSlot, Ttl};
+use crate::slot::{CompletedSlot, Slot, SlotAcquire};
 use crate::status::LockStatus;
 use crate::token::FencingToken;
 
@@ -46,6 +47,8 @@ pub struct Lock {
 
 enum Attempt {
     Acquired(Guard),
+    /// The slot asked for is already completed: nothing was written.
+    Done(CompletedSlot),
     /// The write succeeded, but the lease had already run out by the time its answer
     /// arrived (the process was suspended, or requests were very slow). The lock was
     /// released again; a guard that is invalid from birth is never returned.
@@ -55,6 +58,39 @@ enum Attempt {
         /// When the lock may next be free (stale), if known.
         retry_in: Option<Duration>,
     },
+}
+
+/// Creates sent by one `acquire` whose outcome stayed unknown (the response was
+/// lost and a read did not show them applied). Any of them may still apply late;
+/// a later inspect that shows one must adopt it as ours, or we would wait out our
+/// own lock (and make everyone else wait) for a whole TTL.
+#[derive(Default)]
+struct PendingCreates(Vec<(LockRecord, SendTime)>);
+
+impl PendingCreates {
+    /// Bounds the memory of an acquire that meets ambiguous failures for hours.
+    /// Only the create conditioned on the current version can still apply, and it
+    /// is the newest, so forgetting the oldest loses nothing in practice.
+    const MAX: usize = 32;
+
+    fn remember(&mut self, record: LockRecord, sent: SendTime) {
+        if self.0.len() >= Self::MAX {
+            self.0.remove(0);
+        }
+        self.0.push((record, sent));
+    }
+
+    /// The pending create that `info` shows applied, taken off the list.
+    fn take_applied(&mut self, info: &ObjectInfo) -> Option<(LockRecord, SendTime)> {
+        let shown = LockRecord::from_metadata(&info.metadata)
+            .ok()
+            .filter(|record| record.state == LockState::Held)?;
+        let index = self
+            .0
+            .iter()
+            .position(|(ours, _)| ours.nonce == shown.nonce)?;
+        Some(self.0.remove(index))
+    }
 }
 
 /// A failure of one attempt: retry it (transient), give up (fatal), or stop
@@ -84,8 +120,8 @@ impl Lock {
     }
 
     /// How long a lease lasts without a refresh.
-    pub fn ttl(&self) -> Duration {
-        self.inner.ttl
+    pub fn ttl(&self) -> Ttl {
+        self.inner.record_ttl()
     }
 
     /// How often the holder refreshes.
@@ -131,15 +167,79 @@ impl Lock {
         wait: Wait,
         cancel: &CancellationToken,
     ) -> Result<Guard, Error> {
+        match self.acquire_for(wait, cancel, None).await? {
+            SlotAcquire::Acquired(guard) => Ok(guard),
+            // Only a slot can be done, and none was asked for.
+            SlotAcquire::AlreadyDone(done) => Err(Error::Conflict {
+                lock: self.inner.url.clone(),
+                why: done.to_string(),
+            }),
+        }
+    }
+
+    /// Once per period: acquires the lock for `slot` unless the lock records that
+    /// slot (or a later one of the same period) as completed, waiting as `wait`
+    /// says. A waiter stops waiting as soon as it sees the slot completed. The
+    /// check rides on the read every acquire makes: it costs no extra request.
+    ///
+    /// Record the slot as completed with [`Guard::release_completed`] once the work
+    /// succeeded; a plain release (or a lost lease) leaves it open for a retry.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::{Duration, SystemTime}};
+    /// use gcslock::{backend::memory::MemoryBackend, Lock, LockOptions, Slot, SlotAcquire, Wait};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), gcslock::Error> {
+    /// let bucket = Arc::new(MemoryBackend::new("my-bucket"));
+    /// let lock = Lock::new(bucket, "jobs/hourly", LockOptions::default())?;
+    /// // Name the slot by this machine's wall clock when the job starts.
+    /// let slot = Slot::containing(SystemTime::now(), Duration::from_secs(3600))?;
+    ///
+    /// match lock.acquire_slot(slot, Wait::No).await? {
+    ///     SlotAcquire::Acquired(guard) => {
+    ///         // ... the hourly work; on failure `guard.release()` leaves the slot open
+    ///         guard.release_completed().await?;
+    ///     }
+    ///     SlotAcquire::AlreadyDone(done) => unreachable!("first run: {done}"),
+    /// }
+    /// // The same hour again: another machine (or a later cron tick) skips it.
+    /// assert!(matches!(lock.acquire_slot(slot, Wait::No).await?, SlotAcquire::AlreadyDone(_)));
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire_slot(&self, slot: Slot, wait: Wait) -> Result<SlotAcquire, Error> {
+        self.acquire_slot_cancellable(slot, wait, &CancellationToken::new())
+            .await
+    }
+
+    /// Like [`Lock::acquire_slot`], and stops waiting when `cancel` fires, as
+    /// [`Lock::acquire_cancellable`] does.
+    pub async fn acquire_slot_cancellable(
+        &self,
+        slot: Slot,
+        wait: Wait,
+        cancel: &CancellationToken,
+    ) -> Result<SlotAcquire, Error> {
+        self.acquire_for(wait, cancel, Some(slot)).await
+    }
+
+    async fn acquire_for(
+        &self,
+        wait: Wait,
+        cancel: &CancellationToken,
+        slot: Option<Slot>,
+    ) -> Result<SlotAcquire, Error> {
         let lock = &self.inner;
         let start = Instant::now();
         let wait_until = match wait {
             Wait::No => Some(start),
-            Wait::For(duration) => Some(start + duration),
+            // A wait too long for the clock is a wait forever.
+            Wait::For(duration) => start.checked_add(duration),
             Wait::Forever => None,
         };
         let mut backoff = Backoff::new(lock.poll_min, lock.poll_max);
         let mut seen: Option<(ObjectVersion, Instant)> = None;
+        let mut pending = PendingCreates::default();
         let mut failing_since: Option<Instant> = None;
         let mut last_busy: Option<HolderSummary> = None;
         let mut expired_in_a_row = 0;
@@ -149,10 +249,18 @@ impl Lock {
                     lock: lock.url.clone(),
                 });
             }
-            let attempt = self.attempt(&mut seen, cancel).await;
+            let attempt = self
+                .attempt(&mut seen, &mut pending, cancel, slot.as_ref())
+                .await;
             let now = Instant::now();
             let wake = match attempt {
-                Ok(Attempt::Acquired(guard)) => return Ok(guard),
+                Ok(Attempt::Acquired(mut guard)) => {
+                    if let Some(slot) = slot {
+                        guard.set_slot(slot);
+                    }
+                    return Ok(SlotAcquire::Acquired(guard));
+                }
+                Ok(Attempt::Done(done)) => return Ok(SlotAcquire::AlreadyDone(done)),
                 Err(Failure::Fatal(error)) => return Err(error),
                 Err(Failure::Cancelled) => {
                     return Err(Error::Cancelled {
@@ -187,8 +295,12 @@ impl Lock {
                     }
                     let delay = backoff.next();
                     // Look again just after the lock turns stale, not a full backoff later.
-                    let wake =
-                        now + retry_in.map_or(delay, |stale| delay.min(stale + lock.poll_min));
+                    let wake = instant_after(
+                        now,
+                        retry_in.map_or(delay, |stale| {
+                            delay.min(stale.saturating_add(lock.poll_min))
+                        }),
+                    );
                     // Make a last attempt at the end of the wait rather than sleeping past it.
                     wait_until.map_or(wake, |until| wake.min(until))
                 }
@@ -204,17 +316,18 @@ impl Lock {
                         }
                     }
                     let since = *failing_since.get_or_insert(now);
-                    let give_up_at =
-                        (since + lock.unavailable_timeout).max(wait_until.unwrap_or(since));
-                    if wait_until.is_some() && now >= give_up_at {
+                    // `None`: a timeout too long for the clock, which never ends.
+                    let give_up_at = since
+                        .checked_add(lock.unavailable_timeout)
+                        .map(|at| at.max(wait_until.unwrap_or(since)));
+                    if wait_until.is_some() && give_up_at.is_some_and(|at| now >= at) {
                         return Err(Error::from_backend(&lock.url, error));
                     }
                     tracing::debug!(lock = %lock.url, %error, "transient error while acquiring; retrying");
-                    let wake = now + backoff.next_after(Some(&error));
-                    if wait_until.is_some() {
-                        wake.min(give_up_at)
-                    } else {
-                        wake
+                    let wake = instant_after(now, backoff.next_after(Some(&error)));
+                    match give_up_at {
+                        Some(at) if wait_until.is_some() => wake.min(at),
+                        _ => wake,
                     }
                 }
             };
@@ -225,14 +338,15 @@ impl Lock {
         }
     }
 
-    /// Reads the lock and judges it by the server's clock.
+    /// Reads the lock and judges it by the server's clock. Transient storage
+    /// failures are retried with jittered backoff for up to
+    /// [`LockOptions::unavailable_timeout`]; then `Error::Unavailable`.
     pub async fn status(&self) -> Result<LockStatus, Error> {
-        let read = self
-            .inner
-            .backend
-            .read(&self.inner.object)
+        let lock = &self.inner;
+        let read = crate::retry::Retry::new(lock.unavailable_timeout)
+            .run(|| lock.backend.read(&lock.object))
             .await
-            .map_err(|error| Error::from_backend(&self.inner.url, error))?;
+            .map_err(|error| Error::from_backend(&lock.url, error))?;
         Ok(LockStatus::judge(read.value.as_ref(), read.server_time))
     }
 
@@ -241,7 +355,9 @@ impl Lock {
     async fn attempt(
         &self,
         seen: &mut Option<(ObjectVersion, Instant)>,
+        pending: &mut PendingCreates,
         cancel: &CancellationToken,
+        slot: Option<&Slot>,
     ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
         let read = tokio::select! {
@@ -250,10 +366,19 @@ impl Lock {
             read = lock.backend.read(&lock.object) => read.map_err(|e| self.classify(e))?,
         };
         let received = Instant::now();
+        if let Some(info) = &read.value {
+            if let Some((ours, sent)) = pending.take_applied(info) {
+                tracing::debug!(lock = %lock.url, "an earlier create of ours applied late; adopting it");
+                return Ok(self.started(ours, info.version, sent).await);
+            }
+        }
         let (condition, token) = match &read.value {
             None => (WriteCondition::DoesNotExist, 1),
             Some(info) => {
                 let record = self.decode(info)?;
+                if let Some(done) = slot_done(slot, &record, info) {
+                    return Ok(Attempt::Done(done));
+                }
                 let next_token = record.token.checked_add(1).ok_or_else(|| {
                     Failure::Fatal(Error::NotALock {
                         lock: lock.url.clone(),
@@ -289,8 +414,9 @@ impl Lock {
             token,
             holder: lock.identity.clone(),
             nonce: new_nonce(),
-            ttl: lock.ttl,
+            ttl: lock.record_ttl(),
             refresh_seq: 0,
+            completed: carried_completion(read.value.as_ref()),
         };
         let sent = SendTime::now();
         match lock
@@ -300,16 +426,25 @@ impl Lock {
         {
             Ok(written) => Ok(self.started(record, written.value.version, sent).await),
             // Someone else wrote first; report who holds it now.
-            Err(BackendError::PreconditionFailed) => self.after_lost_race(&record, sent).await,
+            Err(BackendError::PreconditionFailed) => {
+                self.after_lost_race(&record, sent, pending, slot).await
+            }
             Err(error) if error.may_have_applied() => {
                 tracing::debug!(lock = %lock.url, %error, "create outcome unknown; resolving by nonce");
-                self.resolve_ambiguous_write(record, sent, error).await
+                self.resolve_ambiguous_write(record, sent, error, pending)
+                    .await
             }
             Err(error) => Err(self.classify(error)),
         }
     }
 
-    async fn after_lost_race(&self, ours: &LockRecord, sent: SendTime) -> Result<Attempt, Failure> {
+    async fn after_lost_race(
+        &self,
+        ours: &LockRecord,
+        sent: SendTime,
+        pending: &mut PendingCreates,
+        slot: Option<&Slot>,
+    ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
         let read = lock
             .backend
@@ -322,7 +457,14 @@ impl Lock {
                 Ok(self.started(ours.clone(), info.version, sent).await)
             }
             Some(info) => {
+                // Or the race was lost to an earlier create of ours, applied late.
+                if let Some((earlier, earlier_sent)) = pending.take_applied(info) {
+                    return Ok(self.started(earlier, info.version, earlier_sent).await);
+                }
                 let record = self.decode(info)?;
+                if let Some(done) = slot_done(slot, &record, info) {
+                    return Ok(Attempt::Done(done));
+                }
                 let status = LockStatus::judge(Some(info), read.server_time);
                 let retry_in = match status {
                     LockStatus::Held(held) => held.expires_in,
@@ -352,9 +494,15 @@ impl Lock {
         ours: LockRecord,
         sent: SendTime,
         first_error: BackendError,
+        pending: &mut PendingCreates,
     ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
-        let give_up_at = sent.at + lock.ttl - lock.margin;
+        // A forever lease never ends by itself: bound the reading as for an outage.
+        let give_up_at = if lock.forever {
+            instant_after(sent.at, lock.unavailable_timeout.max(lock.refresh_interval))
+        } else {
+            instant_after(sent.at, lock.ttl.saturating_sub(lock.margin))
+        };
         let mut backoff = Backoff::new(
             lock.poll_min.min(Duration::from_millis(100)),
             lock.refresh_interval,
@@ -363,19 +511,26 @@ impl Lock {
         while Instant::now() < give_up_at {
             match lock.backend.read(&lock.object).await {
                 Ok(read) => {
-                    return match &read.value {
-                        Some(info) if self.is_ours(info, &ours) => {
-                            Ok(self.started(ours, info.version, sent).await)
+                    if let Some(info) = &read.value {
+                        if self.is_ours(info, &ours) {
+                            return Ok(self.started(ours, info.version, sent).await);
                         }
-                        // Not applied (or applied and already superseded): judge afresh.
-                        _ => Err(Failure::Transient(last_error)),
-                    };
+                        if let Some((earlier, earlier_sent)) = pending.take_applied(info) {
+                            return Ok(self.started(earlier, info.version, earlier_sent).await);
+                        }
+                    }
+                    // Not applied yet (it may still, late), or applied and already
+                    // superseded: remember it, and judge the lock afresh.
+                    pending.remember(ours, sent);
+                    return Err(Failure::Transient(last_error));
                 }
                 Err(error) if error.is_transient() => last_error = error,
                 Err(error) => return Err(self.classify(error)),
             }
-            tokio::time::sleep_until((Instant::now() + backoff.next()).min(give_up_at)).await;
+            tokio::time::sleep_until(instant_after(Instant::now(), backoff.next()).min(give_up_at))
+                .await;
         }
+        pending.remember(ours, sent);
         Err(Failure::Transient(last_error))
     }
 
@@ -419,7 +574,11 @@ impl Lock {
         received: Instant,
         seen: &mut Option<(ObjectVersion, Instant)>,
     ) -> Staleness {
-        let margin = default_margin(record.ttl);
+        // A forever lease is never stale: only a break frees it.
+        let Ttl::Finite(ttl) = record.ttl else {
+            return Staleness::Fresh { retry_in: None };
+        };
+        let margin = default_margin(ttl);
         // Local rule: the holder must change the version within its TTL to keep the
         // lease; one version unchanged for TTL + margin on our monotonic clock means
         // its holder's deadline has passed.
@@ -430,7 +589,9 @@ impl Lock {
                 received
             }
         };
-        let local_left = (record.ttl + margin).saturating_sub(received - first_seen);
+        let local_left = ttl
+            .saturating_add(margin)
+            .saturating_sub(received.saturating_duration_since(first_seen));
         if local_left.is_zero() {
             return Staleness::Stale {
                 by: "version unchanged for a full TTL on the local clock",
@@ -463,6 +624,20 @@ impl Lock {
 enum Staleness {
     Stale { by: &'static str },
     Fresh { retry_in: Option<Duration> },
+}
+
+/// The completion recorded in `record` if it covers `slot`.
+fn slot_done(slot: Option<&Slot>, record: &LockRecord, info: &ObjectInfo) -> Option<CompletedSlot> {
+    let done = record.completed.as_ref()?;
+    slot.filter(|slot| done.slot.covers(slot))
+        .map(|_| done.resolve(info.updated))
+}
+
+/// The completed slot an acquire carries over from the object it replaces.
+fn carried_completion(inspected: Option<&ObjectInfo>) -> Option<RecordedSlot> {
+    let info = inspected?;
+    let record = LockRecord::from_metadata(&info.metadata).ok()?;
+    record.completed.map(|done| done.carried_from(info.updated))
 }
 
 fn summary(record: &LockRecord, expires_in: Option<Duration>) -> HolderSummary {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::backend::Backend;
 use crate::error::Error;
 use crate::identity::default_identity;
+use crate::record::Ttl;
 
 /// TTLs outside this range are refused: below it no refresh can keep up with
 /// request latency; above it a crashed holder blocks everyone for days.
@@ -14,14 +15,33 @@ pub(crate) const MIN_TTL: Duration = Duration::from_secs(1);
 pub(crate) const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The default safety margin for a TTL; what observers add to a holder's TTL.
+/// Proportional with no cap, so the clock-rate tolerance (22 %, see
+/// [`crate::clock`]) is the same for every TTL.
+///
+/// Mixed versions stay safe: versions before 1.0 capped this at 30 s. An old
+/// holder's deadline (`TTL − 30 s`) is later than a new one's, but new observers
+/// wait longer (`TTL + TTL/10`), so they are safe with it; a new holder's deadline
+/// (`TTL − TTL/10`) is earlier than an old one's, so old observers (`TTL + 30 s`)
+/// are safe with it too. Only the tolerance with old peers stays the old one.
 pub(crate) fn default_margin(ttl: Duration) -> Duration {
-    (ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(30))
+    (ttl / 10).max(MIN_MARGIN)
 }
+
+/// A forever holder's lease length on its own clocks: far enough to never end,
+/// near enough that deadline arithmetic on `Instant` cannot overflow.
+pub(crate) const FOREVER_LEASE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// How often a forever holder refreshes by default, so that status shows it is alive.
+pub(crate) const FOREVER_REFRESH: Duration = Duration::from_secs(60);
+
+/// The default margin's floor: request latency and the server's whole-second
+/// `Date` dominate below it.
+const MIN_MARGIN: Duration = Duration::from_millis(200);
 
 /// Settings for a lock. Unset values get the defaults documented on each setter.
 #[derive(Clone, Debug)]
 pub struct LockOptions {
     ttl: Duration,
+    forever: bool,
     refresh_interval: Option<Duration>,
     safety_margin: Option<Duration>,
     identity: Option<String>,
@@ -34,6 +54,7 @@ impl Default for LockOptions {
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(300),
+            forever: false,
             refresh_interval: None,
             safety_margin: None,
             identity: None,
@@ -48,6 +69,20 @@ impl LockOptions {
     /// How long a lease lasts without a refresh (default 5 minutes; 1 s to 7 days).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
+        self.forever = false;
+        self
+    }
+
+    /// A lease that never expires by time: no waiter ever takes it over, and only
+    /// a break at once ([`crate::Lock::break_with`] with `BreakOptions::now`) frees it
+    /// if the holder dies; a revoking break is refused, as it would never go stale. The holder still
+    /// refreshes (every minute by default, never faster than the backend's write-rate
+    /// floor) so that status shows when it was last heard from; refresh failures
+    /// never end the lease. The safety margin is zero. Locks held this way are
+    /// "not a lock" to gcslock versions from before forever TTLs, which therefore
+    /// never touch them.
+    pub fn ttl_forever(mut self) -> Self {
+        self.forever = true;
         self
     }
 
@@ -58,9 +93,18 @@ impl LockOptions {
         self
     }
 
-    /// How much earlier than TTL the holder stops trusting its lease, and how much
-    /// later than TTL a waiter considers it stale (default TTL/10, within 200 ms..30 s).
-    /// It absorbs clock-rate drift and the spread between GCS front ends' clocks.
+    /// How much earlier than the TTL this holder stops trusting its lease
+    /// (default TTL/10, at least 200 ms; below half the TTL).
+    ///
+    /// It does not change when others judge the lock stale: waiters always use
+    /// the TTL recorded in the lock plus the *default* margin for that TTL, so
+    /// every observer agrees. A holder's lease is trusted until `send + TTL − m`
+    /// by its own clock and judged stale at `updated + TTL + m(TTL)` by the
+    /// server's, so the holder is safe while its clock's rate error `r` satisfies
+    /// `(TTL − m)(1 + r) ≤ TTL + m(TTL)`, i.e. `r ≤ (m + m(TTL)) / (TTL − m)`:
+    /// with the default, `r ≤ 2m / (TTL − m)` = 22 % (NTP slews at most 8.3 %
+    /// with chrony's defaults). A larger margin tolerates more; a smaller one
+    /// less, and a margin of zero tolerates only `m(TTL) / TTL` = 10 %.
     pub fn safety_margin(mut self, margin: Duration) -> Self {
         self.safety_margin = Some(margin);
         self
@@ -93,7 +137,10 @@ pub(crate) struct LockSettings {
     pub backend: Arc<dyn Backend>,
     pub object: String,
     pub url: String,
+    /// The lease length basis: the TTL, or [`FOREVER_LEASE`] for a forever lock.
     pub ttl: Duration,
+    /// Never stale by time (`LockOptions::ttl_forever`).
+    pub forever: bool,
     pub refresh_interval: Duration,
     pub margin: Duration,
     pub identity: String,
@@ -110,6 +157,9 @@ impl LockSettings {
         options: LockOptions,
     ) -> Result<Self, Error> {
         crate::validate_object_name(object)?;
+        if options.forever {
+            return Self::forever(backend, object, options);
+        }
         let ttl = options.ttl;
         if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
             return Err(Error::InvalidInput(format!(
@@ -164,6 +214,7 @@ impl LockSettings {
             object: object.to_owned(),
             url,
             ttl,
+            forever: false,
             refresh_interval,
             margin,
             identity,
@@ -171,5 +222,78 @@ impl LockSettings {
             poll_max: options.poll_max,
             unavailable_timeout: options.unavailable_timeout,
         })
+    }
+
+    /// A forever lock: validated as a long finite lock for the checks they share
+    /// (identity, backoff), then given a lease that does not end and no margin.
+    fn forever(
+        backend: Arc<dyn Backend>,
+        object: &str,
+        options: LockOptions,
+    ) -> Result<Self, Error> {
+        let floor = backend.min_mutation_interval().unwrap_or_default();
+        let refresh_interval = options
+            .refresh_interval
+            .unwrap_or(FOREVER_REFRESH.max(floor));
+        if refresh_interval.is_zero() || refresh_interval < floor || refresh_interval > MAX_TTL / 2
+        {
+            return Err(Error::InvalidInput(format!(
+                "refresh interval {} of a forever lock must be at least {} and at most {}",
+                humantime::format_duration(refresh_interval),
+                humantime::format_duration(floor.max(Duration::from_millis(1))),
+                humantime::format_duration(MAX_TTL / 2),
+            )));
+        }
+        let shared = LockOptions {
+            forever: false,
+            ttl: MAX_TTL,
+            refresh_interval: Some(refresh_interval),
+            safety_margin: None,
+            ..options
+        };
+        Ok(Self {
+            ttl: FOREVER_LEASE,
+            forever: true,
+            margin: Duration::ZERO,
+            ..Self::new(backend, object, shared)?
+        })
+    }
+
+    /// The TTL as recorded in the lock.
+    pub(crate) fn record_ttl(&self) -> Ttl {
+        if self.forever {
+            Ttl::Forever
+        } else {
+            Ttl::Finite(self.ttl)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented tolerance: a holder whose clock runs 22 % slow still reaches
+    /// its default deadline (`TTL − m`) no later than observers judge it stale
+    /// (`TTL + m`), for every TTL accepted.
+    #[test]
+    fn default_margin_tolerates_a_22_percent_clock_rate_error_at_every_ttl() {
+        let ttls = [
+            MIN_TTL,
+            Duration::from_secs(2),
+            Duration::from_secs(80),
+            Duration::from_secs(3600),
+            Duration::from_secs(86_400),
+            MAX_TTL,
+        ];
+        for ttl in ttls {
+            let margin = default_margin(ttl);
+            let holder_deadline_in_real_time = (ttl - margin).mul_f64(1.22);
+            assert!(
+                holder_deadline_in_real_time <= ttl + margin,
+                "TTL {ttl:?}: {holder_deadline_in_real_time:?} > {:?}",
+                ttl + margin
+            );
+        }
     }
 }

@@ -2,10 +2,34 @@
 //!
 //! The object is never deleted by gcslock: release and break mark it released, so
 //! the fencing-token counter it carries survives from one holder to the next.
+//!
+//! Two optional parts (see DESIGN.md §7):
+//!
+//! * **Forever TTL**: `gcslock-ttl-ms` = `forever`. The lease never expires by time;
+//!   only a break frees it. Versions of gcslock from before forever TTLs fail to
+//!   parse it as a number, so they judge the object "not a lock" and never
+//!   overwrite it, rather than taking it over as stale.
+//! * **The last completed slot** ([`crate::Slot`], `--once-per`): written by the
+//!   release that follows a successful run, in the same conditional write that
+//!   releases the lock, and carried over by every later write (acquire, takeover,
+//!   refresh, release, break). Keys, all present or all absent:
+//!   `gcslock-done-period-s` (the period in whole seconds), `gcslock-done-slot` (the
+//!   slot index: whole periods since the Unix epoch), `gcslock-done-by` (the
+//!   completing holder's identity) and `gcslock-done-at`. A write cannot carry its
+//!   own server time, so the completing release writes `gcslock-done-at` =
+//!   `released`, meaning "the object's `updated` time": the release's time by the
+//!   server's clock. The next acquire, which reads the released object anyway,
+//!   writes that `updated` time as RFC 3339, and later writes copy it. The keys
+//!   cost no extra request. Versions of gcslock from before slots drop the keys
+//!   when they acquire the lock (a full rewrite), which reopens the slot.
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use crate::backend::Metadata;
+use crate::options::{MAX_TTL, MIN_TTL};
+use crate::slot::{CompletedSlot, Slot};
 
 pub(crate) const KEY_FORMAT: &str = "gcslock-format";
 pub(crate) const KEY_STATE: &str = "gcslock-state";
@@ -14,8 +38,78 @@ pub(crate) const KEY_HOLDER: &str = "gcslock-holder";
 pub(crate) const KEY_NONCE: &str = "gcslock-nonce";
 pub(crate) const KEY_TTL_MS: &str = "gcslock-ttl-ms";
 pub(crate) const KEY_SEQ: &str = "gcslock-refresh-seq";
+pub(crate) const KEY_DONE_PERIOD: &str = "gcslock-done-period-s";
+pub(crate) const KEY_DONE_SLOT: &str = "gcslock-done-slot";
+pub(crate) const KEY_DONE_BY: &str = "gcslock-done-by";
+pub(crate) const KEY_DONE_AT: &str = "gcslock-done-at";
 
 const FORMAT: &str = "1";
+/// `gcslock-ttl-ms` of a lease that never expires by time.
+const TTL_FOREVER: &str = "forever";
+/// `gcslock-done-at` of the release that completed the slot: the object's `updated`.
+const DONE_AT_RELEASE: &str = "released";
+
+/// How long a lease lasts without a refresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ttl {
+    /// Stale this long after the last refresh, by the server's clock.
+    Finite(Duration),
+    /// Never stale: only a break frees the lock.
+    Forever,
+}
+
+impl From<Duration> for Ttl {
+    fn from(ttl: Duration) -> Self {
+        Self::Finite(ttl)
+    }
+}
+
+impl std::fmt::Display for Ttl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Finite(ttl) => write!(f, "{}", humantime::format_duration(*ttl)),
+            Self::Forever => f.write_str("forever"),
+        }
+    }
+}
+
+/// The last completed slot as a record carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedSlot {
+    /// The completed slot.
+    pub slot: Slot,
+    /// The completing holder's identity.
+    pub by: String,
+    /// When it completed by the server's clock; `None` in the completing release
+    /// itself, whose own `updated` time is the completion time.
+    pub at: Option<DateTime<Utc>>,
+}
+
+impl RecordedSlot {
+    /// The completion, given the `updated` time of the object this was read from.
+    pub fn resolve(&self, updated: DateTime<Utc>) -> CompletedSlot {
+        CompletedSlot {
+            slot: self.slot,
+            completed_at: self.at.unwrap_or(updated),
+            completed_by: self.by.clone(),
+        }
+    }
+
+    /// The same completion with its time fixed, for a write that carries it over.
+    pub(crate) fn carried_from(&self, updated: DateTime<Utc>) -> Self {
+        Self {
+            at: Some(self.at.unwrap_or(updated)),
+            ..self.clone()
+        }
+    }
+}
+
+/// The longest holder name accepted (the same bound `LockOptions::identity` has).
+const MAX_HOLDER_LEN: usize = 512;
+/// The longest nonce accepted; ours are 32 hex digits.
+const MAX_NONCE_LEN: usize = 128;
+/// How much of a rejected value an error message quotes.
+const QUOTED_LEN: usize = 64;
 
 /// Whether the lock is held or has been released (a tombstone).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,10 +132,13 @@ pub struct LockRecord {
     /// Random per-acquisition value: tells our own lock instance from anyone else's.
     pub nonce: String,
     /// The TTL the holder acquired the lock with.
-    pub ttl: Duration,
+    pub ttl: Ttl,
     /// Bumped by every refresh, so each PATCH changes the object and a lost
     /// response can be recognised by reading the value back.
     pub refresh_seq: u64,
+    /// The last slot completed under this lock (`--once-per`), carried over by
+    /// every write.
+    pub completed: Option<RecordedSlot>,
 }
 
 impl LockRecord {
@@ -51,21 +148,46 @@ impl LockRecord {
             LockState::Held => "held",
             LockState::Released => "released",
         };
+        let ttl = match self.ttl {
+            Ttl::Finite(ttl) => ttl.as_millis().to_string(),
+            Ttl::Forever => TTL_FOREVER.to_owned(),
+        };
+        let completed = self.completed.iter().flat_map(|done| {
+            [
+                (KEY_DONE_PERIOD, done.slot.period().as_secs().to_string()),
+                (KEY_DONE_SLOT, done.slot.index().to_string()),
+                (KEY_DONE_BY, done.by.clone()),
+                (
+                    KEY_DONE_AT,
+                    done.at.map_or_else(
+                        || DONE_AT_RELEASE.to_owned(),
+                        |at| at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                    ),
+                ),
+            ]
+        });
         [
             (KEY_FORMAT, FORMAT.to_owned()),
             (KEY_STATE, state.to_owned()),
             (KEY_TOKEN, self.token.to_string()),
             (KEY_HOLDER, self.holder.clone()),
             (KEY_NONCE, self.nonce.clone()),
-            (KEY_TTL_MS, self.ttl.as_millis().to_string()),
+            (KEY_TTL_MS, ttl),
             (KEY_SEQ, self.refresh_seq.to_string()),
         ]
         .into_iter()
+        .chain(completed)
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
 
     /// Decodes the record, or says why the metadata is not a gcslock lock.
+    ///
+    /// The metadata is untrusted: anyone with write access to the bucket can put
+    /// anything there. Only the canonical encoding is accepted (plain decimal
+    /// numbers without sign or leading zeros, a TTL within the range locks accept,
+    /// a holder and nonce of sane length without control characters), so nothing
+    /// downstream meets a value it cannot compute with.
     pub fn from_metadata(metadata: &Metadata) -> Result<Self, String> {
         let get = |key: &str| {
             metadata
@@ -74,29 +196,140 @@ impl LockRecord {
         };
         let number = |key: &str| -> Result<u64, String> {
             let value = get(key)?;
-            value
-                .parse()
-                .map_err(|_| format!("metadata key {key} is not a number: {value:?}"))
+            parse_decimal(value).ok_or_else(|| {
+                format!(
+                    "metadata key {key} is not a number (plain decimal below 2^64): {}",
+                    quoted(value)
+                )
+            })
+        };
+        let text = |key: &str, max_len: usize| -> Result<String, String> {
+            let value = get(key)?;
+            if value.is_empty() || value.len() > max_len {
+                return Err(format!(
+                    "metadata key {key} must be 1 to {max_len} bytes long, not {}",
+                    value.len()
+                ));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(format!(
+                    "metadata key {key} contains control characters: {}",
+                    quoted(value)
+                ));
+            }
+            Ok(value.clone())
         };
         let format = get(KEY_FORMAT)?;
         if format != FORMAT {
             return Err(format!(
-                "unknown gcslock format {format:?} (this version understands {FORMAT})"
+                "unknown gcslock format {} (this version understands {FORMAT})",
+                quoted(format)
             ));
         }
         let state = match get(KEY_STATE)?.as_str() {
             "held" => LockState::Held,
             "released" => LockState::Released,
-            other => return Err(format!("unknown lock state {other:?}")),
+            other => return Err(format!("unknown lock state {}", quoted(other))),
+        };
+        let token = number(KEY_TOKEN)?;
+        let holder = text(KEY_HOLDER, MAX_HOLDER_LEN)?;
+        let nonce = text(KEY_NONCE, MAX_NONCE_LEN)?;
+        let ttl = if get(KEY_TTL_MS)? == TTL_FOREVER {
+            Ttl::Forever
+        } else {
+            let ttl = Duration::from_millis(number(KEY_TTL_MS)?);
+            if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+                return Err(format!(
+                    "metadata key {KEY_TTL_MS} is out of range: {} ms (locks accept {} to {}, \
+                     or {TTL_FOREVER})",
+                    ttl.as_millis(),
+                    humantime::format_duration(MIN_TTL),
+                    humantime::format_duration(MAX_TTL)
+                ));
+            }
+            Ttl::Finite(ttl)
         };
         Ok(Self {
             state,
-            token: number(KEY_TOKEN)?,
-            holder: get(KEY_HOLDER)?.clone(),
-            nonce: get(KEY_NONCE)?.clone(),
-            ttl: Duration::from_millis(number(KEY_TTL_MS)?),
+            token,
+            holder,
+            nonce,
+            ttl,
             refresh_seq: number(KEY_SEQ)?,
+            completed: decode_completed(metadata)?,
         })
+    }
+}
+
+/// The `gcslock-done-*` keys: all absent, or all present and well-formed.
+fn decode_completed(metadata: &Metadata) -> Result<Option<RecordedSlot>, String> {
+    let keys = [KEY_DONE_PERIOD, KEY_DONE_SLOT, KEY_DONE_BY, KEY_DONE_AT];
+    let values = keys.map(|key| metadata.get(key));
+    if values.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let [Some(period), Some(index), Some(by), Some(at)] = values else {
+        return Err(format!(
+            "the completed-slot keys {} must be all present or all absent",
+            keys.join(", ")
+        ));
+    };
+    let number = |key: &str, value: &str| -> Result<u64, String> {
+        parse_decimal(value).ok_or_else(|| {
+            format!(
+                "metadata key {key} is not a number (plain decimal below 2^64): {}",
+                quoted(value)
+            )
+        })
+    };
+    let period = Duration::from_secs(number(KEY_DONE_PERIOD, period)?);
+    let slot = Slot::new(period, number(KEY_DONE_SLOT, index)?)
+        .map_err(|error| format!("metadata keys {KEY_DONE_PERIOD}/{KEY_DONE_SLOT}: {error}"))?;
+    if by.is_empty() || by.len() > MAX_HOLDER_LEN || by.chars().any(char::is_control) {
+        return Err(format!(
+            "metadata key {KEY_DONE_BY} must be 1 to {MAX_HOLDER_LEN} bytes without control \
+             characters: {}",
+            quoted(by)
+        ));
+    }
+    let at = match at.as_str() {
+        DONE_AT_RELEASE => None,
+        at => Some(
+            DateTime::parse_from_rfc3339(at)
+                .map_err(|_| {
+                    format!(
+                        "metadata key {KEY_DONE_AT} is not an RFC 3339 time: {}",
+                        quoted(at)
+                    )
+                })?
+                .with_timezone(&Utc),
+        ),
+    };
+    Ok(Some(RecordedSlot {
+        slot,
+        by: by.clone(),
+        at,
+    }))
+}
+
+/// A `u64` in canonical decimal: ASCII digits only, no sign, no leading zero
+/// (`u64::from_str` would also take `+1`).
+fn parse_decimal(value: &str) -> Option<u64> {
+    let canonical = !value.is_empty()
+        && value.bytes().all(|byte| byte.is_ascii_digit())
+        && (value == "0" || !value.starts_with('0'));
+    if canonical {
+        value.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// A value for an error message: escaped, and cut short if long.
+fn quoted(value: &str) -> String {
+    match value.char_indices().nth(QUOTED_LEN) {
+        Some((end, _)) => format!("{:?}... ({} bytes)", &value[..end], value.len()),
+        None => format!("{value:?}"),
     }
 }
 
@@ -111,8 +344,9 @@ mod tests {
             token: 42,
             holder: "host:1".into(),
             nonce: "abc".into(),
-            ttl: Duration::from_secs(30),
+            ttl: Ttl::Finite(Duration::from_secs(30)),
             refresh_seq: 3,
+            completed: None,
         };
         assert_eq!(LockRecord::from_metadata(&record.to_metadata()), Ok(record));
 
@@ -126,5 +360,146 @@ mod tests {
         assert!(LockRecord::from_metadata(&metadata)
             .unwrap_err()
             .contains("not a number"));
+    }
+
+    fn valid() -> Metadata {
+        LockRecord {
+            state: LockState::Held,
+            token: 7,
+            holder: "host:1".into(),
+            nonce: "0123456789abcdef0123456789abcdef".into(),
+            ttl: Duration::from_secs(60).into(),
+            refresh_seq: 0,
+            completed: None,
+        }
+        .to_metadata()
+    }
+
+    fn with(key: &str, value: &str) -> Metadata {
+        let mut metadata = valid();
+        metadata.insert(key.into(), value.into());
+        metadata
+    }
+
+    #[test]
+    fn hostile_numbers_are_rejected_with_the_reason() {
+        let megabyte_of_digits = "9".repeat(1 << 20);
+        for key in [KEY_TOKEN, KEY_TTL_MS, KEY_SEQ] {
+            for hostile in [
+                "",
+                "+1",
+                "-1",
+                "01",
+                "1.0",
+                "1e3",
+                " 1",
+                "1\n",
+                "0x10",
+                "18446744073709551616", // u64::MAX + 1
+                "99999999999999999999999999999999",
+                "\u{0}",
+                megabyte_of_digits.as_str(),
+            ] {
+                let why = LockRecord::from_metadata(&with(key, hostile)).unwrap_err();
+                assert!(why.contains(key), "{key}={hostile:?}: {why}");
+                assert!(
+                    why.len() < 300,
+                    "the message quotes too much: {} bytes",
+                    why.len()
+                );
+            }
+        }
+        // The canonical extremes of the counters are fine.
+        let record = LockRecord::from_metadata(&with(KEY_TOKEN, &u64::MAX.to_string())).unwrap();
+        assert_eq!(record.token, u64::MAX);
+        assert_eq!(
+            LockRecord::from_metadata(&with(KEY_SEQ, "0"))
+                .unwrap()
+                .refresh_seq,
+            0
+        );
+    }
+
+    #[test]
+    fn a_ttl_outside_what_locks_accept_makes_the_record_invalid() {
+        for hostile in [
+            0,
+            999,
+            MAX_TTL.as_millis() as u64 + 1,
+            10_000_000_000_000_000, // the DateTime + TTL overflow
+            u64::MAX,
+        ] {
+            let why =
+                LockRecord::from_metadata(&with(KEY_TTL_MS, &hostile.to_string())).unwrap_err();
+            assert!(why.contains("out of range"), "{hostile}: {why}");
+        }
+        for fine in [MIN_TTL, MAX_TTL] {
+            let ttl = fine.as_millis().to_string();
+            assert_eq!(
+                LockRecord::from_metadata(&with(KEY_TTL_MS, &ttl))
+                    .unwrap()
+                    .ttl,
+                Ttl::Finite(fine)
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_holders_and_nonces_are_rejected() {
+        let megabyte = "a".repeat(1 << 20);
+        for key in [KEY_HOLDER, KEY_NONCE] {
+            for hostile in [
+                "",
+                "a\0b",
+                "a\u{1b}[2Jb",
+                "line\nbreak",
+                "\r",
+                "\u{7f}",
+                "\u{85}",
+                &megabyte,
+            ] {
+                let why = LockRecord::from_metadata(&with(key, hostile)).unwrap_err();
+                assert!(why.contains(key), "{key}: {why}");
+                assert!(
+                    why.len() < 300,
+                    "the message quotes too much: {} bytes",
+                    why.len()
+                );
+            }
+        }
+        let unicode = LockRecord::from_metadata(&with(KEY_HOLDER, "höst-名前:1")).unwrap();
+        assert_eq!(unicode.holder, "höst-名前:1");
+    }
+
+    #[test]
+    fn unknown_states_formats_and_missing_fields_are_rejected() {
+        let megabyte = "h".repeat(1 << 20);
+        for (key, value) in [
+            (KEY_STATE, "HELD"),
+            (KEY_STATE, ""),
+            (KEY_STATE, megabyte.as_str()),
+            (KEY_FORMAT, "2"),
+            (KEY_FORMAT, megabyte.as_str()),
+        ] {
+            let why = LockRecord::from_metadata(&with(key, value)).unwrap_err();
+            assert!(why.starts_with("unknown"), "{why}");
+            assert!(
+                why.len() < 300,
+                "the message quotes too much: {} bytes",
+                why.len()
+            );
+        }
+        for key in [
+            KEY_FORMAT, KEY_STATE, KEY_TOKEN, KEY_HOLDER, KEY_NONCE, KEY_TTL_MS, KEY_SEQ,
+        ] {
+            let mut metadata = valid();
+            metadata.remove(key);
+            let why = LockRecord::from_metadata(&metadata).unwrap_err();
+            assert!(why.contains(key) && why.contains("missing"), "{why}");
+        }
+        // Keys of later versions (or of other tools) are no reason to refuse.
+        let mut extra = valid();
+        extra.insert("gcslock-something-new".into(), "\u{0}".into());
+        assert!(LockRecord::from_metadata(&extra).is_ok());
     }
 }

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use crate::backend::{Backend, ObjectInfo, ObjectVersion};
 use crate::error::Error;
 use crate::options::default_margin;
-use crate::record::{LockRecord, LockState};
+use crate::record::{LockRecord, LockState, Ttl};
+use crate::retry::{Retry, DEFAULT_TIMEOUT};
+use crate::slot::CompletedSlot;
 use crate::token::FencingToken;
 
 /// What a read of the lock object shows.
@@ -23,6 +25,8 @@ pub enum LockStatus {
         token: FencingToken,
         /// When it was released, by the server's clock.
         released_at: DateTime<Utc>,
+        /// The last slot completed under this lock (`--once-per`), if any.
+        last_completed: Option<CompletedSlot>,
     },
     /// Held and refreshed recently enough.
     Held(HeldStatus),
@@ -37,20 +41,37 @@ pub enum LockStatus {
 
 /// Details of a held (or stale) lock.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HeldStatus {
     /// The holder's identity, as recorded in the lock.
     pub holder: String,
     /// The holder's fencing token.
     pub token: FencingToken,
     /// The TTL the holder acquired the lock with.
-    pub ttl: Duration,
+    pub ttl: Ttl,
     /// The last acquire or refresh, by the server's clock.
     pub last_refresh: DateTime<Utc>,
+    /// Time since `last_refresh` by the server's clock; `None` if the server sent
+    /// no `Date`.
+    pub last_heard: Option<Duration>,
     /// Server-judged time until the lock counts as stale (zero once stale);
-    /// `None` if the server sent no `Date`.
+    /// `None` if the server sent no `Date`, and for a forever TTL.
     pub expires_in: Option<Duration>,
     /// The object version read.
     pub version: ObjectVersion,
+    /// The last slot completed under this lock (`--once-per`), if any.
+    pub last_completed: Option<CompletedSlot>,
+}
+
+impl LockStatus {
+    /// The last slot completed under this lock (`--once-per`), whatever its state.
+    pub fn last_completed(&self) -> Option<&CompletedSlot> {
+        match self {
+            Self::Released { last_completed, .. } => last_completed.as_ref(),
+            Self::Held(held) | Self::Stale(held) => held.last_completed.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 impl LockStatus {
@@ -64,28 +85,40 @@ impl LockStatus {
             Ok(record) => record,
             Err(why) => return Self::NotALock { why },
         };
+        let last_completed = record
+            .completed
+            .as_ref()
+            .map(|done| done.resolve(info.updated));
         if record.state == LockState::Released {
             return Self::Released {
                 token: FencingToken::new(record.token),
                 released_at: info.updated,
+                last_completed,
             };
         }
-        let stale_at = chrono::Duration::from_std(record.ttl + default_margin(record.ttl))
-            .ok()
-            .map(|lease| info.updated + lease);
+        // The record's TTL is within range, but `updated` comes from the server
+        // too: a time at the end of chrono's range yields no server judgement, and
+        // waiters fall back to their own clock. A forever TTL is never stale.
+        let stale_at = match record.ttl {
+            Ttl::Finite(ttl) => ttl
+                .checked_add(default_margin(ttl))
+                .and_then(|lease| chrono::Duration::from_std(lease).ok())
+                .and_then(|lease| info.updated.checked_add_signed(lease)),
+            Ttl::Forever => None,
+        };
         let expires_in = match (stale_at, server_time) {
             (Some(stale_at), Some(now)) => Some((stale_at - now).to_std().unwrap_or_default()),
-            // A TTL too large for chrono never expires within any usable horizon.
-            (None, Some(_)) => None,
-            (_, None) => None,
+            _ => None,
         };
         let held = HeldStatus {
             holder: record.holder,
             token: FencingToken::new(record.token),
             ttl: record.ttl,
             last_refresh: info.updated,
+            last_heard: server_time.map(|now| (now - info.updated).to_std().unwrap_or_default()),
             expires_in,
             version: info.version,
+            last_completed,
         };
         if expires_in == Some(Duration::ZERO) {
             Self::Stale(held)
@@ -96,19 +129,89 @@ impl LockStatus {
 }
 
 /// Lists the locks under `prefix`, each judged by the server's clock at listing time.
+/// Transient storage failures are retried for up to 10 s (the default of
+/// [`LockOptions::unavailable_timeout`](crate::LockOptions::unavailable_timeout));
+/// see [`list_locks_within`] to choose.
 pub async fn list_locks(
     backend: &dyn Backend,
     prefix: &str,
 ) -> Result<Vec<(String, LockStatus)>, Error> {
+    list_locks_within(backend, prefix, DEFAULT_TIMEOUT).await
+}
+
+/// [`list_locks`], retrying transient storage failures (5xx, 429, timeouts, resets)
+/// with jittered backoff for up to `timeout`; then `Error::Unavailable`.
+pub async fn list_locks_within(
+    backend: &dyn Backend,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<Vec<(String, LockStatus)>, Error> {
     let location = format!("{}/{prefix}", backend.describe());
-    let listing = backend
-        .list(prefix)
+    let listing = Retry::new(timeout)
+        .run(|| backend.list(prefix))
         .await
         .map_err(|error| Error::from_backend(&location, error))?;
-    let now = listing.server_time;
-    let objects = listing.value;
-    Ok(objects
+    // Each object is judged by the clock reading of the page it came from.
+    Ok(listing
         .iter()
-        .map(|info| (info.name.clone(), LockStatus::judge(Some(info), now)))
+        .map(|listed| {
+            (
+                listed.value.name.clone(),
+                LockStatus::judge(Some(&listed.value), listed.server_time),
+            )
+        })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::LockRecord;
+
+    fn held_at(updated: DateTime<Utc>, ttl_ms: &str) -> ObjectInfo {
+        let mut metadata = LockRecord {
+            state: LockState::Held,
+            token: 1,
+            holder: "h:1".into(),
+            nonce: "n".into(),
+            ttl: Duration::from_secs(60).into(),
+            refresh_seq: 0,
+            completed: None,
+        }
+        .to_metadata();
+        metadata.insert(crate::record::KEY_TTL_MS.into(), ttl_ms.into());
+        ObjectInfo {
+            name: "l".into(),
+            version: ObjectVersion {
+                generation: 1,
+                metageneration: 1,
+            },
+            updated,
+            metadata,
+        }
+    }
+
+    #[test]
+    fn hostile_ttls_and_times_are_judged_without_panicking() {
+        let now = Utc::now();
+        // `updated + TTL` used to overflow chrono's range and panic.
+        for ttl_ms in [
+            "10000000000000000",
+            "9223372036854775807",
+            "18446744073709551615",
+        ] {
+            let judged = LockStatus::judge(Some(&held_at(now, ttl_ms)), Some(now));
+            assert!(matches!(judged, LockStatus::NotALock { .. }), "{judged:?}");
+        }
+        // A server time at the end of chrono's range: no server judgement, no panic.
+        for updated in [DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MIN_UTC] {
+            for server_time in [Some(now), Some(DateTime::<Utc>::MIN_UTC), None] {
+                let judged = LockStatus::judge(Some(&held_at(updated, "60000")), server_time);
+                assert!(
+                    matches!(judged, LockStatus::Held(_) | LockStatus::Stale(_)),
+                    "{judged:?}"
+                );
+            }
+        }
+    }
 }

@@ -9,7 +9,8 @@ use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, WriteCondition};
 use gcslock::{
-    Error, FencingToken, Lock, LockOptions, LockRecord, LockState, LockStatus, LossReason, Wait,
+    BreakOptions, Error, FencingToken, Lock, LockOptions, LockRecord, LockState, LockStatus,
+    LossReason, Wait,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -58,9 +59,13 @@ async fn acquire_release_and_tokens_grow_across_holders() {
     assert_eq!(last, 3);
     // Break keeps the counter: the next holder still gets a larger token.
     let guard = lock.try_acquire().await.expect("free");
-    lock.break_lock(Some(FencingToken::new(4)))
-        .await
-        .expect("break");
+    lock.break_with(
+        &BreakOptions::new()
+            .expected_token(Some(FencingToken::new(4)))
+            .now(true),
+    )
+    .await
+    .expect("break");
     let next = lock.try_acquire().await.expect("broken lock is free");
     assert_eq!(next.token().value(), 5);
     drop(guard);
@@ -218,8 +223,8 @@ async fn refresh_that_finds_the_lock_broken_fires_the_loss() {
     );
     assert!(!guard.is_valid());
     assert!(matches!(guard.check(), Err(Error::LeaseLost { .. })));
-    // The holder's refresh did not resurrect the lock.
-    assert_eq!(record(&memory).await.state, LockState::Released);
+    // The holder's refresh did not resurrect the lock: it stays revoked.
+    assert_eq!(record(&memory).await.holder, "revoked by admin");
     assert!(matches!(
         guard.release().await,
         Err(Error::LeaseLost { .. })
@@ -526,7 +531,7 @@ async fn without_a_server_date_waiters_fall_back_to_their_own_clock() {
             &self,
             p: &str,
         ) -> Result<
-            gcslock::backend::Stamped<Vec<gcslock::backend::ObjectInfo>>,
+            Vec<gcslock::backend::Stamped<gcslock::backend::ObjectInfo>>,
             gcslock::backend::BackendError,
         > {
             self.0.list(p).await

@@ -11,9 +11,9 @@
 //!   `GCSLOCK_TEST_BUCKET` (default `gcslock-test`). Unset: skipped with a message,
 //!   but a failure when `CI` is set, so CI never skips it silently.
 //!   `GCSLOCK_EMULATOR_KIND=fake-gcs-server` marks that endpoint's known gaps
-//!   (fake-gcs/README.md);
+//!   (emulators/README.md);
 //! * `strict::` — `GcsBackend` against `GCSLOCK_STRICT_EMULATOR_HOST`
-//!   (fake-gcs/strict-gcs). Unset: skipped with a message, a failure when
+//!   (emulators/strict-gcs). Unset: skipped with a message, a failure when
 //!   `GCSLOCK_REQUIRE_STRICT=1`;
 //! * with the `object-store` feature, `ObjectStoreBackend` on object_store's stores
 //!   (emulators/README.md): `object_store_memory::` (`memory://`, always), `s3::`

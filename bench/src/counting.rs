@@ -9,19 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gcslock::backend::{
-    Backend, BackendError, Metadata, ObjectInfo, ObjectVersion, Stamped, WriteCondition,
-};
+use futures_util::future::BoxFuture;
+pub use gcslock::backend::intercept::Operation as Op;
+use gcslock::backend::intercept::{Call as BackendCall, Hook, Intercept, Outcome};
+use gcslock::backend::Backend;
 use tokio::time::Instant;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    Write,
-    Read,
-    Update,
-    Delete,
-    List,
-}
 
 /// One completed call.
 #[derive(Clone, Copy, Debug)]
@@ -55,21 +47,20 @@ pub fn object_key(name: &str) -> u64 {
     hasher.finish()
 }
 
-#[derive(Debug)]
-pub struct Counting {
-    inner: Arc<dyn Backend>,
+/// A backend that counts and logs every call ([`Counter`] on an [`Intercept`]).
+pub type Counting = Intercept<Counter>;
+
+#[derive(Debug, Default)]
+pub struct Counter {
     /// Calls started, by `Op as usize`.
-    started: [AtomicU64; 5],
+    started: [AtomicU64; Op::ALL.len()],
     calls: Mutex<Vec<Call>>,
 }
 
-impl Counting {
-    pub fn new(inner: Arc<dyn Backend>) -> Arc<Self> {
-        Arc::new(Self {
-            inner,
-            started: Default::default(),
-            calls: Mutex::new(Vec::new()),
-        })
+impl Counter {
+    /// `inner`, counted.
+    pub fn wrap(inner: Arc<dyn Backend>) -> Arc<Counting> {
+        Arc::new(Intercept::wrap(inner, Self::default()))
     }
 
     /// Calls of `op` started so far.
@@ -85,79 +76,28 @@ impl Counting {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         std::mem::take(&mut *calls)
     }
+}
 
-    async fn timed<T>(
-        &self,
-        op: Op,
-        name: &str,
-        call: impl Future<Output = Result<T, BackendError>>,
-    ) -> Result<T, BackendError> {
+#[async_trait]
+impl Hook for Counter {
+    async fn around(&self, call: BackendCall<'_>, proceed: BoxFuture<'_, Outcome>) -> Outcome {
+        let op = call.operation();
         self.started[op as usize].fetch_add(1, Ordering::Relaxed);
         let in_release = IN_RELEASE.try_with(|flag| *flag).unwrap_or(false);
         let start = Instant::now();
-        let result = call.await;
-        let elapsed = start.elapsed();
+        let outcome = proceed.await;
         let entry = Call {
             op,
-            object: object_key(name),
+            object: object_key(call.object()),
             start,
-            elapsed,
-            ok: result.is_ok(),
+            elapsed: start.elapsed(),
+            ok: outcome.is_ok(),
             in_release,
         };
         self.calls
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(entry);
-        result
-    }
-}
-
-#[async_trait]
-impl Backend for Counting {
-    async fn write(
-        &self,
-        name: &str,
-        condition: WriteCondition,
-        metadata: &Metadata,
-    ) -> Result<Stamped<ObjectInfo>, BackendError> {
-        self.timed(Op::Write, name, self.inner.write(name, condition, metadata))
-            .await
-    }
-
-    async fn read(&self, name: &str) -> Result<Stamped<Option<ObjectInfo>>, BackendError> {
-        self.timed(Op::Read, name, self.inner.read(name)).await
-    }
-
-    async fn update_metadata(
-        &self,
-        name: &str,
-        expected: ObjectVersion,
-        metadata: &Metadata,
-    ) -> Result<Stamped<ObjectInfo>, BackendError> {
-        self.timed(
-            Op::Update,
-            name,
-            self.inner.update_metadata(name, expected, metadata),
-        )
-        .await
-    }
-
-    async fn delete(&self, name: &str, expected: ObjectVersion) -> Result<(), BackendError> {
-        self.timed(Op::Delete, name, self.inner.delete(name, expected))
-            .await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Stamped<Vec<ObjectInfo>>, BackendError> {
-        self.timed(Op::List, prefix, self.inner.list(prefix)).await
-    }
-
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    /// Forwarded: a wrapper must not hide the store's write-rate floor from `Lock::new`.
-    fn min_mutation_interval(&self) -> Option<Duration> {
-        self.inner.min_mutation_interval()
+        outcome
     }
 }

@@ -10,7 +10,7 @@ use gcslock::backend::{Backend, WriteCondition};
 use gcslock::{Lock, LockOptions, LockRecord, LockState, Wait};
 use tokio::time::Instant;
 
-use crate::counting::{Counting, Op};
+use crate::counting::{Counter, Op};
 use crate::emulator::{Emulator, Stats};
 use crate::report::{table, Config, Report};
 
@@ -41,8 +41,9 @@ fn crashed_holder(ttl: Duration, token: u64) -> LockRecord {
         token,
         holder: "crashed-holder:1".into(),
         nonce: "0".repeat(32),
-        ttl,
+        ttl: ttl.into(),
         refresh_seq: 0,
+        completed: None,
     }
 }
 
@@ -104,7 +105,7 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
     );
 
     // Refresh: a short interval; count requests against the refreshes the lease made.
-    let counting = Counting::new(Arc::clone(&gcs));
+    let counting = Counter::wrap(Arc::clone(&gcs));
     let interval = Duration::from_millis(500);
     let lock = Lock::new(
         counting.clone(),
@@ -113,15 +114,15 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
     )?;
     let guard = lock.try_acquire().await?;
     let before = emulator.stats().await?;
-    let updates_before = counting.count(Op::Update);
+    let updates_before = counting.count(Op::UpdateMetadata);
     let hang_guard = Instant::now() + Duration::from_secs(30);
-    while counting.count(Op::Update) < updates_before + 3 && Instant::now() < hang_guard {
+    while counting.count(Op::UpdateMetadata) < updates_before + 3 && Instant::now() < hang_guard {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The third refresh has been sent; wait for its answer, well before the fourth.
     tokio::time::sleep(interval / 4).await;
     let refresh = emulator.stats().await?.since(&before);
-    let refreshes = counting.count(Op::Update) - updates_before;
+    let refreshes = counting.count(Op::UpdateMetadata) - updates_before;
     guard.release().await?;
     row(
         &format!(
@@ -201,8 +202,8 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
     );
 
     // One waiter polling a live holder: no writes until the holder releases.
-    let holder_backend = Counting::new(Arc::clone(&gcs));
-    let waiter_backend = Counting::new(Arc::clone(&gcs));
+    let holder_backend = Counter::wrap(Arc::clone(&gcs));
+    let waiter_backend = Counter::wrap(Arc::clone(&gcs));
     let holder = Lock::new(
         holder_backend.clone(),
         "counts/wait",
@@ -215,7 +216,7 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
     )?;
     let held = holder.try_acquire().await?;
     let start = emulator.stats().await?;
-    let holder_updates = holder_backend.count(Op::Update);
+    let holder_updates = holder_backend.count(Op::UpdateMetadata);
     let waiting_since = Instant::now();
     let waiting = tokio::spawn(async move { waiter.acquire(Wait::Forever).await });
     tokio::time::sleep(config.wait_period).await;
@@ -224,9 +225,9 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
     // PATCH the emulator saw; the waiter's own writes come from its counting wrapper.
     let during = emulator.stats().await?.since(&start);
     let waited_for = waiting_since.elapsed();
-    let holder_refreshes = holder_backend.count(Op::Update) - holder_updates;
+    let holder_refreshes = holder_backend.count(Op::UpdateMetadata) - holder_updates;
     let waiter_own_writes = waiter_backend.count(Op::Write)
-        + waiter_backend.count(Op::Update)
+        + waiter_backend.count(Op::UpdateMetadata)
         + waiter_backend.count(Op::Delete);
     let released_at = Instant::now();
     held.release().await?;

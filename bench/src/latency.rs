@@ -11,7 +11,7 @@ use gcslock::backend::{Backend, BackendError, WriteCondition};
 use gcslock::{Lock, LockOptions, LockRecord, LockState};
 use tokio::time::Instant;
 
-use crate::counting::{Counting, Op};
+use crate::counting::{Counter, Op};
 use crate::emulator::{Emulator, BUCKET};
 use crate::report::{table, Config, Report};
 use crate::summary::{ratio, ratio_f, summarize, us, Summary};
@@ -31,8 +31,9 @@ fn record(seq: u64) -> LockRecord {
         token: 1,
         holder: "bench-latency:1".into(),
         nonce: "0123456789abcdef0123456789abcdef".into(),
-        ttl: Duration::from_secs(60),
+        ttl: Duration::from_secs(60).into(),
         refresh_seq: seq,
+        completed: None,
     }
 }
 
@@ -226,7 +227,7 @@ pub async fn run(
     // Refresh, part 2: driven by the lease itself at a short interval, timed by the
     // wrapper; beside it a bare GET paced at the same interval.
     let interval = config.lat_paced_interval;
-    let counting = Counting::new(Arc::clone(&gcs));
+    let counting = Counter::wrap(Arc::clone(&gcs));
     let lease_lock = Lock::new(
         counting.clone(),
         "lat/lease",
@@ -235,9 +236,9 @@ pub async fn run(
     let guard = lease_lock.try_acquire().await?;
     let _ = counting.take_calls();
     let cpu = sys::cpu_time()?;
-    let target = counting.count(Op::Update) + (warmup + config.lat_paced) as u64;
+    let target = counting.count(Op::UpdateMetadata) + (warmup + config.lat_paced) as u64;
     let hang_guard = Instant::now() + Duration::from_secs(300);
-    while counting.count(Op::Update) < target && Instant::now() < hang_guard {
+    while counting.count(Op::UpdateMetadata) < target && Instant::now() < hang_guard {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let lease_cpu_total = sys::cpu_time()? - cpu;
@@ -245,12 +246,12 @@ pub async fn run(
     guard.release().await?;
     let refreshes: Vec<Duration> = calls
         .iter()
-        .filter(|c| c.op == Op::Update && c.ok)
+        .filter(|c| c.op == Op::UpdateMetadata && c.ok)
         .skip(warmup)
         .take(config.lat_paced)
         .map(|c| c.elapsed)
         .collect();
-    let lease_updates = calls.iter().filter(|c| c.op == Op::Update).count();
+    let lease_updates = calls.iter().filter(|c| c.op == Op::UpdateMetadata).count();
     let lease_cpu = per(lease_cpu_total, lease_updates);
     let start = Instant::now();
     let mut paced_samples = Vec::with_capacity(config.lat_paced);

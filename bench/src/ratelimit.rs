@@ -10,7 +10,7 @@ use gcslock::backend::Backend;
 use gcslock::{Lock, LockOptions, Wait};
 use tokio::time::Instant;
 
-use crate::counting::{Counting, Op};
+use crate::counting::{Counter, Op};
 use crate::emulator::Emulator;
 use crate::report::{table, Config, Report};
 use crate::summary::ms;
@@ -30,7 +30,7 @@ async fn measure(emulator: &Emulator, config: &Config, report: &mut Report) -> R
     let gcs = Arc::new(emulator.backend()?);
     // The same options against the production endpoint (through the counting wrapper,
     // as above): `Lock::new` only, no request is sent.
-    let production: Arc<dyn Backend> = Counting::new(Arc::new(
+    let production: Arc<dyn Backend> = Counter::wrap(Arc::new(
         GcsBackend::builder("gcslock-bench")
             .endpoint(Some(DEFAULT_ENDPOINT.into()))
             .build()?,
@@ -42,7 +42,7 @@ async fn measure(emulator: &Emulator, config: &Config, report: &mut Report) -> R
         (Duration::from_secs(8), "rl/ttl-8s"),
         (Duration::from_secs(16), "rl/ttl-16s"),
     ] {
-        let counting = Counting::new(gcs.clone());
+        let counting = Counter::wrap(gcs.clone());
         let lock = Lock::new(
             counting.clone(),
             name,
@@ -65,16 +65,16 @@ async fn measure(emulator: &Emulator, config: &Config, report: &mut Report) -> R
         let _ = counting.take_calls();
         let guard = lock.try_acquire().await?;
         let before = emulator.stats().await?;
-        let updates = counting.count(Op::Update);
+        let updates = counting.count(Op::UpdateMetadata);
         tokio::time::sleep(config.rl_hold).await;
         let seen = emulator.stats().await?.since(&before);
-        let sent = counting.count(Op::Update) - updates;
+        let sent = counting.count(Op::UpdateMetadata) - updates;
         // The schedule's own gaps: from a successful write of this lease (the acquiring
         // POST included) to its next write, so retries after a 429 are left out.
         let mut writes: Vec<(Instant, bool)> = counting
             .take_calls()
             .iter()
-            .filter(|c| matches!(c.op, Op::Write | Op::Update))
+            .filter(|c| matches!(c.op, Op::Write | Op::UpdateMetadata))
             .map(|c| (c.start, c.ok))
             .collect();
         writes.sort_unstable_by_key(|w| w.0);

@@ -15,7 +15,7 @@ use gcslock::{Guard, Lock, LockOptions};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::counting::{in_release, object_key, Counting, Op};
+use crate::counting::{in_release, object_key, Counter, Op};
 use crate::emulator::{Emulator, BUCKET};
 use crate::report::{table, Config, Report};
 use crate::summary::{ms, us};
@@ -111,7 +111,7 @@ async fn hold_many(
     concurrency: usize,
 ) -> Result<ScaleResult> {
     let gcs = GcsBackend::builder(BUCKET).endpoint(Some(url)).build()?;
-    let counting = Counting::new(Arc::new(gcs));
+    let counting = Counter::wrap(Arc::new(gcs));
     let backend: Arc<dyn Backend> = counting.clone();
     backend.read("scale/warm-up").await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -169,24 +169,26 @@ async fn hold_many(
     });
     let window_start = Instant::now();
     let cpu = sys::cpu_time()?;
-    let updates = counting.count(Op::Update);
+    let updates = counting.count(Op::UpdateMetadata);
     tokio::time::sleep(window).await;
     let cpu_window = sys::cpu_time()? - cpu;
-    let refreshes_in_window = counting.count(Op::Update) - updates;
+    let refreshes_in_window = counting.count(Op::UpdateMetadata) - updates;
     sampling.store(false, Ordering::Relaxed);
     let (connections_max, connections_min, threads_max, sampler_cost) = sampler
         .join()
         .map_err(|_| anyhow::anyhow!("the sampler thread panicked"))?;
     let cpu_window = cpu_window.saturating_sub(sampler_cost);
     let calls = counting.take_calls();
-    let refresh_failures_in_window =
-        calls.iter().filter(|c| c.op == Op::Update && !c.ok).count() as u64;
+    let refresh_failures_in_window = calls
+        .iter()
+        .filter(|c| c.op == Op::UpdateMetadata && !c.ok)
+        .count() as u64;
     let buckets = usize::try_from(millis(window) / BUCKET_MS)
         .unwrap_or(0)
         .max(1);
     let mut histogram = vec![0u64; buckets];
     let (mut first, mut last) = (None::<Duration>, None::<Duration>);
-    for call in calls.iter().filter(|c| c.op == Op::Update) {
+    for call in calls.iter().filter(|c| c.op == Op::UpdateMetadata) {
         let Some(offset) = call.start.checked_duration_since(window_start) else {
             continue;
         };
@@ -226,7 +228,7 @@ async fn hold_many(
     // A refresh of the same object sent before release() was called and answered after.
     let refreshing: std::collections::HashMap<u64, Vec<(Instant, Instant)>> = calls
         .iter()
-        .filter(|c| c.op == Op::Update && !c.in_release)
+        .filter(|c| c.op == Op::UpdateMetadata && !c.in_release)
         .fold(Default::default(), |mut map, c| {
             map.entry(c.object)
                 .or_default()
@@ -272,7 +274,7 @@ async fn hold_many(
         release_requests: by_release.len() as u64,
         release_failed_patches: by_release
             .iter()
-            .filter(|c| c.op == Op::Update && !c.ok)
+            .filter(|c| c.op == Op::UpdateMetadata && !c.ok)
             .count() as u64,
         release_reads: by_release.iter().filter(|c| c.op == Op::Read).count() as u64,
         releases_with_refresh_in_flight,

@@ -16,13 +16,23 @@ A distributed lease lock whose only server is a Google Cloud Storage bucket.
 same job started from cron, CronJobs or CI on many machines runs at most once at a time.
 The lease is refreshed in the background; if it is lost the command is stopped.
 
-Storage: the endpoint is --endpoint if given, else $STORAGE_EMULATOR_HOST (an emulator, no
-credentials), else https://storage.googleapis.com with Application Default Credentials.";
+Storage: the endpoint is --endpoint ($GCSLOCK_ENDPOINT) if given, else $STORAGE_EMULATOR_HOST
+(an emulator, no credentials), else https://storage.googleapis.com with Application Default
+Credentials.";
+
+/// `0.1.0 (abc1234)`: the version and the source revision it was built from
+/// (`-dirty` with uncommitted changes, `unknown` outside a git checkout); see build.rs.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("GCSLOCK_BUILD_REVISION"),
+    ")"
+);
 
 #[derive(Debug, Parser)]
 #[command(
     name = "gcslock",
-    version,
+    version = VERSION,
     about = ABOUT,
     long_about = LONG_ABOUT,
     after_help = exit::SUMMARY,
@@ -67,6 +77,9 @@ pub enum Command {
     /// Used by `run`: kills the command's process group if gcslock dies
     #[command(name = cmd::run::watchdog::SUBCOMMAND, hide = true)]
     Watchdog(cmd::run::watchdog::WatchdogArgs),
+    /// Write the man pages or a shell completion script (for packagers)
+    #[command(hide = true, long_about = cmd::generate::LONG_ABOUT)]
+    Generate(cmd::generate::GenerateArgs),
 }
 
 #[cfg(test)]

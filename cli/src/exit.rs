@@ -6,13 +6,15 @@ use std::fmt;
 pub const SUMMARY: &str = "\
 Exit codes: the command's own (128+N if it died of signal N); 75 busy; 76 lease lost;
 64 usage; 65 not a lock; 66 no such bucket; 69 storage unavailable; 70 internal;
-74 I/O error; 77 permission denied; 78 stale fencing token (put);
+74 I/O error; 77 permission denied; 78 stale fencing token (put); 124 --max-runtime passed;
 126/127 command not executable/not found. See --help for details.";
 
 /// The table under every long `--help` (and in the man page).
 pub const HELP: &str = "\
 Exit codes:
   0-255  gcslock run: the command's own exit code; 128+N if it died of signal N
+  0      gcslock run --once-per: this period's slot was already completed, so the command
+         did not run (--done-exit-code changes it)
   64     usage error: bad arguments, URL, duration or option (EX_USAGE)
   65     the object exists but is not a gcslock lock; it is never overwritten (EX_DATAERR).
          `gcslock put`: the object has no fencing token (see --adopt-unfenced)
@@ -30,6 +32,9 @@ Exit codes:
   77     permission denied by storage, or no credentials (EX_NOPERM)
   78     `gcslock put`: the fencing token is stale: the object was already written with
          a larger one, by a newer holder; nothing was written
+  124    gcslock run --max-runtime: the command ran too long and was stopped (SIGTERM, then
+         SIGKILL after --kill-grace); the lock was released, and the slot of --once-per
+         was not recorded (as timeout(1) does)
   126    the command could not be executed (permission denied, not executable)
   127    the command was not found
   128+N  gcslock itself got signal N (INT, TERM, HUP, QUIT) while waiting for the lock;
@@ -56,6 +61,8 @@ pub const NO_PERMISSION: u8 = 77;
 /// `gcslock put`: the fencing token is stale; a newer lock holder has written the
 /// object (sysexits has no such meaning; 78 is the first code after those gcslock uses).
 pub const STALE_TOKEN: u8 = 78;
+/// `run --max-runtime` passed and the command was stopped (as `timeout(1)` exits).
+pub const TIMED_OUT: u8 = 124;
 /// The command could not be executed.
 pub const CANNOT_EXECUTE: u8 = 126;
 /// The command was not found.

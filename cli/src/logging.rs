@@ -19,7 +19,7 @@ pub const OUTCOME: &str = "gcslock::outcome";
 
 /// Installs the global subscriber. Only the first call has an effect.
 pub fn init(args: &GlobalArgs) {
-    let (default, ours) = if args.quiet {
+    let (default, ours) = if args.errors_only() {
         (LevelFilter::ERROR, LevelFilter::ERROR)
     } else {
         match args.verbose {

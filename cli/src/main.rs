@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::cli::{Cli, Command};
 
@@ -23,7 +23,7 @@ use crate::cli::{Cli, Command};
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse_command_line() {
         Ok(cli) => cli,
         Err(error) => return ExitCode::from(usage_error(&error)),
     };
@@ -50,6 +50,19 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+/// The parsed command line; also refuses -q with -v (see `quiet_and_verbose_conflict`).
+fn parse_command_line() -> Result<Cli, clap::Error> {
+    let mut command = Cli::command();
+    let mut matches = command.try_get_matches_from_mut(std::env::args_os())?;
+    if global::quiet_and_verbose_conflict(&matches) {
+        return Err(command.error(
+            ErrorKind::ArgumentConflict,
+            "the argument '--quiet' cannot be used with '--verbose'",
+        ));
+    }
+    Cli::from_arg_matches_mut(&mut matches)
+}
+
 async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => cmd::run::run(&cli.global, args).await,
@@ -60,6 +73,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Cat(args) => cmd::cat::cat(&cli.global, &args).await,
         // Blocks on stdin; nothing else runs in this process.
         Command::Watchdog(_) => Ok(cmd::run::watchdog::watchdog()),
+        Command::Generate(args) => cmd::generate::generate(&args),
     }
 }
 
@@ -121,6 +135,7 @@ fn one_line(rendered: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
     fn repeated_causes_are_printed_once() {

@@ -1,134 +1,69 @@
-//! Where a lock lives: `gs://` through the GCS backend, or (with the `object-store`
-//! feature) `s3://`, `az://` and `memory://` through object_store.
+//! Where a lock lives, as the user wrote it: the library's storage URLs
+//! (`gs://`, `memory://`, and with the `object-store` feature `s3://` and `az://`),
+//! validated by clap's value parsers before any request.
 
 use std::fmt;
 use std::sync::Arc;
 
 use gcslock::backend::gcs::GcsBackend;
-use gcslock::backend::Backend;
-use gcslock::{LockUrl, PrefixUrl};
+use gcslock::backend::{Backend, OpenOptions, StorageUrl};
 
 use crate::global::GlobalArgs;
 use crate::REQUEST_TIMEOUT;
 
-/// A lock's address as the user wrote it, validated before any request.
+/// A lock's address: `SCHEME://BUCKET/OBJECT`.
 #[derive(Clone, Debug)]
-pub enum LockTarget {
-    Gcs(LockUrl),
-    #[cfg(feature = "object-store")]
-    ObjectStore {
-        url: String,
-        key: String,
-    },
-}
+pub struct LockTarget(StorageUrl);
 
-/// A bucket and a name prefix, for `list`.
+/// A bucket and a name prefix, for `list`: `SCHEME://BUCKET[/PREFIX]`.
 #[derive(Clone, Debug)]
-pub enum ListTarget {
-    Gcs(PrefixUrl),
-    #[cfg(feature = "object-store")]
-    ObjectStore {
-        url: String,
-        prefix: String,
-    },
-}
+pub struct ListTarget(StorageUrl);
 
 impl LockTarget {
     pub fn parse(value: &str) -> Result<Self, String> {
-        if value.starts_with("gs://") || !value.contains("://") {
-            return value.parse().map(Self::Gcs).map_err(message);
-        }
-        #[cfg(feature = "object-store")]
-        {
-            let key = object_store_key(value)?;
-            if key.is_empty() {
-                return Err(format!(
-                    "{value:?} names no object: expected SCHEME://BUCKET/OBJECT"
-                ));
-            }
-            gcslock::validate_object_name(&key).map_err(message)?;
-            Ok(Self::ObjectStore {
-                url: value.to_owned(),
-                key,
-            })
-        }
-        #[cfg(not(feature = "object-store"))]
-        Err(unsupported(value))
+        StorageUrl::parse_object(value).map(Self).map_err(message)
     }
 
     /// The object name inside the bucket.
     pub fn object(&self) -> &str {
-        match self {
-            Self::Gcs(url) => url.object(),
-            #[cfg(feature = "object-store")]
-            Self::ObjectStore { key, .. } => key,
-        }
+        self.0.name()
     }
 
     /// The backend for this lock's bucket.
     pub fn backend(&self, global: &GlobalArgs) -> anyhow::Result<Arc<dyn Backend>> {
-        match self {
-            Self::Gcs(url) => Ok(Arc::new(gcs_backend(global, url.bucket())?)),
-            #[cfg(feature = "object-store")]
-            Self::ObjectStore { url, .. } => object_store_backend(url),
-        }
+        Ok(self.0.open(&open_options(global))?)
     }
 }
 
 impl fmt::Display for LockTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Gcs(url) => url.fmt(f),
-            #[cfg(feature = "object-store")]
-            Self::ObjectStore { url, .. } => f.write_str(url),
-        }
+        self.0.fmt(f)
     }
 }
 
 impl ListTarget {
     pub fn parse(value: &str) -> Result<Self, String> {
-        if value.starts_with("gs://") || !value.contains("://") {
-            return value.parse().map(Self::Gcs).map_err(message);
-        }
-        #[cfg(feature = "object-store")]
-        {
-            let prefix = object_store_key(value)?;
-            Ok(Self::ObjectStore {
-                url: value.to_owned(),
-                prefix,
-            })
-        }
-        #[cfg(not(feature = "object-store"))]
-        Err(unsupported(value))
+        StorageUrl::parse_prefix(value).map(Self).map_err(message)
     }
 
     pub fn prefix(&self) -> &str {
-        match self {
-            Self::Gcs(url) => &url.prefix,
-            #[cfg(feature = "object-store")]
-            Self::ObjectStore { prefix, .. } => prefix,
-        }
+        self.0.name()
     }
 
     pub fn backend(&self, global: &GlobalArgs) -> anyhow::Result<Arc<dyn Backend>> {
-        match self {
-            Self::Gcs(url) => Ok(Arc::new(gcs_backend(global, &url.bucket)?)),
-            #[cfg(feature = "object-store")]
-            Self::ObjectStore { url, .. } => object_store_backend(url),
-        }
+        Ok(self.0.open(&open_options(global))?)
     }
 
     /// The URL of one listed object.
     pub fn object_url(&self, name: &str) -> String {
-        match self {
-            Self::Gcs(url) => format!("gs://{}/{name}", url.bucket),
-            #[cfg(feature = "object-store")]
-            Self::ObjectStore { url, prefix } => {
-                let base = url.strip_suffix(prefix.as_str()).unwrap_or(url);
-                format!("{}/{name}", base.trim_end_matches('/'))
-            }
-        }
+        self.0.object_url(name)
     }
+}
+
+fn open_options(global: &GlobalArgs) -> OpenOptions {
+    OpenOptions::default()
+        .endpoint(global.endpoint.clone())
+        .request_timeout(REQUEST_TIMEOUT)
 }
 
 /// A library input error as a plain message, for clap's value parsers.
@@ -139,33 +74,8 @@ pub fn message(error: gcslock::Error) -> String {
     }
 }
 
-/// The key in an object_store URL. Parsing builds no client and sends nothing.
-#[cfg(feature = "object-store")]
-fn object_store_key(value: &str) -> Result<String, String> {
-    let scheme = value.split("://").next().unwrap_or_default();
-    if !matches!(scheme, "s3" | "s3a" | "az" | "azure" | "memory") {
-        return Err(format!(
-            "unsupported scheme {scheme:?} in {value:?}: expected gs://, s3://, az:// or memory://"
-        ));
-    }
-    gcslock::backend::object_store::ObjectStoreBackend::from_url(value)
-        .map(|(_, key)| key)
-        .map_err(message)
-}
-
-#[cfg(not(feature = "object-store"))]
-fn unsupported(value: &str) -> String {
-    let scheme = value.split("://").next().unwrap_or_default();
-    match scheme {
-        "s3" | "s3a" | "az" | "azure" | "memory" => format!(
-            "{scheme}:// locks need gcslock built with the `object-store` feature \
-             (cargo install gcslock --features object-store)"
-        ),
-        _ => format!("unsupported scheme {scheme:?} in {value:?}: expected gs://BUCKET/OBJECT"),
-    }
-}
-
-/// The GCS backend for `bucket`, per `--endpoint` / `STORAGE_EMULATOR_HOST`.
+/// The GCS backend for `bucket`, per `--endpoint` / `STORAGE_EMULATOR_HOST` (fenced
+/// objects live on GCS).
 pub fn gcs_backend(global: &GlobalArgs, bucket: &str) -> anyhow::Result<GcsBackend> {
     let backend = GcsBackend::builder(bucket)
         .endpoint(global.endpoint.clone())
@@ -177,13 +87,4 @@ pub fn gcs_backend(global: &GlobalArgs, bucket: &str) -> anyhow::Result<GcsBacke
         "storage backend"
     );
     Ok(backend)
-}
-
-#[cfg(feature = "object-store")]
-fn object_store_backend(url: &str) -> anyhow::Result<Arc<dyn Backend>> {
-    let (backend, _) = gcslock::backend::object_store::ObjectStoreBackend::from_url_with_timeout(
-        url,
-        REQUEST_TIMEOUT,
-    )?;
-    Ok(Arc::new(backend))
 }

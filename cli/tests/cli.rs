@@ -16,7 +16,7 @@
 //!
 //! Locally:
 //! ```text
-//! export STORAGE_EMULATOR_HOST=$(fake-gcs/start-fake-gcs-server.sh --bucket gcslock-test 4443)
+//! export STORAGE_EMULATOR_HOST=$(emulators/fake-gcs-server.sh --bucket gcslock-test 4443)
 //! cargo build -p strict-gcs && target/debug/strict-gcs --port 0 --bucket gcslock-test
 //! export GCSLOCK_STRICT_EMULATOR_HOST=http://127.0.0.1:PORT   # from its first line
 //! cargo test --test cli
@@ -184,6 +184,8 @@ async fn unreachable_endpoint_exits_69() {
     ] {
         let mut args = endpoint.to_vec();
         args.extend_from_slice(admin);
+        // Admin commands retry transient failures; keep the wait short.
+        args.extend_from_slice(&["--storage-timeout", "1s"]);
         let out = output(gcslock(None, &args)).await;
         assert_eq!(code(&out), 69, "{admin:?}: {}", describe(&out));
     }
@@ -614,9 +616,15 @@ async fn lease_lost_to_break_kills_grandchildren_and_exits_76() {
     );
     eprintln!("measured: break to gcslock exit (loss detected, group stopped): {detected:?}");
 
-    // The break left a released lock that nobody re-took.
+    // The break revoked the lock: held by the breaker until it turns stale.
     let status = status_json(Some(&emulator), &url).await;
-    assert_eq!(status["state"], "released", "{status}");
+    assert_eq!(status["state"], "held", "{status}");
+    assert!(
+        status["holder"]
+            .as_str()
+            .is_some_and(|holder| holder.starts_with("revoked by ")),
+        "{status}"
+    );
 }
 
 #[tokio::test]

@@ -10,9 +10,9 @@
 //!
 //! * `memory::` — object_store's `InMemory`, always;
 //! * `s3::` — `GCSLOCK_TEST_S3_URL` (such as `s3://gcslock-test`), configured by the
-//!   usual `AWS_*` variables (moto: `emulators/start-moto.sh`);
+//!   usual `AWS_*` variables (moto: `emulators/moto.sh`);
 //! * `azure::` — `GCSLOCK_TEST_AZURE_URL` (such as `az://gcslock-test`), configured by
-//!   the usual `AZURE_*` variables (Azurite: `emulators/start-azurite.sh`).
+//!   the usual `AZURE_*` variables (Azurite: `emulators/azurite.sh`).
 //!
 //! An unset target is skipped with a message, and fails instead when
 //! `GCSLOCK_REQUIRE_OBJECT_STORE=1` (CI). Object names start with a random per-run
@@ -162,8 +162,9 @@ async fn lock_a_crashed_holder_is_taken_over_after_its_ttl(t: &Ctx) {
         token: 7,
         holder: "crashed".into(),
         nonce: "dead".into(),
-        ttl,
+        ttl: ttl.into(),
         refresh_seq: 0,
+        completed: None,
     };
     let crashed_at = Instant::now();
     t.backend
@@ -193,7 +194,11 @@ async fn lock_a_broken_lease_is_noticed_by_its_holder(t: &Ctx) {
     let guard = holder.try_acquire().await.expect("acquire");
     let lost = guard.lost();
     let breaker = Lock::new(t.fresh(), name, short("breaker")).expect("lock");
-    let outcome = breaker.break_lock(None).await.expect("break");
+    // At once (`--now`): the next acquire below must not wait out a revoked lease.
+    let outcome = breaker
+        .break_with(&gcslock::BreakOptions::new().now(true))
+        .await
+        .expect("break");
     assert!(
         matches!(outcome, gcslock::BreakOutcome::Broken { token, .. } if token.value() == 1),
         "{outcome:?}"
@@ -230,8 +235,9 @@ async fn without_a_server_clock_takeover_waits_a_full_ttl_on_the_local_clock() {
         token: 1,
         holder: "crashed".into(),
         nonce: "dead".into(),
-        ttl,
+        ttl: ttl.into(),
         refresh_seq: 0,
+        completed: None,
     };
     backend
         .write("lock", DoesNotExist, &crashed.to_metadata())

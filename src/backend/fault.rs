@@ -8,23 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 
-use super::{Backend, BackendError, Metadata, ObjectInfo, ObjectVersion, Stamped, WriteCondition};
+use super::intercept::{Call, Hook, Intercept, Outcome};
+use super::BackendError;
 
 /// The backend calls a fault can target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operation {
-    /// [`Backend::write`](super::Backend::write).
-    Write,
-    /// [`Backend::read`](super::Backend::read).
-    Read,
-    /// [`Backend::update_metadata`](super::Backend::update_metadata).
-    UpdateMetadata,
-    /// [`Backend::delete`](super::Backend::delete).
-    Delete,
-    /// [`Backend::list`](super::Backend::list).
-    List,
-}
+pub use super::intercept::Operation;
 
 /// What goes wrong.
 #[derive(Clone, Debug)]
@@ -70,22 +60,17 @@ impl FaultError {
     }
 }
 
-/// Wraps a backend and injects scripted faults.
-#[derive(Clone, Debug)]
-pub struct FaultyBackend {
-    inner: Arc<dyn Backend>,
+/// Wraps a backend and injects scripted faults: `FaultyBackend::new(inner)`, then
+/// [`Faults::inject`] on it.
+pub type FaultyBackend = Intercept<Faults>;
+
+/// The fault script of a [`FaultyBackend`]; clones share it.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
     script: Arc<Mutex<VecDeque<(Operation, Fault)>>>,
 }
 
-impl FaultyBackend {
-    /// Wraps `inner`, with no faults scripted yet.
-    pub fn new(inner: Arc<dyn Backend>) -> Self {
-        Self {
-            inner,
-            script: Arc::default(),
-        }
-    }
-
+impl Faults {
     /// Queues a fault for the next call of `operation` (after earlier queued faults
     /// for the same operation have fired).
     pub fn inject(&self, operation: Operation, fault: Fault) {
@@ -115,77 +100,28 @@ impl FaultyBackend {
         let index = script.iter().position(|(op, _)| *op == operation)?;
         script.remove(index).map(|(_, fault)| fault)
     }
-
-    async fn run<T, F>(&self, operation: Operation, call: F) -> Result<T, BackendError>
-    where
-        F: std::future::Future<Output = Result<T, BackendError>>,
-    {
-        match self.take(operation) {
-            None => call.await,
-            Some(Fault::Reject(error)) => Err(error.to_error()),
-            Some(Fault::LoseResponse(error)) => {
-                let _applied = call.await;
-                Err(error.to_error())
-            }
-            Some(Fault::Delay(delay)) => {
-                tokio::time::sleep(delay).await;
-                call.await
-            }
-            Some(Fault::DelayResponse(delay)) => {
-                let result = call.await;
-                tokio::time::sleep(delay).await;
-                result
-            }
-        }
-    }
 }
 
 #[async_trait]
-impl Backend for FaultyBackend {
-    async fn write(
-        &self,
-        name: &str,
-        condition: WriteCondition,
-        metadata: &Metadata,
-    ) -> Result<Stamped<ObjectInfo>, BackendError> {
-        self.run(
-            Operation::Write,
-            self.inner.write(name, condition, metadata),
-        )
-        .await
-    }
-
-    async fn read(&self, name: &str) -> Result<Stamped<Option<ObjectInfo>>, BackendError> {
-        self.run(Operation::Read, self.inner.read(name)).await
-    }
-
-    async fn update_metadata(
-        &self,
-        name: &str,
-        expected: ObjectVersion,
-        metadata: &Metadata,
-    ) -> Result<Stamped<ObjectInfo>, BackendError> {
-        self.run(
-            Operation::UpdateMetadata,
-            self.inner.update_metadata(name, expected, metadata),
-        )
-        .await
-    }
-
-    async fn delete(&self, name: &str, expected: ObjectVersion) -> Result<(), BackendError> {
-        self.run(Operation::Delete, self.inner.delete(name, expected))
-            .await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Stamped<Vec<ObjectInfo>>, BackendError> {
-        self.run(Operation::List, self.inner.list(prefix)).await
-    }
-
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    fn min_mutation_interval(&self) -> Option<Duration> {
-        self.inner.min_mutation_interval()
+impl Hook for Faults {
+    async fn around(&self, call: Call<'_>, proceed: BoxFuture<'_, Outcome>) -> Outcome {
+        let operation = call.operation();
+        match self.take(operation) {
+            None => proceed.await,
+            Some(Fault::Reject(error)) => Outcome::failed(operation, error.to_error()),
+            Some(Fault::LoseResponse(error)) => {
+                let _applied = proceed.await;
+                Outcome::failed(operation, error.to_error())
+            }
+            Some(Fault::Delay(delay)) => {
+                tokio::time::sleep(delay).await;
+                proceed.await
+            }
+            Some(Fault::DelayResponse(delay)) => {
+                let outcome = proceed.await;
+                tokio::time::sleep(delay).await;
+                outcome
+            }
+        }
     }
 }

@@ -312,16 +312,14 @@ impl Backend for MemoryBackend {
         .map(|_| ())
     }
 
-    async fn list(&self, prefix: &str) -> Result<Stamped<Vec<ObjectInfo>>, BackendError> {
+    async fn list(&self, prefix: &str) -> Result<Vec<Stamped<ObjectInfo>>, BackendError> {
         self.count();
         let objects = self.objects();
-        Ok(self.stamp(
-            objects
-                .range(prefix.to_owned()..)
-                .take_while(|(name, _)| name.starts_with(prefix))
-                .map(|(name, object)| to_info(name, object))
-                .collect(),
-        ))
+        Ok(objects
+            .range(prefix.to_owned()..)
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .map(|(name, object)| self.stamp(to_info(name, object)))
+            .collect())
     }
 
     fn describe(&self) -> String {

@@ -6,6 +6,11 @@
 //! long it may keep trying (until its lease deadline).
 //!
 //! Every backend must pass the conformance suite in `tests/conformance/`.
+//!
+//! [`open`] turns a lock URL (`gs://`, `s3://`, `az://`, `memory://`) into a
+//! backend. To observe or alter calls (count them, inject faults, rewrite
+//! responses), wrap a backend in [`intercept::Intercept`] with a
+//! [`intercept::Hook`] rather than writing another forwarding `impl Backend`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,11 +19,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+pub mod address;
 pub mod fault;
 pub mod gcs;
+pub mod intercept;
 pub mod memory;
 #[cfg(feature = "object-store")]
 pub mod object_store;
+
+pub use address::{open, open_prefix, OpenOptions, Scheme, StorageUrl};
 
 /// Custom metadata of an object (GCS `metadata`, string to string).
 pub type Metadata = BTreeMap<String, String>;
@@ -103,8 +112,9 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn delete(&self, name: &str, expected: ObjectVersion) -> Result<(), BackendError>;
 
     /// Every object whose name starts with `prefix`, in name order, across all
-    /// pages; `server_time` is the clock reading of the last page.
-    async fn list(&self, prefix: &str) -> Result<Stamped<Vec<ObjectInfo>>, BackendError>;
+    /// pages; each carries the clock reading of the page (response) it came from,
+    /// so a long listing judges no object by a later page's clock.
+    async fn list(&self, prefix: &str) -> Result<Vec<Stamped<ObjectInfo>>, BackendError>;
 
     /// A human-readable location for messages, such as `gs://bucket`.
     fn describe(&self) -> String;
@@ -220,7 +230,13 @@ pub type ByteStream = BoxStream<'static, Result<Bytes, BackendError>>;
 /// than writing a torn object.
 pub struct UploadBody {
     len: u64,
-    stream: BoxStream<'static, io::Result<Bytes>>,
+    content: Content,
+}
+
+enum Content {
+    /// Already in memory: a transport may send it as one buffer.
+    Memory(Bytes),
+    Stream(BoxStream<'static, io::Result<Bytes>>),
 }
 
 impl fmt::Debug for UploadBody {
@@ -236,7 +252,7 @@ impl UploadBody {
     pub fn from_bytes(bytes: Bytes) -> Self {
         Self {
             len: bytes.len() as u64,
-            stream: stream::once(async move { Ok(bytes) }).boxed(),
+            content: Content::Memory(bytes),
         }
     }
 
@@ -247,13 +263,15 @@ impl UploadBody {
     ) -> Self {
         Self {
             len,
-            stream: ExactLength {
-                inner: stream.boxed(),
-                expected: len,
-                seen: 0,
-                done: false,
-            }
-            .boxed(),
+            content: Content::Stream(
+                ExactLength {
+                    inner: stream.boxed(),
+                    expected: len,
+                    seen: 0,
+                    done: false,
+                }
+                .boxed(),
+            ),
         }
     }
 
@@ -267,15 +285,34 @@ impl UploadBody {
         self.len == 0
     }
 
+    /// The bytes, if the body was made in memory ([`UploadBody::from_bytes`]);
+    /// else the body itself, to stream.
+    pub fn into_memory(self) -> Result<Bytes, Self> {
+        match self.content {
+            Content::Memory(bytes) => Ok(bytes),
+            content => Err(Self {
+                len: self.len,
+                content,
+            }),
+        }
+    }
+
     /// The bytes, for a transport that streams them.
     pub fn into_stream(self) -> BoxStream<'static, io::Result<Bytes>> {
-        self.stream
+        match self.content {
+            Content::Memory(bytes) => stream::once(async move { Ok(bytes) }).boxed(),
+            Content::Stream(stream) => stream,
+        }
     }
 
     /// The whole body in memory, for backends that keep objects in memory anyway.
     pub async fn into_bytes(self) -> io::Result<Bytes> {
         let capacity = usize::try_from(self.len).unwrap_or(0);
-        let mut chunks: Vec<Bytes> = self.stream.try_collect().await?;
+        let stream = match self.content {
+            Content::Memory(bytes) => return Ok(bytes),
+            Content::Stream(stream) => stream,
+        };
+        let mut chunks: Vec<Bytes> = stream.try_collect().await?;
         if chunks.len() == 1 {
             return Ok(chunks.swap_remove(0));
         }

@@ -1,4 +1,4 @@
-//! S3, Azure Blob and in-memory stores through the [`object_store`](::object_store)
+//! S3, Azure Blob and in-memory stores through the [`object_store`]
 //! crate (cargo feature `object-store`).
 //!
 //! The lease protocol conditions every write on an [`ObjectVersion`] (GCS's
@@ -26,7 +26,7 @@
 //!   deletes (release and break write a tombstone), so nothing needs it.
 //! * `list` lists the names, then reads each object (admin commands only).
 //! * Server time: the HTTP `Date` header of the store's own response, captured by
-//!   an [`HttpConnector`](::object_store::client::HttpConnector) wrapped around
+//!   an [`HttpConnector`] wrapped around
 //!   `object_store`'s reqwest client, and compared only with the same store's
 //!   `Last-Modified`. HTTP dates have whole seconds, so `updated` is reported as
 //!   `Last-Modified + 1s` (an upper bound: staleness is never judged early). The
@@ -68,6 +68,7 @@ use futures_util::StreamExt;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::address::{Scheme, StorageUrl};
 use super::{Backend, BackendError, Metadata, ObjectInfo, ObjectVersion, Stamped, WriteCondition};
 use crate::Error;
 
@@ -161,39 +162,33 @@ impl ObjectStoreBackend {
         url: &str,
         request_timeout: Duration,
     ) -> Result<(Self, String), Error> {
-        let invalid = |why: String| Error::InvalidInput(why);
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return Err(invalid(format!(
-                "{url:?} is not a storage URL: expected s3://BUCKET/KEY, az://CONTAINER/BLOB or memory://NAME/KEY"
+        let parsed = StorageUrl::parse_prefix(url)?;
+        let (scheme, bucket, key) = (parsed.scheme(), parsed.bucket(), parsed.name());
+        if scheme == Scheme::Gcs {
+            return Err(Error::InvalidInput(format!(
+                "{url:?}: gs:// locks use gcslock::backend::gcs::GcsBackend (GCS's generation \
+                 preconditions), not object_store"
             )));
-        };
-        match scheme {
-            "s3" | "s3a" | "az" | "azure" | "memory" => {}
-            "file" => {
-                return Err(invalid(format!(
-                "{url:?}: local files cannot hold a gcslock lock: object_store's LocalFileSystem \
-                     has no conditional update (PutMode::Update), which the lease protocol needs"
-            )))
-            }
-            "gs" => {
-                return Err(invalid(format!(
-                    "{url:?}: gs:// locks use gcslock::backend::gcs::GcsBackend (GCS's generation \
-                     preconditions), not object_store"
-                )))
-            }
-            other => {
-                return Err(invalid(format!(
-                    "unsupported scheme {other:?} in {url:?}: expected s3://, az:// or memory://"
-                )))
-            }
-        }
-        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(invalid(format!("{url:?} names no bucket or container")));
         }
         if !key.is_empty() {
-            to_path(key).map_err(|e| invalid(format!("{url:?}: {e}")))?;
+            check_key(key).map_err(|e| Error::InvalidInput(format!("{url:?}: {e}")))?;
         }
+        let backend = match scheme {
+            Scheme::Memory => Self::in_memory(bucket),
+            _ => Self::for_bucket(scheme, bucket, request_timeout)?,
+        };
+        Ok((backend, key.to_owned()))
+    }
+
+    /// The S3 bucket or Azure container `bucket`, configured from the environment as
+    /// [`ObjectStoreBackend::from_url`] describes. Names are checked by
+    /// [`StorageUrl`]'s parsing.
+    pub(crate) fn for_bucket(
+        scheme: Scheme,
+        bucket: &str,
+        request_timeout: Duration,
+    ) -> Result<Self, Error> {
+        let invalid = |why: String| Error::InvalidInput(why);
         let connector = DateCapturingConnector;
         let no_retries = RetryConfig {
             max_retries: 0,
@@ -208,9 +203,8 @@ impl ObjectStoreBackend {
                 redact(&e.to_string())
             ))
         };
-        let backend = match scheme {
-            "s3" | "s3a" => {
-                validate_s3_bucket(bucket).map_err(invalid)?;
+        let mut backend = match scheme {
+            Scheme::S3 => {
                 let mut builder = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     // The protocol needs If-None-Match / If-Match; never let the
@@ -235,8 +229,7 @@ impl ObjectStoreBackend {
                     Clock::HttpDate,
                 )
             }
-            "az" | "azure" => {
-                validate_azure_container(bucket).map_err(invalid)?;
+            Scheme::Azure => {
                 let mut builder = MicrosoftAzureBuilder::from_env()
                     .with_container_name(bucket)
                     .with_retry(no_retries)
@@ -260,9 +253,8 @@ impl ObjectStoreBackend {
             }
             _ => Self::in_memory(bucket),
         };
-        let mut backend = backend;
         backend.request_timeout = request_timeout;
-        Ok((backend, key.to_owned()))
+        Ok(backend)
     }
 
     /// An in-memory store named `name`, shared by every backend of that name in this
@@ -747,7 +739,7 @@ impl Backend for ObjectStoreBackend {
         })
     }
 
-    async fn list(&self, prefix: &str) -> Result<Stamped<Vec<ObjectInfo>>, BackendError> {
+    async fn list(&self, prefix: &str) -> Result<Vec<Stamped<ObjectInfo>>, BackendError> {
         EXCHANGE
             .scope(RefCell::new(Exchange::default()), async {
                 // object_store lists whole path segments: list the deepest directory that
@@ -774,13 +766,13 @@ impl Backend for ObjectStoreBackend {
                 let mut objects = Vec::with_capacity(names.len());
                 for name in names {
                     if let Some(known) = self.fetch(&name).await? {
-                        objects.push(known.info);
+                        objects.push(Stamped {
+                            value: known.info,
+                            server_time,
+                        });
                     }
                 }
-                Ok(Stamped {
-                    value: objects,
-                    server_time,
-                })
+                Ok(objects)
             })
             .await
     }
@@ -788,6 +780,13 @@ impl Backend for ObjectStoreBackend {
     fn describe(&self) -> String {
         self.location.clone()
     }
+}
+
+/// Refuses keys that object_store would store under another name.
+pub(crate) fn check_key(key: &str) -> Result<(), Error> {
+    to_path(key)
+        .map(drop)
+        .map_err(|e| Error::InvalidInput(e.to_string()))
 }
 
 /// The object key for a lock name, refusing names that object_store would change
@@ -807,41 +806,6 @@ fn to_path(name: &str) -> Result<Path, BackendError> {
         return Err(rejected("it is empty".into()));
     }
     Ok(path)
-}
-
-fn validate_s3_bucket(bucket: &str) -> Result<(), String> {
-    let valid = (3..=63).contains(&bucket.len())
-        && bucket
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid S3 bucket name {bucket:?}: 3 to 63 lowercase letters, digits, '-' and '.', \
-             starting and ending with a letter or digit"
-        ))
-    }
-}
-
-fn validate_azure_container(container: &str) -> Result<(), String> {
-    let valid = (3..=63).contains(&container.len())
-        && container
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && container.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && container.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && !container.contains("--");
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid Azure container name {container:?}: 3 to 63 lowercase letters, digits and \
-             single '-', starting and ending with a letter or digit"
-        ))
-    }
 }
 
 /// A random positive generation, different from the one it replaces.

@@ -122,10 +122,10 @@ mod object_store_targets {
         /// object_store's `InMemory`: always.
         Memory,
         /// `GCSLOCK_TEST_S3_URL` (such as `s3://gcslock-test`), configured by the
-        /// usual `AWS_*` variables (moto: `emulators/start-moto.sh`).
+        /// usual `AWS_*` variables (moto: `emulators/moto.sh`).
         S3,
         /// `GCSLOCK_TEST_AZURE_URL` (such as `az://gcslock-test`), configured by the
-        /// usual `AZURE_*` variables (Azurite: `emulators/start-azurite.sh`).
+        /// usual `AZURE_*` variables (Azurite: `emulators/azurite.sh`).
         Azure,
     }
 

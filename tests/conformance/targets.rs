@@ -85,7 +85,7 @@ impl Kind {
         match need {
             Needs::StrictConditions if self == Kind::FakeGcs => Some(
                 "fake-gcs-server ignores preconditions on PATCH and DELETE, never bumps the \
-                 metageneration and omits it from PATCH responses (fake-gcs/README.md); \
+                 metageneration and omits it from PATCH responses (emulators/README.md); \
                  this case runs on every other target",
             ),
             Needs::FakeGcsGaps if self != Kind::FakeGcs => {
@@ -208,7 +208,7 @@ impl Ctx {
                     return not_configured(
                         "emulator",
                         "STORAGE_EMULATOR_HOST",
-                        "fake-gcs/README.md",
+                        "emulators/README.md",
                         required,
                     );
                 }
@@ -235,7 +235,7 @@ impl Ctx {
                     return not_configured(
                         "strict",
                         "GCSLOCK_STRICT_EMULATOR_HOST",
-                        "fake-gcs/README.md",
+                        "emulators/README.md",
                         required,
                     );
                 };
@@ -346,7 +346,7 @@ pub async fn run_case(which: Which, case: &str, needs: &[Needs], run: CaseFn) {
     // objects stay: emulators/README.md.)
     if deletes {
         if let Ok(listed) = backend.list(&prefix).await {
-            for object in listed.value {
+            for object in listed.into_iter().map(|listed| listed.value) {
                 let _ = backend.delete(&object.name, object.version).await;
             }
         }

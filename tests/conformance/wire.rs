@@ -272,9 +272,9 @@ async fn list_follows_next_page_tokens() {
     ])
     .await;
     let listed = within(backend(&endpoint).list("p/")).await.expect("list");
-    let names: Vec<_> = listed.value.iter().map(|o| o.name.as_str()).collect();
+    let names: Vec<_> = listed.iter().map(|o| o.value.name.as_str()).collect();
     assert_eq!(names, ["p/a", "p/b", "p/c"]);
-    assert!(listed.server_time.is_some());
+    assert!(listed.iter().all(|o| o.server_time.is_some()));
     let first = requests.recv().await.expect("first page");
     assert_eq!(first.target, "/storage/v1/b/bkt/o?prefix=p%2F");
     let second = requests.recv().await.expect("second page");
@@ -282,6 +282,112 @@ async fn list_follows_next_page_tokens() {
         second.target,
         "/storage/v1/b/bkt/o?prefix=p%2F&pageToken=t%2B1%2F%3D"
     );
+}
+
+/// A listing that spans pages judges each object by its own page's `Date`: a
+/// later page's reading would make an object on an earlier page look older.
+#[tokio::test]
+async fn list_stamps_each_object_with_its_own_pages_date() {
+    let page = |date: &str, body: &str| {
+        response(
+            "200 OK",
+            &[("Content-Type", "application/json"), ("Date", date)],
+            body,
+        )
+    };
+    let item = |name: &str| {
+        format!(
+            r#"{{"name":"{name}","generation":"7","metageneration":"1","updated":"2026-11-25T03:18:06Z"}}"#
+        )
+    };
+    let (endpoint, _requests) = serve(vec![
+        page(
+            "Wed, 25 Nov 2026 03:18:07 GMT",
+            &format!(r#"{{"items":[{}],"nextPageToken":"t"}}"#, item("p/a")),
+        ),
+        page(
+            "Wed, 25 Nov 2026 03:20:07 GMT",
+            &format!(r#"{{"items":[{}]}}"#, item("p/b")),
+        ),
+    ])
+    .await;
+    let listed = within(backend(&endpoint).list("p/")).await.expect("list");
+    let stamps: Vec<_> = listed
+        .iter()
+        .map(|o| {
+            let time = o.server_time.map(|t| t.to_rfc3339());
+            (o.value.name.as_str(), time)
+        })
+        .collect();
+    assert_eq!(
+        stamps,
+        [
+            ("p/a", Some("2026-11-25T03:18:07+00:00".to_owned())),
+            ("p/b", Some("2026-11-25T03:20:07+00:00".to_owned())),
+        ]
+    );
+}
+
+/// The same, through `list_locks`: a lock on the first page of a long listing is
+/// judged by that page's clock, not by a much later page's.
+#[tokio::test]
+async fn list_locks_judges_each_lock_by_its_own_pages_clock() {
+    use gcslock::backend::memory::MemoryBackend;
+    use gcslock::{list_locks, Lock, LockOptions, LockStatus, Wait};
+
+    let memory = MemoryBackend::new("bkt");
+    let lock = Lock::new(
+        std::sync::Arc::new(memory.clone()),
+        "p/a",
+        LockOptions::default().ttl(Duration::from_secs(300)),
+    )
+    .expect("lock");
+    let _guard = lock.acquire(Wait::No).await.expect("acquire");
+    let held = memory
+        .read("p/a")
+        .await
+        .expect("read")
+        .value
+        .expect("lock object");
+    let item = |name: &str| {
+        serde_json::json!({
+            "name": name,
+            "generation": held.version.generation.to_string(),
+            "metageneration": held.version.metageneration.to_string(),
+            "updated": held.updated.to_rfc3339(),
+            "metadata": held.metadata,
+        })
+    };
+    let date = |after: i64| {
+        (held.updated + chrono::Duration::seconds(after))
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string()
+    };
+    let page = |date: &str, body: serde_json::Value| {
+        response(
+            "200 OK",
+            &[("Content-Type", "application/json"), ("Date", date)],
+            &body.to_string(),
+        )
+    };
+    let (endpoint, _requests) = serve(vec![
+        page(
+            &date(10),
+            serde_json::json!({"items": [item("p/a")], "nextPageToken": "t"}),
+        ),
+        // The last page answers an hour later: past the first lock's TTL.
+        page(&date(3600), serde_json::json!({"items": [item("p/b")]})),
+    ])
+    .await;
+    let locks = within(list_locks(&backend(&endpoint), "p/"))
+        .await
+        .expect("list");
+    assert_eq!(locks.len(), 2, "{locks:?}");
+    assert!(
+        matches!(locks[0], (ref name, LockStatus::Held(_)) if name == "p/a"),
+        "{locks:?}"
+    );
+    assert!(matches!(locks[1].1, LockStatus::Stale(_)), "{locks:?}");
 }
 
 #[tokio::test]
@@ -293,7 +399,7 @@ async fn list_page_size_is_sent_as_max_results() {
         .list_page_size(2)
         .build()
         .expect("backend");
-    assert!(within(b.list("")).await.expect("list").value.is_empty());
+    assert!(within(b.list("")).await.expect("list").is_empty());
     let request = requests.recv().await.expect("request");
     assert_eq!(request.target, "/storage/v1/b/bkt/o?prefix=&maxResults=2");
 }

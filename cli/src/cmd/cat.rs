@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::cmd::fenced::{fence_error, fenced_object, parse_object_url, stdout_error, unwrap_lock};
 use crate::global::GlobalArgs;
+use crate::output::escape;
 
 pub const LONG_ABOUT: &str = "\
 Write the body of gs://BUCKET/OBJECT to stdout, streamed; stdout carries nothing else.
@@ -40,9 +41,10 @@ pub async fn cat(global: &GlobalArgs, args: &CatArgs) -> anyhow::Result<u8> {
     let object = fenced_object(global, &args.url)?;
     let read = object.read().await.map_err(fence_error)?;
     if args.show_token {
+        let url = escape(&args.url.to_string());
         let line = match read.token {
-            Some(token) => format!("gcslock: {}: token {token}", args.url),
-            None => format!("gcslock: {}: no fencing token", args.url),
+            Some(token) => format!("gcslock: {url}: token {token}"),
+            None => format!("gcslock: {url}: no fencing token"),
         };
         // Straight to stderr, whatever the log settings: it was asked for.
         let _ = writeln!(io::stderr().lock(), "{line}");

@@ -3,14 +3,15 @@
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::cmd::status::{describe, StatusView};
+use crate::cmd::status::{describe, StatusView, StorageTimeout};
 use crate::global::GlobalArgs;
 use crate::output::print_lines;
 use crate::target::ListTarget;
 
 pub const HELP: &str = "\
 --json prints JSON lines: one object per lock, in name order, with the fields of
-`gcslock status --json`. Nothing is printed when no object matches.
+`gcslock status --json`. Nothing is printed when no object matches. Text output shows
+control and bidi characters in object names and holders escaped as \\u{..}.
 
 Exit codes: 0 when the listing succeeded; otherwise as for run.";
 
@@ -23,11 +24,16 @@ pub struct ListArgs {
     /// Print JSON lines (one object per lock) instead of text
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub storage_timeout: StorageTimeout,
 }
 
 pub async fn list(global: &GlobalArgs, args: &ListArgs) -> anyhow::Result<u8> {
     let backend = args.url.backend(global)?;
-    let locks = gcslock::list_locks(&*backend, args.url.prefix()).await?;
+    let locks =
+        gcslock::list_locks_within(&*backend, args.url.prefix(), args.storage_timeout.duration)
+            .await?;
     let mut lines = Vec::with_capacity(locks.len());
     for (name, status) in &locks {
         let url = args.url.object_url(name);

@@ -3,6 +3,7 @@
 pub mod break_lock;
 pub mod cat;
 mod fenced;
+pub mod generate;
 pub mod list;
 pub mod put;
 pub mod run;

@@ -4,13 +4,16 @@
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use clap::Args;
-use gcslock::fence::{BodySource, FenceOptions, Replaced};
+use gcslock::fence::{BodySource, FenceOptions, FencedWrite, Replaced};
 use gcslock::{FencingToken, LockUrl};
+use serde::Serialize;
 
 use crate::cmd::fenced::{fence_error, fenced_object, parse_object_url, spool_stdin};
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
+use crate::output::{escape, print_lines, timestamp};
 
 /// The environment variable `gcslock run` gives its command the token in.
 pub const TOKEN_VAR: &str = "GCSLOCK_TOKEN";
@@ -34,6 +37,11 @@ An existing object without a fencing token was written outside fenced writes and
 other tools' uploads and readers that ignore the metadata are not fenced.";
 
 pub const HELP: &str = "\
+Prints nothing on stdout, unless --json: then one object {\"url\", \"outcome\": \"written\",
+\"token\", \"replaced\": \"nothing\"|\"fenced\"|\"unfenced\", \"previous_token\" (replaced a fenced
+object), \"generation\", \"metageneration\", \"updated\" (RFC 3339), \"attempts\"}; absent fields
+are omitted.
+
 Exit codes: 0 written; 78 stale token (a newer holder wrote the object; nothing was written);
 65 the object exists without a fencing token (use --adopt-unfenced) or is a lock object;
 75 concurrent writers kept winning the race, nothing was written; 64 no or non-numeric token,
@@ -53,6 +61,10 @@ pub struct PutArgs {
     /// Overwrite an existing object that has no fencing token, treating it as token 0
     #[arg(long)]
     pub adopt_unfenced: bool,
+
+    /// Print one JSON object describing the write on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `gcslock put URL [--token N] [--adopt-unfenced] < data`
@@ -75,9 +87,51 @@ pub async fn put(global: &GlobalArgs, args: &PutArgs) -> anyhow::Result<u8> {
         attempts = written.attempts,
         generation = written.info.version.generation,
         "{}: written with token {token} ({replaced})",
-        args.url
+        escape(&args.url.to_string())
     );
+    if args.json {
+        let url = args.url.to_string();
+        let line = serde_json::to_string(&PutView::new(&url, &written))
+            .context("cannot encode the outcome as JSON")?;
+        print_lines([line])?;
+    }
     Ok(0)
+}
+
+/// The JSON form of a fenced write (`put --json`).
+#[derive(Debug, Serialize)]
+struct PutView<'a> {
+    url: &'a str,
+    outcome: &'static str,
+    token: u64,
+    replaced: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_token: Option<u64>,
+    generation: i64,
+    metageneration: i64,
+    updated: String,
+    attempts: u32,
+}
+
+impl<'a> PutView<'a> {
+    fn new(url: &'a str, written: &FencedWrite) -> Self {
+        let (replaced, previous_token) = match written.replaced {
+            Replaced::Nothing => ("nothing", None),
+            Replaced::Fenced(previous) => ("fenced", Some(previous.value())),
+            Replaced::Unfenced => ("unfenced", None),
+        };
+        Self {
+            url,
+            outcome: "written",
+            token: written.token.value(),
+            replaced,
+            previous_token,
+            generation: written.info.version.generation,
+            metageneration: written.info.version.metageneration,
+            updated: timestamp(&written.info.updated),
+            attempts: written.attempts,
+        }
+    }
 }
 
 /// `--token` wins; otherwise `$GCSLOCK_TOKEN`; neither is a usage error.

@@ -1,23 +1,47 @@
 //! `gcslock status`: one lock's state, for people (one line) or programs (JSON).
 //! The line and the JSON object are shared with `list`.
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 use clap::Args;
-use gcslock::{HeldStatus, Lock, LockOptions, LockStatus};
+use gcslock::{CompletedSlot, HeldStatus, Lock, LockOptions, LockStatus, Ttl};
 use serde::Serialize;
 
 use crate::global::GlobalArgs;
-use crate::output::{print_lines, short_duration, timestamp};
+use crate::output::{escape, print_lines, short_duration, timestamp};
+use crate::parse::parse_duration;
 use crate::target::LockTarget;
+
+/// How long `status`, `list` and `break` retry transient storage failures (503, 429,
+/// timeouts, resets) before giving up with exit 69.
+#[derive(Debug, Args)]
+pub struct StorageTimeout {
+    /// How long to retry transient storage failures (5xx, 429, timeouts, resets) with
+    /// backoff before giving up (exit 69)
+    #[arg(
+        long = "storage-timeout",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        default_value = "10s",
+        env = "GCSLOCK_STORAGE_TIMEOUT"
+    )]
+    pub duration: Duration,
+}
 
 pub const HELP: &str = "\
 States: free (no lock object, or released by its last holder), held, stale (not refreshed
 within its TTL by the server's clock: the next contender takes it over), not-a-lock.
-Times left are judged by the storage server's clock, never this machine's.
+Times left are judged by the storage server's clock, never this machine's. A lock revoked
+by `gcslock break` shows as held by \"revoked by NAME\" until it turns stale.
+Text output shows control and bidi characters read from storage escaped as \\u{..}.
 
 --json prints one object: {\"url\", \"state\": \"free\"|\"released\"|\"held\"|\"stale\"|\"not-a-lock\",
 \"free\": bool, \"token\", \"holder\", \"ttl_ms\", \"last_refresh\" (RFC 3339), \"expires_in_ms\",
 \"released_at\", \"generation\", \"metageneration\", \"reason\"}; absent fields are omitted.
+A forever lock has \"ttl_forever\": true instead of \"ttl_ms\"; \"last_heard_ms\" is the server's
+time since the last refresh. A lock used with `run --once-per` has \"last_completed\":
+{\"period_s\", \"slot\", \"slot_start\", \"completed_at\" (server clock), \"completed_by\"}.
 
 Exit codes: 0 when the lock could be read, whatever its state; otherwise as for run.";
 
@@ -30,11 +54,15 @@ pub struct StatusArgs {
     /// Print one JSON object instead of a line of text
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub storage_timeout: StorageTimeout,
 }
 
 pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<u8> {
     let backend = args.url.backend(global)?;
-    let lock = Lock::new(backend, args.url.object(), LockOptions::default())?;
+    let options = LockOptions::default().unavailable_timeout(args.storage_timeout.duration);
+    let lock = Lock::new(backend, args.url.object(), options)?;
     let status = lock.status().await?;
     let url = args.url.to_string();
     let line = if args.json {
@@ -47,14 +75,30 @@ pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<u8
     Ok(0)
 }
 
-/// One line for people.
+/// One line for people; everything read from storage is escaped.
 pub fn describe(url: &str, status: &LockStatus) -> String {
-    match status {
+    let url = escape(url);
+    let line = match status {
         LockStatus::Free => format!("{url}: free (no lock object)"),
-        LockStatus::Released { token, released_at } => format!(
+        LockStatus::Released {
+            token, released_at, ..
+        } => format!(
             "{url}: free (released {}, last token {token})",
             timestamp(released_at)
         ),
+        LockStatus::Held(held) if held.ttl == Ttl::Forever => {
+            let heard = held
+                .last_heard
+                .map(|ago| format!(", last heard {} ago", short_duration(ago)))
+                .unwrap_or_default();
+            format!(
+                "{url}: held by {} (token {}){heard}; last refresh {}, ttl forever \
+                 (only `gcslock break --now` frees it)",
+                escape(&held.holder),
+                held.token,
+                timestamp(&held.last_refresh),
+            )
+        }
         LockStatus::Held(held) => {
             let left = held
                 .expires_in
@@ -62,23 +106,45 @@ pub fn describe(url: &str, status: &LockStatus) -> String {
                 .unwrap_or_default();
             format!(
                 "{url}: held by {} (token {}){left}; last refresh {}, ttl {}",
-                held.holder,
+                escape(&held.holder),
                 held.token,
                 timestamp(&held.last_refresh),
-                short_duration(held.ttl)
+                ttl_text(held.ttl)
             )
         }
         LockStatus::Stale(held) => format!(
             "{url}: stale: held by {} (token {}) but not refreshed since {} (ttl {}); \
              the next contender takes it over",
-            held.holder,
+            escape(&held.holder),
             held.token,
             timestamp(&held.last_refresh),
-            short_duration(held.ttl)
+            ttl_text(held.ttl)
         ),
-        LockStatus::NotALock { why } => format!("{url}: not a gcslock lock: {why}"),
+        LockStatus::NotALock { why } => format!("{url}: not a gcslock lock: {}", escape(why)),
         _ => format!("{url}: in a state this version cannot describe"),
+    };
+    match status.last_completed() {
+        Some(done) => format!("{line}; last completed {}", completed_text(done)),
+        None => line,
     }
+}
+
+fn ttl_text(ttl: Ttl) -> String {
+    match ttl {
+        Ttl::Finite(ttl) => short_duration(ttl),
+        _ => "forever".into(),
+    }
+}
+
+/// "the 1h slot starting 2026-01-01T10:00:00Z (completed 2026-01-01T10:00:42.123Z by host:12)"
+pub fn completed_text(done: &CompletedSlot) -> String {
+    format!(
+        "the {} slot starting {} (completed {} by {})",
+        humantime::format_duration(done.slot.period()),
+        timestamp(&done.slot.start()),
+        timestamp(&done.completed_at),
+        escape(&done.completed_by)
+    )
 }
 
 /// The JSON form of a lock's status (`status --json`, one line of `list --json`).
@@ -94,6 +160,11 @@ pub struct StatusView<'a> {
     holder: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ttl_ms: Option<u128>,
+    /// Only for a forever TTL (then `ttl_ms` is absent).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ttl_forever: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_heard_ms: Option<u128>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_refresh: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,6 +177,30 @@ pub struct StatusView<'a> {
     metageneration: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_completed: Option<CompletedView<'a>>,
+}
+
+/// The last completed slot (`run --once-per`) in JSON.
+#[derive(Debug, Serialize)]
+struct CompletedView<'a> {
+    period_s: u64,
+    slot: u64,
+    slot_start: String,
+    completed_at: String,
+    completed_by: &'a str,
+}
+
+impl<'a> CompletedView<'a> {
+    fn new(done: &'a CompletedSlot) -> Self {
+        Self {
+            period_s: done.slot.period().as_secs(),
+            slot: done.slot.index(),
+            slot_start: timestamp(&done.slot.start()),
+            completed_at: timestamp(&done.completed_at),
+            completed_by: &done.completed_by,
+        }
+    }
 }
 
 impl<'a> StatusView<'a> {
@@ -117,17 +212,25 @@ impl<'a> StatusView<'a> {
             token: None,
             holder: None,
             ttl_ms: None,
+            ttl_forever: false,
+            last_heard_ms: None,
             last_refresh: None,
             expires_in_ms: None,
             released_at: None,
             generation: None,
             metageneration: None,
             reason: None,
+            last_completed: status.last_completed().map(CompletedView::new),
         };
         let held = |state, held: &'a HeldStatus| Self {
             token: Some(held.token.value()),
             holder: Some(&held.holder),
-            ttl_ms: Some(held.ttl.as_millis()),
+            ttl_ms: match held.ttl {
+                Ttl::Finite(ttl) => Some(ttl.as_millis()),
+                _ => None,
+            },
+            ttl_forever: held.ttl == Ttl::Forever,
+            last_heard_ms: held.last_heard.map(|ago| ago.as_millis()),
             last_refresh: Some(timestamp(&held.last_refresh)),
             expires_in_ms: held.expires_in.map(|left| left.as_millis()),
             generation: Some(held.version.generation),
@@ -136,7 +239,9 @@ impl<'a> StatusView<'a> {
         };
         match status {
             LockStatus::Free => empty("free", true),
-            LockStatus::Released { token, released_at } => Self {
+            LockStatus::Released {
+                token, released_at, ..
+            } => Self {
                 token: Some(token.value()),
                 released_at: Some(timestamp(released_at)),
                 ..empty("released", true)
@@ -155,31 +260,46 @@ impl<'a> StatusView<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{DateTime, Utc};
-    use gcslock::backend::ObjectVersion;
-    use gcslock::FencingToken;
+    use gcslock::backend::{memory::MemoryBackend, Backend, WriteCondition};
+    use gcslock::{LockRecord, LockState, RecordedSlot, Slot};
+    use std::sync::Arc;
     use std::time::Duration;
 
-    fn held(ttl: Duration, left: Duration) -> LockStatus {
-        LockStatus::Held(HeldStatus {
-            holder: "host:1".into(),
-            token: FencingToken::new(7),
-            ttl,
-            last_refresh: DateTime::<Utc>::UNIX_EPOCH,
-            expires_in: Some(left),
-            version: ObjectVersion {
-                generation: 1,
-                metageneration: 2,
-            },
-        })
+    /// The status of a lock whose record is `record`, read `after` it was written.
+    async fn status_of(record: LockRecord, after: Duration) -> LockStatus {
+        let memory = Arc::new(MemoryBackend::new("b"));
+        memory
+            .write("o", WriteCondition::DoesNotExist, &record.to_metadata())
+            .await
+            .unwrap();
+        tokio::time::advance(after).await;
+        Lock::new(memory, "o", LockOptions::default())
+            .unwrap()
+            .status()
+            .await
+            .unwrap()
     }
 
-    #[test]
-    fn describes_states_in_one_line() {
-        let line = describe(
-            "gs://b/o",
-            &held(Duration::from_secs(300), Duration::from_secs(250)),
-        );
+    fn held(ttl: Ttl) -> LockRecord {
+        LockRecord {
+            state: LockState::Held,
+            token: 7,
+            holder: "host:1".into(),
+            nonce: "n".into(),
+            ttl,
+            refresh_seq: 0,
+            completed: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn describes_states_in_one_line() {
+        let status = status_of(
+            held(Duration::from_secs(300).into()),
+            Duration::from_secs(80),
+        )
+        .await;
+        let line = describe("gs://b/o", &status);
         assert!(
             line.starts_with("gs://b/o: held by host:1 (token 7), stale in 4m 10s;"),
             "{line}"
@@ -189,5 +309,49 @@ mod tests {
         assert_eq!(json["state"], "free");
         assert_eq!(json["free"], true);
         assert!(json.get("token").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shows_forever_holders_and_the_last_completed_slot() {
+        let slot = Slot::new(Duration::from_secs(3600), 10).unwrap();
+        let completed_at = "2026-01-01T10:00:42Z".parse().unwrap();
+        let record = LockRecord {
+            completed: Some(RecordedSlot {
+                slot,
+                by: "host:9".into(),
+                at: Some(completed_at),
+            }),
+            ..held(Ttl::Forever)
+        };
+        let status = status_of(record, Duration::from_secs(3 * 3600)).await;
+        let line = describe("gs://b/o", &status);
+        assert!(
+            line.starts_with("gs://b/o: held by host:1 (token 7), last heard 3h ago;"),
+            "{line}"
+        );
+        assert!(line.contains("ttl forever"), "{line}");
+        assert!(
+            line.ends_with(
+                "; last completed the 1h slot starting 1970-01-01T10:00:00.000Z \
+                 (completed 2026-01-01T10:00:42.000Z by host:9)"
+            ),
+            "{line}"
+        );
+        let json = serde_json::to_value(StatusView::new("gs://b/o", &status)).unwrap();
+        assert_eq!(json["ttl_forever"], true);
+        assert!(json.get("ttl_ms").is_none());
+        assert!(json.get("expires_in_ms").is_none());
+        assert_eq!(json["last_heard_ms"], 3 * 3600 * 1000);
+        assert_eq!(json["last_completed"]["period_s"], 3600);
+        assert_eq!(json["last_completed"]["slot"], 10);
+        assert_eq!(
+            json["last_completed"]["slot_start"],
+            "1970-01-01T10:00:00.000Z"
+        );
+        assert_eq!(
+            json["last_completed"]["completed_at"],
+            "2026-01-01T10:00:42.000Z"
+        );
+        assert_eq!(json["last_completed"]["completed_by"], "host:9");
     }
 }

@@ -65,7 +65,7 @@ impl Emulator {
 
     fn from_env(which: &str, variable: &str, required_by: Option<&str>) -> Option<Self> {
         let Some(endpoint) = env(variable) else {
-            return not_configured(which, variable, "fake-gcs/README.md", required_by);
+            return not_configured(which, variable, "emulators/README.md", required_by);
         };
         let bucket = env("GCSLOCK_TEST_BUCKET").unwrap_or_else(|| "gcslock-test".to_owned());
         Some(Self { endpoint, bucket })
@@ -88,11 +88,15 @@ pub fn unique_url(base: &str, test: &str) -> String {
 /// without an inherited token or URL; stdin empty, stdout and stderr piped.
 pub fn gcslock(emulator: Option<&Emulator>, args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
+    // Only what each test sets: none of the caller's GCSLOCK_* configuration.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("GCSLOCK_") {
+            command.env_remove(name);
+        }
+    }
     command
         .args(args)
         .env_remove("STORAGE_EMULATOR_HOST")
-        .env_remove("GCSLOCK_TOKEN")
-        .env_remove("GCSLOCK_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -898,10 +898,10 @@ async fn list(
         .backend
         .list(prefix)
         .await
-        .map_err(|e| from_backend(&bucket.name, prefix, e))?
-        .value;
+        .map_err(|e| from_backend(&bucket.name, prefix, e))?;
     let mut page: Vec<ObjectInfo> = all
         .into_iter()
+        .map(|listed| listed.value)
         .filter(|info| after.is_none_or(|after| info.name.as_str() > after))
         .take(max_results + 1)
         .collect();

@@ -66,7 +66,7 @@ fn parse_period(text: &str) -> Result<Duration, String> {
 impl fmt::Display for RateLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.per.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             write!(f, "{}/{}s", self.count, ms / 1000)
         } else {
             write!(f, "{}/{}ms", self.count, ms)

@@ -10,10 +10,10 @@ mod supervisor;
 pub mod watchdog;
 
 use std::ffi::OsString;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use gcslock::{Guard, Lock, LockOptions, Wait};
+use gcslock::{CompletedSlot, Guard, Lock, LockOptions, Slot, SlotAcquire, Ttl, Wait};
 use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 
@@ -24,8 +24,8 @@ use self::watchdog::Watchdog;
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
 use crate::logging::OUTCOME;
-use crate::output::short_duration;
-use crate::parse::{parse_duration, parse_wait};
+use crate::output::{short_duration, timestamp};
+use crate::parse::{parse_duration, parse_ttl, parse_wait};
 use crate::target::LockTarget;
 
 pub const LONG_ABOUT: &str = "\
@@ -57,6 +57,28 @@ If gcslock itself dies (even of SIGKILL), the command dies too: the kernel kills
 (parent-death signal) and a small watchdog process, `gcslock __watchdog` in a process group of
 its own, kills the command's whole process group.
 
+Once per period (--once-per PERIOD, e.g. `*/5 * * * * gcslock run --once-per 1h URL -- job`:
+hourly, retried every five minutes until one machine succeeds): the run belongs to the slot
+floor(unix time / PERIOD) of this machine's wall clock when gcslock starts. The command starts
+only if the lock records no completed run of that slot (or a later one) for this PERIOD, and
+the lock is free. When the command exits 0 with the lease valid to the end, the release
+records the slot as completed, in the same conditional write; no extra request is made. When
+it fails (non-zero exit, signal, lost lease, --max-runtime), the slot stays open: another
+machine waiting with --wait, or a later cron tick in the same period, runs it. A run whose slot
+is already completed does not start the command and exits 0 (--done-exit-code), with one line
+on stderr saying when the slot completed (server clock) and by whom; a waiter that sees the
+slot completed stops waiting at once. The wall clock only names the slot: clocks must agree to
+within the time between the period boundary and the cron firing time.
+
+--max-runtime DURATION: once the command has run that long, its process group gets SIGTERM,
+and SIGKILL after --kill-grace; gcslock releases the lock and exits 124.
+
+--ttl forever: the lease never expires by time and no waiter ever takes it over; only
+`gcslock break --now` frees the lock (a crashed holder's lock stays until then). The holder still
+refreshes (every minute by default) so that `gcslock status` shows when it was last heard from,
+and keeps its lease while refreshes fail. Older gcslock versions see such a lock as
+\"not a gcslock lock\" and never touch it.
+
 Every option can also be set by an environment variable (shown with each option; the option
 wins), as cron and systemd units like to configure things.
 
@@ -74,17 +96,37 @@ pub struct RunArgs {
     #[arg(short, long, env = "GCSLOCK_WAIT", value_name = "DURATION", value_parser = parse_wait)]
     pub wait: Option<Wait>,
 
-    /// How long the lease lasts without a refresh (1s to 7d)
+    /// How long the lease lasts without a refresh (1s to 7d), or `forever`: never
+    /// stale, only `gcslock break --now` frees it
     #[arg(
         long,
         env = "GCSLOCK_TTL",
         value_name = "DURATION",
-        value_parser = parse_duration,
+        value_parser = parse_ttl,
         default_value = "5m"
     )]
-    pub ttl: Duration,
+    pub ttl: Ttl,
 
-    /// How often the lease is refreshed. Default: TTL/8
+    /// Run at most once per PERIOD slot of this machine's wall clock (10m, 1h, 1d;
+    /// whole seconds, 1s to 366d); a failed run leaves the slot to a retry
+    #[arg(long, env = "GCSLOCK_ONCE_PER", value_name = "PERIOD", value_parser = parse_duration)]
+    pub once_per: Option<Duration>,
+
+    /// Exit code when --once-per finds this period's slot already completed
+    #[arg(
+        long,
+        env = "GCSLOCK_DONE_EXIT_CODE",
+        value_name = "CODE",
+        default_value_t = 0
+    )]
+    pub done_exit_code: u8,
+
+    /// Stop the command after it has run this long: SIGTERM to its process group,
+    /// SIGKILL after --kill-grace; exit 124, and the --once-per slot is not recorded
+    #[arg(long, env = "GCSLOCK_MAX_RUNTIME", value_name = "DURATION", value_parser = parse_duration)]
+    pub max_runtime: Option<Duration>,
+
+    /// How often the lease is refreshed. Default: TTL/8 (1m for --ttl forever)
     #[arg(long, env = "GCSLOCK_REFRESH_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
     pub refresh_interval: Option<Duration>,
 
@@ -139,7 +181,11 @@ pub fn max_kill_grace(ttl: Duration, margin: Duration, refresh_interval: Duratio
 
 /// The kill grace to use: the one asked for, refused above the limit, or the default.
 fn kill_grace(requested: Option<Duration>, lock: &Lock) -> Result<Duration, Coded> {
-    let (ttl, margin, interval) = (lock.ttl(), lock.safety_margin(), lock.refresh_interval());
+    // A forever lease never runs out: the grace only serves --max-runtime and leftovers.
+    let Ttl::Finite(ttl) = lock.ttl() else {
+        return Ok(requested.unwrap_or(DEFAULT_KILL_GRACE));
+    };
+    let (margin, interval) = (lock.safety_margin(), lock.refresh_interval());
     let limit = max_kill_grace(ttl, margin, interval);
     match requested {
         None => Ok(DEFAULT_KILL_GRACE.min(limit)),
@@ -164,10 +210,17 @@ fn kill_grace(requested: Option<Duration>, lock: &Lock) -> Result<Duration, Code
 pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     // Catch signals before anything can take time, so none is lost or kills us.
     let mut signals = Signals::install()?;
+    // The slot is named by the wall clock at start: the clock that made cron fire.
+    let slot = args
+        .once_per
+        .map(|period| Slot::containing(SystemTime::now(), period))
+        .transpose()?;
     let backend = args.url.backend(global)?;
-    let mut options = LockOptions::default()
-        .ttl(args.ttl)
-        .unavailable_timeout(args.storage_timeout);
+    let options = match args.ttl {
+        Ttl::Finite(ttl) => LockOptions::default().ttl(ttl),
+        _ => LockOptions::default().ttl_forever(),
+    };
+    let mut options = options.unavailable_timeout(args.storage_timeout);
     if let Some(interval) = args.refresh_interval {
         options = options.refresh_interval(interval);
     }
@@ -178,13 +231,26 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     let kill_grace = kill_grace(args.kill_grace, &lock)?;
     let url = args.url.to_string();
 
-    let (acquired, interrupted) =
-        acquire(&lock, args.wait.unwrap_or(Wait::No), &mut signals, &url).await;
+    let (acquired, interrupted) = acquire(
+        &lock,
+        slot,
+        args.wait.unwrap_or(Wait::No),
+        &mut signals,
+        &url,
+    )
+    .await;
     let guard = match (acquired, interrupted) {
-        (Ok(guard), None) => guard,
-        (Ok(guard), Some(signal)) => {
+        (Ok(SlotAcquire::Acquired(guard)), None) => guard,
+        (Ok(SlotAcquire::Acquired(guard)), Some(signal)) => {
             tracing::info!("{url}: acquired just as {signal} arrived; releasing it");
-            release(guard, &url).await;
+            release(guard, &url, false).await;
+            return Ok(exit::signal(signal as i32));
+        }
+        (Ok(SlotAcquire::AlreadyDone(done)), None) => {
+            tracing::warn!(target: OUTCOME, "{url}: {}; not running the command", done_line(slot, &done));
+            return Ok(args.done_exit_code);
+        }
+        (Ok(SlotAcquire::AlreadyDone(_)), Some(signal)) => {
             return Ok(exit::signal(signal as i32));
         }
         (Err(gcslock::Error::Cancelled { .. }), Some(signal)) => {
@@ -207,11 +273,40 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         &guard,
         &url,
         kill_grace,
+        args.max_runtime,
         &mut signals,
     )
     .await;
-    release(guard, &url).await;
+    // Exit 0 from run_locked means the command succeeded with the lease valid to the end.
+    let completed = slot.is_some() && matches!(code, Ok(0));
+    release(guard, &url, completed).await;
     code
+}
+
+/// "the 1h slot starting 2026-01-01T10:00:00Z is already done: completed ... by ...",
+/// naming the later slot that was completed if it is not ours.
+fn done_line(ours: Option<Slot>, done: &CompletedSlot) -> String {
+    let start = |slot: &Slot| {
+        slot.start()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let period = short_duration(done.slot.period());
+    let which = match ours {
+        Some(ours) if ours != done.slot => format!(
+            "the {period} slot starting {} is already done: the later slot starting {} was",
+            start(&ours),
+            start(&done.slot)
+        ),
+        _ => format!(
+            "the {period} slot starting {} is already done:",
+            start(&done.slot)
+        ),
+    };
+    format!(
+        "{which} completed {} by {}",
+        timestamp(&done.completed_at),
+        done.completed_by
+    )
 }
 
 /// Runs the command under the held lock, from the last checks to the group's end.
@@ -221,6 +316,7 @@ async fn run_locked(
     guard: &Guard,
     url: &str,
     kill_grace: Duration,
+    max_runtime: Option<Duration>,
     signals: &mut Signals,
 ) -> anyhow::Result<u8> {
     if let Some(signal) = signals.try_recv() {
@@ -255,7 +351,9 @@ async fn run_locked(
         pid = group.pgid().as_raw(),
         "{url}: command started"
     );
-    let supervised = supervise(&mut group, guard, signals, kill_grace, url).await;
+    let started = tokio::time::Instant::now();
+    let max_runtime_end = max_runtime.map(|limit| started.checked_add(limit).unwrap_or(started));
+    let supervised = supervise(&mut group, guard, signals, kill_grace, url, max_runtime_end).await;
     // Disarmed only once nothing of the group runs, so that a process group id reused
     // later is never signalled; otherwise the watchdog keeps trying after we exit.
     if !child::group_alive(group.pgid()) {
@@ -267,6 +365,17 @@ async fn run_locked(
                 tracing::info!("{url}: the command ended with {}", describe_status(status));
             }
             Ok(exit::LEASE_LOST)
+        }
+        Supervised::TimedOut(status) => {
+            let ended = status
+                .map(|status| format!("; it ended with {}", describe_status(status)))
+                .unwrap_or_default();
+            tracing::error!(
+                target: OUTCOME,
+                "{url}: the command ran longer than --max-runtime {} and was stopped{ended}",
+                short_duration(max_runtime.unwrap_or_default())
+            );
+            Ok(exit::TIMED_OUT)
         }
         Supervised::WaitFailed(error) => Err(Coded::new(
             exit::INTERNAL,
@@ -295,13 +404,14 @@ async fn run_locked(
 /// when the lock is actually busy.
 async fn acquire(
     lock: &Lock,
+    slot: Option<Slot>,
     wait: Wait,
     signals: &mut Signals,
     url: &str,
-) -> (Result<Guard, gcslock::Error>, Option<Signal>) {
+) -> (Result<SlotAcquire, gcslock::Error>, Option<Signal>) {
     let cancel = CancellationToken::new();
     let mut interrupted = None;
-    let first = cancellable(lock, Wait::No, &cancel, signals, &mut interrupted).await;
+    let first = cancellable(lock, slot, Wait::No, &cancel, signals, &mut interrupted).await;
     if wait == Wait::No || interrupted.is_some() {
         return (first, interrupted);
     }
@@ -312,12 +422,12 @@ async fn acquire(
     let result = match first {
         Err(gcslock::Error::Busy { holder, .. }) => {
             tracing::info!("{url} is busy: {holder}; waiting {how_long}");
-            cancellable(lock, wait, &cancel, signals, &mut interrupted).await
+            cancellable(lock, slot, wait, &cancel, signals, &mut interrupted).await
         }
         // --wait also covers an outage.
         Err(error @ gcslock::Error::Unavailable { .. }) => {
             tracing::warn!("{error}; still trying {how_long}");
-            cancellable(lock, wait, &cancel, signals, &mut interrupted).await
+            cancellable(lock, slot, wait, &cancel, signals, &mut interrupted).await
         }
         other => other,
     };
@@ -326,12 +436,21 @@ async fn acquire(
 
 async fn cancellable(
     lock: &Lock,
+    slot: Option<Slot>,
     wait: Wait,
     cancel: &CancellationToken,
     signals: &mut Signals,
     interrupted: &mut Option<Signal>,
-) -> Result<Guard, gcslock::Error> {
-    let acquire = lock.acquire_cancellable(wait, cancel);
+) -> Result<SlotAcquire, gcslock::Error> {
+    let acquire = async {
+        match slot {
+            Some(slot) => lock.acquire_slot_cancellable(slot, wait, cancel).await,
+            None => lock
+                .acquire_cancellable(wait, cancel)
+                .await
+                .map(SlotAcquire::Acquired),
+        }
+    };
     tokio::pin!(acquire);
     loop {
         tokio::select! {
@@ -346,10 +465,25 @@ async fn cancellable(
 }
 
 /// Releases the lock, bounded in time; failures are reported, not fatal: an
-/// unreleased lock expires after its TTL.
-async fn release(guard: Guard, url: &str) {
-    match tokio::time::timeout(RELEASE_TIMEOUT, guard.release()).await {
+/// unreleased lock expires after its TTL. With `completed`, the release also
+/// records the guard's --once-per slot as completed.
+async fn release(guard: Guard, url: &str, completed: bool) {
+    let released = async {
+        if completed {
+            guard.release_completed().await
+        } else {
+            guard.release().await
+        }
+    };
+    match tokio::time::timeout(RELEASE_TIMEOUT, released).await {
+        Ok(Ok(())) if completed => {
+            tracing::debug!("{url}: released; the slot is recorded as completed")
+        }
         Ok(Ok(())) => tracing::debug!("{url}: released"),
+        Ok(Err(error)) if completed => tracing::warn!(
+            "{url}: the command succeeded, but its slot could not be recorded as completed \
+             ({error}); another run may repeat it"
+        ),
         // Already reported when it happened.
         Ok(Err(gcslock::Error::LeaseLost { reason, .. })) => {
             tracing::debug!("{url}: nothing to release: {reason}");

@@ -88,6 +88,8 @@ pub enum Supervised {
     Exited(ExitStatus),
     /// The command was stopped because of the lease; its status if it was reaped.
     Stopped(Option<ExitStatus>),
+    /// The command ran past `--max-runtime` and was stopped; its status if reaped.
+    TimedOut(Option<ExitStatus>),
     /// Waiting for the command failed; its group got SIGKILL.
     WaitFailed(io::Error),
 }
@@ -104,6 +106,7 @@ enum Why {
     Superseded(String),
     Expired(String),
     RunningOut(Duration),
+    MaxRuntime,
 }
 
 /// Whether the lease still covers the command for longer than the kill grace.
@@ -139,13 +142,16 @@ enum Event {
 }
 
 /// Waits for the command, forwarding signals to its process group, and stops the
-/// group as the lease requires (see the module's documentation).
+/// group as the lease requires (see the module's documentation), or once
+/// `max_runtime_end` passes (`--max-runtime`: SIGTERM, then SIGKILL after the kill
+/// grace or at the lease's deadline if sooner).
 pub async fn supervise<G: Group, L: Lease>(
     group: &mut G,
     lease: &L,
     signals: &mut Signals,
     kill_grace: Duration,
     url: &str,
+    max_runtime_end: Option<Instant>,
 ) -> Supervised {
     let lost = lease.lost_notice();
     tokio::pin!(lost);
@@ -161,16 +167,27 @@ pub async fn supervise<G: Group, L: Lease>(
                 Event::Look
             }
             _ = tick.tick() => Event::Look,
+            () = sleep_until_some(max_runtime_end) => Event::Look,
             Some(signal) = signals.recv() => Event::Signal(signal),
         };
         match event {
             Event::Exited(status) => break status,
             Event::Signal(signal) => forward(group, signal),
             Event::Look => {
-                if let Some(stop) = decide(lease.state(), kill_grace, Instant::now()) {
+                let now = Instant::now();
+                if let Some(stop) = decide(lease.state(), kill_grace, now) {
                     announce(&stop, group.id(), url);
                     let status = stop_by(group, stop.kill_at, lease, signals).await;
                     return Supervised::Stopped(status);
+                }
+                if max_runtime_end.is_some_and(|end| now >= end) {
+                    let stop = Stop {
+                        kill_at: now.checked_add(kill_grace).unwrap_or(now),
+                        why: Why::MaxRuntime,
+                    };
+                    announce(&stop, group.id(), url);
+                    let status = stop_by(group, stop.kill_at, lease, signals).await;
+                    return Supervised::TimedOut(status);
                 }
             }
         }
@@ -217,6 +234,10 @@ fn announce(stop: &Stop, pgid: i32, url: &str) {
             "lease on {url} was not refreshed and runs out in {}; stopping the command before \
              it does (SIGTERM to process group {pgid}, SIGKILL at the lease's deadline)",
             short_duration(*left)
+        ),
+        Why::MaxRuntime => tracing::error!(
+            "the command ran past --max-runtime; stopping it (SIGTERM to process group {pgid}, \
+             SIGKILL after --kill-grace)"
         ),
     }
 }
@@ -434,7 +455,7 @@ mod tests {
         let (_sender, mut signals) = Signals::from_channel();
         tokio::time::timeout(
             HANG_GUARD,
-            supervise(group, lease, &mut signals, GRACE, "gs://b/o"),
+            supervise(group, lease, &mut signals, GRACE, "gs://b/o", None),
         )
         .await
         .expect("the supervisor never stopped the group")
@@ -543,9 +564,56 @@ mod tests {
         let lease = FakeLease::ending_in(Duration::from_secs(3600));
         let (sender, mut signals) = Signals::from_channel();
         sender.send(Signal::SIGHUP).unwrap();
-        let outcome = supervise(&mut group, &lease, &mut signals, GRACE, "gs://b/o").await;
+        let outcome = supervise(&mut group, &lease, &mut signals, GRACE, "gs://b/o", None).await;
         assert!(matches!(outcome, Supervised::Exited(_)), "{outcome:?}");
         let sent: Vec<Signal> = group.sent().into_iter().map(|(s, _)| s).collect();
         assert_eq!(sent, vec![Signal::SIGHUP, Signal::SIGCONT]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_runtime_stops_the_group_with_term_then_kill() {
+        // The command ignores SIGTERM and would run for an hour; the lease is healthy.
+        let mut group = FakeGroup::new(Some(Duration::from_secs(3600)));
+        let lease = FakeLease::ending_in(Duration::from_secs(3600));
+        let (_sender, mut signals) = Signals::from_channel();
+        let end = Instant::now() + Duration::from_secs(10);
+        let outcome = tokio::time::timeout(
+            HANG_GUARD,
+            supervise(
+                &mut group,
+                &lease,
+                &mut signals,
+                GRACE,
+                "gs://b/o",
+                Some(end),
+            ),
+        )
+        .await
+        .expect("supervise returned");
+        assert!(matches!(outcome, Supervised::TimedOut(_)), "{outcome:?}");
+        assert_eq!(group.first(Signal::SIGTERM), Some(Duration::from_secs(10)));
+        assert_eq!(group.first(Signal::SIGKILL), Some(Duration::from_secs(13)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_that_ends_in_time_is_not_timed_out() {
+        let mut group = FakeGroup::new(Some(Duration::from_secs(5)));
+        let lease = FakeLease::ending_in(Duration::from_secs(3600));
+        let (_sender, mut signals) = Signals::from_channel();
+        let end = Instant::now() + Duration::from_secs(10);
+        let outcome = supervise(
+            &mut group,
+            &lease,
+            &mut signals,
+            GRACE,
+            "gs://b/o",
+            Some(end),
+        )
+        .await;
+        assert!(
+            matches!(outcome, Supervised::Exited(status) if status.success()),
+            "{outcome:?}"
+        );
+        assert_eq!(group.sent(), Vec::new());
     }
 }

@@ -1,0 +1,651 @@
+//! Once per period (`Lock::acquire_slot`, `Guard::release_completed`) and forever
+//! TTLs, on the strict in-memory backend under tokio's paused clock.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
+use gcslock::backend::memory::MemoryBackend;
+use gcslock::backend::{Backend, Metadata, ObjectVersion, WriteCondition};
+use gcslock::{
+    BreakOptions, BreakOutcome, CompletedSlot, Error, FencingToken, Lock, LockOptions, LockRecord,
+    LockState, LockStatus, Slot, SlotAcquire, Ttl, Wait, MAX_PERIOD,
+};
+
+const NAME: &str = "jobs/hourly";
+const TTL: Duration = Duration::from_secs(80);
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn lock_on(backend: Arc<dyn Backend>, identity: &str) -> Lock {
+    Lock::new(
+        backend,
+        NAME,
+        LockOptions::default().ttl(TTL).identity(identity),
+    )
+    .expect("valid lock")
+}
+
+fn forever_lock(backend: Arc<dyn Backend>, identity: &str) -> Lock {
+    Lock::new(
+        backend,
+        NAME,
+        LockOptions::default().ttl_forever().identity(identity),
+    )
+    .expect("valid lock")
+}
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn hour_slot(index: u64) -> Slot {
+    Slot::new(HOUR, index).expect("valid slot")
+}
+
+async fn metadata(memory: &MemoryBackend) -> Metadata {
+    let read = memory.read(NAME).await.expect("read");
+    read.value.expect("object exists").metadata
+}
+
+async fn record(memory: &MemoryBackend) -> LockRecord {
+    LockRecord::from_metadata(&metadata(memory).await).expect("a lock")
+}
+
+fn acquired(outcome: SlotAcquire) -> gcslock::Guard {
+    match outcome {
+        SlotAcquire::Acquired(guard) => guard,
+        SlotAcquire::AlreadyDone(done) => panic!("expected to acquire, but {done}"),
+    }
+}
+
+fn done(outcome: SlotAcquire) -> CompletedSlot {
+    match outcome {
+        SlotAcquire::AlreadyDone(done) => done,
+        SlotAcquire::Acquired(guard) => panic!("expected done, but acquired {guard:?}"),
+    }
+}
+
+/// Runs slot `slot` to success as `identity`.
+async fn complete(memory: &MemoryBackend, identity: &str, slot: Slot) {
+    let lock = lock_on(Arc::new(memory.clone()), identity);
+    let guard = acquired(lock.acquire_slot(slot, Wait::No).await.expect("acquire"));
+    guard.release_completed().await.expect("release completed");
+}
+
+/// Uses up the faults injected into `faulty`, so that its requests go through again.
+async fn drain(faulty: &FaultyBackend) {
+    let version = ObjectVersion {
+        generation: 0,
+        metageneration: 0,
+    };
+    while faulty.pending() > 0 {
+        let _rejected = faulty
+            .update_metadata("drain", version, &Metadata::new())
+            .await;
+    }
+}
+
+#[test]
+fn slots_are_whole_periods_since_the_epoch() {
+    assert_eq!(Slot::containing(at(3599), HOUR).unwrap().index(), 0);
+    assert_eq!(Slot::containing(at(3600), HOUR).unwrap().index(), 1);
+    assert_eq!(Slot::containing(at(7199), HOUR).unwrap().index(), 1);
+    let slot = Slot::containing(at(7200), HOUR).unwrap();
+    assert_eq!(slot.start().timestamp(), 7200);
+    assert_eq!(slot.period(), HOUR);
+    // Crons firing at 02:00:00 on clocks 2 s and 9 s apart agree on the slot...
+    assert_eq!(
+        Slot::containing(at(7202), HOUR).unwrap(),
+        Slot::containing(at(7209), HOUR).unwrap()
+    );
+    // ...but a clock 3 s behind that fires at 02:00:01 of true time names the previous
+    // one: clocks must agree within the gap between the boundary and the firing.
+    assert_eq!(Slot::containing(at(7201 - 3), HOUR).unwrap().index(), 1);
+    // A day slot of period 1d starts at midnight UTC.
+    let day = Slot::containing(at(86_400 * 20_000 + 5), Duration::from_secs(86_400)).unwrap();
+    assert_eq!(day.start().to_rfc3339(), "2024-10-04T00:00:00+00:00");
+}
+
+#[test]
+fn absurd_periods_and_clocks_are_refused_cleanly() {
+    let now = SystemTime::now();
+    for period in [
+        Duration::ZERO,
+        Duration::from_millis(500),
+        Duration::from_millis(1500),
+        MAX_PERIOD + Duration::from_secs(1),
+        Duration::MAX,
+    ] {
+        match Slot::containing(now, period) {
+            Err(Error::InvalidInput(why)) => assert!(why.contains("period"), "{why}"),
+            other => panic!("period {period:?} accepted: {other:?}"),
+        }
+    }
+    assert!(Slot::containing(now, MAX_PERIOD).is_ok());
+    assert!(Slot::containing(now, Duration::from_secs(1)).is_ok());
+    match Slot::containing(UNIX_EPOCH - Duration::from_secs(1), HOUR) {
+        Err(Error::InvalidInput(why)) => assert!(why.contains("before 1970"), "{why}"),
+        other => panic!("a clock before 1970 named a slot: {other:?}"),
+    }
+    assert!(matches!(
+        Slot::new(HOUR, u64::MAX),
+        Err(Error::InvalidInput(_))
+    ));
+    // A clock far past the year 9999.
+    assert!(Slot::containing(UNIX_EPOCH + Duration::from_secs(1 << 40), HOUR).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_completed_slot_blocks_that_slot_but_not_the_next() {
+    let memory = MemoryBackend::new("b");
+    let this = hour_slot(500_000);
+    complete(&memory, "first", this).await;
+    let released_at = match Lock::status(&lock_on(Arc::new(memory.clone()), "x")).await {
+        Ok(LockStatus::Released {
+            released_at,
+            last_completed: Some(done),
+            ..
+        }) => {
+            assert_eq!(done.slot, this);
+            assert_eq!(done.completed_by, "first");
+            assert_eq!(done.completed_at, released_at);
+            released_at
+        }
+        other => panic!("not released with a completed slot: {other:?}"),
+    };
+
+    let second = lock_on(Arc::new(memory.clone()), "second");
+    let before = memory.request_count();
+    let seen = done(second.acquire_slot(this, Wait::No).await.unwrap());
+    assert_eq!(
+        memory.request_count() - before,
+        1,
+        "a done slot costs one read"
+    );
+    assert_eq!(seen.slot, this);
+    assert_eq!(seen.completed_by, "first");
+    assert_eq!(seen.completed_at, released_at);
+    assert_eq!(record(&memory).await.token, 1, "nothing was written");
+    // An earlier slot of the same period is done too.
+    done(
+        second
+            .acquire_slot(hour_slot(499_999), Wait::No)
+            .await
+            .unwrap(),
+    );
+    // A completion for another period never counts.
+    let other_period = Slot::new(Duration::from_secs(1800), 1_000_000).unwrap();
+    acquired(second.acquire_slot(other_period, Wait::No).await.unwrap())
+        .release()
+        .await
+        .unwrap();
+    // The next slot runs.
+    let next = acquired(
+        second
+            .acquire_slot(hour_slot(500_001), Wait::No)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(next.slot(), Some(hour_slot(500_001)));
+    next.release_completed().await.unwrap();
+    done(
+        second
+            .acquire_slot(hour_slot(500_001), Wait::No)
+            .await
+            .unwrap(),
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_run_leaves_the_slot_open() {
+    let memory = MemoryBackend::new("b");
+    let this = hour_slot(7);
+    let lock = lock_on(Arc::new(memory.clone()), "a");
+
+    // A plain release: the run failed.
+    let guard = acquired(lock.acquire_slot(this, Wait::No).await.unwrap());
+    guard.release().await.unwrap();
+    assert_eq!(record(&memory).await.completed, None);
+
+    // A dropped guard (the process gave up): released in the background, not completed.
+    let guard = acquired(lock.acquire_slot(this, Wait::No).await.unwrap());
+    drop(guard);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(record(&memory).await.state, LockState::Released);
+    assert_eq!(record(&memory).await.completed, None);
+
+    // A lease that ran out unrefreshed: release_completed reports the loss and does
+    // not record the slot.
+    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    let cut_off = lock_on(Arc::new(faulty.clone()), "cut-off");
+    let guard = acquired(cut_off.acquire_slot(this, Wait::No).await.unwrap());
+    faulty.inject_times(
+        Operation::UpdateMetadata,
+        Fault::Reject(FaultError::Unavailable),
+        1000,
+    );
+    tokio::time::sleep(TTL).await;
+    assert!(!guard.is_valid());
+    drain(&faulty).await;
+    assert!(matches!(
+        guard.release_completed().await,
+        Err(Error::LeaseLost { .. })
+    ));
+    assert_eq!(record(&memory).await.completed, None);
+
+    // A run that lost its lock to a break records nothing either.
+    let guard = acquired(lock.acquire_slot(this, Wait::No).await.unwrap());
+    lock.break_with(&BreakOptions::new().now(true))
+        .await
+        .unwrap();
+    tokio::time::sleep(TTL).await; // the next refresh sees the break
+    assert!(guard.release_completed().await.is_err());
+    assert_eq!(record(&memory).await.completed, None);
+
+    // So the slot is still open.
+    acquired(lock.acquire_slot(this, Wait::No).await.unwrap())
+        .release_completed()
+        .await
+        .unwrap();
+    done(lock.acquire_slot(this, Wait::No).await.unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_guard_without_a_slot_cannot_complete_one() {
+    let memory = MemoryBackend::new("b");
+    let guard = lock_on(Arc::new(memory.clone()), "a")
+        .try_acquire()
+        .await
+        .unwrap();
+    assert_eq!(guard.slot(), None);
+    assert!(matches!(
+        guard.release_completed().await,
+        Err(Error::InvalidInput(_))
+    ));
+    let after = record(&memory).await;
+    assert_eq!(after.state, LockState::Released);
+    assert_eq!(after.completed, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_stops_at_once_when_the_slot_completes() {
+    let memory = MemoryBackend::new("b");
+    let this = hour_slot(42);
+    let runner = lock_on(Arc::new(memory.clone()), "runner");
+    let guard = acquired(runner.acquire_slot(this, Wait::No).await.unwrap());
+
+    let waiter = lock_on(Arc::new(memory.clone()), "waiter");
+    let waiting = tokio::spawn(async move { waiter.acquire_slot(this, Wait::Forever).await });
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(!waiting.is_finished(), "the lock is held: the waiter waits");
+    guard.release_completed().await.unwrap();
+    let released = tokio::time::Instant::now();
+    let seen = done(waiting.await.unwrap().unwrap());
+    assert_eq!(seen.completed_by, "runner");
+    // One poll interval at most (poll backoff tops out at 8 s), not a lease's worth.
+    assert!(released.elapsed() <= Duration::from_secs(8));
+    assert_eq!(record(&memory).await.token, 1, "the waiter never wrote");
+
+    // A waiter for a slot that is not completed takes the lock as today.
+    let guard = acquired(runner.acquire_slot(hour_slot(43), Wait::No).await.unwrap());
+    let waiter = lock_on(Arc::new(memory.clone()), "waiter");
+    let waiting =
+        tokio::spawn(async move { waiter.acquire_slot(hour_slot(43), Wait::Forever).await });
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    guard.release().await.unwrap(); // the run failed
+    let retry = acquired(waiting.await.unwrap().unwrap());
+    assert_eq!(retry.identity(), "waiter");
+    retry.release_completed().await.unwrap();
+    assert_eq!(
+        record(&memory).await.completed.map(|done| done.by),
+        Some("waiter".into())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_lock_with_an_open_slot_is_busy() {
+    let memory = MemoryBackend::new("b");
+    let holder = lock_on(Arc::new(memory.clone()), "holder");
+    let _guard = holder.try_acquire().await.unwrap();
+    let other = lock_on(Arc::new(memory.clone()), "other");
+    assert!(matches!(
+        other.acquire_slot(hour_slot(1), Wait::No).await,
+        Err(Error::Busy { .. })
+    ));
+    assert!(matches!(
+        other
+            .acquire_slot(hour_slot(1), Wait::For(Duration::from_secs(20)))
+            .await,
+        Err(Error::Busy { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_completed_slot_carries_over_every_write() {
+    let memory = MemoryBackend::new("b");
+    let this = hour_slot(9);
+    complete(&memory, "first", this).await;
+    let completed_at = record(&memory)
+        .await
+        .completed
+        .unwrap()
+        .resolve(memory.read(NAME).await.unwrap().value.unwrap().updated);
+    let expect_carried = |record: LockRecord| {
+        let carried = record.completed.expect("completed slot carried over");
+        assert_eq!(carried.slot, this);
+        assert_eq!(carried.by, "first");
+        assert_eq!(carried.at, Some(completed_at.completed_at), "time fixed");
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // Acquire (a plain holder, not using slots) and refresh.
+    let plain = lock_on(Arc::new(memory.clone()), "plain");
+    let guard = plain.try_acquire().await.unwrap();
+    expect_carried(record(&memory).await);
+    tokio::time::sleep(TTL).await; // several refreshes
+    let carried = record(&memory).await;
+    assert!(carried.refresh_seq >= 2, "refreshed");
+    expect_carried(carried);
+    // Release.
+    guard.release().await.unwrap();
+    expect_carried(record(&memory).await);
+    // Takeover of a crashed holder.
+    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    let crashed = lock_on(Arc::new(faulty.clone()), "crashed");
+    let crashed_guard = crashed.try_acquire().await.unwrap();
+    faulty.inject_times(
+        Operation::UpdateMetadata,
+        Fault::Reject(FaultError::Unavailable),
+        1000,
+    );
+    let taker = lock_on(Arc::new(memory.clone()), "taker");
+    let guard = taker.acquire(Wait::Forever).await.unwrap();
+    assert_eq!(guard.token(), FencingToken::new(4));
+    expect_carried(record(&memory).await);
+    drop(crashed_guard);
+    // Break: a revoke, then a break at once.
+    assert!(matches!(
+        taker.break_lock(None).await.unwrap(),
+        BreakOutcome::RevokedUntil { .. }
+    ));
+    expect_carried(record(&memory).await);
+    assert!(matches!(
+        taker
+            .break_with(&BreakOptions::new().now(true))
+            .await
+            .unwrap(),
+        BreakOutcome::Broken { .. }
+    ));
+    expect_carried(record(&memory).await);
+    drop(guard);
+    // And status shows it throughout.
+    let status = taker.status().await.unwrap();
+    assert_eq!(status.last_completed(), Some(&completed_at));
+    // The slot stays done through all of it.
+    done(taker.acquire_slot(this, Wait::No).await.unwrap());
+}
+
+/// A lock object whose completed-slot keys are `overrides` on top of a valid record.
+async fn hostile(memory: &MemoryBackend, overrides: &[(&str, &str)]) {
+    let mut metadata = LockRecord {
+        state: LockState::Released,
+        token: 3,
+        holder: "h".into(),
+        nonce: "n".into(),
+        ttl: TTL.into(),
+        refresh_seq: 0,
+        completed: None,
+    }
+    .to_metadata();
+    for (key, value) in overrides {
+        metadata.insert((*key).into(), (*value).into());
+    }
+    memory
+        .write(NAME, WriteCondition::DoesNotExist, &metadata)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn hostile_slot_fields_never_panic_and_are_never_overwritten() {
+    let valid = [
+        ("gcslock-done-period-s", "3600"),
+        ("gcslock-done-slot", "9"),
+        ("gcslock-done-by", "h"),
+        ("gcslock-done-at", "released"),
+    ];
+    let cases: Vec<Vec<(&str, &str)>> = vec![
+        vec![("gcslock-done-slot", "9")],        // partial
+        vec![("gcslock-done-period-s", "3600")], // partial
+        [&valid[..], &[("gcslock-done-slot", "18446744073709551615")]].concat(),
+        [&valid[..], &[("gcslock-done-slot", "-1")]].concat(),
+        [&valid[..], &[("gcslock-done-slot", "1e9")]].concat(),
+        [&valid[..], &[("gcslock-done-period-s", "0")]].concat(),
+        [&valid[..], &[("gcslock-done-period-s", "99999999999999")]].concat(),
+        [&valid[..], &[("gcslock-done-period-s", "")]].concat(),
+        [&valid[..], &[("gcslock-done-by", "evil\u{1b}[2J")]].concat(),
+        [&valid[..], &[("gcslock-done-by", "line\nbreak")]].concat(),
+        [&valid[..], &[("gcslock-done-by", "")]].concat(),
+        [&valid[..], &[("gcslock-done-at", "yesterday")]].concat(),
+        [
+            &valid[..],
+            &[("gcslock-done-at", "+999999-01-01T00:00:00Z")],
+        ]
+        .concat(),
+        [&valid[..], &[("gcslock-ttl-ms", "forever ")]].concat(),
+    ];
+    for case in &cases {
+        let memory = MemoryBackend::new("b");
+        hostile(&memory, case).await;
+        let lock = lock_on(Arc::new(memory.clone()), "a");
+        assert!(
+            matches!(lock.status().await, Ok(LockStatus::NotALock { .. })),
+            "{case:?}"
+        );
+        assert!(
+            matches!(
+                lock.acquire_slot(hour_slot(9), Wait::No).await,
+                Err(Error::NotALock { .. })
+            ),
+            "{case:?}"
+        );
+        assert!(matches!(
+            lock.break_lock(None).await,
+            Err(Error::NotALock { .. })
+        ));
+        assert_eq!(
+            metadata(&memory)
+                .await
+                .get("gcslock-token")
+                .map(String::as_str),
+            Some("3"),
+            "never overwritten: {case:?}"
+        );
+    }
+    // The valid form decodes, and a slot index at the far end of time is fine.
+    let memory = MemoryBackend::new("b");
+    hostile(&memory, &valid).await;
+    let lock = lock_on(Arc::new(memory.clone()), "a");
+    done(lock.acquire_slot(hour_slot(9), Wait::No).await.unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forever_lease_is_never_stale() {
+    let memory = MemoryBackend::new("b");
+    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    let holder = forever_lock(Arc::new(faulty.clone()), "holder");
+    assert_eq!(holder.ttl(), Ttl::Forever);
+    assert_eq!(holder.refresh_interval(), Duration::from_secs(60));
+    let guard = holder.try_acquire().await.unwrap();
+    // Old gcslock versions fail to parse this as a number: "not a lock", never touched.
+    assert_eq!(
+        metadata(&memory)
+            .await
+            .get("gcslock-ttl-ms")
+            .map(String::as_str),
+        Some("forever")
+    );
+    assert!("forever".parse::<u64>().is_err());
+
+    // Refreshes keep going: status shows when the holder was last heard from.
+    tokio::time::sleep(Duration::from_secs(3 * 60 + 1)).await;
+    assert!(record(&memory).await.refresh_seq >= 3);
+
+    // Every refresh now fails for three days: the holder keeps its lease and retrying.
+    faulty.inject_times(
+        Operation::UpdateMetadata,
+        Fault::Reject(FaultError::Unavailable),
+        100_000,
+    );
+    tokio::time::sleep(Duration::from_secs(3 * 86_400)).await;
+    assert!(guard.is_valid());
+    assert!(faulty.pending() < 100_000, "still retrying");
+    match holder.status().await.unwrap() {
+        LockStatus::Held(held) => {
+            assert_eq!(held.ttl, Ttl::Forever);
+            assert_eq!(held.expires_in, None);
+            let heard = held.last_heard.expect("server time");
+            assert!(heard >= Duration::from_secs(3 * 86_400), "{heard:?}");
+        }
+        other => panic!("a forever lock must stay held: {other:?}"),
+    }
+
+    // Waiters never take it over, however long they watch one version.
+    let waiter = lock_on(Arc::new(memory.clone()), "waiter");
+    match waiter.acquire(Wait::For(Duration::from_secs(86_400))).await {
+        Err(Error::Busy { holder, .. }) => {
+            assert_eq!(holder.holder, "holder");
+            assert_eq!(holder.expires_in, None);
+        }
+        other => panic!("a waiter took a forever lock: {other:?}"),
+    }
+    assert!(matches!(
+        waiter.acquire_slot(hour_slot(1), Wait::No).await,
+        Err(Error::Busy { .. })
+    ));
+
+    // Only a break at once frees it: a revoked forever lease would never go stale.
+    // The holder notices at its next refresh.
+    drain(&faulty).await;
+    assert!(matches!(
+        waiter.break_lock(None).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert_eq!(record(&memory).await.holder, "holder", "untouched");
+    assert!(matches!(
+        waiter
+            .break_with(&BreakOptions::new().now(true))
+            .await
+            .unwrap(),
+        BreakOutcome::Broken { .. }
+    ));
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert!(!guard.is_valid());
+    let next = waiter.try_acquire().await.unwrap();
+    assert_eq!(next.token(), FencingToken::new(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn forever_options_are_checked() {
+    let memory: Arc<dyn Backend> = Arc::new(MemoryBackend::new("b"));
+    assert!(matches!(
+        Lock::new(
+            Arc::clone(&memory),
+            NAME,
+            LockOptions::default()
+                .ttl_forever()
+                .refresh_interval(Duration::ZERO)
+        ),
+        Err(Error::InvalidInput(_))
+    ));
+    let lock = Lock::new(
+        Arc::clone(&memory),
+        NAME,
+        LockOptions::default()
+            .ttl_forever()
+            .refresh_interval(Duration::from_secs(5)),
+    )
+    .unwrap();
+    assert_eq!(lock.refresh_interval(), Duration::from_secs(5));
+    assert_eq!(lock.safety_margin(), Duration::ZERO);
+    // A later `ttl` replaces `ttl_forever`.
+    let finite = Lock::new(memory, NAME, LockOptions::default().ttl_forever().ttl(TTL)).unwrap();
+    assert_eq!(finite.ttl(), Ttl::Finite(TTL));
+}
+
+/// The requests a lock makes for one acquire-release cycle, with and without a slot.
+#[tokio::test(start_paused = true)]
+async fn a_once_per_run_costs_what_a_plain_run_costs() {
+    async fn plain(memory: &MemoryBackend) -> u64 {
+        let before = memory.request_count();
+        let guard = lock_on(Arc::new(memory.clone()), "a")
+            .try_acquire()
+            .await
+            .unwrap();
+        guard.release().await.unwrap();
+        memory.request_count() - before
+    }
+    async fn once(memory: &MemoryBackend, slot: Slot) -> u64 {
+        let before = memory.request_count();
+        let lock = lock_on(Arc::new(memory.clone()), "a");
+        acquired(lock.acquire_slot(slot, Wait::No).await.unwrap())
+            .release_completed()
+            .await
+            .unwrap();
+        memory.request_count() - before
+    }
+    // First run on a new lock (create), then on a released one (replace).
+    let (plain_memory, once_memory) = (MemoryBackend::new("p"), MemoryBackend::new("o"));
+    let plain_first = plain(&plain_memory).await;
+    let once_first = once(&once_memory, hour_slot(1)).await;
+    assert_eq!(once_first, plain_first);
+    let plain_again = plain(&plain_memory).await;
+    let once_again = once(&once_memory, hour_slot(2)).await;
+    assert_eq!(once_again, plain_again);
+    assert_eq!((plain_first, plain_again), (3, 3), "read, write, release");
+    // A busy lock: one read either way.
+    let holder = lock_on(Arc::new(plain_memory.clone()), "holder")
+        .try_acquire()
+        .await
+        .unwrap();
+    let before = plain_memory.request_count();
+    let other = lock_on(Arc::new(plain_memory.clone()), "other");
+    assert!(other.try_acquire().await.is_err());
+    let plain_busy = plain_memory.request_count() - before;
+    let before = plain_memory.request_count();
+    assert!(other.acquire_slot(hour_slot(3), Wait::No).await.is_err());
+    assert_eq!(plain_memory.request_count() - before, plain_busy);
+    holder.release().await.unwrap();
+}
+
+/// A forever lease never goes stale by itself, so its release cannot retry "until
+/// the lease would be stale anyway": it gives up as after an outage.
+#[tokio::test(start_paused = true)]
+async fn a_forever_release_gives_up_after_the_storage_timeout() {
+    let memory = MemoryBackend::new("b");
+    let faulty = FaultyBackend::new(Arc::new(memory.clone()));
+    let lock = Lock::new(
+        Arc::new(faulty.clone()),
+        NAME,
+        LockOptions::default()
+            .ttl_forever()
+            .unavailable_timeout(Duration::from_secs(10)),
+    )
+    .unwrap();
+    let guard = lock.try_acquire().await.unwrap();
+    faulty.inject_times(
+        Operation::UpdateMetadata,
+        Fault::Reject(FaultError::Unavailable),
+        100_000,
+    );
+    let started = tokio::time::Instant::now();
+    let released = tokio::time::timeout(Duration::from_secs(3600), guard.release())
+        .await
+        .expect("release gave up");
+    assert!(
+        matches!(released, Err(Error::Unavailable { .. })),
+        "{released:?}"
+    );
+    assert!(started.elapsed() <= Duration::from_secs(15));
+    assert_eq!(record(&memory).await.state, LockState::Held);
+}
