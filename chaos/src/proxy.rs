@@ -183,6 +183,7 @@ mod tests {
     }
 
     fn connect(proxy: &Proxy) -> TcpStream {
+        // Only "no answer" needs a timeout: an absence can be shown only by waiting.
         let stream = TcpStream::connect(proxy.endpoint.trim_start_matches("http://")).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_millis(300)))
