@@ -1058,7 +1058,8 @@ fn chaos(shared: &Shared<'_>, seed: u64) -> anyhow::Result<()> {
             every_ms,
         } => (count, every_ms, Action::Cut { cut_ms }),
         Chaos::CrashGcslock { count, every_ms } => (count, every_ms, Action::Crash),
-        Chaos::OncePer { kills, .. } => (kills, (1_000, 4_000), Action::Kill),
+        // Sections are short and come once per tick: look often, or kills rarely land.
+        Chaos::OncePer { kills, .. } => (kills, (300, 900), Action::Kill),
     };
     let mut done = 0;
     while done < count {
