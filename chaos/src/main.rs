@@ -4,6 +4,7 @@ mod clock;
 mod emulator;
 mod history;
 mod procs;
+mod proxy;
 mod record;
 mod report;
 mod runner;
@@ -17,7 +18,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 
 use crate::runner::{default_binary, workspace_root, Context};
-use crate::scenario::{scenarios, Profile};
+use crate::scenario::{scenarios, Chaos, Profile};
 
 const BUILD_HINT: &str = "cargo build --bins -p gcslock-cli -p strict-gcs -p gcslock-chaos";
 
@@ -57,16 +58,20 @@ enum Sub {
     /// The critical section run by `gcslock run` (internal)
     #[command(hide = true)]
     Record(record::RecordArgs),
+    /// A helper process of the recorded job (internal)
+    #[command(hide = true)]
+    Linger(record::LingerArgs),
 }
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Which sizes: short (CI, under 3 minutes) or soak
+    /// Which sizes: short (CI, under 4 minutes) or soak
     #[arg(long, value_enum, default_value_t = Profile::Short)]
     profile: Profile,
 
     /// Run only these scenarios (name or letter; repeatable): steady|a, kill|b, pause|c,
-    /// pause-acquire|c2, storm|d, lost-responses|e, skew|f, mixed|g (soak only)
+    /// pause-acquire|c2, storm|d, lost-responses|e, skew|f, cut-off|h, gcslock-killed|i,
+    /// gcslock-stopped|j, mixed|g (soak only)
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
 
@@ -110,7 +115,7 @@ struct RunArgs {
 fn main() -> ExitCode {
     if std::env::args_os()
         .nth(1)
-        .is_some_and(|arg| arg == "record")
+        .is_some_and(|arg| arg == "record" || arg == "linger")
     {
         record::block_stop_signals();
     }
@@ -124,6 +129,10 @@ fn main() -> ExitCode {
                     ExitCode::from(70)
                 }
             };
+        }
+        Some(Sub::Linger(args)) => {
+            record::linger(&args);
+            return ExitCode::SUCCESS;
         }
         Some(Sub::Check { file, history }) => check(&file, history),
         None => run(&cli.run),
@@ -231,6 +240,19 @@ fn has_put(gcslock: &Path) -> bool {
         .is_ok_and(|status| status.success())
 }
 
+/// Whether this gcslock's `run` has `--once-per` (scenario once-per needs it).
+fn has_once_per(gcslock: &Path) -> bool {
+    Command::new(gcslock)
+        .args(["run", "--help"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|output| {
+            output.status.success()
+                && String::from_utf8_lossy(&output.stdout).contains("--once-per")
+        })
+}
+
 fn run(args: &RunArgs) -> anyhow::Result<u8> {
     let all = scenarios(args.profile);
     if args.list {
@@ -301,6 +323,31 @@ fn run(args: &RunArgs) -> anyhow::Result<u8> {
             gcslock.display()
         );
     }
+    let mut unavailable = Vec::new();
+    let chosen: Vec<_> = if chosen
+        .iter()
+        .any(|s| matches!(s.chaos, Chaos::OncePer { .. }))
+        && !has_once_per(&gcslock)
+    {
+        if !args.scenarios.is_empty() {
+            bail!(
+                "scenario once-per is not available: {} run has no --once-per option",
+                gcslock.display()
+            );
+        }
+        chosen
+            .into_iter()
+            .filter(|s| {
+                let once = matches!(s.chaos, Chaos::OncePer { .. });
+                if once {
+                    unavailable.push(format!("({}) {}", s.id, s.name));
+                }
+                !once
+            })
+            .collect()
+    } else {
+        chosen
+    };
     let wants_faketime = chosen.iter().any(|s| !s.faketime.is_empty());
     let faketime = if args.no_faketime || !wants_faketime {
         None
@@ -310,6 +357,12 @@ fn run(args: &RunArgs) -> anyhow::Result<u8> {
     let mut preamble = Vec::new();
     if !skipped.is_empty() {
         preamble.push(format!("SKIPPED by --skip: {}", skipped.join(", ")));
+    }
+    if !unavailable.is_empty() {
+        preamble.push(format!(
+            "SKIPPED, not available in this gcslock (`run` has no --once-per): {}",
+            unavailable.join(", ")
+        ));
     }
     if wants_faketime {
         preamble.push(match (&faketime, args.no_faketime) {

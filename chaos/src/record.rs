@@ -42,6 +42,30 @@ pub struct RecordArgs {
     /// The storage endpoint, for --fenced-store
     #[arg(long)]
     pub endpoint: Option<String>,
+    /// A slow stop: on the first stop signal, record `term` and go on this long
+    /// before aborting (so gcslock's SIGKILL may come first)
+    #[arg(long, default_value_t = 0)]
+    pub term_delay_ms: u64,
+    /// Start a helper process in the command's process group that lives as long
+    /// as the hold (a grandchild of gcslock: the job is not one process)
+    #[arg(long)]
+    pub helper: bool,
+    /// The job fails: after the hold, record `end` with this code and exit with it
+    #[arg(long, default_value_t = 0)]
+    pub exit_code: u8,
+}
+
+/// `gcslock-chaos linger`: a helper process of the job. Stop signals are blocked
+/// (by `main`), so only SIGKILL ends it early.
+#[derive(Debug, Args)]
+pub struct LingerArgs {
+    /// How long it lives
+    #[arg(long)]
+    pub ms: u64,
+}
+
+pub fn linger(args: &LingerArgs) {
+    std::thread::sleep(Duration::from_millis(args.ms));
 }
 
 /// Exit codes of the recorder.
@@ -95,21 +119,45 @@ pub fn record(args: &RecordArgs) -> anyhow::Result<i32> {
     start.ppid = Some(ppid);
     start.wall = Some(wall_ns()?);
     log.append(&start)?;
+    let mut helper = if args.helper {
+        Some(start_helper(&log, run, pid, args.hold_ms)?)
+    } else {
+        None
+    };
 
-    // Hold, unless a signal arrives.
-    let until = started + args.hold_ms * 1_000_000;
+    // Hold, unless a signal arrives (then abort, at once or after the slow stop).
+    let mut until = started.saturating_add(args.hold_ms.saturating_mul(1_000_000));
+    let mut stopping: Option<i32> = None;
     loop {
         let now = mono_ns()?;
         if let Some(info) = signals.read_signal().context("cannot read the signalfd")? {
             let signal = i32::try_from(info.ssi_signo).unwrap_or(0);
-            let mut abort = Event::new(Kind::Abort, mono_ns()?).run(run);
-            abort.token = Some(token);
-            abort.pid = Some(pid);
-            abort.signal = Some(signal);
-            log.append(&abort)?;
-            return Ok(STOPPED_BASE + signal);
+            if stopping.is_none() {
+                stopping = Some(signal);
+                if args.term_delay_ms > 0 {
+                    let mut term = Event::new(Kind::Term, now).run(run);
+                    term.pid = Some(pid);
+                    term.signal = Some(signal);
+                    term.note = Some(format!("stopping slowly: {} ms", args.term_delay_ms));
+                    log.append(&term)?;
+                }
+                until = now.saturating_add(args.term_delay_ms.saturating_mul(1_000_000));
+            }
         }
         if now >= until {
+            if let Some(signal) = stopping {
+                // The helper goes first, so that the abort is the job's last act.
+                if let Some(mut child) = helper.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                let mut abort = Event::new(Kind::Abort, mono_ns()?).run(run);
+                abort.token = Some(token);
+                abort.pid = Some(pid);
+                abort.signal = Some(signal);
+                log.append(&abort)?;
+                return Ok(STOPPED_BASE.saturating_add(signal));
+            }
             break;
         }
         let left_ms = (until - now).div_ceil(1_000_000);
@@ -125,14 +173,42 @@ pub fn record(args: &RecordArgs) -> anyhow::Result<i32> {
         }
     }
 
+    if let Some(mut child) = helper.take() {
+        // It lives as long as the hold, from a little later: the end is the job's last act.
+        child.wait().context("cannot wait for the helper")?;
+    }
     let commit = commit_through_fenced_store(args, token);
     let mut end = Event::new(Kind::End, mono_ns()?).run(run);
     end.token = Some(token);
     end.pid = Some(pid);
     end.wall = Some(wall_ns()?);
     end.commit = Some(commit);
+    if args.exit_code != 0 {
+        end.code = Some(i32::from(args.exit_code));
+    }
     log.append(&end)?;
-    Ok(0)
+    Ok(i32::from(args.exit_code))
+}
+
+/// Starts `gcslock-chaos linger` in this process group and records its pid, so
+/// that the checker knows the job lasts until it is gone too.
+fn start_helper(
+    log: &Log,
+    run: RunId,
+    pid: i32,
+    hold_ms: u64,
+) -> anyhow::Result<std::process::Child> {
+    let exe = std::env::current_exe().context("cannot find my own executable")?;
+    let child = Command::new(exe)
+        .args(["linger", "--ms", &hold_ms.to_string()])
+        .stdin(Stdio::null())
+        .spawn()
+        .context("cannot start the helper")?;
+    let mut event = Event::new(Kind::Helper, mono_ns()?).run(run);
+    event.pid = Some(i32::try_from(child.id()).context("pid out of range")?);
+    event.ppid = Some(pid);
+    log.append(&event)?;
+    Ok(child)
 }
 
 /// HOOK — storage-side fenced writes (a later issue adds

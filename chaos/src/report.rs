@@ -70,13 +70,14 @@ pub fn print_outcome(outcome: &Outcome, whole_history: bool, faketime: bool) {
     let a = &outcome.analysis;
     println!(
         "  attempts {}, acquisitions (sections started) {}, committed {}, aborted {}, killed {}, \
-         paused {}; tokens issued {}",
+         paused {}, cut off {}; tokens issued {}",
         outcome.attempts,
         outcome.acquisitions(),
         outcome.committed,
         outcome.aborted,
         outcome.killed,
         outcome.paused,
+        outcome.cut,
         outcome
             .tokens_issued
             .map_or_else(|| "?".to_owned(), |t| t.to_string())
@@ -154,7 +155,7 @@ pub fn print_summary(
         println!("{line}\n");
     }
     println!(
-        "| scenario | workers x iter | attempts | acquisitions | committed | killed / paused | \
+        "| scenario | workers x iter | attempts | acquisitions | committed | killed / paused / cut | \
          max concurrent | faults injected | violations | expected overlaps | duration |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
@@ -162,7 +163,7 @@ pub fn print_summary(
         let s = &o.scenario;
         let violations = o.analysis.violations().count();
         println!(
-            "| ({}) {} | {} x {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {:.1}s{} |",
+            "| ({}) {} | {} x {} | {} | {} | {} | {} / {} / {} | {} | {} | {} | {} | {:.1}s{} |",
             s.id,
             s.name,
             s.workers,
@@ -172,6 +173,7 @@ pub fn print_summary(
             o.committed,
             o.killed,
             o.paused,
+            o.cut,
             o.analysis.max_concurrent,
             if o.faults.is_empty() {
                 "0".to_owned()

@@ -25,6 +25,7 @@ use crate::clock::{mono_ns, ms, wall_ns};
 use crate::emulator::{faults_injected, Emulator};
 use crate::history::{self, Analysis, Event, Kind, Log, RunId};
 use crate::procs::{is_dead, signal_group, stopped_group_children, wait_dead};
+use crate::proxy::Proxy;
 use crate::scenario::{Chaos, Scenario};
 
 pub const BUCKET: &str = "chaos";
@@ -54,8 +55,11 @@ pub struct Outcome {
     pub attempts: usize,
     pub committed: usize,
     pub aborted: usize,
+    /// SIGKILLs of holders: their groups (`kill`) or gcslock alone (`crash`).
     pub killed: usize,
     pub paused: usize,
+    /// Holders whose link to storage was cut.
+    pub cut: usize,
     /// Final token shown by `gcslock status`: lock instances issued.
     pub tokens_issued: Option<u64>,
     pub exit_codes: BTreeMap<String, usize>,
@@ -92,6 +96,8 @@ struct Shared<'a> {
     ctx: &'a Context,
     scenario: &'a Scenario,
     endpoint: String,
+    /// One proxy per worker when the scenario cuts links (else empty).
+    proxies: Vec<Proxy>,
     dir: PathBuf,
     log_path: PathBuf,
     log: Log,
@@ -114,6 +120,14 @@ impl Shared<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(note);
+    }
+
+    /// Where worker `w`'s gcslock reaches storage: its proxy, if it has one.
+    fn endpoint_for(&self, w: u32) -> &str {
+        usize::try_from(w)
+            .ok()
+            .and_then(|w| self.proxies.get(w))
+            .map_or(self.endpoint.as_str(), |proxy| proxy.endpoint.as_str())
     }
 
     fn events(&self) -> Vec<Event> {
@@ -156,10 +170,18 @@ pub fn run(ctx: &Context, scenario: &Scenario, seed: u64) -> anyhow::Result<Outc
     ));
     log.append(&begin)?;
 
+    let proxies = if matches!(scenario.chaos, Chaos::CutOff { .. }) {
+        (0..scenario.workers)
+            .map(|_| Proxy::start(&emulator.endpoint))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
     let shared = Shared {
         ctx,
         scenario,
         endpoint: emulator.endpoint.clone(),
+        proxies,
         dir: dir.clone(),
         log_path: log_path.clone(),
         log,
@@ -183,6 +205,29 @@ pub fn run(ctx: &Context, scenario: &Scenario, seed: u64) -> anyhow::Result<Outc
                     pause_acquire_rounds(shared, rounds, stop_after_ms, pause_ms, contender_hold_ms)
                 })]
             }
+            Chaos::StopGcslock {
+                rounds,
+                pause_ms,
+                victim_hold_ms,
+                contender_hold_ms,
+            } => {
+                let shared = &shared;
+                vec![scope.spawn(move || {
+                    stop_gcslock_rounds(shared, rounds, pause_ms, victim_hold_ms, contender_hold_ms)
+                })]
+            }
+            Chaos::OncePer {
+                ticks,
+                period_s,
+                window_ms,
+                fail_percent,
+                ..
+            } => {
+                let shared = &shared;
+                vec![scope.spawn(move || {
+                    once_per_ticks(shared, seed, ticks, period_s, window_ms, fail_percent)
+                })]
+            }
             _ => (0..scenario.workers)
                 .map(|w| {
                     let shared = &shared;
@@ -194,6 +239,10 @@ pub fn run(ctx: &Context, scenario: &Scenario, seed: u64) -> anyhow::Result<Outc
             let shared = &shared;
             scope.spawn(move || chaos(shared, seed))
         };
+        let watcher = scenario.watch_deaths.then(|| {
+            let shared = &shared;
+            scope.spawn(move || watch_deaths(shared))
+        });
         let deadline = started + scenario.wall_limit;
         let mut terminated_at: Option<Instant> = None;
         let mut killed = false;
@@ -233,6 +282,11 @@ pub fn run(ctx: &Context, scenario: &Scenario, seed: u64) -> anyhow::Result<Outc
             Ok(Ok(())) => {}
             Ok(Err(error)) => shared.note(format!("chaos thread failed: {error:#}")),
             Err(_) => shared.note("the chaos thread panicked".into()),
+        }
+        match watcher.map(|w| w.join()) {
+            None | Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(error))) => shared.note(format!("death watcher failed: {error:#}")),
+            Some(Err(_)) => shared.note("the death watcher panicked".into()),
         }
         Ok(())
     })?;
@@ -301,8 +355,9 @@ pub fn run(ctx: &Context, scenario: &Scenario, seed: u64) -> anyhow::Result<Outc
         attempts: count(Kind::Spawn),
         committed: count(Kind::End),
         aborted: count(Kind::Abort),
-        killed: count(Kind::Kill),
+        killed: count(Kind::Kill).saturating_add(count(Kind::Crash)),
         paused: count(Kind::Stop),
+        cut: count(Kind::Cut),
         tokens_issued,
         exit_codes,
         faults: faults_injected(&stats),
@@ -412,15 +467,33 @@ fn faketime_for(shared: &Shared<'_>, w: u32) -> Option<(PathBuf, &'static str)> 
     Some((faketime.clone(), offsets[index]))
 }
 
+/// What one run's command does.
+#[derive(Clone, Copy, Debug)]
+struct Job {
+    hold_ms: u64,
+    /// The job's exit code (0: it succeeds).
+    exit_code: u8,
+}
+
+impl Job {
+    fn hold(hold_ms: u64) -> Self {
+        Self {
+            hold_ms,
+            exit_code: 0,
+        }
+    }
+}
+
 /// Spawns `gcslock run` for `run` in its own process group, with the recorder
 /// as its command; `None` once the scenario is stopping.
 fn launch(
     shared: &Shared<'_>,
     run: RunId,
-    hold: u64,
+    job: Job,
     wait: &str,
     stderr: &(PathBuf, std::fs::File),
 ) -> anyhow::Result<Option<Launched>> {
+    let hold = job.hold_ms;
     let (stderr_path, stderr) = stderr;
     let scenario = shared.scenario;
     let ctx = shared.ctx;
@@ -441,16 +514,34 @@ fn launch(
         .args(["-q", "run", "--wait", wait])
         .args(["--ttl", &format!("{}ms", scenario.ttl_ms)])
         .args(["--refresh-interval", &format!("{}ms", scenario.refresh_ms)])
-        .args(["--kill-grace", "500ms"])
+        .args(["--kill-grace", "500ms"]);
+    let period = match scenario.chaos {
+        Chaos::OncePer { period_s, .. } => Some(period_s),
+        _ => None,
+    };
+    if let Some(period) = period {
+        command.args(["--once-per", &format!("{period}s")]);
+    }
+    command
         .args(["--identity", &format!("chaos-{run}")])
-        .args(["--endpoint", &shared.endpoint, LOCK_URL, "--"])
+        .args([
+            "--endpoint",
+            shared.endpoint_for(run.worker),
+            LOCK_URL,
+            "--",
+        ])
         .arg(&ctx.self_exe)
         .arg("record")
         .arg("--log")
         .arg(&shared.log_path)
         .args(["--worker", &run.worker.to_string()])
         .args(["--attempt", &run.attempt.to_string()])
-        .args(["--hold-ms", &hold.to_string()]);
+        .args(["--hold-ms", &hold.to_string()])
+        .args(["--term-delay-ms", &scenario.term_delay_ms.to_string()])
+        .args(["--exit-code", &job.exit_code.to_string()]);
+    if scenario.helper {
+        command.arg("--helper");
+    }
     if ctx.fenced {
         command
             .args([
@@ -468,16 +559,31 @@ fn launch(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr.try_clone()?);
-    let _ = writeln!(&*stderr, "--- {run}: hold {hold}ms");
+    let _ = writeln!(
+        &*stderr,
+        "--- {run}: hold {hold}ms{}",
+        if job.exit_code == 0 {
+            String::new()
+        } else {
+            format!(", then fail with exit {}", job.exit_code)
+        }
+    );
     let stderr_from = stderr.metadata().map(|m| m.len()).unwrap_or(0);
 
-    let (child, spawned_at, pgid) = {
+    let (child, spawned_at, pgid, slot) = {
         let mut running = shared.running();
         // Checked under the lock, so the wall-time SIGTERM cannot miss this run.
         if shared.stop.load(Ordering::SeqCst) {
             return Ok(None);
         }
         let spawned_at = mono_ns()?;
+        // The slot gcslock will name: its wall clock at start (the same machine's).
+        let slot = match period {
+            Some(period) if period > 0 => {
+                Some(u64::try_from(wall_ns()?).unwrap_or(0) / 1_000_000_000 / period)
+            }
+            _ => None,
+        };
         let child = command
             .spawn()
             .with_context(|| format!("cannot run {}", ctx.gcslock.display()))?;
@@ -489,10 +595,11 @@ fn launch(
                 pgid,
             },
         );
-        (child, spawned_at, pgid)
+        (child, spawned_at, pgid, slot)
     };
     let mut spawn = Event::new(Kind::Spawn, spawned_at).run(run);
     spawn.pgid = Some(pgid);
+    spawn.slot = slot;
     spawn.note = fake.as_ref().map(|(_, offset)| (*offset).to_owned());
     shared.log.append(&spawn)?;
     Ok(Some(Launched {
@@ -598,7 +705,7 @@ fn worker(shared: &Shared<'_>, w: u32, seed: u64) -> anyhow::Result<()> {
         }
         let run = RunId { worker: w, attempt };
         let hold = rng.random_range(scenario.hold_ms.0..=scenario.hold_ms.1);
-        let Some(launched) = launch(shared, run, hold, scenario.wait, &stderr)? else {
+        let Some(launched) = launch(shared, run, Job::hold(hold), scenario.wait, &stderr)? else {
             break;
         };
         finish(shared, run, launched)?;
@@ -634,7 +741,7 @@ fn pause_acquire_rounds(
             worker: 1,
             attempt: round,
         };
-        let Some(first) = launch(shared, frozen, 300, "0", &frozen_stderr)? else {
+        let Some(first) = launch(shared, frozen, Job::hold(300), "0", &frozen_stderr)? else {
             break;
         };
         std::thread::sleep(Duration::from_millis(stop_after_ms));
@@ -653,7 +760,7 @@ fn pause_acquire_rounds(
             let second = launch(
                 shared,
                 contender,
-                contender_hold_ms,
+                Job::hold(contender_hold_ms),
                 shared.scenario.wait,
                 &contender_stderr,
             )?;
@@ -674,6 +781,189 @@ fn pause_acquire_rounds(
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(())
+}
+
+/// Scenario `gcslock-stopped`, in rounds on a free lock: worker 0 runs a long
+/// command; once it has started, its gcslock alone (not the command) is
+/// SIGSTOPped for `pause_ms`, longer than the TTL, as a suspend would stop it
+/// while leaving the command unsupervised. Worker 1 takes the lock over meanwhile
+/// and holds it for `contender_hold_ms`. The overlap is expected (gcslock could
+/// not act); once continued, gcslock must kill its command at once (checked by
+/// `checks::stopped_after_resume`).
+fn stop_gcslock_rounds(
+    shared: &Shared<'_>,
+    rounds: u32,
+    pause_ms: u64,
+    victim_hold_ms: u64,
+    contender_hold_ms: u64,
+) -> anyhow::Result<()> {
+    let victim_stderr = worker_stderr(shared, 0)?;
+    let contender_stderr = worker_stderr(shared, 1)?;
+    for round in 0..rounds {
+        let victim = RunId {
+            worker: 0,
+            attempt: round,
+        };
+        let contender = RunId {
+            worker: 1,
+            attempt: round,
+        };
+        let Some(first) = launch(
+            shared,
+            victim,
+            Job::hold(victim_hold_ms),
+            "0",
+            &victim_stderr,
+        )?
+        else {
+            break;
+        };
+        let pgid = first.pgid;
+        std::thread::scope(|scope| -> anyhow::Result<()> {
+            let waiter = scope.spawn(|| finish(shared, victim, first));
+            let started = wait_for_start(shared, victim, Duration::from_secs(10));
+            let mut other = None;
+            if let Some(start) = started {
+                // A little into the section, as a suspend would catch it.
+                std::thread::sleep(Duration::from_millis(200));
+                let sent = mono_ns()?;
+                signal_group(pgid, Signal::SIGSTOP);
+                let stopped = stopped_group_children(pgid, Duration::from_secs(1));
+                let mut stop = Event::new(Kind::Stop, mono_ns()?).run(victim);
+                stop.pgid = Some(pgid);
+                stop.pid = start.pid;
+                stop.sent = Some(sent);
+                stop.state = Some(history::STOPPED_GCSLOCK_ONLY.to_owned());
+                stop.note = Some(match stopped {
+                    Some(_) => "gcslock alone; its command runs on".to_owned(),
+                    None => "gcslock alone; it did not show as stopped within 1s".to_owned(),
+                });
+                shared.log.append(&stop)?;
+                if let Some(second) = launch(
+                    shared,
+                    contender,
+                    Job::hold(contender_hold_ms),
+                    shared.scenario.wait,
+                    &contender_stderr,
+                )? {
+                    other = Some(scope.spawn(move || finish(shared, contender, second)));
+                }
+                std::thread::sleep(Duration::from_millis(pause_ms));
+                signal_group(pgid, Signal::SIGCONT);
+                let mut cont = Event::new(Kind::Cont, mono_ns()?).run(victim);
+                cont.pgid = Some(pgid);
+                cont.pid = start.pid;
+                shared.log.append(&cont)?;
+            } else {
+                shared.note(format!("{victim}: its command did not start within 10s"));
+            }
+            for handle in std::iter::once(waiter).chain(other) {
+                match handle.join() {
+                    Ok(result) => result?,
+                    Err(_) => bail!("a run thread panicked"),
+                }
+            }
+            Ok(())
+        })?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// Scenario `once-per`, in ticks: each waits for the next boundary of the
+/// period on the wall clock (plus 300 ms, so that no spawn straddles one), then
+/// every worker fires `gcslock run --once-per` once, at a random offset within
+/// `window_ms`; its job fails (exit 1) with `fail_percent` % probability. The
+/// checker judges each slot (`checks::once_per_slots`).
+fn once_per_ticks(
+    shared: &Shared<'_>,
+    seed: u64,
+    ticks: u32,
+    period_s: u64,
+    window_ms: u64,
+    fail_percent: u32,
+) -> anyhow::Result<()> {
+    let scenario = shared.scenario;
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(7_000_003));
+    let stderr: Vec<_> = (0..scenario.workers)
+        .map(|w| worker_stderr(shared, w))
+        .collect::<anyhow::Result<_>>()?;
+    let period_ns = period_s.saturating_mul(1_000_000_000).max(1);
+    for tick in 0..ticks {
+        let now = u64::try_from(wall_ns()?).unwrap_or(0);
+        let next_boundary = (now / period_ns)
+            .saturating_add(1)
+            .saturating_mul(period_ns);
+        let wait_ns = next_boundary.saturating_sub(now).saturating_add(ms(300));
+        if !nap(shared, Duration::from_nanos(wait_ns)) && shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let plans: Vec<(u64, Job)> = (0..scenario.workers)
+            .map(|_| {
+                let offset = rng.random_range(0..=window_ms);
+                let hold_ms = rng.random_range(scenario.hold_ms.0..=scenario.hold_ms.1);
+                let fails = rng.random_range(0..100) < fail_percent;
+                (
+                    offset,
+                    Job {
+                        hold_ms,
+                        exit_code: u8::from(fails),
+                    },
+                )
+            })
+            .collect();
+        std::thread::scope(|scope| -> anyhow::Result<()> {
+            let handles: Vec<_> = plans
+                .iter()
+                .zip(&stderr)
+                .zip(0u32..)
+                .map(|(((offset, job), stderr), w)| {
+                    let run = RunId {
+                        worker: w,
+                        attempt: tick,
+                    };
+                    scope.spawn(move || -> anyhow::Result<()> {
+                        std::thread::sleep(Duration::from_millis(*offset));
+                        if let Some(launched) = launch(shared, run, *job, scenario.wait, stderr)? {
+                            finish(shared, run, launched)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for handle in handles {
+                match handle.join() {
+                    Ok(result) => result?,
+                    Err(_) => bail!("a run thread panicked"),
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// The start event of `run`, once it is in the history (`None` after `timeout`
+/// or once the run's gcslock has exited without one).
+fn wait_for_start(shared: &Shared<'_>, run: RunId, timeout: Duration) -> Option<Event> {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        let events = shared.events();
+        if let Some(start) = events
+            .iter()
+            .find(|e| e.ev == Kind::Start && e.run_id() == Some(run))
+        {
+            return Some(start.clone());
+        }
+        if events
+            .iter()
+            .any(|e| e.ev == Kind::Exit && e.run_id() == Some(run))
+        {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
 }
 
 /// After a run's gcslock exited: if its section has neither end nor abort, wait
@@ -743,16 +1033,33 @@ fn nap(shared: &Shared<'_>, duration: Duration) -> bool {
     true
 }
 
+/// What the chaos thread does to a random holder.
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Kill,
+    Pause { pause_ms: u64 },
+    Cut { cut_ms: u64 },
+    Crash,
+}
+
 fn chaos(shared: &Shared<'_>, seed: u64) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_c4a0);
-    let (count, every_ms, pause_ms) = match shared.scenario.chaos {
-        Chaos::None | Chaos::PauseAcquire { .. } => return Ok(()),
-        Chaos::Kill { count, every_ms } => (count, every_ms, None),
+    let (count, every_ms, action) = match shared.scenario.chaos {
+        Chaos::None | Chaos::PauseAcquire { .. } | Chaos::StopGcslock { .. } => return Ok(()),
+        Chaos::Kill { count, every_ms } => (count, every_ms, Action::Kill),
         Chaos::Pause {
             count,
             pause_ms,
             every_ms,
-        } => (count, every_ms, Some(pause_ms)),
+        } => (count, every_ms, Action::Pause { pause_ms }),
+        Chaos::CutOff {
+            count,
+            cut_ms,
+            every_ms,
+        } => (count, every_ms, Action::Cut { cut_ms }),
+        Chaos::CrashGcslock { count, every_ms } => (count, every_ms, Action::Crash),
+        // Sections are short and come once per tick: look often, or kills rarely land.
+        Chaos::OncePer { kills, .. } => (kills, (300, 900), Action::Kill),
     };
     let mut done = 0;
     while done < count {
@@ -777,49 +1084,190 @@ fn chaos(shared: &Shared<'_>, seed: u64) -> anyhow::Result<()> {
                 continue;
             }
             let sent = mono_ns()?;
-            let signal = if pause_ms.is_some() {
-                Signal::SIGSTOP
-            } else {
-                Signal::SIGKILL
-            };
-            // gcslock's group first (with faketime, the wrapper too), then the child's.
-            signal_group(pgid, signal);
-            signal_group(pid, signal);
+            match action {
+                Action::Kill | Action::Pause { .. } => {
+                    let signal = if matches!(action, Action::Pause { .. }) {
+                        Signal::SIGSTOP
+                    } else {
+                        Signal::SIGKILL
+                    };
+                    // gcslock's group first (with faketime, the wrapper too), then the child's.
+                    signal_group(pgid, signal);
+                    signal_group(pid, signal);
+                }
+                Action::Cut { .. } => {
+                    let Some(proxy) = usize::try_from(run.worker)
+                        .ok()
+                        .and_then(|w| shared.proxies.get(w))
+                    else {
+                        continue;
+                    };
+                    proxy.cut();
+                }
+                // gcslock alone: not its group (the watchdog has its own anyway),
+                // not its command's.
+                Action::Crash => signal_group(pgid, Signal::SIGKILL),
+            }
             sent
         };
-        let state = pause_ms.map(|_| stopped_state(pgid));
-        let kind = if pause_ms.is_some() {
-            Kind::Stop
-        } else {
-            Kind::Kill
+        let kind = match action {
+            Action::Kill => Kind::Kill,
+            Action::Pause { .. } => Kind::Stop,
+            Action::Cut { .. } => Kind::Cut,
+            Action::Crash => Kind::Crash,
         };
         let mut event = Event::new(kind, 0).run(run);
         event.pid = Some(pid);
         event.pgid = Some(pgid);
         event.token = start.token;
         event.sent = Some(sent);
-        event.state = state.map(str::to_owned);
-        if let Some(pause) = pause_ms {
-            event.t = mono_ns()?;
-            shared.log.append(&event)?;
-            std::thread::sleep(Duration::from_millis(pause));
-            signal_group(pgid, Signal::SIGCONT);
-            signal_group(pid, Signal::SIGCONT);
-            let mut cont = Event::new(Kind::Cont, mono_ns()?).run(run);
-            cont.pid = Some(pid);
-            cont.pgid = Some(pgid);
-            shared.log.append(&cont)?;
-        } else {
-            // The section ended at an unknown time before both were seen dead.
-            if !wait_dead(&[pid, gcslock_pid, pgid], Duration::from_secs(10)) {
-                shared.note(format!("{run}: SIGKILLed processes still alive after 10s"));
+        match action {
+            Action::Pause { pause_ms } => {
+                event.state = Some(stopped_state(pgid).to_owned());
+                event.t = mono_ns()?;
+                shared.log.append(&event)?;
+                std::thread::sleep(Duration::from_millis(pause_ms));
+                signal_group(pgid, Signal::SIGCONT);
+                signal_group(pid, Signal::SIGCONT);
+                let mut cont = Event::new(Kind::Cont, mono_ns()?).run(run);
+                cont.pid = Some(pid);
+                cont.pgid = Some(pgid);
+                shared.log.append(&cont)?;
             }
-            event.t = mono_ns()?;
-            shared.log.append(&event)?;
+            Action::Kill => {
+                // The section ended at an unknown time before both were seen dead.
+                if !wait_dead(&[pid, gcslock_pid, pgid], Duration::from_secs(10)) {
+                    shared.note(format!("{run}: SIGKILLed processes still alive after 10s"));
+                }
+                event.t = mono_ns()?;
+                shared.log.append(&event)?;
+            }
+            Action::Crash => {
+                // Only gcslock is known dead here; the command's end is the watcher's.
+                if !wait_dead(&[gcslock_pid], Duration::from_secs(10)) {
+                    shared.note(format!("{run}: SIGKILLed gcslock still alive after 10s"));
+                }
+                event.ppid = Some(gcslock_pid);
+                event.t = mono_ns()?;
+                shared.log.append(&event)?;
+            }
+            Action::Cut { cut_ms } => {
+                event.t = sent;
+                event.note = Some(format!("storage black-holed for up to {cut_ms} ms"));
+                shared.log.append(&event)?;
+                heal_after(shared, run, cut_ms)?;
+            }
         }
         done += 1;
     }
     Ok(())
+}
+
+/// Restores worker `run`'s link once its gcslock has exited, or after `cut_ms`.
+fn heal_after(shared: &Shared<'_>, run: RunId, cut_ms: u64) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_millis(cut_ms);
+    while Instant::now() < until {
+        let current = shared.running().get(&run.worker).map(|r| r.attempt);
+        if current != Some(run.attempt) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if let Some(proxy) = usize::try_from(run.worker)
+        .ok()
+        .and_then(|w| shared.proxies.get(w))
+    {
+        proxy.heal();
+    }
+    let heal = Event::new(Kind::Heal, mono_ns()?).run(run);
+    shared.log.append(&heal)
+}
+
+/// Records each recorder's and helper's death (`dead`, with its pid) as soon as
+/// it is seen: for sections that end without a word (SIGKILL), this is the
+/// tightest bound the history can have. Polls /proc every 2 ms; a process that
+/// died before its start was read is recorded when first seen dead (later than
+/// the truth, so never hiding an overlap).
+fn watch_deaths(shared: &Shared<'_>) -> anyhow::Result<()> {
+    let mut tail = Tail::default();
+    let mut watched: Vec<(RunId, i32)> = Vec::new();
+    let mut done_since: Option<Instant> = None;
+    loop {
+        for event in tail.read_new(&shared.log_path)? {
+            if matches!(event.ev, Kind::Start | Kind::Helper) {
+                if let (Some(run), Some(pid)) = (event.run_id(), event.pid) {
+                    watched.push((run, pid));
+                }
+            }
+        }
+        let mut still = Vec::with_capacity(watched.len());
+        for (run, pid) in watched.drain(..) {
+            if is_dead(pid) {
+                let mut dead = Event::new(Kind::Dead, mono_ns()?).run(run);
+                dead.pid = Some(pid);
+                shared.log.append(&dead)?;
+            } else {
+                still.push((run, pid));
+            }
+        }
+        watched = still;
+        if shared.done.load(Ordering::SeqCst) {
+            let since = *done_since.get_or_insert_with(Instant::now);
+            if watched.is_empty() {
+                return Ok(());
+            }
+            if since.elapsed() > Duration::from_secs(10) {
+                for (run, pid) in watched.drain(..) {
+                    shared.note(format!(
+                        "{run}: pid {pid} still running 10s after the last worker; SIGKILL"
+                    ));
+                    signal_group(pid, Signal::SIGKILL);
+                    signal_group_member(pid);
+                    wait_dead(&[pid], Duration::from_secs(5));
+                    let mut dead = Event::new(Kind::Dead, mono_ns()?).run(run);
+                    dead.pid = Some(pid);
+                    dead.note =
+                        Some("outlived every worker by 10s; SIGKILLed by gcslock-chaos".into());
+                    shared.log.append(&dead)?;
+                }
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// SIGKILLs one process (a helper is not its group's leader).
+fn signal_group_member(pid: i32) {
+    if pid > 1 {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// Reads a growing history file incrementally, whole lines only.
+#[derive(Default)]
+struct Tail {
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl Tail {
+    fn read_new(&mut self, path: &Path) -> anyhow::Result<Vec<Event>> {
+        use std::io::{Read as _, Seek as _, SeekFrom};
+        let mut file =
+            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        file.seek(SeekFrom::Start(self.offset))
+            .context("cannot seek in the history")?;
+        let read = file
+            .read_to_end(&mut self.partial)
+            .context("cannot read the history")?;
+        self.offset = self.offset.saturating_add(u64::try_from(read).unwrap_or(0));
+        let Some(last_newline) = self.partial.iter().rposition(|&b| b == b'\n') else {
+            return Ok(Vec::new());
+        };
+        let complete: Vec<u8> = self.partial.drain(..=last_newline).collect();
+        Ok(history::parse(&String::from_utf8_lossy(&complete), false).0)
+    }
 }
 
 /// What a SIGSTOPped `gcslock run` group was doing: `no-command` (it had not

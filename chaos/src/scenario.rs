@@ -6,7 +6,7 @@ use clap::ValueEnum;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Profile {
-    /// Every scenario, small: under 3 minutes on 2 cores (for CI)
+    /// Every scenario, small: under 4 minutes on 2 cores (for CI)
     Short,
     /// Every scenario, more workers and iterations, plus a mixed one (about 15-20 minutes)
     Soak,
@@ -35,12 +35,45 @@ pub enum Chaos {
         pause_ms: u64,
         contender_hold_ms: u64,
     },
+    /// Black-hole a random holder's link to storage (its own proxy) mid-section,
+    /// for `cut_ms` or until its gcslock exits.
+    CutOff {
+        count: u32,
+        cut_ms: u64,
+        every_ms: (u64, u64),
+    },
+    /// SIGKILL a random holder's gcslock alone, mid-section: its command (and the
+    /// helper it started) run on unless gcslock's watchdog kills them.
+    CrashGcslock {
+        count: u32,
+        every_ms: (u64, u64),
+    },
+    /// Rounds of: gcslock alone SIGSTOPped while its command runs (`victim_hold_ms`),
+    /// the lock taken over meanwhile, gcslock continued after `pause_ms`
+    /// (see `runner::stop_gcslock_rounds`).
+    StopGcslock {
+        rounds: u32,
+        pause_ms: u64,
+        victim_hold_ms: u64,
+        contender_hold_ms: u64,
+    },
+    /// Ticks of `gcslock run --once-per PERIOD`: in each, every worker fires once
+    /// at a random offset within `window_ms` after a period boundary; a job fails
+    /// (exit 1) with `fail_percent` % probability; `kills` holders are SIGKILLed
+    /// over the scenario (see `runner::once_per_ticks`).
+    OncePer {
+        ticks: u32,
+        period_s: u64,
+        window_ms: u64,
+        fail_percent: u32,
+        kills: u32,
+    },
 }
 
 #[derive(Clone, Debug)]
 pub struct Scenario {
     pub name: &'static str,
-    /// Short id: a, b, c, c2, d, e, f, g.
+    /// Short id: a, b, c, c2, d, e, f, h, i, j, k, g.
     pub id: &'static str,
     pub what: &'static str,
     pub workers: u32,
@@ -61,6 +94,13 @@ pub struct Scenario {
     pub chaos: Chaos,
     /// faketime offsets (`faketime -f OFFSET`), dealt round robin to the workers.
     pub faketime: Vec<&'static str>,
+    /// The recorder's slow stop: it goes on this long after SIGTERM (0: stops at once).
+    pub term_delay_ms: u64,
+    /// The recorder starts a helper process in its group, living as long as the hold.
+    pub helper: bool,
+    /// Record each recorder's and helper's death as soon as it is seen (a thread
+    /// polls /proc), rather than only after its gcslock exited.
+    pub watch_deaths: bool,
 }
 
 const TTL_MS: u64 = 2_000;
@@ -92,6 +132,9 @@ fn base(
         emulator: vec![],
         chaos: Chaos::None,
         faketime: vec![],
+        term_delay_ms: 0,
+        helper: false,
+        watch_deaths: false,
     }
 }
 
@@ -99,7 +142,7 @@ fn base(
 /// scenarios left still get [`MIN_SCENARIO`] each (see `main`).
 pub fn budget(profile: Profile) -> Option<Duration> {
     match profile {
-        Profile::Short => Some(Duration::from_secs(170)),
+        Profile::Short => Some(Duration::from_secs(230)),
         Profile::Soak => None,
     }
 }
@@ -107,7 +150,7 @@ pub fn budget(profile: Profile) -> Option<Duration> {
 /// The least wall time a scenario is given under a budget.
 pub const MIN_SCENARIO: Duration = Duration::from_secs(8);
 
-/// The scenarios of a profile, in order (a) to (f) (and (g) for soak).
+/// The scenarios of a profile, in order (a) to (f), (h) to (k) (and (g) for soak).
 pub fn scenarios(profile: Profile) -> Vec<Scenario> {
     let soak = profile == Profile::Soak;
     let (workers, iterations) = if soak { (8, 12) } else { (6, 3) };
@@ -216,6 +259,85 @@ pub fn scenarios(profile: Profile) -> Vec<Scenario> {
             )
         },
     ];
+    list.extend([
+        Scenario {
+            chaos: Chaos::CutOff {
+                count: if soak { 6 } else { 2 },
+                cut_ms: 2 * TTL_MS + 1_000,
+                every_ms: (500, 1_500),
+            },
+            // Longer than the lease, so that a cut always costs the holder its lease.
+            hold_ms: (2_500, 3_500),
+            term_delay_ms: 3_000,
+            watch_deaths: true,
+            wall_limit: limit(40, 240),
+            ..base(
+                "cut-off",
+                "h",
+                "a holder's link to storage black-holed mid-section; its command takes 3s to \
+                 stop after SIGTERM, so gcslock must SIGKILL it before waiters take over",
+                if soak { 5 } else { 3 },
+                if soak { 4 } else { 2 },
+            )
+        },
+        Scenario {
+            chaos: Chaos::CrashGcslock {
+                count: if soak { 6 } else { 2 },
+                every_ms: (500, 1_500),
+            },
+            hold_ms: (3_000, 4_000),
+            helper: true,
+            watch_deaths: true,
+            wall_limit: limit(40, 240),
+            ..base(
+                "gcslock-killed",
+                "i",
+                "SIGKILL of a holder's gcslock alone; its command and the helper it started \
+                 must die with it (watchdog), not run on beside the next holder",
+                if soak { 4 } else { 3 },
+                if soak { 4 } else { 2 },
+            )
+        },
+        Scenario {
+            chaos: Chaos::StopGcslock {
+                rounds: if soak { 4 } else { 2 },
+                pause_ms: 2 * TTL_MS + 500,
+                victim_hold_ms: 2 * TTL_MS + 4_000,
+                contender_hold_ms: 3_000,
+            },
+            watch_deaths: true,
+            wall_limit: limit(30, 90),
+            ..base(
+                "gcslock-stopped",
+                "j",
+                "gcslock alone SIGSTOPped for 2xTTL while its command runs on (overlap \
+                 expected); on SIGCONT it must kill the command within 1s",
+                2,
+                if soak { 4 } else { 2 },
+            )
+        },
+    ]);
+    list.push(Scenario {
+        chaos: Chaos::OncePer {
+            ticks: if soak { 8 } else { 3 },
+            period_s: 10,
+            window_ms: 1_500,
+            fail_percent: 35,
+            kills: if soak { 4 } else { 1 },
+        },
+        hold_ms: (300, 700),
+        wait: "6s",
+        wall_limit: limit(50, 150),
+        ..base(
+            "once-per",
+            "k",
+            "ticks of `run --once-per 10s`: workers fire at random offsets after each period \
+             boundary, 35% of jobs fail, holders are killed; at most one success per slot, \
+             failed slots retried, nothing overlaps",
+            if soak { 5 } else { 4 },
+            if soak { 8 } else { 3 },
+        )
+    });
     if soak {
         let mut mixed = storm;
         mixed.extend(flags(&["--reset-after", "0.05"]));
@@ -250,7 +372,10 @@ mod tests {
         for profile in [Profile::Short, Profile::Soak] {
             let list = scenarios(profile);
             let ids: Vec<&str> = list.iter().map(|s| s.id).collect();
-            assert_eq!(ids[..7], ["a", "b", "c", "c2", "d", "e", "f"]);
+            assert_eq!(
+                ids[..11],
+                ["a", "b", "c", "c2", "d", "e", "f", "h", "i", "j", "k"]
+            );
             for s in &list {
                 assert!(s.refresh_ms * 8 <= s.ttl_ms, "{}", s.name);
                 assert!(s.hold_ms.0 <= s.hold_ms.1 && s.gap_ms.0 <= s.gap_ms.1);
@@ -260,7 +385,7 @@ mod tests {
             }
         }
         // The profile's budget, not the sum of the limits, bounds a short run.
-        assert!(budget(Profile::Short).is_some_and(|b| b < Duration::from_secs(180)));
+        assert!(budget(Profile::Short).is_some_and(|b| b < Duration::from_secs(240)));
         assert!(budget(Profile::Soak).is_none());
     }
 }

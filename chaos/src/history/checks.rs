@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::events::{Event, Kind, RunId, STOPPED_NO_COMMAND};
+use super::events::{Event, Kind, RunId, STOPPED_GCSLOCK_ONLY, STOPPED_NO_COMMAND};
 use super::render::span;
 use super::sections::{self, by_run, malformed_event, Commit, Section, SectionEnd};
 use crate::clock::{ms, rel};
@@ -20,6 +20,15 @@ pub enum FindingKind {
     Malformed,
     /// An unrecorded command whose window only partly meets another section.
     PossibleOverlap,
+    /// A command still running well after its stopped gcslock was continued.
+    SlowStopAfterResume,
+    /// `--once-per`: a command of a slot started after a run of that slot succeeded.
+    SlotRunAfterDone,
+    /// `--once-per`: a run exited 0 without running although its slot was not done.
+    SlotSkippedUndone,
+    /// `--once-per`: a slot's run failed, a run of the slot was still trying, and
+    /// nobody ran the command again.
+    FailedSlotNotRetried,
 }
 
 impl FindingKind {
@@ -34,6 +43,10 @@ impl FindingKind {
             Self::ClockSanity => "clock-sanity",
             Self::Malformed => "malformed-history",
             Self::PossibleOverlap => "possible-overlap",
+            Self::SlowStopAfterResume => "slow-stop-after-resume",
+            Self::SlotRunAfterDone => "slot-run-after-done",
+            Self::SlotSkippedUndone => "slot-skipped-undone",
+            Self::FailedSlotNotRetried => "failed-slot-not-retried",
         }
     }
 }
@@ -108,6 +121,8 @@ pub fn analyze(events: &[Event], malformed: &[String]) -> Analysis {
     findings.extend(token_order(&sections, origin));
     findings.extend(commit_order(&sections, origin));
     findings.extend(lock_left_held(events, origin));
+    findings.extend(stopped_after_resume(events, &sections, origin));
+    findings.extend(once_per_slots(events, &sections, origin));
     findings.sort_by_key(|f| (f.expected, f.at));
     Analysis {
         max_concurrent: max_concurrent(&sections),
@@ -144,14 +159,18 @@ fn unparsable_lines(malformed: &[String], origin: u64) -> Vec<Finding> {
 fn unresolved_ends(sections: &[Section], origin: u64) -> Vec<Finding> {
     sections
         .iter()
-        .filter(|section| section.end == SectionEnd::Unknown)
+        .filter(|section| section.end_bound() == u64::MAX)
         .map(|section| Finding {
             kind: FindingKind::UnresolvedEnd,
             expected: false,
             message: format!(
-                "{}: no end, abort, kill or death was recorded; it is treated as running \
-                 to the end of the history",
-                span(section, origin)
+                "{}: {}; it is treated as running to the end of the history",
+                span(section, origin),
+                if section.end == SectionEnd::Unknown {
+                    "no end, abort, kill or death was recorded"
+                } else {
+                    "a helper process it started was never seen dead"
+                }
             ),
             runs: vec![section.run],
             at: section.start,
@@ -474,4 +493,231 @@ fn lock_left_held(events: &[Event], origin: u64) -> Option<Finding> {
         runs: vec![],
         at: last.t,
     })
+}
+
+/// How soon after SIGCONT a gcslock that was stopped alone (its command ran on)
+/// must have stopped its command: it looks at the lease every 100 ms and then
+/// SIGKILLs at once, as the deadline has passed; the rest is room for a loaded
+/// 2-core machine.
+pub const RESUME_STOP_BOUND_NS: u64 = 1_000_000_000;
+
+/// Scenario `gcslock-stopped`: gcslock alone was SIGSTOPped past its lease while
+/// its command ran on. The overlap that follows is expected (gcslock could not
+/// act), but once continued it must stop the command at once: the section (the
+/// recorder and its helpers) must be gone by SIGCONT + [`RESUME_STOP_BOUND_NS`].
+fn stopped_after_resume(events: &[Event], sections: &[Section], origin: u64) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for stop in events
+        .iter()
+        .filter(|e| e.ev == Kind::Stop && e.state.as_deref() == Some(STOPPED_GCSLOCK_ONLY))
+    {
+        let Some(run) = stop.run_id() else {
+            findings.push(malformed_event(stop, "stop event without a run"));
+            continue;
+        };
+        let Some(cont) = events
+            .iter()
+            .filter(|e| e.ev == Kind::Cont && e.run_id() == Some(run) && e.t >= stop.t)
+            .map(|e| e.t)
+            .min()
+        else {
+            continue; // never continued: nothing to judge
+        };
+        let bound = cont.saturating_add(RESUME_STOP_BOUND_NS);
+        for section in sections.iter().filter(|s| s.run == run) {
+            let end = section.end_bound();
+            if end <= bound {
+                continue;
+            }
+            findings.push(Finding {
+                kind: FindingKind::SlowStopAfterResume,
+                expected: false,
+                message: format!(
+                    "{}: gcslock alone was stopped at {} and continued at {}, its lease long \
+                     gone, but its command ran until {}: it must be stopped within {} ms of \
+                     the SIGCONT",
+                    span(section, origin),
+                    rel(stop.t, origin),
+                    rel(cont, origin),
+                    rel(end, origin),
+                    RESUME_STOP_BOUND_NS / 1_000_000
+                ),
+                runs: vec![run],
+                at: cont,
+            });
+        }
+    }
+    findings
+}
+
+/// How long after a failed run of a slot a run of the same slot that was still
+/// trying must have taken the lock: the failed holder's lease runs out (one TTL
+/// plus the margin after its last refresh) and a waiter polls about once per TTL;
+/// the last second is room for a loaded machine.
+pub fn retry_grace_ns(ttl_ns: u64) -> u64 {
+    ttl_ns
+        .saturating_mul(2)
+        .saturating_add(default_margin_ns(ttl_ns))
+        .saturating_add(ms(1_000))
+}
+
+/// One `gcslock run --once-per` invocation as the checker sees it.
+struct SlotRun<'a> {
+    run: RunId,
+    slot: u64,
+    spawned: u64,
+    exit: Option<&'a Event>,
+    section: Option<&'a Section>,
+    unrecorded: bool,
+}
+
+impl SlotRun<'_> {
+    fn exited_0(&self) -> bool {
+        self.exit.is_some_and(|e| e.code == Some(0))
+    }
+
+    /// The command ran and succeeded, and gcslock said so (and so recorded the slot).
+    fn succeeded(&self) -> bool {
+        self.exited_0()
+            && self.section.is_some_and(|s| {
+                matches!(s.end, SectionEnd::Committed { .. }) && s.failed_with.is_none()
+            })
+    }
+
+    /// gcslock exited 0 without starting the command: the slot was done.
+    fn skipped(&self) -> bool {
+        self.exited_0() && self.section.is_none() && !self.unrecorded
+    }
+
+    fn exited_at(&self) -> u64 {
+        self.exit.map_or(u64::MAX, |e| e.t)
+    }
+}
+
+/// `--once-per` (scenario `once-per`): runs whose spawn names a slot.
+/// * No command of a slot starts after a run of that slot has succeeded (so at
+///   most one success per slot).
+/// * A run that exits 0 without running its command does so only after a run of
+///   its slot succeeded (a failed run does not record the slot).
+/// * When a run of a slot fails (its job exits non-zero, or is killed) and
+///   another run of that slot is still trying [`retry_grace_ns`] later, the
+///   command starts again after the failure.
+fn once_per_slots(events: &[Event], sections: &[Section], origin: u64) -> Vec<Finding> {
+    let ttl = events
+        .iter()
+        .find(|e| e.ev == Kind::Begin)
+        .and_then(|e| e.ttl_ms)
+        .map_or(0, ms);
+    let grace = retry_grace_ns(ttl);
+    let exits = by_run(events, Kind::Exit);
+    let unrecorded = by_run(events, Kind::Unrecorded);
+    let mut slots: HashMap<u64, Vec<SlotRun<'_>>> = HashMap::new();
+    for spawn in events.iter().filter(|e| e.ev == Kind::Spawn) {
+        let (Some(run), Some(slot)) = (spawn.run_id(), spawn.slot) else {
+            continue;
+        };
+        slots.entry(slot).or_default().push(SlotRun {
+            run,
+            slot,
+            spawned: spawn.t,
+            exit: exits.get(&run).and_then(|e| e.first().copied()),
+            section: sections.iter().find(|s| s.run == run),
+            unrecorded: unrecorded.contains_key(&run),
+        });
+    }
+    let mut findings = Vec::new();
+    let mut ordered: Vec<(&u64, &Vec<SlotRun<'_>>)> = slots.iter().collect();
+    ordered.sort_by_key(|(slot, _)| **slot);
+    for (_, runs) in ordered {
+        let first_success = runs
+            .iter()
+            .filter(|r| r.succeeded())
+            .filter_map(|r| Some((r.section?.end_bound(), r)))
+            .min_by_key(|(t, _)| *t);
+        if let Some((done_at, done)) = first_success {
+            for late in runs
+                .iter()
+                .filter_map(|r| r.section)
+                .filter(|s| s.start > done_at)
+            {
+                findings.push(Finding {
+                    kind: FindingKind::SlotRunAfterDone,
+                    expected: false,
+                    message: format!(
+                        "slot {}: {} started its command after {} had completed the slot at {}",
+                        done.slot,
+                        span(late, origin),
+                        done.run,
+                        rel(done_at, origin)
+                    ),
+                    runs: vec![done.run, late.run],
+                    at: late.start,
+                });
+            }
+        }
+        for skip in runs.iter().filter(|r| r.skipped()) {
+            let done_before = first_success.is_some_and(|(t, _)| t <= skip.exited_at());
+            if !done_before {
+                findings.push(Finding {
+                    kind: FindingKind::SlotSkippedUndone,
+                    expected: false,
+                    message: format!(
+                        "slot {}: {} exited 0 at {} without running its command, but no run \
+                         of the slot had succeeded by then",
+                        skip.slot,
+                        skip.run,
+                        rel(skip.exited_at(), origin)
+                    ),
+                    runs: vec![skip.run],
+                    at: skip.exited_at(),
+                });
+            }
+        }
+        for failed in runs.iter().filter(|r| !r.succeeded()) {
+            let Some(section) = failed.section else {
+                continue;
+            };
+            let failed_at = section.end_bound();
+            let by = failed_at.saturating_add(grace);
+            let retried = runs
+                .iter()
+                .filter_map(|r| r.section)
+                .any(|s| s.start >= failed_at && s.run != failed.run);
+            let trying = runs
+                .iter()
+                .filter(|r| r.run != failed.run && r.spawned <= by && r.exited_at() >= by)
+                .map(|r| r.run)
+                .collect::<Vec<_>>();
+            if retried || trying.is_empty() || first_success.is_some_and(|(t, _)| t <= failed_at) {
+                continue;
+            }
+            let mut involved = vec![failed.run];
+            involved.extend(trying.iter().copied());
+            findings.push(Finding {
+                kind: FindingKind::FailedSlotNotRetried,
+                expected: false,
+                message: format!(
+                    "slot {}: {} failed ({}), and {} still tried to run at {} (failure + {} ms), \
+                     but nobody ran the command again",
+                    failed.slot,
+                    span(section, origin),
+                    match (section.failed_with, failed.exit.and_then(|e| e.code)) {
+                        (Some(code), _) => format!("the job exited {code}"),
+                        (None, Some(code)) => format!("gcslock exited {code}"),
+                        (None, None) => "killed".to_owned(),
+                    },
+                    trying
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    rel(by, origin),
+                    grace / 1_000_000
+                ),
+                runs: involved,
+                at: failed_at,
+            });
+        }
+    }
+    findings
 }

@@ -19,7 +19,8 @@ pub enum Kind {
     Spawn,
     /// The critical section starts (recorder child, holding the lock).
     Start,
-    /// The critical section commits and ends (recorder child): `commit` says how.
+    /// The critical section commits and ends (recorder child): `commit` says how;
+    /// `code`, when present and not 0, is the job's failing exit code.
     End,
     /// The recorder got a signal (gcslock stopping it after losing the lease, or
     /// the orchestrator's wall-time limit) and stops without committing.
@@ -41,11 +42,28 @@ pub enum Kind {
     /// recorder never wrote a start: it was stopped before it could. `pid` is the
     /// process group gcslock says it signalled, `note` its message.
     Unrecorded,
+    /// The recorder started a helper process (`pid`) in its own process group: part
+    /// of the job, so the section lasts until it is gone too.
+    Helper,
+    /// The recorder got a stop signal (`signal`) and handles it slowly: it keeps
+    /// running for `note` before it aborts.
+    Term,
+    /// The orchestrator SIGKILLed gcslock alone (`ppid`), not its command's group:
+    /// `sent` is when, `t` when gcslock was seen dead.
+    Crash,
+    /// The orchestrator black-holed a worker's link to storage (its proxy).
+    Cut,
+    /// ... and restored it.
+    Heal,
 }
 
 /// A stop event's `state` when the stopped gcslock had not started its command
 /// (so it can start it only after being continued).
 pub const STOPPED_NO_COMMAND: &str = "no-command";
+
+/// A stop event's `state` when only gcslock was stopped, not its command: the
+/// command runs on, and gcslock must stop it at once when continued.
+pub const STOPPED_GCSLOCK_ONLY: &str = "gcslock-only";
 
 /// One line of the history. Fields not used by a kind are absent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -88,6 +106,10 @@ pub struct Event {
     pub state: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Spawn of a `gcslock run --once-per P`: the slot, floor(unix time / P), of
+    /// the wall clock at the spawn (`ttl_ms`-like: `period_s` in `note`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u64>,
 }
 
 impl Event {
@@ -109,6 +131,7 @@ impl Event {
             ttl_ms: None,
             state: None,
             note: None,
+            slot: None,
         }
     }
 

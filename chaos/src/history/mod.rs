@@ -32,8 +32,8 @@ mod sections;
 
 pub use checks::{analyze, lock_free_deadline, Analysis, Finding, FindingKind};
 pub use events::{
-    read, Event, Kind, Log, RunId, COMMIT_FENCED_ACCEPTED, COMMIT_FENCED_REJECTED, COMMIT_UNFENCED,
-    STOPPED_NO_COMMAND,
+    parse, read, Event, Kind, Log, RunId, COMMIT_FENCED_ACCEPTED, COMMIT_FENCED_REJECTED,
+    COMMIT_UNFENCED, STOPPED_GCSLOCK_ONLY, STOPPED_NO_COMMAND,
 };
 pub use render::{excerpt, render};
 

@@ -70,6 +70,9 @@ pub fn render_one(event: &Event, origin: u64, highlight: &HashSet<RunId>) -> Str
     if let Some(sent) = event.sent {
         let _ = write!(detail, " (sent {})", rel(sent, origin));
     }
+    if let Some(slot) = event.slot {
+        let _ = write!(detail, " slot {slot}");
+    }
     if let Some(state) = &event.state {
         let _ = write!(detail, " state {state}");
     }

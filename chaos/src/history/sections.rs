@@ -53,11 +53,22 @@ pub struct Section {
     /// When its holder was first SIGSTOPped while the section ran (or the section
     /// started while its gcslock was stopped), if it was.
     pub paused_at: Option<u64>,
+    /// When the last helper process the command started (in its process group)
+    /// was seen dead: `u64::MAX` if one never was; `None` without helpers.
+    pub helpers_gone: Option<u64>,
+    /// The job's exit code, from its end event, when it failed (not 0).
+    pub failed_with: Option<i32>,
 }
 
 impl Section {
-    /// The latest time the section may still have been running.
+    /// The latest time the section may still have been running: the job lasts
+    /// until its recorder and every helper it started are gone.
     pub fn end_bound(&self) -> u64 {
+        self.recorder_end().max(self.helpers_gone.unwrap_or(0))
+    }
+
+    /// The latest time the recorder itself may still have been running.
+    pub fn recorder_end(&self) -> u64 {
         match self.end {
             SectionEnd::Committed { t, .. }
             | SectionEnd::Aborted { t, .. }
@@ -97,16 +108,23 @@ fn pauses(events: &[Event]) -> HashMap<RunId, Vec<(u64, u64)>> {
     pauses
 }
 
-/// When each recorder (by pid) was first seen dead.
-fn deaths(events: &[Event]) -> HashMap<i32, u64> {
-    let mut dead: HashMap<i32, u64> = HashMap::new();
+/// When each process (by pid) was seen dead, in time order (a pid may be reused).
+fn deaths(events: &[Event]) -> HashMap<i32, Vec<u64>> {
+    let mut dead: HashMap<i32, Vec<u64>> = HashMap::new();
     for event in events.iter().filter(|e| e.ev == Kind::Dead) {
         if let Some(pid) = event.pid {
-            let t = dead.entry(pid).or_insert(event.t);
-            *t = (*t).min(event.t);
+            dead.entry(pid).or_default().push(event.t);
         }
     }
+    for times in dead.values_mut() {
+        times.sort_unstable();
+    }
     dead
+}
+
+/// When `pid` was first seen dead at or after `since`.
+fn died(dead: &HashMap<i32, Vec<u64>>, pid: i32, since: u64) -> Option<u64> {
+    dead.get(&pid)?.iter().copied().find(|&t| t >= since)
 }
 
 /// A finding for an event the sections cannot be built from.
@@ -129,6 +147,7 @@ pub fn build(events: &[Event]) -> (Vec<Section>, Vec<Finding>) {
     let kills = by_run(events, Kind::Kill);
     let pauses = pauses(events);
     let dead = deaths(events);
+    let helpers = by_run(events, Kind::Helper);
     let mut malformed = Vec::new();
     let mut sections = Vec::new();
     let mut started = HashSet::new();
@@ -144,7 +163,9 @@ pub fn build(events: &[Event]) -> (Vec<Section>, Vec<Finding>) {
             malformed.push(malformed_event(event, "second start event for one run"));
             continue;
         }
+        let mut failed_with = None;
         let end = if let Some(end) = ends.get(&run).and_then(|e| e.first()) {
+            failed_with = end.code.filter(|&code| code != 0);
             if end.token != Some(token) {
                 malformed.push(malformed_event(end, "end event with another token"));
             }
@@ -159,7 +180,7 @@ pub fn build(events: &[Event]) -> (Vec<Section>, Vec<Finding>) {
             }
         } else {
             let killed = kills.get(&run).and_then(|k| k.iter().map(|e| e.t).min());
-            let died = dead.get(&pid).copied();
+            let died = died(&dead, pid, event.t);
             match (killed, died) {
                 (Some(k), Some(d)) => SectionEnd::Killed { t: k.min(d) },
                 (Some(k), None) => SectionEnd::Killed { t: k },
@@ -174,6 +195,17 @@ pub fn build(events: &[Event]) -> (Vec<Section>, Vec<Finding>) {
             start: event.t,
             end,
             paused_at: None,
+            helpers_gone: helpers.get(&run).map(|list| {
+                list.iter()
+                    .map(|h| {
+                        h.pid
+                            .and_then(|pid| died(&dead, pid, h.t))
+                            .unwrap_or(u64::MAX)
+                    })
+                    .max()
+                    .unwrap_or(0)
+            }),
+            failed_with,
         };
         // Only a pause while the section ran explains anything about it: one that
         // ended before it started left gcslock time to see its lease had expired,

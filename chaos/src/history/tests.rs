@@ -1,4 +1,6 @@
+use super::checks::retry_grace_ns;
 use super::events::parse;
+use super::events::STOPPED_GCSLOCK_ONLY;
 use super::sections::SectionEnd;
 use super::*;
 
@@ -420,4 +422,241 @@ fn the_log_appends_whole_lines() {
     assert!(text.contains(">>"), "{text}");
     assert!(text.contains("token 1"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn dead(r: RunId, t: u64, pid: i32) -> Event {
+    let mut e = Event::new(Kind::Dead, t).run(r);
+    e.pid = Some(pid);
+    e
+}
+
+fn pid_of(r: RunId) -> i32 {
+    1000 + i32::try_from(r.worker * 100 + r.attempt).unwrap_or(0)
+}
+
+fn helper(r: RunId, t: u64, pid: i32) -> Event {
+    let mut e = Event::new(Kind::Helper, t).run(r);
+    e.pid = Some(pid);
+    e.ppid = Some(pid_of(r));
+    e
+}
+
+fn term(r: RunId, t: u64) -> Event {
+    let mut e = Event::new(Kind::Term, t).run(r);
+    e.pid = Some(pid_of(r));
+    e.signal = Some(15);
+    e
+}
+
+/// Scenario h: a cut-off holder whose command stops slowly after SIGTERM. Its
+/// section lasts until the recorder is seen dead, whatever `term` said.
+#[test]
+fn a_slowly_stopping_command_lasts_until_it_is_seen_dead() {
+    let holder = run(1, 0);
+    let waiter = run(2, 0);
+    let history = |death: u64| {
+        let mut events = vec![start(holder, S / 10, 1), term(holder, 2 * S)];
+        events.push(dead(holder, death, pid_of(holder)));
+        events.extend(section(waiter, 3 * S, 4 * S, 2));
+        events
+    };
+    // gcslock's SIGKILL landed before the waiter took over.
+    let a = clean(&history(2 * S + S / 2));
+    assert!(a.findings.is_empty(), "{:?}", a.findings);
+    assert_eq!(a.sections[0].end, SectionEnd::Dead { t: 2 * S + S / 2 });
+    // It ran on, handling SIGTERM, after the waiter started.
+    let a = clean(&history(3 * S + S / 2));
+    assert_eq!(kinds(&a, false), vec![FindingKind::Overlap]);
+}
+
+/// Scenario i: the job is the recorder and the helper it started; the section
+/// lasts until both are gone.
+#[test]
+fn a_helper_that_outlives_its_recorder_extends_the_section() {
+    let holder = run(1, 0);
+    let waiter = run(2, 0);
+    let helper_pid = 7777;
+    let history = |helper_death: Option<u64>| {
+        let mut events = vec![
+            start(holder, S, 1),
+            helper(holder, S + 1, helper_pid),
+            dead(holder, 2 * S, pid_of(holder)),
+        ];
+        events.extend(helper_death.map(|t| dead(holder, t, helper_pid)));
+        events.extend(section(waiter, 3 * S, 4 * S, 2));
+        events
+    };
+    let a = clean(&history(Some(2 * S + 1)));
+    assert!(a.findings.is_empty(), "{:?}", a.findings);
+    assert_eq!(a.sections[0].end_bound(), 2 * S + 1);
+
+    let a = clean(&history(Some(3 * S + 1)));
+    assert_eq!(kinds(&a, false), vec![FindingKind::Overlap]);
+    assert_eq!(a.sections[0].end_bound(), 3 * S + 1);
+
+    // A helper never seen dead leaves the section unbounded.
+    let a = clean(&history(None));
+    assert_eq!(
+        kinds(&a, false),
+        vec![FindingKind::UnresolvedEnd, FindingKind::Overlap]
+    );
+}
+
+/// A death recorded for the same pid before the helper started (pid reuse) does
+/// not bound it.
+#[test]
+fn a_death_before_a_process_started_does_not_bound_it() {
+    let holder = run(1, 0);
+    let events = vec![
+        dead(run(3, 0), S / 2, 7777),
+        start(holder, S, 1),
+        helper(holder, S + 1, 7777),
+        end(holder, 2 * S, 1),
+    ];
+    let a = clean(&events);
+    assert_eq!(kinds(&a, false), vec![FindingKind::UnresolvedEnd]);
+}
+
+fn stop_gcslock_only(r: RunId, stop_at: u64, cont_at: u64) -> [Event; 2] {
+    let mut stop = Event::new(Kind::Stop, stop_at).run(r);
+    stop.sent = Some(stop_at);
+    stop.state = Some(STOPPED_GCSLOCK_ONLY.into());
+    let cont = Event::new(Kind::Cont, cont_at).run(r);
+    [stop, cont]
+}
+
+/// Scenario j: gcslock alone stopped past its lease. The overlap is expected; a
+/// command still running more than the bound after SIGCONT is not.
+#[test]
+fn a_command_must_stop_soon_after_its_gcslock_is_continued() {
+    let victim = run(0, 0);
+    let contender = run(1, 0);
+    let history = |death: u64| {
+        let mut events = vec![start(victim, S / 10, 1)];
+        events.extend(stop_gcslock_only(victim, S / 2, 5 * S));
+        events.extend(section(contender, 3 * S, 6 * S, 2));
+        events.push(dead(victim, death, pid_of(victim)));
+        events
+    };
+    let a = clean(&history(5 * S + S / 5));
+    assert!(kinds(&a, false).is_empty(), "{:?}", a.findings);
+    assert_eq!(kinds(&a, true), vec![FindingKind::Overlap]);
+
+    let a = clean(&history(5 * S + 2 * S));
+    assert_eq!(kinds(&a, false), vec![FindingKind::SlowStopAfterResume]);
+    assert_eq!(kinds(&a, true), vec![FindingKind::Overlap]);
+}
+
+fn spawn_in_slot(r: RunId, t: u64, slot: u64) -> Event {
+    let mut e = Event::new(Kind::Spawn, t).run(r);
+    e.slot = Some(slot);
+    e
+}
+
+fn exit_with(r: RunId, t: u64, code: Option<i32>) -> Event {
+    let mut e = Event::new(Kind::Exit, t).run(r);
+    e.code = code;
+    e.signal = code.is_none().then_some(9);
+    e
+}
+
+fn failed_section(r: RunId, from: u64, to: u64, token: u64) -> [Event; 2] {
+    let mut end = end(r, to, token);
+    end.code = Some(1);
+    [start(r, from, token), end]
+}
+
+/// One slot: w0 fails, w1 (waiting) retries and succeeds, w2 fires later and
+/// finds the slot done.
+fn once_per_tick() -> Vec<Event> {
+    let (w0, w1, w2) = (run(0, 0), run(1, 0), run(2, 0));
+    let mut events = vec![begin(2000)];
+    events.push(spawn_in_slot(w0, S / 10, 7));
+    events.push(spawn_in_slot(w1, S / 5, 7));
+    events.extend(failed_section(w0, S / 2, S, 1));
+    events.push(exit_with(w0, S + 1, Some(1)));
+    events.extend(section(w1, 2 * S, 3 * S, 2));
+    events.push(exit_with(w1, 3 * S + 1, Some(0)));
+    events.push(spawn_in_slot(w2, 3 * S + 2, 7));
+    events.push(exit_with(w2, 3 * S + 3, Some(0)));
+    events.push(final_state(4 * S, "released"));
+    events
+}
+
+#[test]
+fn a_failed_slot_retried_by_a_waiter_and_then_skipped_passes() {
+    let a = clean(&once_per_tick());
+    assert!(a.findings.is_empty(), "{:?}", a.findings);
+}
+
+#[test]
+fn a_command_started_after_its_slot_completed_is_flagged() {
+    let mut events = once_per_tick();
+    // w2 ran the job although w1 had completed the slot.
+    events.retain(|e| e.run_id() != Some(run(2, 0)) || e.ev == Kind::Spawn);
+    events.extend(section(run(2, 0), 3 * S + 10, 3 * S + 20, 3));
+    events.push(exit_with(run(2, 0), 3 * S + 30, Some(0)));
+    let a = clean(&events);
+    assert_eq!(kinds(&a, false), vec![FindingKind::SlotRunAfterDone]);
+}
+
+#[test]
+fn a_run_that_skips_a_slot_nobody_completed_is_flagged() {
+    // As if w0's failure had recorded the slot: w1 gives up at once, w2 skips too.
+    let (w0, w1, w2) = (run(0, 0), run(1, 0), run(2, 0));
+    let mut events = vec![begin(2000)];
+    events.push(spawn_in_slot(w0, S / 10, 7));
+    events.push(spawn_in_slot(w1, S / 5, 7));
+    events.extend(failed_section(w0, S / 2, S, 1));
+    events.push(exit_with(w0, S + 1, Some(1)));
+    events.push(exit_with(w1, S + 2, Some(0)));
+    events.push(spawn_in_slot(w2, 3 * S, 7));
+    events.push(exit_with(w2, 3 * S + 1, Some(0)));
+    events.push(final_state(4 * S, "released"));
+    let a = clean(&events);
+    assert_eq!(
+        kinds(&a, false),
+        vec![
+            FindingKind::SlotSkippedUndone,
+            FindingKind::SlotSkippedUndone
+        ]
+    );
+}
+
+#[test]
+fn a_failed_slot_left_alone_while_a_run_still_waited_is_flagged() {
+    let (w0, w1) = (run(0, 0), run(1, 0));
+    let history = |waiter_exit: u64| {
+        let mut events = vec![begin(2000)];
+        events.push(spawn_in_slot(w0, S / 10, 7));
+        events.push(spawn_in_slot(w1, S / 5, 7));
+        events.extend(failed_section(w0, S / 2, S, 1));
+        events.push(exit_with(w0, S + 1, Some(1)));
+        events.push(exit_with(w1, waiter_exit, Some(75)));
+        events.push(final_state(waiter_exit + S, "released"));
+        events
+    };
+    // The waiter gave up before the lock could be expected to reach it: fine.
+    let a = clean(&history(2 * S));
+    assert!(a.findings.is_empty(), "{:?}", a.findings);
+    // It was still waiting long after the failure and never ran the job.
+    let a = clean(&history(S + retry_grace_ns(2 * S) + S));
+    assert_eq!(kinds(&a, false), vec![FindingKind::FailedSlotNotRetried]);
+}
+
+#[test]
+fn a_killed_holder_counts_as_a_failed_run_of_its_slot() {
+    let (w0, w1) = (run(0, 0), run(1, 0));
+    let mut events = vec![begin(2000)];
+    events.push(spawn_in_slot(w0, S / 10, 7));
+    events.push(spawn_in_slot(w1, S / 5, 7));
+    events.push(start(w0, S / 2, 1));
+    let mut kill = Event::new(Kind::Kill, S).run(w0);
+    kill.sent = Some(S);
+    events.push(kill);
+    events.push(exit_with(w0, S + 1, None));
+    events.push(exit_with(w1, 10 * S, Some(75)));
+    events.push(final_state(11 * S, "free"));
+    let a = clean(&events);
+    assert_eq!(kinds(&a, false), vec![FindingKind::FailedSlotNotRetried]);
 }
