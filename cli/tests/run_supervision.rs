@@ -286,3 +286,49 @@ async fn a_kill_grace_the_lease_has_no_room_for_is_refused() {
     ]);
     exits(None, &args, 69).await;
 }
+
+#[tokio::test]
+async fn job_control_stops_are_refused_so_the_lease_stays_watched() {
+    let Some(emulator) = Emulator::strict() else {
+        return;
+    };
+    let url = emulator.url("ctrl-z");
+    let (mut holder, _command, _token) = harness::hold(Some(&emulator), &url, &[]).await;
+    // Ctrl-Z reaches only gcslock's process group, not the command's.
+    for signal in [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU] {
+        kill(holder.pid(), signal).expect("signalling gcslock");
+        holder.expect_stderr(&format!("ignoring {signal}")).await;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", holder.pid()))
+            .expect("gcslock's /proc stat");
+        let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+        assert_ne!(state, Some("T"), "gcslock was stopped by {signal}: {stat}");
+    }
+    holder.send_line().await;
+    let (status, _, stderr) = holder.finish().await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_max_runtime_of_zero_or_past_the_clock_is_refused() {
+    for (max_runtime, message) in [
+        (
+            "0s",
+            "--max-runtime (GCSLOCK_MAX_RUNTIME) must be more than zero",
+        ),
+        ("300000000000y", "is beyond the end of this machine's clock"),
+    ] {
+        let args = [
+            "run",
+            "--endpoint",
+            "http://127.0.0.1:1",
+            "--max-runtime",
+            max_runtime,
+            "gs://gcslock-test/max-runtime",
+            "--",
+            "true",
+        ];
+        let out = exits(None, &args, 64).await;
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(message), "{max_runtime}: {stderr}");
+    }
+}

@@ -47,7 +47,14 @@ deadline at the latest. If the lock was broken or taken over, someone else may a
 and the group gets SIGKILL at once; likewise when gcslock wakes from a system suspend after
 the lease ran out. Either way gcslock exits 76 (also when the loss is found only as the
 command exits). Processes the command leaves behind in its process group are stopped the same
-way once it exits, so that nothing runs without the lock. The lock is released on every way out.
+way once it exits, so that nothing runs without the lock. The lock is released on every way out,
+except when part of the group survives SIGKILL for 5s (a process stuck in uninterruptible sleep):
+then the lock is left to expire by its TTL, as the group's writes may still land (exit 76 if the
+lease was lost, else 70). Only the command's process group is covered: processes that leave it
+(setsid, daemons, `sudo` with use_pty, `docker run` containers) are neither stopped nor waited for.
+
+Ctrl-Z (SIGTSTP), SIGTTIN and SIGTTOU are ignored with a warning: a stopped gcslock could neither
+refresh the lease nor stop the command.
 
 A healthy lease has as little as TTL - margin - refresh interval left just before each refresh,
 so --kill-grace may be at most half of that (TTL 5m: about 1m56s; TTL 10s: about 3.9s); a longer one
@@ -70,7 +77,7 @@ on stderr saying when the slot completed (server clock) and by whom; a waiter th
 slot completed stops waiting at once. The wall clock only names the slot: clocks must agree to
 within the time between the period boundary and the cron firing time.
 
---max-runtime DURATION: once the command has run that long, its process group gets SIGTERM,
+--max-runtime DURATION (more than zero): once the command has run that long, its process group gets SIGTERM,
 and SIGKILL after --kill-grace; gcslock releases the lock and exits 124.
 
 --ttl forever: the lease never expires by time and no waiter ever takes it over; only
@@ -229,6 +236,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     }
     let lock = Lock::new(backend, args.url.object(), options)?;
     let kill_grace = kill_grace(args.kill_grace, &lock)?;
+    check_max_runtime(args.max_runtime, tokio::time::Instant::now())?;
     let url = args.url.to_string();
 
     let (acquired, interrupted) = acquire(
@@ -267,7 +275,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         }
         (Err(error), None) => return Err(error.into()),
     };
-    let code = run_locked(
+    let (code, after) = run_locked(
         global,
         &args.command,
         &guard,
@@ -279,8 +287,51 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     .await;
     // Exit 0 from run_locked means the command succeeded with the lease valid to the end.
     let completed = slot.is_some() && matches!(code, Ok(0));
-    release(guard, &url, completed).await;
+    match after {
+        AfterRun::Release => release(guard, &url, completed).await,
+        AfterRun::LetExpire => tracing::error!(
+            "{url}: not released, as the command's processes may still write; the lock expires \
+             after its TTL"
+        ),
+    }
     code
+}
+
+/// What becomes of the lock once the command is over.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterRun {
+    Release,
+    /// Part of the command's group may still run: releasing would let another
+    /// holder in beside it.
+    LetExpire,
+}
+
+/// Refuses a --max-runtime of zero (it would stop the command at once) and one
+/// past the end of the clock (it would never come).
+fn check_max_runtime(
+    max_runtime: Option<Duration>,
+    now: tokio::time::Instant,
+) -> Result<(), Coded> {
+    let Some(limit) = max_runtime else {
+        return Ok(());
+    };
+    if limit.is_zero() {
+        return Err(Coded::new(
+            exit::USAGE,
+            "--max-runtime (GCSLOCK_MAX_RUNTIME) must be more than zero; leave it out for no limit",
+        ));
+    }
+    if now.checked_add(limit).is_none() {
+        return Err(Coded::new(
+            exit::USAGE,
+            format!(
+                "--max-runtime (GCSLOCK_MAX_RUNTIME) {} is beyond the end of this machine's \
+                 clock; leave it out for no limit",
+                short_duration(limit)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// "the 1h slot starting 2026-01-01T10:00:00Z is already done: completed ... by ...",
@@ -310,6 +361,7 @@ fn done_line(ours: Option<Slot>, done: &CompletedSlot) -> String {
 }
 
 /// Runs the command under the held lock, from the last checks to the group's end.
+/// Returns the exit code and whether the lock may be released.
 async fn run_locked(
     global: &GlobalArgs,
     command: &[OsString],
@@ -318,16 +370,16 @@ async fn run_locked(
     kill_grace: Duration,
     max_runtime: Option<Duration>,
     signals: &mut Signals,
-) -> anyhow::Result<u8> {
+) -> (anyhow::Result<u8>, AfterRun) {
     if let Some(signal) = signals.try_recv() {
         tracing::info!("{url}: {signal} arrived before the command started; releasing the lock");
-        return Ok(exit::signal(signal as i32));
+        return (Ok(exit::signal(signal as i32)), AfterRun::Release);
     }
     let mut watchdog = match Watchdog::start(global) {
         Ok(watchdog) => watchdog,
         Err(error) => {
             tracing::error!("{error}; the command was not started");
-            return Ok(error.code);
+            return (Ok(error.code), AfterRun::Release);
         }
     };
     // A final validity check right before the command starts: gcslock may have been
@@ -335,14 +387,14 @@ async fn run_locked(
     if let Err(error) = guard.check() {
         tracing::error!("{error}; the command was not started");
         watchdog.done().await;
-        return Ok(exit::LEASE_LOST);
+        return (Ok(exit::LEASE_LOST), AfterRun::Release);
     }
     let mut group = match child::spawn(command, guard.token().value(), url) {
         Ok(group) => group,
         Err(error) => {
             tracing::error!("{error}");
             watchdog.done().await;
-            return Ok(error.code);
+            return (Ok(error.code), AfterRun::Release);
         }
     };
     watchdog.watch(group.pgid()).await;
@@ -352,14 +404,46 @@ async fn run_locked(
         "{url}: command started"
     );
     let started = tokio::time::Instant::now();
-    let max_runtime_end = max_runtime.map(|limit| started.checked_add(limit).unwrap_or(started));
+    // Past the end of the clock (refused up front) means no limit.
+    let max_runtime_end = max_runtime.and_then(|limit| started.checked_add(limit));
     let supervised = supervise(&mut group, guard, signals, kill_grace, url, max_runtime_end).await;
     // Disarmed only once nothing of the group runs, so that a process group id reused
     // later is never signalled; otherwise the watchdog keeps trying after we exit.
     if !child::group_alive(group.pgid()) {
         watchdog.done().await;
     }
+    let after = if supervised.may_release() {
+        AfterRun::Release
+    } else {
+        AfterRun::LetExpire
+    };
+    (code_of(supervised, guard, url, max_runtime), after)
+}
+
+/// The exit code of a supervision that ended this way.
+fn code_of(
+    supervised: Supervised,
+    guard: &Guard,
+    url: &str,
+    max_runtime: Option<Duration>,
+) -> anyhow::Result<u8> {
     match supervised {
+        Supervised::Survived(status) => {
+            let ended = status
+                .map(|status| {
+                    format!(
+                        " (the command itself ended with {})",
+                        describe_status(status)
+                    )
+                })
+                .unwrap_or_default();
+            tracing::error!("{url}: processes of the command's group survived SIGKILL{ended}");
+            if guard.check().is_err() {
+                Ok(exit::LEASE_LOST)
+            } else {
+                Ok(exit::INTERNAL)
+            }
+        }
         Supervised::Stopped(status) => {
             if let Some(status) = status {
                 tracing::info!("{url}: the command ended with {}", describe_status(status));

@@ -14,23 +14,34 @@ const FORWARDED: [Signal; 4] = [
     Signal::SIGQUIT,
 ];
 
+/// The job-control stops gcslock refuses: stopped, it would neither refresh the lease
+/// nor stop the command, which runs on in its own process group, and after the TTL
+/// another machine's copy would start beside it. Caught rather than set to SIG_IGN,
+/// which the command would inherit.
+const REFUSED: [Signal; 3] = [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU];
+
 /// INT, TERM, HUP and QUIT, caught (so they no longer kill gcslock) and delivered
-/// in order through one channel.
+/// in order through one channel; TSTP, TTIN and TTOU caught and refused.
 pub struct Signals {
     receiver: mpsc::UnboundedReceiver<Signal>,
 }
 
 impl Signals {
     pub fn install() -> anyhow::Result<Self> {
+        for signal in REFUSED {
+            let mut stream = catch(signal)?;
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    tracing::warn!(
+                        "ignoring {signal}: a stopped gcslock could not refresh the lock or stop \
+                         the command, which would run on without it"
+                    );
+                }
+            });
+        }
         let (sender, receiver) = mpsc::unbounded_channel();
         for signal in FORWARDED {
-            let mut stream = tokio::signal::unix::signal(SignalKind::from_raw(signal as i32))
-                .map_err(|error| {
-                    Coded::new(
-                        exit::INTERNAL,
-                        format!("cannot install a handler for {signal}: {error}"),
-                    )
-                })?;
+            let mut stream = catch(signal)?;
             let sender = sender.clone();
             tokio::spawn(async move {
                 while stream.recv().await.is_some() {
@@ -57,4 +68,13 @@ impl Signals {
     pub fn try_recv(&mut self) -> Option<Signal> {
         self.receiver.try_recv().ok()
     }
+}
+
+fn catch(signal: Signal) -> Result<tokio::signal::unix::Signal, Coded> {
+    tokio::signal::unix::signal(SignalKind::from_raw(signal as i32)).map_err(|error| {
+        Coded::new(
+            exit::INTERNAL,
+            format!("cannot install a handler for {signal}: {error}"),
+        )
+    })
 }

@@ -90,8 +90,39 @@ pub enum Supervised {
     Stopped(Option<ExitStatus>),
     /// The command ran past `--max-runtime` and was stopped; its status if reaped.
     TimedOut(Option<ExitStatus>),
-    /// Waiting for the command failed; its group got SIGKILL.
+    /// Waiting for the command failed; its group was killed.
     WaitFailed(io::Error),
+    /// The group survived SIGKILL (say, a process stuck in uninterruptible sleep):
+    /// its writes may still land, so the lock must expire by its TTL rather than be
+    /// released. The command's status if it was reaped.
+    Survived(Option<ExitStatus>),
+}
+
+impl Supervised {
+    /// Whether the lock may be released: only once nothing of the group runs.
+    pub fn may_release(&self) -> bool {
+        !matches!(self, Self::Survived(_))
+    }
+}
+
+/// How stopping the group ended.
+#[derive(Debug)]
+pub struct Stopping {
+    /// The command's status, if it was reaped while stopping.
+    pub status: Option<ExitStatus>,
+    /// Whether a process of the group still ran when gcslock gave up on it.
+    pub survived: bool,
+}
+
+impl Stopping {
+    /// `stopped` of the status, unless the group survived.
+    fn outcome(self, stopped: fn(Option<ExitStatus>) -> Supervised) -> Supervised {
+        if self.survived {
+            Supervised::Survived(self.status)
+        } else {
+            stopped(self.status)
+        }
+    }
 }
 
 /// Why and by when the group must stop.
@@ -118,7 +149,8 @@ fn decide(state: LeaseState, kill_grace: Duration, now: Instant) -> Option<Stop>
             now,
             Why::Expired("the lease deadline passed before a refresh succeeded".into()),
         ),
-        LeaseState::Held(left) if left <= kill_grace => {
+        // One tick early, as the next look may come a tick too late for the grace.
+        LeaseState::Held(left) if left <= kill_grace.saturating_add(LEASE_TICK) => {
             // Past the end of time: kill now rather than never.
             (now.checked_add(left).unwrap_or(now), Why::RunningOut(left))
         }
@@ -176,18 +208,20 @@ pub async fn supervise<G: Group, L: Lease>(
             Event::Look => {
                 let now = Instant::now();
                 if let Some(stop) = decide(lease.state(), kill_grace, now) {
-                    announce(&stop, group.id(), url);
-                    let status = stop_by(group, stop.kill_at, lease, signals).await;
-                    return Supervised::Stopped(status);
+                    let pgid = group.id();
+                    let announce = || announce(&stop, pgid, url);
+                    let stopping = stop_by(group, stop.kill_at, lease, signals, announce).await;
+                    return stopping.outcome(Supervised::Stopped);
                 }
                 if max_runtime_end.is_some_and(|end| now >= end) {
                     let stop = Stop {
                         kill_at: now.checked_add(kill_grace).unwrap_or(now),
                         why: Why::MaxRuntime,
                     };
-                    announce(&stop, group.id(), url);
-                    let status = stop_by(group, stop.kill_at, lease, signals).await;
-                    return Supervised::TimedOut(status);
+                    let pgid = group.id();
+                    let announce = || announce(&stop, pgid, url);
+                    let stopping = stop_by(group, stop.kill_at, lease, signals, announce).await;
+                    return stopping.outcome(Supervised::TimedOut);
                 }
             }
         }
@@ -195,27 +229,37 @@ pub async fn supervise<G: Group, L: Lease>(
     let status = match exited {
         Ok(status) => status,
         Err(error) => {
-            // Should not happen; make sure nothing of the command outlives us.
-            group.signal(Signal::SIGKILL);
+            // Should not happen; make sure nothing of the command outlives us, and
+            // wait to see that it did not.
+            let pgid = group.id();
+            let announce = || {
+                tracing::error!(
+                    "cannot wait for the command ({error}); killing its process group {pgid}"
+                );
+            };
+            let stopping = stop_by(group, Instant::now(), lease, signals, announce).await;
+            if stopping.survived {
+                return Supervised::Survived(stopping.status);
+            }
             return Supervised::WaitFailed(error);
         }
     };
     if group.alive() {
-        tracing::warn!(
-            "the command exited but processes it started are still running in process group \
-             {}; stopping them so that nothing runs without the lock (SIGTERM, SIGKILL after {} \
-             or at the lease's deadline if sooner)",
-            group.id(),
-            short_duration(kill_grace)
-        );
+        let pgid = group.id();
+        let announce = || {
+            tracing::warn!(
+                "the command exited but processes it started are still running in process \
+                 group {pgid}; stopping them so that nothing runs without the lock (SIGTERM, \
+                 SIGKILL after {} or at the lease's deadline if sooner)",
+                short_duration(kill_grace)
+            );
+        };
         let now = Instant::now();
-        stop_by(
-            group,
-            now.checked_add(kill_grace).unwrap_or(now),
-            lease,
-            signals,
-        )
-        .await;
+        let kill_at = now.checked_add(kill_grace).unwrap_or(now);
+        let stopping = stop_by(group, kill_at, lease, signals, announce).await;
+        if stopping.survived {
+            return Supervised::Survived(Some(status));
+        }
     }
     Supervised::Exited(status)
 }
@@ -252,14 +296,16 @@ enum StopEvent {
 
 /// Stops the whole group by `kill_at`: SIGTERM now, SIGKILL at `kill_at` to whatever
 /// is left (at once if `kill_at` has passed), and sooner if the lease ends sooner.
-/// Returns once no process of the group runs (or after it survived SIGKILL for
-/// `AFTER_SIGKILL`), with the command's status if it was reaped here.
+/// `announce` logs the stop once the first signal is sent: a blocked stderr must not
+/// delay the signal. Returns once no process of the group runs (or after it survived
+/// SIGKILL for `AFTER_SIGKILL`), with the command's status if it was reaped here.
 pub async fn stop_by<G: Group, L: Lease>(
     group: &mut G,
     kill_at: Instant,
     lease: &L,
     signals: &mut Signals,
-) -> Option<ExitStatus> {
+    announce: impl FnOnce(),
+) -> Stopping {
     let now = Instant::now();
     let mut kill_at = kill_at.min(lease_end(lease.state(), now));
     let mut killed_at = None;
@@ -270,7 +316,9 @@ pub async fn stop_by<G: Group, L: Lease>(
         // A stopped process acts on SIGTERM only once continued.
         group.signal(Signal::SIGCONT);
     }
+    announce();
     let mut status = None;
+    let mut survived = false;
     let mut poll = tokio::time::interval(GROUP_POLL);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -286,20 +334,24 @@ pub async fn stop_by<G: Group, L: Lease>(
         match event {
             StopEvent::Exited(result) => status = Some(result),
             StopEvent::KillTime => {
-                if group.alive() {
+                let alive = group.alive();
+                killed_at = Some(kill(group));
+                if alive {
                     tracing::warn!(
-                        "process group {} still running at its deadline; sending SIGKILL",
+                        "process group {} still ran at its deadline; sent SIGKILL",
                         group.id()
                     );
                 }
-                killed_at = Some(kill(group));
             }
             StopEvent::GiveUp => {
-                tracing::error!(
-                    "process group {} survived SIGKILL for {}; giving up on it",
-                    group.id(),
-                    short_duration(AFTER_SIGKILL)
-                );
+                survived = group.alive();
+                if survived {
+                    tracing::error!(
+                        "process group {} survived SIGKILL for {}; giving up on it",
+                        group.id(),
+                        short_duration(AFTER_SIGKILL)
+                    );
+                }
                 break;
             }
             StopEvent::Signal(signal) => forward(group, signal),
@@ -314,7 +366,10 @@ pub async fn stop_by<G: Group, L: Lease>(
             }
         }
     }
-    status.flatten()
+    Stopping {
+        status: status.flatten(),
+        survived,
+    }
 }
 
 async fn sleep_until_some(at: Option<Instant>) {
@@ -330,14 +385,14 @@ fn kill<G: Group>(group: &G) -> Instant {
 }
 
 fn forward<G: Group>(group: &G, signal: Signal) {
-    tracing::info!(
-        "forwarding {signal} to the command's process group {}",
-        group.id()
-    );
     group.signal(signal);
     // A stopped process (say, one that tried to read the terminal from its background
     // group and got SIGTTIN) acts on the signal only once continued, as shells do.
     group.signal(Signal::SIGCONT);
+    tracing::info!(
+        "forwarded {signal} to the command's process group {}",
+        group.id()
+    );
 }
 
 #[cfg(test)]
@@ -354,13 +409,16 @@ mod tests {
     /// A hang guard on tokio's paused clock: only a supervisor that never stops reaches it.
     const HANG_GUARD: Duration = Duration::from_secs(600);
 
-    /// A group whose command ignores SIGTERM, dies of SIGKILL, and otherwise exits
-    /// with 0 at `exits_at`. Records every signal with its time since `start`.
+    /// A group whose command ignores SIGTERM, dies of SIGKILL (unless
+    /// `survives_sigkill`), and otherwise exits with 0 at `exits_at`. Records every
+    /// signal with its time since `start`, and in `journal`.
     struct FakeGroup {
         start: Instant,
         exits_at: Option<Instant>,
+        survives_sigkill: bool,
         sent: RefCell<Vec<(Signal, Duration)>>,
         killed: watch::Sender<bool>,
+        journal: Journal,
     }
 
     impl FakeGroup {
@@ -369,8 +427,18 @@ mod tests {
             Self {
                 start,
                 exits_at: exits_after.map(|after| start + after),
+                survives_sigkill: false,
                 sent: RefCell::new(Vec::new()),
                 killed: watch::channel(false).0,
+                journal: Journal::default(),
+            }
+        }
+
+        /// A command stuck in uninterruptible sleep: not even SIGKILL ends it.
+        fn unkillable() -> Self {
+            Self {
+                survives_sigkill: true,
+                ..Self::new(None)
             }
         }
 
@@ -393,7 +461,8 @@ mod tests {
 
         fn signal(&self, signal: Signal) {
             self.sent.borrow_mut().push((signal, self.start.elapsed()));
-            if signal == Signal::SIGKILL {
+            self.journal.push(format!("sent {signal}"));
+            if signal == Signal::SIGKILL && !self.survives_sigkill {
                 self.killed.send_replace(true);
             }
         }
@@ -410,6 +479,37 @@ mod tests {
         fn alive(&self) -> bool {
             !*self.killed.borrow() && self.exits_at.is_none_or(|at| Instant::now() < at)
         }
+    }
+
+    /// What happened, in order: signals sent and messages logged.
+    #[derive(Clone, Default)]
+    struct Journal(Arc<Mutex<Vec<String>>>);
+
+    impl Journal {
+        fn push(&self, entry: String) {
+            self.0.lock().unwrap().push(entry);
+        }
+
+        fn entries(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Journal {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.push(format!("logged {}", event.metadata().level()));
+        }
+    }
+
+    /// Logs into `journal` on this thread (the paused-clock tests run on one).
+    fn log_into(journal: &Journal) -> tracing::subscriber::DefaultGuard {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let subscriber = tracing_subscriber::registry().with(journal.clone());
+        tracing::subscriber::set_default(subscriber)
     }
 
     /// A lease whose deadline the test moves; its loss notice never comes, as when
@@ -469,10 +569,10 @@ mod tests {
         assert!(matches!(outcome, Supervised::Stopped(_)), "{outcome:?}");
         let term = group.first(Signal::SIGTERM).expect("SIGTERM sent");
         let kill = group.first(Signal::SIGKILL).expect("SIGKILL sent");
-        // SIGTERM once no more than the grace is left (within one tick), SIGKILL no
-        // later than the deadline itself.
-        assert!(term >= Duration::from_secs(4), "{term:?}");
-        assert!(term <= Duration::from_secs(4) + LEASE_TICK, "{term:?}");
+        // SIGTERM once no more than the grace is left (up to one tick early, so as
+        // never to be late), SIGKILL no later than the deadline itself.
+        assert!(term >= Duration::from_secs(4) - LEASE_TICK, "{term:?}");
+        assert!(term <= Duration::from_secs(4), "{term:?}");
         assert_eq!(kill, Duration::from_secs(7));
     }
 
@@ -526,7 +626,7 @@ mod tests {
         let kill_at = Instant::now() + Duration::from_secs(30);
         tokio::time::timeout(
             HANG_GUARD,
-            stop_by(&mut group, kill_at, &lease, &mut signals),
+            stop_by(&mut group, kill_at, &lease, &mut signals, || {}),
         )
         .await
         .expect("stop_by returned");
@@ -615,5 +715,150 @@ mod tests {
             "{outcome:?}"
         );
         assert_eq!(group.sent(), Vec::new());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tiny_kill_grace_still_kills_at_the_deadline_not_a_tick_later() {
+        // Looks come at 0, 100ms, 200ms: at 100ms 50ms are left, more than the 10ms
+        // grace, and at 200ms the deadline has passed.
+        let mut group = FakeGroup::new(None);
+        let lease = FakeLease::ending_in(Duration::from_millis(150));
+        let (_sender, mut signals) = Signals::from_channel();
+        let grace = Duration::from_millis(10);
+        let outcome = tokio::time::timeout(
+            HANG_GUARD,
+            supervise(&mut group, &lease, &mut signals, grace, "gs://b/o", None),
+        )
+        .await
+        .expect("supervise returned");
+        assert!(matches!(outcome, Supervised::Stopped(_)), "{outcome:?}");
+        assert_eq!(
+            group.first(Signal::SIGKILL),
+            Some(Duration::from_millis(150)),
+            "{:?}",
+            group.sent()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn signals_go_out_before_the_messages_about_them() {
+        // A blocked stderr must not hold up a signal: each is sent before it is logged.
+        for (lease_left, first) in [
+            // Running out: SIGTERM first.
+            (Duration::from_secs(2), Signal::SIGTERM),
+            // Lost: SIGKILL at once.
+            (Duration::ZERO, Signal::SIGKILL),
+        ] {
+            let mut group = FakeGroup::new(None);
+            let journal = group.journal.clone();
+            let _logging = log_into(&journal);
+            let lease = FakeLease::ending_in(lease_left);
+            let outcome = supervised(&mut group, &lease).await;
+            assert!(matches!(outcome, Supervised::Stopped(_)), "{outcome:?}");
+            let entries = journal.entries();
+            let signal = entries
+                .iter()
+                .position(|entry| *entry == format!("sent {first}"))
+                .expect("signal sent");
+            let logged = entries
+                .iter()
+                .position(|entry| entry.starts_with("logged"))
+                .expect("stop logged");
+            assert!(signal < logged, "{entries:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_that_survives_sigkill_keeps_the_lock_from_release() {
+        let mut group = FakeGroup::unkillable();
+        let lease = FakeLease::ending_in(Duration::from_secs(7));
+        let outcome = supervised(&mut group, &lease).await;
+        assert!(matches!(outcome, Supervised::Survived(None)), "{outcome:?}");
+        assert!(!outcome.may_release());
+        assert_eq!(group.first(Signal::SIGKILL), Some(Duration::from_secs(7)));
+    }
+
+    /// A group whose command exits at 10s and leaves processes behind that no
+    /// signal ends.
+    struct LeftoversGroup(FakeGroup);
+
+    impl Group for LeftoversGroup {
+        fn id(&self) -> i32 {
+            self.0.id()
+        }
+
+        fn signal(&self, signal: Signal) {
+            self.0.signal(signal);
+        }
+
+        async fn wait(&mut self) -> io::Result<ExitStatus> {
+            self.0.wait().await
+        }
+
+        fn alive(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leftovers_that_survive_sigkill_keep_the_lock_from_release() {
+        let mut group = LeftoversGroup(FakeGroup {
+            survives_sigkill: true,
+            ..FakeGroup::new(Some(Duration::from_secs(10)))
+        });
+        let lease = FakeLease::ending_in(Duration::from_secs(3600));
+        let (_sender, mut signals) = Signals::from_channel();
+        let outcome = tokio::time::timeout(
+            HANG_GUARD,
+            supervise(&mut group, &lease, &mut signals, GRACE, "gs://b/o", None),
+        )
+        .await
+        .expect("supervise returned");
+        assert!(
+            matches!(outcome, Supervised::Survived(Some(status)) if status.success()),
+            "{outcome:?}"
+        );
+        assert!(!outcome.may_release());
+        assert_eq!(
+            group.0.first(Signal::SIGKILL),
+            Some(Duration::from_secs(13))
+        );
+    }
+
+    /// A group whose leader cannot be waited for and that no signal ends.
+    struct UnwaitableGroup(FakeGroup);
+
+    impl Group for UnwaitableGroup {
+        fn id(&self) -> i32 {
+            self.0.id()
+        }
+
+        fn signal(&self, signal: Signal) {
+            self.0.signal(signal);
+        }
+
+        async fn wait(&mut self) -> io::Result<ExitStatus> {
+            Err(io::Error::other("no child"))
+        }
+
+        fn alive(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_wait_kills_and_watches_the_group_before_any_release() {
+        let mut group = UnwaitableGroup(FakeGroup::unkillable());
+        let lease = FakeLease::ending_in(Duration::from_secs(3600));
+        let (_sender, mut signals) = Signals::from_channel();
+        let outcome = tokio::time::timeout(
+            HANG_GUARD,
+            supervise(&mut group, &lease, &mut signals, GRACE, "gs://b/o", None),
+        )
+        .await
+        .expect("supervise returned");
+        assert!(matches!(outcome, Supervised::Survived(_)), "{outcome:?}");
+        assert!(!outcome.may_release());
+        assert_eq!(group.0.first(Signal::SIGKILL), Some(Duration::ZERO));
     }
 }
