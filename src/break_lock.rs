@@ -120,9 +120,10 @@ enum Plan {
     Done(BreakOutcome),
     Write {
         record: LockRecord,
-        /// Replace the whole metadata (an upload) rather than merge into it (a PATCH):
-        /// a repair must not leave the invalid record's stray keys behind.
-        replace: bool,
+        /// `Some(kept)`: replace the whole metadata (an upload) with the record and
+        /// `kept`, rather than merge the record into it (a PATCH), so that a repair
+        /// leaves none of the invalid record's stray `gcslock-*` keys behind.
+        replace: Option<Metadata>,
         outcome: Outcome,
     },
 }
@@ -168,9 +169,14 @@ impl Lock {
                 outcome,
             } => (record, replace, outcome),
         };
-        let metadata = record.to_metadata();
+        let mut metadata = record.to_metadata();
+        if let Some(kept) = &replace {
+            for (key, value) in kept {
+                metadata.entry(key.clone()).or_insert_with(|| value.clone());
+            }
+        }
         loop {
-            let written = if replace {
+            let written = if replace.is_some() {
                 let condition = WriteCondition::Matches(info.version);
                 lock.backend.write(&lock.object, condition, &metadata).await
             } else {
@@ -240,7 +246,7 @@ fn plan(
                 refresh_seq: record.refresh_seq.saturating_add(1),
                 ..record.clone()
             },
-            replace: false,
+            replace: None,
             outcome: Box::new(move |written| {
                 Ok(BreakOutcome::Broken {
                     previous_holder: previous_holder.clone(),
@@ -304,7 +310,7 @@ fn plan(
     let judged_record = revoked.clone();
     Ok(Plan::Write {
         record: revoked,
-        replace: false,
+        replace: None,
         outcome: Box::new(move |written| {
             let stale_in = match LockStatus::judge(Some(&written.value), written.server_time) {
                 LockStatus::Held(held) | LockStatus::Stale(held) => held.expires_in,
@@ -360,9 +366,16 @@ fn repair_plan(
         // The invalid record's completed slot, if any, cannot be trusted.
         completed: None,
     };
+    // Keys of others (labels, tooling) stay; gcslock's own are all rewritten.
+    let kept: Metadata = info
+        .metadata
+        .iter()
+        .filter(|(key, _)| !key.starts_with("gcslock-"))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
     Ok(Plan::Write {
         record,
-        replace: true,
+        replace: Some(kept),
         outcome: Box::new(move |written| {
             Ok(BreakOutcome::Repaired {
                 why: why.clone(),
