@@ -3,6 +3,7 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
 
@@ -22,9 +23,16 @@ pub struct ProcessGroup {
 }
 
 /// Starts the command in a new process group with the lock's token and URL in its
-/// environment, killed by the kernel if gcslock dies. Failures carry the shell's
-/// exit codes: 127 not found, 126 otherwise.
-pub fn spawn(command: &[OsString], token: u64, url: &str) -> Result<ProcessGroup, Coded> {
+/// environment, killed by the kernel if gcslock dies. With `watchdog`, the write end
+/// of the watchdog's pipe, the child names its group to the watchdog itself before
+/// it executes the command. Failures carry the shell's exit codes: 127 not found,
+/// 126 otherwise.
+pub fn spawn(
+    command: &[OsString],
+    token: u64,
+    url: &str,
+    watchdog: Option<RawFd>,
+) -> Result<ProcessGroup, Coded> {
     let (program, arguments) = command
         .split_first()
         .ok_or_else(|| Coded::new(exit::USAGE, "no command given"))?;
@@ -35,10 +43,18 @@ pub fn spawn(command: &[OsString], token: u64, url: &str) -> Result<ProcessGroup
         .env("GCSLOCK_URL", url)
         .process_group(0);
     let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs between fork and exec and makes only two system
-    // calls (prctl, getppid); it allocates nothing and takes no lock.
+    // SAFETY: the closure runs between fork and exec and makes only system calls
+    // (prctl, getppid, getpid, write) on a stack buffer; it allocates nothing and
+    // takes no lock. `watchdog` is a pipe descriptor that stays open in the child
+    // until exec (it is close-on-exec).
     unsafe {
-        process.pre_exec(move || die_with_parent(parent));
+        process.pre_exec(move || {
+            die_with_parent(parent)?;
+            match watchdog {
+                Some(fd) => arm_watchdog(BorrowedFd::borrow_raw(fd)),
+                None => Ok(()),
+            }
+        });
     }
     let child = process.spawn().map_err(|error| {
         let code = match error.kind() {
@@ -75,6 +91,51 @@ fn die_with_parent(parent: Pid) -> io::Result<()> {
         return Err(Errno::ESRCH.into());
     }
     Ok(())
+}
+
+/// In the forked child, before exec: `watch PGID` to the watchdog, where PGID is our
+/// own pid (we lead the new group). gcslock says the same once `spawn` returns; had it
+/// died in between, a grandchild started at once would have escaped the watchdog.
+/// One write of at most 32 bytes to a pipe is atomic, so it never interleaves.
+fn arm_watchdog(pipe: BorrowedFd<'_>) -> io::Result<()> {
+    let mut line = [0u8; 32];
+    let length = watch_line(nix::unistd::getpid().as_raw(), &mut line);
+    let slice = line.get(..length).ok_or(Errno::EINVAL)?;
+    if nix::unistd::write(pipe, slice)? != length {
+        return Err(Errno::EIO.into());
+    }
+    Ok(())
+}
+
+/// `watch PID\n` into `line` without allocating; returns its length.
+fn watch_line(pid: i32, line: &mut [u8; 32]) -> usize {
+    const PREFIX: &[u8] = b"watch ";
+    let mut digits = [0u8; 12];
+    let mut count = 0;
+    let mut rest = pid.unsigned_abs();
+    loop {
+        if let Some(slot) = digits.get_mut(count) {
+            // `rest % 10` is below 10.
+            *slot = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+        }
+        count += 1;
+        rest /= 10;
+        if rest == 0 || count == digits.len() {
+            break;
+        }
+    }
+    let mut length = 0;
+    for &byte in PREFIX
+        .iter()
+        .chain(digits.iter().take(count).rev())
+        .chain(b"\n")
+    {
+        if let Some(slot) = line.get_mut(length) {
+            *slot = byte;
+            length += 1;
+        }
+    }
+    length
 }
 
 impl ProcessGroup {
@@ -178,7 +239,38 @@ pub fn describe_status(status: ExitStatus) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read as _;
+    use std::os::fd::AsRawFd as _;
+
     use super::*;
+
+    #[test]
+    fn watch_lines_are_formatted_without_allocating() {
+        let mut line = [0u8; 32];
+        let length = watch_line(4_194_304, &mut line);
+        assert_eq!(&line[..length], b"watch 4194304\n");
+        let length = watch_line(i32::MAX, &mut line);
+        assert_eq!(&line[..length], b"watch 2147483647\n");
+        let length = watch_line(7, &mut line);
+        assert_eq!(&line[..length], b"watch 7\n");
+    }
+
+    /// Before this, only gcslock named the group to the watchdog, after `spawn`
+    /// returned: a gcslock killed in between left a fast grandchild unguarded.
+    #[tokio::test]
+    async fn the_command_arms_the_watchdog_before_it_executes() {
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        let mut group =
+            spawn(&["true".into()], 1, "gs://b/o", Some(write.as_raw_fd())).expect("spawn");
+        let pgid = group.pgid();
+        drop(write);
+        group.child.wait().await.expect("wait");
+        let mut said = String::new();
+        std::fs::File::from(read)
+            .read_to_string(&mut said)
+            .expect("read");
+        assert_eq!(said, format!("watch {pgid}\n"));
+    }
 
     #[test]
     fn exit_codes_follow_the_shell() {

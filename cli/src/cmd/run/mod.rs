@@ -389,7 +389,7 @@ async fn run_locked(
         watchdog.done().await;
         return (Ok(exit::LEASE_LOST), AfterRun::Release);
     }
-    let mut group = match child::spawn(command, guard.token().value(), url) {
+    let mut group = match child::spawn(command, guard.token().value(), url, watchdog.pipe_fd()) {
         Ok(group) => group,
         Err(error) => {
             tracing::error!("{error}");

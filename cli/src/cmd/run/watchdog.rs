@@ -11,6 +11,7 @@
 //! after the group is gone, a process group id reused later is never signalled.
 
 use std::io::BufRead as _;
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,12 @@ impl Watchdog {
         })?;
         let pipe = process.stdin.take();
         Ok(Self { process, pipe })
+    }
+
+    /// The write end of the pipe, for the command to arm the watchdog itself before it
+    /// executes (see `child::spawn`).
+    pub fn pipe_fd(&self) -> Option<RawFd> {
+        self.pipe.as_ref().map(AsRawFd::as_raw_fd)
     }
 
     /// Arms the watchdog for the command's process group.
