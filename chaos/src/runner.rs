@@ -747,13 +747,17 @@ fn pause_acquire_rounds(
         std::thread::sleep(Duration::from_millis(stop_after_ms));
         let sent = mono_ns()?;
         signal_group(first.pgid, Signal::SIGSTOP);
-        let state = stopped_state(first.pgid);
-        let mut stop = Event::new(Kind::Stop, mono_ns()?).run(frozen);
-        stop.pgid = Some(first.pgid);
-        stop.sent = Some(sent);
-        stop.state = Some(state.to_owned());
-        stop.note = Some("while acquiring: its create is held by the mutation latency".into());
-        shared.log.append(&stop)?;
+        let stopped = Stopped {
+            pgid: first.pgid,
+            pid: None,
+            sent,
+            state: stopped_state(first.pgid),
+        };
+        stopped.record(
+            shared,
+            frozen,
+            "while acquiring: its create is held by the mutation latency",
+        )?;
         let pgid = first.pgid;
         std::thread::scope(|scope| -> anyhow::Result<()> {
             let waiter = scope.spawn(|| finish(shared, frozen, first));
@@ -818,16 +822,17 @@ fn stop_gcslock_rounds(
                 let sent = mono_ns()?;
                 signal_group(pgid, Signal::SIGSTOP);
                 let stopped = stopped_group_children(pgid, Duration::from_secs(1));
-                let mut stop = Event::new(Kind::Stop, mono_ns()?).run(victim);
-                stop.pgid = Some(pgid);
-                stop.pid = start.pid;
-                stop.sent = Some(sent);
-                stop.state = Some(history::STOPPED_GCSLOCK_ONLY.to_owned());
-                stop.note = Some(match stopped {
-                    Some(_) => "gcslock alone; its command runs on".to_owned(),
-                    None => "gcslock alone; it did not show as stopped within 1s".to_owned(),
-                });
-                shared.log.append(&stop)?;
+                let note = match stopped {
+                    Some(_) => "gcslock alone; its command runs on",
+                    None => "gcslock alone; it did not show as stopped within 1s",
+                };
+                let stopped = Stopped {
+                    pgid,
+                    pid: start.pid,
+                    sent,
+                    state: history::STOPPED_GCSLOCK_ONLY,
+                };
+                stopped.record(shared, victim, note)?;
                 other = spawn_contender(
                     scope,
                     shared,
@@ -943,6 +948,26 @@ fn spawn_contender<'scope>(
         stderr,
     )?;
     Ok(launched.map(|launched| scope.spawn(move || finish(shared, contender, launched))))
+}
+
+/// A SIGSTOP a pause round sent: to group `pgid`, at `sent`.
+struct Stopped {
+    pgid: i32,
+    pid: Option<i32>,
+    sent: u64,
+    state: &'static str,
+}
+
+impl Stopped {
+    fn record(&self, shared: &Shared<'_>, run: RunId, note: &str) -> anyhow::Result<()> {
+        let mut stop = Event::new(Kind::Stop, mono_ns()?).run(run);
+        stop.pgid = Some(self.pgid);
+        stop.pid = self.pid;
+        stop.sent = Some(self.sent);
+        stop.state = Some(self.state.to_owned());
+        stop.note = Some(note.to_owned());
+        shared.log.append(&stop)
+    }
 }
 
 /// Ends a pause: after `pause_ms`, SIGCONTs the group and records it.
