@@ -747,36 +747,29 @@ fn pause_acquire_rounds(
         std::thread::sleep(Duration::from_millis(stop_after_ms));
         let sent = mono_ns()?;
         signal_group(first.pgid, Signal::SIGSTOP);
-        let state = stopped_state(first.pgid);
-        let mut stop = Event::new(Kind::Stop, mono_ns()?).run(frozen);
-        stop.pgid = Some(first.pgid);
-        stop.sent = Some(sent);
-        stop.state = Some(state.to_owned());
-        stop.note = Some("while acquiring: its create is held by the mutation latency".into());
-        shared.log.append(&stop)?;
+        let stopped = Stopped {
+            pgid: first.pgid,
+            pid: None,
+            sent,
+            state: stopped_state(first.pgid),
+        };
+        stopped.record(
+            shared,
+            frozen,
+            "while acquiring: its create is held by the mutation latency",
+        )?;
         let pgid = first.pgid;
         std::thread::scope(|scope| -> anyhow::Result<()> {
             let waiter = scope.spawn(|| finish(shared, frozen, first));
-            let second = launch(
+            let other = spawn_contender(
+                scope,
                 shared,
                 contender,
-                Job::hold(contender_hold_ms),
-                shared.scenario.wait,
+                contender_hold_ms,
                 &contender_stderr,
             )?;
-            let other = second.map(|second| scope.spawn(move || finish(shared, contender, second)));
-            std::thread::sleep(Duration::from_millis(pause_ms));
-            signal_group(pgid, Signal::SIGCONT);
-            let mut cont = Event::new(Kind::Cont, mono_ns()?).run(frozen);
-            cont.pgid = Some(pgid);
-            shared.log.append(&cont)?;
-            for handle in std::iter::once(waiter).chain(other) {
-                match handle.join() {
-                    Ok(result) => result?,
-                    Err(_) => bail!("a run thread panicked"),
-                }
-            }
-            Ok(())
+            continue_after(shared, frozen, pgid, None, pause_ms)?;
+            join_runs(std::iter::once(waiter).chain(other))
         })?;
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -829,41 +822,29 @@ fn stop_gcslock_rounds(
                 let sent = mono_ns()?;
                 signal_group(pgid, Signal::SIGSTOP);
                 let stopped = stopped_group_children(pgid, Duration::from_secs(1));
-                let mut stop = Event::new(Kind::Stop, mono_ns()?).run(victim);
-                stop.pgid = Some(pgid);
-                stop.pid = start.pid;
-                stop.sent = Some(sent);
-                stop.state = Some(history::STOPPED_GCSLOCK_ONLY.to_owned());
-                stop.note = Some(match stopped {
-                    Some(_) => "gcslock alone; its command runs on".to_owned(),
-                    None => "gcslock alone; it did not show as stopped within 1s".to_owned(),
-                });
-                shared.log.append(&stop)?;
-                if let Some(second) = launch(
+                let note = match stopped {
+                    Some(_) => "gcslock alone; its command runs on",
+                    None => "gcslock alone; it did not show as stopped within 1s",
+                };
+                let stopped = Stopped {
+                    pgid,
+                    pid: start.pid,
+                    sent,
+                    state: history::STOPPED_GCSLOCK_ONLY,
+                };
+                stopped.record(shared, victim, note)?;
+                other = spawn_contender(
+                    scope,
                     shared,
                     contender,
-                    Job::hold(contender_hold_ms),
-                    shared.scenario.wait,
+                    contender_hold_ms,
                     &contender_stderr,
-                )? {
-                    other = Some(scope.spawn(move || finish(shared, contender, second)));
-                }
-                std::thread::sleep(Duration::from_millis(pause_ms));
-                signal_group(pgid, Signal::SIGCONT);
-                let mut cont = Event::new(Kind::Cont, mono_ns()?).run(victim);
-                cont.pgid = Some(pgid);
-                cont.pid = start.pid;
-                shared.log.append(&cont)?;
+                )?;
+                continue_after(shared, victim, pgid, start.pid, pause_ms)?;
             } else {
                 shared.note(format!("{victim}: its command did not start within 10s"));
             }
-            for handle in std::iter::once(waiter).chain(other) {
-                match handle.join() {
-                    Ok(result) => result?,
-                    Err(_) => bail!("a run thread panicked"),
-                }
-            }
-            Ok(())
+            join_runs(std::iter::once(waiter).chain(other))
         })?;
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -931,16 +912,78 @@ fn once_per_ticks(
                     })
                 })
                 .collect();
-            for handle in handles {
-                match handle.join() {
-                    Ok(result) => result?,
-                    Err(_) => bail!("a run thread panicked"),
-                }
-            }
-            Ok(())
+            join_runs(handles)
         })?;
     }
     Ok(())
+}
+
+type RunThread<'scope> = std::thread::ScopedJoinHandle<'scope, anyhow::Result<()>>;
+
+/// Waits for every run thread, passing on the first error.
+fn join_runs<'scope>(handles: impl IntoIterator<Item = RunThread<'scope>>) -> anyhow::Result<()> {
+    for handle in handles {
+        match handle.join() {
+            Ok(result) => result?,
+            Err(_) => bail!("a run thread panicked"),
+        }
+    }
+    Ok(())
+}
+
+/// Launches the contender of a pause round on a thread of `scope` (`None` once
+/// the run is stopped).
+fn spawn_contender<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    shared: &'scope Shared<'_>,
+    contender: RunId,
+    hold_ms: u64,
+    stderr: &(PathBuf, std::fs::File),
+) -> anyhow::Result<Option<RunThread<'scope>>> {
+    let launched = launch(
+        shared,
+        contender,
+        Job::hold(hold_ms),
+        shared.scenario.wait,
+        stderr,
+    )?;
+    Ok(launched.map(|launched| scope.spawn(move || finish(shared, contender, launched))))
+}
+
+/// A SIGSTOP a pause round sent: to group `pgid`, at `sent`.
+struct Stopped {
+    pgid: i32,
+    pid: Option<i32>,
+    sent: u64,
+    state: &'static str,
+}
+
+impl Stopped {
+    fn record(&self, shared: &Shared<'_>, run: RunId, note: &str) -> anyhow::Result<()> {
+        let mut stop = Event::new(Kind::Stop, mono_ns()?).run(run);
+        stop.pgid = Some(self.pgid);
+        stop.pid = self.pid;
+        stop.sent = Some(self.sent);
+        stop.state = Some(self.state.to_owned());
+        stop.note = Some(note.to_owned());
+        shared.log.append(&stop)
+    }
+}
+
+/// Ends a pause: after `pause_ms`, SIGCONTs the group and records it.
+fn continue_after(
+    shared: &Shared<'_>,
+    run: RunId,
+    pgid: i32,
+    pid: Option<i32>,
+    pause_ms: u64,
+) -> anyhow::Result<()> {
+    std::thread::sleep(Duration::from_millis(pause_ms));
+    signal_group(pgid, Signal::SIGCONT);
+    let mut cont = Event::new(Kind::Cont, mono_ns()?).run(run);
+    cont.pgid = Some(pgid);
+    cont.pid = pid;
+    shared.log.append(&cont)
 }
 
 /// The start event of `run`, once it is in the history (`None` after `timeout`

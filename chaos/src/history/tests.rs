@@ -13,7 +13,7 @@ fn run(worker: u32, attempt: u32) -> RunId {
 fn start(r: RunId, t: u64, token: u64) -> Event {
     let mut e = Event::new(Kind::Start, t).run(r);
     e.token = Some(token);
-    e.pid = Some(1000 + i32::try_from(r.worker * 100 + r.attempt).unwrap_or(0));
+    e.pid = Some(pid_of(r));
     e
 }
 
@@ -26,6 +26,26 @@ fn end(r: RunId, t: u64, token: u64) -> Event {
 
 fn section(r: RunId, from: u64, to: u64, token: u64) -> [Event; 2] {
     [start(r, from, token), end(r, to, token)]
+}
+
+/// The history of these `(run, from, to, token)` sections, in this order.
+fn sections(list: &[(RunId, u64, u64, u64)]) -> Vec<Event> {
+    list.iter()
+        .flat_map(|&(r, from, to, token)| section(r, from, to, token))
+        .collect()
+}
+
+/// A signal event (`Stop`, `Kill`) whose signal was sent at `t`.
+fn signalled(kind: Kind, r: RunId, t: u64) -> Event {
+    let mut e = Event::new(kind, t).run(r);
+    e.sent = Some(t);
+    e
+}
+
+fn abort(r: RunId, t: u64) -> Event {
+    let mut e = Event::new(Kind::Abort, t).run(r);
+    e.signal = Some(15);
+    e
 }
 
 fn begin(ttl_ms: u64) -> Event {
@@ -41,9 +61,7 @@ fn final_state(t: u64, state: &str) -> Event {
 }
 
 fn exit(r: RunId, t: u64) -> Event {
-    let mut e = Event::new(Kind::Exit, t).run(r);
-    e.code = Some(0);
-    e
+    exit_with(r, t, Some(0))
 }
 
 fn kinds(a: &Analysis, expected: bool) -> Vec<FindingKind> {
@@ -75,9 +93,7 @@ fn a_clean_serial_history_passes() {
 
 #[test]
 fn detects_an_overlap_of_unpaused_holders() {
-    let mut events = vec![];
-    events.extend(section(run(1, 0), S, 3 * S, 1));
-    events.extend(section(run(2, 0), 2 * S, 4 * S, 2));
+    let events = sections(&[(run(1, 0), S, 3 * S, 1), (run(2, 0), 2 * S, 4 * S, 2)]);
     let a = clean(&events);
     assert_eq!(kinds(&a, false), vec![FindingKind::Overlap]);
     assert_eq!(a.max_concurrent, 2);
@@ -91,10 +107,11 @@ fn detects_an_overlap_of_unpaused_holders() {
 
 #[test]
 fn detects_overlap_with_a_section_nested_inside_another() {
-    let mut events = vec![];
-    events.extend(section(run(1, 0), S, 10 * S, 1));
-    events.extend(section(run(2, 0), 4 * S, 5 * S, 2));
-    events.extend(section(run(3, 0), 11 * S, 12 * S, 3));
+    let events = sections(&[
+        (run(1, 0), S, 10 * S, 1),
+        (run(2, 0), 4 * S, 5 * S, 2),
+        (run(3, 0), 11 * S, 12 * S, 3),
+    ]);
     let a = clean(&events);
     // The outer section also commits token 1 after the inner one committed 2.
     assert_eq!(
@@ -106,9 +123,7 @@ fn detects_overlap_with_a_section_nested_inside_another() {
 #[test]
 fn a_pause_does_not_excuse_an_overlap_that_began_before_it() {
     let a_run = run(1, 0);
-    let mut stop = Event::new(Kind::Stop, 3 * S).run(a_run);
-    stop.sent = Some(3 * S);
-    let mut events = vec![start(a_run, S, 1), stop];
+    let mut events = vec![start(a_run, S, 1), signalled(Kind::Stop, a_run, 3 * S)];
     // Worker 2 starts at 2s, while worker 1 was still running unpaused.
     events.extend(section(run(2, 0), 2 * S, 6 * S, 2));
     events.push(end(a_run, 7 * S, 1));
@@ -117,11 +132,11 @@ fn a_pause_does_not_excuse_an_overlap_that_began_before_it() {
     // The stale commit after the pause is still the expected kind of anomaly.
     assert_eq!(kinds(&a, true), vec![FindingKind::CommitTokenRegression]);
     // A stop sent after the section ended explains nothing either.
-    let mut late = Event::new(Kind::Stop, 9 * S).run(run(3, 0));
-    late.sent = Some(9 * S);
-    let mut events = vec![late];
-    events.extend(section(run(3, 0), S, 8 * S, 3));
-    events.extend(section(run(4, 0), 4 * S, 5 * S, 4));
+    let mut events = vec![signalled(Kind::Stop, run(3, 0), 9 * S)];
+    events.extend(sections(&[
+        (run(3, 0), S, 8 * S, 3),
+        (run(4, 0), 4 * S, 5 * S, 4),
+    ]));
     let a = clean(&events);
     assert!(
         a.count(FindingKind::Overlap, false) == 1,
@@ -178,11 +193,9 @@ fn a_section_without_any_end_is_unresolved_and_overlaps_everything_after() {
 #[test]
 fn an_aborted_section_ends_at_its_abort() {
     let r = run(1, 0);
-    let mut abort = Event::new(Kind::Abort, 2 * S).run(r);
-    abort.signal = Some(15);
     let events = vec![
         start(r, S, 1),
-        abort,
+        abort(r, 2 * S),
         start(run(2, 0), 3 * S, 2),
         end(run(2, 0), 4 * S, 2),
     ];
@@ -200,9 +213,7 @@ fn an_aborted_section_ends_at_its_abort() {
 #[test]
 fn detects_a_commit_token_regression() {
     // Serial sections, but the later commit carries a smaller token.
-    let mut events = vec![];
-    events.extend(section(run(1, 0), S, 2 * S, 5));
-    events.extend(section(run(2, 0), 3 * S, 4 * S, 4));
+    let events = sections(&[(run(1, 0), S, 2 * S, 5), (run(2, 0), 3 * S, 4 * S, 4)]);
     let a = clean(&events);
     assert_eq!(
         kinds(&a, false),
@@ -212,9 +223,7 @@ fn detects_a_commit_token_regression() {
         ]
     );
     // Equal tokens: a duplicate, and a commit that is not greater.
-    let mut events = vec![];
-    events.extend(section(run(1, 0), S, 2 * S, 5));
-    events.extend(section(run(2, 0), 3 * S, 4 * S, 5));
+    let events = sections(&[(run(1, 0), S, 2 * S, 5), (run(2, 0), 3 * S, 4 * S, 5)]);
     assert_eq!(
         kinds(&clean(&events), false),
         vec![
@@ -227,9 +236,7 @@ fn detects_a_commit_token_regression() {
 #[test]
 fn commit_order_is_judged_by_commit_time_not_start_time() {
     // Sections overlap (violation), and the commit of the older token lands last.
-    let mut events = vec![];
-    events.extend(section(run(1, 0), S, 5 * S, 1));
-    events.extend(section(run(2, 0), 2 * S, 3 * S, 2));
+    let events = sections(&[(run(1, 0), S, 5 * S, 1), (run(2, 0), 2 * S, 3 * S, 2)]);
     let a = clean(&events);
     assert!(
         a.count(FindingKind::CommitTokenRegression, false) == 1,
@@ -260,8 +267,10 @@ fn pauses_make_overlap_and_stale_commits_expected_but_only_for_the_paused_holder
     assert_eq!(a.max_concurrent, 2);
 
     // Two unpaused holders overlapping in the same history is still a violation.
-    events.extend(section(run(3, 0), 8 * S, 9 * S, 3));
-    events.extend(section(run(4, 0), 8 * S + 500, 10 * S, 4));
+    events.extend(sections(&[
+        (run(3, 0), 8 * S, 9 * S, 3),
+        (run(4, 0), 8 * S + 500, 10 * S, 4),
+    ]));
     let a = clean(&events);
     assert_eq!(kinds(&a, false), vec![FindingKind::Overlap]);
 }
@@ -271,14 +280,13 @@ fn a_section_started_after_its_gcslock_resumed_is_not_excused() {
     // gcslock paused while acquiring (no section yet), resumed at 6s, and only
     // then started its command although w2 held the lock: not excused.
     let late = run(1, 0);
-    let mut stop = Event::new(Kind::Stop, S).run(late);
-    stop.sent = Some(S);
-    let mut events = vec![stop, Event::new(Kind::Cont, 6 * S).run(late)];
+    let mut events = vec![
+        signalled(Kind::Stop, late, S),
+        Event::new(Kind::Cont, 6 * S).run(late),
+    ];
     events.extend(section(run(2, 0), 4 * S, 8 * S, 2));
     events.push(start(late, 6 * S + 1000, 1));
-    let mut abort = Event::new(Kind::Abort, 6 * S + 5000).run(late);
-    abort.signal = Some(15);
-    events.push(abort);
+    events.push(abort(late, 6 * S + 5000));
     let a = clean(&events);
     assert_eq!(
         kinds(&a, false),
@@ -295,8 +303,7 @@ fn a_section_started_after_its_gcslock_resumed_is_not_excused() {
 #[test]
 fn a_command_started_on_an_expired_lease_without_recording_is_caught() {
     let late = run(0, 0);
-    let mut stop = Event::new(Kind::Stop, S).run(late);
-    stop.sent = Some(S);
+    let mut stop = signalled(Kind::Stop, late, S);
     stop.state = Some(STOPPED_NO_COMMAND.into());
     let mut unrecorded = Event::new(Kind::Unrecorded, 6 * S + 3000).run(late);
     unrecorded.pid = Some(4242);
@@ -518,8 +525,7 @@ fn a_death_before_a_process_started_does_not_bound_it() {
 }
 
 fn stop_gcslock_only(r: RunId, stop_at: u64, cont_at: u64) -> [Event; 2] {
-    let mut stop = Event::new(Kind::Stop, stop_at).run(r);
-    stop.sent = Some(stop_at);
+    let mut stop = signalled(Kind::Stop, r, stop_at);
     stop.state = Some(STOPPED_GCSLOCK_ONLY.into());
     let cont = Event::new(Kind::Cont, cont_at).run(r);
     [stop, cont]
@@ -566,15 +572,22 @@ fn failed_section(r: RunId, from: u64, to: u64, token: u64) -> [Event; 2] {
     [start(r, from, token), end]
 }
 
-/// One slot: w0 fails, w1 (waiting) retries and succeeds, w2 fires later and
-/// finds the slot done.
-fn once_per_tick() -> Vec<Event> {
-    let (w0, w1, w2) = (run(0, 0), run(1, 0), run(2, 0));
+/// Slot 7 fired by w0 and w1 (which waits); w0 ran the job, and it failed.
+fn slot_failed_by_w0() -> Vec<Event> {
+    let (w0, w1) = (run(0, 0), run(1, 0));
     let mut events = vec![begin(2000)];
     events.push(spawn_in_slot(w0, S / 10, 7));
     events.push(spawn_in_slot(w1, S / 5, 7));
     events.extend(failed_section(w0, S / 2, S, 1));
     events.push(exit_with(w0, S + 1, Some(1)));
+    events
+}
+
+/// One slot: w0 fails, w1 (waiting) retries and succeeds, w2 fires later and
+/// finds the slot done.
+fn once_per_tick() -> Vec<Event> {
+    let (w1, w2) = (run(1, 0), run(2, 0));
+    let mut events = slot_failed_by_w0();
     events.extend(section(w1, 2 * S, 3 * S, 2));
     events.push(exit_with(w1, 3 * S + 1, Some(0)));
     events.push(spawn_in_slot(w2, 3 * S + 2, 7));
@@ -603,12 +616,8 @@ fn a_command_started_after_its_slot_completed_is_flagged() {
 #[test]
 fn a_run_that_skips_a_slot_nobody_completed_is_flagged() {
     // As if w0's failure had recorded the slot: w1 gives up at once, w2 skips too.
-    let (w0, w1, w2) = (run(0, 0), run(1, 0), run(2, 0));
-    let mut events = vec![begin(2000)];
-    events.push(spawn_in_slot(w0, S / 10, 7));
-    events.push(spawn_in_slot(w1, S / 5, 7));
-    events.extend(failed_section(w0, S / 2, S, 1));
-    events.push(exit_with(w0, S + 1, Some(1)));
+    let (w1, w2) = (run(1, 0), run(2, 0));
+    let mut events = slot_failed_by_w0();
     events.push(exit_with(w1, S + 2, Some(0)));
     events.push(spawn_in_slot(w2, 3 * S, 7));
     events.push(exit_with(w2, 3 * S + 1, Some(0)));
@@ -625,13 +634,9 @@ fn a_run_that_skips_a_slot_nobody_completed_is_flagged() {
 
 #[test]
 fn a_failed_slot_left_alone_while_a_run_still_waited_is_flagged() {
-    let (w0, w1) = (run(0, 0), run(1, 0));
+    let w1 = run(1, 0);
     let history = |waiter_exit: u64| {
-        let mut events = vec![begin(2000)];
-        events.push(spawn_in_slot(w0, S / 10, 7));
-        events.push(spawn_in_slot(w1, S / 5, 7));
-        events.extend(failed_section(w0, S / 2, S, 1));
-        events.push(exit_with(w0, S + 1, Some(1)));
+        let mut events = slot_failed_by_w0();
         events.push(exit_with(w1, waiter_exit, Some(75)));
         events.push(final_state(waiter_exit + S, "released"));
         events
@@ -651,9 +656,7 @@ fn a_killed_holder_counts_as_a_failed_run_of_its_slot() {
     events.push(spawn_in_slot(w0, S / 10, 7));
     events.push(spawn_in_slot(w1, S / 5, 7));
     events.push(start(w0, S / 2, 1));
-    let mut kill = Event::new(Kind::Kill, S).run(w0);
-    kill.sent = Some(S);
-    events.push(kill);
+    events.push(signalled(Kind::Kill, w0, S));
     events.push(exit_with(w0, S + 1, None));
     events.push(exit_with(w1, 10 * S, Some(75)));
     events.push(final_state(11 * S, "free"));

@@ -345,24 +345,15 @@ fn object_path(path: ObjectPath) -> Result<(String, String), GcsError> {
     Ok((bucket, name))
 }
 
-pub async fn get_object(
+/// `GET /storage/v1/b/B/o/NAME` (`DOWNLOAD_URL` false) and its media-download
+/// form `GET /download/storage/v1/b/B/o/NAME` (`DOWNLOAD_URL` true).
+pub async fn get_object<const DOWNLOAD_URL: bool>(
     State(state): State<SharedState>,
     conn: Option<Extension<ConnHandle>>,
     path: ObjectPath,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let decoded = decode_get(path, raw.as_deref(), false);
-    run_decoded(state, conn, decoded).await
-}
-
-/// `GET /download/storage/v1/b/B/o/NAME`: the media-download URL form.
-pub async fn download_object(
-    State(state): State<SharedState>,
-    conn: Option<Extension<ConnHandle>>,
-    path: ObjectPath,
-    RawQuery(raw): RawQuery,
-) -> Response {
-    let decoded = decode_get(path, raw.as_deref(), true);
+    let decoded = decode_get(path, raw.as_deref(), DOWNLOAD_URL);
     run_decoded(state, conn, decoded).await
 }
 

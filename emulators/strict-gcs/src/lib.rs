@@ -47,14 +47,14 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/storage/v1/b/{bucket}/o", get(api::list_objects))
         .route(
             "/storage/v1/b/{bucket}/o/{object}",
-            get(api::get_object)
+            get(api::get_object::<false>)
                 .patch(api::patch_object)
                 .delete(api::delete_object),
         )
         .route("/upload/storage/v1/b/{bucket}/o", post(api::upload))
         .route(
             "/download/storage/v1/b/{bucket}/o/{object}",
-            get(api::download_object),
+            get(api::get_object::<true>),
         )
         .route(
             "/_strict/faults",

@@ -551,11 +551,20 @@ mod tests {
         }
     }
 
-    async fn supervised(group: &mut FakeGroup, lease: &FakeLease) -> Supervised {
+    async fn supervised<G: Group>(group: &mut G, lease: &FakeLease) -> Supervised {
+        supervised_with(group, lease, GRACE, None).await
+    }
+
+    async fn supervised_with<G: Group>(
+        group: &mut G,
+        lease: &FakeLease,
+        grace: Duration,
+        end: Option<Instant>,
+    ) -> Supervised {
         let (_sender, mut signals) = Signals::from_channel();
         tokio::time::timeout(
             HANG_GUARD,
-            supervise(group, lease, &mut signals, GRACE, "gs://b/o", None),
+            supervise(group, lease, &mut signals, grace, "gs://b/o", end),
         )
         .await
         .expect("the supervisor never stopped the group")
@@ -675,21 +684,8 @@ mod tests {
         // The command ignores SIGTERM and would run for an hour; the lease is healthy.
         let mut group = FakeGroup::new(Some(Duration::from_secs(3600)));
         let lease = FakeLease::ending_in(Duration::from_secs(3600));
-        let (_sender, mut signals) = Signals::from_channel();
         let end = Instant::now() + Duration::from_secs(10);
-        let outcome = tokio::time::timeout(
-            HANG_GUARD,
-            supervise(
-                &mut group,
-                &lease,
-                &mut signals,
-                GRACE,
-                "gs://b/o",
-                Some(end),
-            ),
-        )
-        .await
-        .expect("supervise returned");
+        let outcome = supervised_with(&mut group, &lease, GRACE, Some(end)).await;
         assert!(matches!(outcome, Supervised::TimedOut(_)), "{outcome:?}");
         assert_eq!(group.first(Signal::SIGTERM), Some(Duration::from_secs(10)));
         assert_eq!(group.first(Signal::SIGKILL), Some(Duration::from_secs(13)));
@@ -723,14 +719,8 @@ mod tests {
         // grace, and at 200ms the deadline has passed.
         let mut group = FakeGroup::new(None);
         let lease = FakeLease::ending_in(Duration::from_millis(150));
-        let (_sender, mut signals) = Signals::from_channel();
         let grace = Duration::from_millis(10);
-        let outcome = tokio::time::timeout(
-            HANG_GUARD,
-            supervise(&mut group, &lease, &mut signals, grace, "gs://b/o", None),
-        )
-        .await
-        .expect("supervise returned");
+        let outcome = supervised_with(&mut group, &lease, grace, None).await;
         assert!(matches!(outcome, Supervised::Stopped(_)), "{outcome:?}");
         assert_eq!(
             group.first(Signal::SIGKILL),
@@ -778,21 +768,34 @@ mod tests {
         assert_eq!(group.first(Signal::SIGKILL), Some(Duration::from_secs(7)));
     }
 
-    /// A group whose command exits at 10s and leaves processes behind that no
-    /// signal ends.
-    struct LeftoversGroup(FakeGroup);
+    /// A group whose processes no signal ends, so it stays alive whatever its
+    /// leader does.
+    struct LingeringGroup {
+        inner: FakeGroup,
+        leader: Leader,
+    }
 
-    impl Group for LeftoversGroup {
+    enum Leader {
+        /// Exits as `inner` says, leaving processes behind.
+        Leftovers,
+        /// Its wait fails.
+        Unwaitable,
+    }
+
+    impl Group for LingeringGroup {
         fn id(&self) -> i32 {
-            self.0.id()
+            self.inner.id()
         }
 
         fn signal(&self, signal: Signal) {
-            self.0.signal(signal);
+            self.inner.signal(signal);
         }
 
         async fn wait(&mut self) -> io::Result<ExitStatus> {
-            self.0.wait().await
+            match self.leader {
+                Leader::Leftovers => self.inner.wait().await,
+                Leader::Unwaitable => Err(io::Error::other("no child")),
+            }
         }
 
         fn alive(&self) -> bool {
@@ -802,63 +805,37 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn leftovers_that_survive_sigkill_keep_the_lock_from_release() {
-        let mut group = LeftoversGroup(FakeGroup {
-            survives_sigkill: true,
-            ..FakeGroup::new(Some(Duration::from_secs(10)))
-        });
+        // The command exits at 10s.
+        let mut group = LingeringGroup {
+            inner: FakeGroup {
+                survives_sigkill: true,
+                ..FakeGroup::new(Some(Duration::from_secs(10)))
+            },
+            leader: Leader::Leftovers,
+        };
         let lease = FakeLease::ending_in(Duration::from_secs(3600));
-        let (_sender, mut signals) = Signals::from_channel();
-        let outcome = tokio::time::timeout(
-            HANG_GUARD,
-            supervise(&mut group, &lease, &mut signals, GRACE, "gs://b/o", None),
-        )
-        .await
-        .expect("supervise returned");
+        let outcome = supervised(&mut group, &lease).await;
         assert!(
             matches!(outcome, Supervised::Survived(Some(status)) if status.success()),
             "{outcome:?}"
         );
         assert!(!outcome.may_release());
         assert_eq!(
-            group.0.first(Signal::SIGKILL),
+            group.inner.first(Signal::SIGKILL),
             Some(Duration::from_secs(13))
         );
     }
 
-    /// A group whose leader cannot be waited for and that no signal ends.
-    struct UnwaitableGroup(FakeGroup);
-
-    impl Group for UnwaitableGroup {
-        fn id(&self) -> i32 {
-            self.0.id()
-        }
-
-        fn signal(&self, signal: Signal) {
-            self.0.signal(signal);
-        }
-
-        async fn wait(&mut self) -> io::Result<ExitStatus> {
-            Err(io::Error::other("no child"))
-        }
-
-        fn alive(&self) -> bool {
-            true
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_failed_wait_kills_and_watches_the_group_before_any_release() {
-        let mut group = UnwaitableGroup(FakeGroup::unkillable());
+        let mut group = LingeringGroup {
+            inner: FakeGroup::unkillable(),
+            leader: Leader::Unwaitable,
+        };
         let lease = FakeLease::ending_in(Duration::from_secs(3600));
-        let (_sender, mut signals) = Signals::from_channel();
-        let outcome = tokio::time::timeout(
-            HANG_GUARD,
-            supervise(&mut group, &lease, &mut signals, GRACE, "gs://b/o", None),
-        )
-        .await
-        .expect("supervise returned");
+        let outcome = supervised(&mut group, &lease).await;
         assert!(matches!(outcome, Supervised::Survived(_)), "{outcome:?}");
         assert!(!outcome.may_release());
-        assert_eq!(group.0.first(Signal::SIGKILL), Some(Duration::ZERO));
+        assert_eq!(group.inner.first(Signal::SIGKILL), Some(Duration::ZERO));
     }
 }
