@@ -66,7 +66,7 @@ pub use location::{validate_bucket_name, validate_object_name, LockUrl, PrefixUr
 pub use lock::{Lock, Wait};
 pub use options::LockOptions;
 pub use record::{LockRecord, LockState, RecordedSlot, Ttl};
-pub use slot::{CompletedSlot, Slot, SlotAcquire, MAX_PERIOD, MIN_PERIOD};
+pub use slot::{CompletedSlot, Slot, SlotAcquire, SlotZone, MAX_PERIOD, MIN_PERIOD};
 pub use status::{list_locks, list_locks_within, HeldStatus, LockStatus};
 pub use token::FencingToken;
 

@@ -24,7 +24,7 @@ use crate::identity::new_nonce;
 use crate::lease::Guard;
 use crate::options::{default_margin, LockOptions, LockSettings};
 use crate::record::{LockRecord, LockState, RecordedSlot, Ttl};
-use crate::slot::{CompletedSlot, Slot, SlotAcquire};
+use crate::slot::{CompletedSlot, Slot, SlotAcquire, SlotCheck};
 use crate::status::LockStatus;
 use crate::token::FencingToken;
 
@@ -243,6 +243,7 @@ impl Lock {
         let mut failing_since: Option<Instant> = None;
         let mut last_busy: Option<HolderSummary> = None;
         let mut expired_in_a_row = 0;
+        let check = slot.map(SlotCheck::new);
         loop {
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled {
@@ -250,7 +251,7 @@ impl Lock {
                 });
             }
             let attempt = self
-                .attempt(&mut seen, &mut pending, cancel, slot.as_ref())
+                .attempt(&mut seen, &mut pending, cancel, check.as_ref())
                 .await;
             let now = Instant::now();
             let wake = match attempt {
@@ -357,7 +358,7 @@ impl Lock {
         seen: &mut Option<(ObjectVersion, Instant)>,
         pending: &mut PendingCreates,
         cancel: &CancellationToken,
-        slot: Option<&Slot>,
+        slot: Option<&SlotCheck>,
     ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
         let read = tokio::select! {
@@ -376,7 +377,7 @@ impl Lock {
             None => (WriteCondition::DoesNotExist, 1),
             Some(info) => {
                 let record = self.decode(info)?;
-                if let Some(done) = slot_done(slot, &record, info) {
+                if let Some(done) = slot_done(slot, &record, info, read.server_time, &lock.url) {
                     return Ok(Attempt::Done(done));
                 }
                 let next_token = record.token.checked_add(1).ok_or_else(|| {
@@ -443,7 +444,7 @@ impl Lock {
         ours: &LockRecord,
         sent: SendTime,
         pending: &mut PendingCreates,
-        slot: Option<&Slot>,
+        slot: Option<&SlotCheck>,
     ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
         let read = lock
@@ -462,7 +463,7 @@ impl Lock {
                     return Ok(self.started(earlier, info.version, earlier_sent).await);
                 }
                 let record = self.decode(info)?;
-                if let Some(done) = slot_done(slot, &record, info) {
+                if let Some(done) = slot_done(slot, &record, info, read.server_time, &lock.url) {
                     return Ok(Attempt::Done(done));
                 }
                 let status = LockStatus::judge(Some(info), read.server_time);
@@ -626,11 +627,24 @@ enum Staleness {
     Fresh { retry_in: Option<Duration> },
 }
 
-/// The completion recorded in `record` if it covers `slot`.
-fn slot_done(slot: Option<&Slot>, record: &LockRecord, info: &ObjectInfo) -> Option<CompletedSlot> {
-    let done = record.completed.as_ref()?;
-    slot.filter(|slot| done.slot.covers(slot))
-        .map(|_| done.resolve(info.updated))
+/// The completion recorded in `record` if it makes the slot asked for done,
+/// judged by the server's clock reading taken with it (PROTOCOL.md §10).
+fn slot_done(
+    slot: Option<&SlotCheck>,
+    record: &LockRecord,
+    info: &ObjectInfo,
+    server_time: Option<DateTime<Utc>>,
+    lock: &str,
+) -> Option<CompletedSlot> {
+    slot?.done(
+        lock,
+        record
+            .completed
+            .as_ref()
+            .map(|done| done.resolve(info.updated)),
+        LockRecord::completion_problem(&info.metadata),
+        server_time,
+    )
 }
 
 /// The completed slot an acquire carries over from the object it replaces.
