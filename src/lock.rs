@@ -367,6 +367,9 @@ impl Lock {
             read = lock.backend.read(&lock.object) => read.map_err(|e| self.classify(e))?,
         };
         let received = Instant::now();
+        if let Some(slot) = slot {
+            slot.check_clock(&lock.url, read.server_time);
+        }
         if let Some(info) = &read.value {
             if let Some((ours, sent)) = pending.take_applied(info) {
                 tracing::debug!(lock = %lock.url, "an earlier create of ours applied late; adopting it");

@@ -91,9 +91,29 @@ impl SlotCheck {
         }
     }
 
+    /// Warns (once) if this machine's clock is far from the server's reading
+    /// `server_time`, taken with the inspect of an acquire.
+    pub(crate) fn check_clock(&self, lock: &str, server_time: Option<DateTime<Utc>>) {
+        let Some((skew, ahead)) = server_time.and_then(|now| clock_skew(SystemTime::now(), now))
+        else {
+            return;
+        };
+        if self.first(WARNED_SKEW) {
+            tracing::warn!(
+                lock,
+                "this machine's clock is {} {} the storage server's (more than {}): \
+                 periods are still named by this machine's clock, the one that fired this \
+                 run; check its time synchronisation",
+                whole_seconds(skew),
+                if ahead { "ahead of" } else { "behind" },
+                whole_seconds(CLOCK_TOLERANCE)
+            );
+        }
+    }
+
     /// The completion that makes our slot done, if any. `recorded` is the lock's
     /// last completion, `unreadable` why its keys could not be read; warns about
-    /// completions that do not count and about this machine's clock.
+    /// completions that do not count.
     pub(crate) fn done(
         &self,
         lock: &str,
@@ -102,25 +122,11 @@ impl SlotCheck {
         server_time: Option<DateTime<Utc>>,
     ) -> Option<CompletedSlot> {
         let ours = &self.slot;
-        if let Some((skew, ahead)) = server_time.and_then(|now| clock_skew(SystemTime::now(), now))
-        {
-            if self.first(WARNED_SKEW) {
-                tracing::warn!(
-                    lock,
-                    "this machine's clock is {} {} the storage server's (more than {}): \
-                     periods are still named by this machine's clock, the one that fired \
-                     this run; check its time synchronisation",
-                    whole_seconds(skew),
-                    if ahead { "ahead of" } else { "behind" },
-                    whole_seconds(CLOCK_TOLERANCE)
-                );
-            }
-        }
         if let Some(why) = unreadable {
             if self.first(WARNED_UNREADABLE) {
                 tracing::warn!(
                     lock,
-                    "{lock}: the lock's completed-slot keys are unreadable, so they are \
+                    "the lock's completed-slot keys are unreadable, so they are \
                      ignored and this run proceeds: {why}"
                 );
             }
@@ -136,7 +142,7 @@ impl SlotCheck {
             match why {
                 NotCounted::OtherPeriod => tracing::warn!(
                     lock,
-                    "{lock}: this run's period is {}, but the lock's last completion is of \
+                    "this run's period is {}, but the lock's last completion is of \
                      period {} ({what}): mixing periods on one lock, it does not count, and \
                      this run's completion replaces it; use one lock object per schedule",
                     super::period_text(ours.period()),
@@ -144,7 +150,7 @@ impl SlotCheck {
                 ),
                 NotCounted::OtherZone => tracing::warn!(
                     lock,
-                    "{lock}: this run's periods are in time zone {}, but the lock's last \
+                    "this run's periods are in time zone {}, but the lock's last \
                      completion is in {} ({what}): it does not count, so this run proceeds; \
                      give every machine the same --timezone",
                     ours.zone,
@@ -152,7 +158,7 @@ impl SlotCheck {
                 ),
                 NotCounted::Ahead(ahead) => tracing::warn!(
                     lock,
-                    "{lock}: the lock's last completion ({what}) is of a slot that starts {} \
+                    "the lock's last completion ({what}) is of a slot that starts {} \
                      after the storage server's clock (more than {}): it does not count, so \
                      this run proceeds; check the clock of {:?}",
                     whole_seconds(ahead),

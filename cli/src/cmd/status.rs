@@ -41,7 +41,8 @@ Text output shows control and bidi characters read from storage escaped as \\u{.
 \"released_at\", \"generation\", \"metageneration\", \"reason\"}; absent fields are omitted.
 A forever lock has \"ttl_forever\": true instead of \"ttl_ms\"; \"last_heard_ms\" is the server's
 time since the last refresh. A lock used with `run --once-per` has \"last_completed\":
-{\"period_s\", \"slot\", \"slot_start\", \"completed_at\" (server clock), \"completed_by\"}.
+{\"period_s\", \"slot\", \"zone\", \"slot_start\", \"slot_start_local\", \"completed_at\" (server
+clock), \"completed_by\"}.
 
 Exit codes: 0 when the lock could be read, whatever its state; otherwise as for run.";
 
@@ -136,12 +137,12 @@ fn ttl_text(ttl: Ttl) -> String {
     }
 }
 
-/// "the 1h slot starting 2026-01-01T10:00:00Z (completed 2026-01-01T10:00:42.123Z by host:12)"
+/// "the 1d slot starting 2026-03-08T00:00:00-05:00 (America/New_York), completed
+/// 2026-03-08T19:30:42.123Z by host:12"
 pub fn completed_text(done: &CompletedSlot) -> String {
     format!(
-        "the {} slot starting {} (completed {} by {})",
-        humantime::format_duration(done.slot.period()),
-        timestamp(&done.slot.start()),
+        "{}, completed {} by {}",
+        done.slot,
         timestamp(&done.completed_at),
         escape(&done.completed_by)
     )
@@ -186,7 +187,11 @@ pub struct StatusView<'a> {
 struct CompletedView<'a> {
     period_s: u64,
     slot: u64,
+    /// The IANA zone whose calendar the period follows.
+    zone: String,
     slot_start: String,
+    /// The slot's start as the zone's wall clock reads it (RFC 3339 with offset).
+    slot_start_local: String,
     completed_at: String,
     completed_by: &'a str,
 }
@@ -196,7 +201,12 @@ impl<'a> CompletedView<'a> {
         Self {
             period_s: done.slot.period().as_secs(),
             slot: done.slot.index(),
+            zone: done.slot.zone().name().to_owned(),
             slot_start: timestamp(&done.slot.start()),
+            slot_start_local: done
+                .slot
+                .local_start()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             completed_at: timestamp(&done.completed_at),
             completed_by: &done.completed_by,
         }
@@ -332,8 +342,8 @@ mod tests {
         assert!(line.contains("ttl forever"), "{line}");
         assert!(
             line.ends_with(
-                "; last completed the 1h slot starting 1970-01-01T10:00:00.000Z \
-                 (completed 2026-01-01T10:00:42.000Z by host:9)"
+                "; last completed the 1h slot starting 1970-01-01T10:00:00Z (UTC), \
+                 completed 2026-01-01T10:00:42.000Z by host:9"
             ),
             "{line}"
         );
@@ -344,6 +354,11 @@ mod tests {
         assert_eq!(json["last_heard_ms"], 3 * 3600 * 1000);
         assert_eq!(json["last_completed"]["period_s"], 3600);
         assert_eq!(json["last_completed"]["slot"], 10);
+        assert_eq!(json["last_completed"]["zone"], "UTC");
+        assert_eq!(
+            json["last_completed"]["slot_start_local"],
+            "1970-01-01T10:00:00Z"
+        );
         assert_eq!(
             json["last_completed"]["slot_start"],
             "1970-01-01T10:00:00.000Z"
