@@ -303,7 +303,7 @@ fn period_secs(period: Duration) -> Result<u64, Error> {
 /// A period that fits the calendar: it divides the day evenly, or is whole days.
 fn calendar_period_secs(period: Duration) -> Result<u64, Error> {
     let secs = period_secs(period)?;
-    if DAY_SECS % secs == 0 || secs % DAY_SECS == 0 {
+    if DAY_SECS.is_multiple_of(secs) || secs.is_multiple_of(DAY_SECS) {
         return Ok(secs);
     }
     Err(Error::InvalidInput(format!(

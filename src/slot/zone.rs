@@ -12,8 +12,10 @@ use jiff::tz::TimeZone;
 
 use crate::error::Error;
 
-/// The longest zone name accepted (IANA names are at most about 32 bytes).
-const MAX_NAME_LEN: usize = 64;
+/// The longest zone name accepted: IANA's longest is 32 bytes
+/// (`America/Argentina/ComodRivadavia`); kept small because every lock record
+/// that carries a completion holds one inline.
+const MAX_NAME_LEN: usize = 40;
 
 /// A time zone by its IANA name, or UTC. Small and `Copy`, so that a [`crate::Slot`]
 /// stays a plain value.
