@@ -142,6 +142,18 @@ pub struct LockRecord {
 }
 
 impl LockRecord {
+    /// Whether `shown`, read back from storage, is still the lease this record
+    /// started: the same nonce, and the same token, holder and TTL. A record with
+    /// our nonce but another token, holder or TTL was rewritten by someone else
+    /// (by hand, or a tool copying our metadata): it is not ours to refresh. The
+    /// state is for the caller to judge (a release expects its own tombstone).
+    pub(crate) fn same_lease(&self, shown: &LockRecord) -> bool {
+        shown.nonce == self.nonce
+            && shown.token == self.token
+            && shown.holder == self.holder
+            && shown.ttl == self.ttl
+    }
+
     /// The metadata encoding of this record.
     pub fn to_metadata(&self) -> Metadata {
         let state = match self.state {
