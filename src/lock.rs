@@ -163,9 +163,11 @@ impl Lock {
             .await
     }
 
-    /// Like [`Lock::acquire`], and stops waiting when `cancel` fires. Cancellation
-    /// is honoured only between requests that could create the lock, so no lock is
-    /// left behind: it returns either a guard or `Error::Cancelled`.
+    /// Like [`Lock::acquire`], and stops waiting when `cancel` fires with
+    /// `Error::Cancelled`. Cancellation is honoured only between requests that
+    /// could create the lock, and a create of ours whose answer was lost is
+    /// resolved (and released if it applied) first, so no lock is left behind.
+    /// Other errors are those of `acquire`.
     pub async fn acquire_cancellable(
         &self,
         wait: Wait,

@@ -195,7 +195,11 @@ async fn a_record_rewritten_under_our_nonce_is_not_ours() {
         assert!(guard.check().is_err());
         assert_eq!(
             record_at(&memory, OBJECT).await.token,
-            if key == "gcslock-token" { 99 } else { ours.token },
+            if key == "gcslock-token" {
+                99
+            } else {
+                ours.token
+            },
             "{key}: the rewritten record was left alone"
         );
         drop(guard);
