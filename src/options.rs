@@ -62,7 +62,7 @@ impl Default for LockOptions {
             identity: None,
             poll_min: Duration::from_millis(250),
             poll_max: Duration::from_secs(8),
-            unavailable_timeout: Duration::from_secs(10),
+            unavailable_timeout: crate::retry::DEFAULT_TIMEOUT,
         }
     }
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::cmd::fenced::{fence_error, fenced_object, parse_object_url, spool_stdin};
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
-use crate::output::{escape, print_lines, timestamp};
+use crate::output::{print_lines, timestamp};
 
 /// The environment variable `gcslock run` gives its command the token in.
 pub const TOKEN_VAR: &str = "GCSLOCK_TOKEN";
@@ -65,6 +65,9 @@ pub struct PutArgs {
     /// Print one JSON object describing the write on stdout
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub storage_timeout: crate::cmd::status::StorageTimeout,
 }
 
 /// `gcslock put URL [--token N] [--adopt-unfenced] < data`
@@ -87,7 +90,7 @@ pub async fn put(global: &GlobalArgs, args: &PutArgs) -> anyhow::Result<u8> {
         attempts = written.attempts,
         generation = written.info.version.generation,
         "{}: written with token {token} ({replaced})",
-        escape(&args.url.to_string())
+        args.url
     );
     if args.json {
         let url = args.url.to_string();
