@@ -64,9 +64,50 @@ wait_for_file() {
 
 command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
 
-bold "Building gcslock and the strict GCS emulator (first run: a few minutes)..."
-cargo build --quiet -p gcslock-cli --bin gcslock
+# cargo_build WHAT ARGS...: `cargo build ARGS` with one progress line instead of cargo's
+# list of crates; the end of cargo's output if it fails.
+cargo_build() {
+  local what="$1" log="$WORK/cargo-build.log" started=$SECONDS
+  shift
+  if ! cargo build --color never "$@" 2>&1 >/dev/null | tee "$log" | show_compiling "$what"; then
+    tail -n 40 "$log" >&2
+    say "$what: cargo build $* failed"
+    return 1
+  fi
+  local compiled
+  compiled=$(grep -c '^ *Compiling ' "$log" || true)
+  if ((compiled > 0)); then
+    say "$what: compiled $compiled crates in $((SECONDS - started))s"
+  else
+    say "$what: up to date"
+  fi
+}
+
+# Reads cargo's messages; on a terminal, rewrites one line with the crate count and
+# the crate being compiled; elsewhere prints a line every 50 crates.
+show_compiling() {
+  local what="$1" line count=0 name
+  while IFS= read -r line; do
+    [[ "$line" =~ ^\ *Compiling\ ([^ ]+) ]] || continue
+    count=$((count + 1))
+    name="${BASH_REMATCH[1]}"
+    if [[ -t 1 ]]; then
+      printf '\r\033[K  %s: %d crates compiled, now %s' "$what" "$count" "$name"
+    elif ((count % 50 == 0)); then
+      say "$what: $count crates compiled..."
+    fi
+  done
+  if [[ -t 1 ]] && ((count > 0)); then printf '\r\033[K'; fi
+}
+
+bold "Building gcslock and the strict GCS emulator (cargo, debug profile)"
+say "The first build compiles about CRATES crates: about MINUTES on 2 cores. Later runs take seconds."
+cargo_build gcslock -p gcslock-cli --bin gcslock || die "cannot build gcslock"
 GCSLOCK="$TARGET_DIR/debug/gcslock"
+if [[ "${GCSLOCK_DEMO_EMULATOR:-strict-gcs}" != fake-gcs-server ]]; then
+  # The same command as emulators/strict-gcs.sh, so that its own build finds nothing to do.
+  cargo_build strict-gcs -p strict-gcs || true # falls back to fake-gcs-server below
+fi
 
 # start_emulator NAME: emulators/NAME.sh on a free port, serving the bucket.
 start_emulator() {
