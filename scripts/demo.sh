@@ -3,9 +3,11 @@
 #
 #   scripts/demo.sh
 #
-# Builds gcslock and starts a local GCS emulator (emulators/strict-gcs.sh: strict-gcs,
-# which enforces GCS's conditional requests exactly; emulators/fake-gcs-server.sh if
-# strict-gcs cannot be built), then:
+# Builds gcslock and strict-gcs, showing progress (a first build compiles about 256
+# crates: 3 to 8 minutes on 2 cores; measured 7 min 55 s with other builds running;
+# later runs take about 15 s in all), starts a local GCS emulator
+# (emulators/strict-gcs.sh: strict-gcs, which enforces GCS's conditional requests
+# exactly; emulators/fake-gcs-server.sh if strict-gcs cannot be built), then:
 #   1. three jobs start at once on one lock: one runs, the other two are told it is busy;
 #   2. a holder crashes (SIGKILL) without releasing; a waiter takes the lock over once
 #      the crashed holder's lease has run out by the storage server's clock.
@@ -78,7 +80,7 @@ cargo_build() {
   local compiled
   compiled=$(grep -c '^ *Compiling ' "$log" || true)
   if ((compiled > 0)); then
-    say "$what: compiled $compiled crates in $((SECONDS - started))s"
+    say "$what: compiled $compiled crate(s) in $((SECONDS - started))s"
   else
     say "$what: up to date"
   fi
@@ -184,9 +186,11 @@ CHILD_PGID="$(cat "$PIDFILE")"
 say "Now the machine dies: SIGKILL to gcslock and to its job. Nobody releases the lock."
 say "(gcslock's watchdog may report that it killed the job: that is its guard against"
 say "a gcslock that dies while its command runs, not a failure of the demo.)"
-kill -KILL "$HOLDER_PID"
-kill -KILL -- "-$CHILD_PGID" 2>/dev/null || true
-wait "$HOLDER_PID" 2>/dev/null || true
+{ # bash's "Killed" notice for the holder would only be noise here
+  kill -KILL "$HOLDER_PID"
+  kill -KILL -- "-$CHILD_PGID" || true
+  wait "$HOLDER_PID" || true
+} 2>/dev/null
 BACKGROUND=()
 rm -f "$PIDFILE"
 "$GCSLOCK" status "$LOCK" | sed 's/^/  $ gcslock status: /'
@@ -205,4 +209,5 @@ say "(after about $((SECONDS - started))s: the 5s lease plus a safety margin)"
 
 bold "That's it."
 say "Tokens only grow, so storage that records the highest token it has seen can refuse"
-say "writes from a holder that lost its lease. See 'gcslock run --help' for the exit codes."
+say "writes from a holder that lost its lease. The README lists the exit codes, and the"
+say "commands to try the same by hand against an emulator you keep running."
