@@ -82,6 +82,34 @@ pub enum Command {
     Generate(cmd::generate::GenerateArgs),
 }
 
+impl Command {
+    /// The lock or prefix URL the command works on, for the log span.
+    pub fn url(&self) -> Option<String> {
+        match self {
+            Self::Run(args) => Some(args.url.to_string()),
+            Self::Status(args) => Some(args.url.to_string()),
+            Self::List(args) => Some(args.url.to_string()),
+            Self::Break(args) => Some(args.url.to_string()),
+            Self::Put(args) => Some(args.url.to_string()),
+            Self::Cat(args) => Some(args.url.to_string()),
+            Self::Watchdog(_) | Self::Generate(_) => None,
+        }
+    }
+
+    /// The command's --storage-timeout, if it talks to storage.
+    pub fn storage_timeout(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Run(args) => Some(args.storage_timeout),
+            Self::Status(args) => Some(args.storage_timeout.duration),
+            Self::List(args) => Some(args.storage_timeout.duration),
+            Self::Break(args) => Some(args.storage_timeout.duration),
+            Self::Put(args) => Some(args.storage_timeout.duration),
+            Self::Cat(args) => Some(args.storage_timeout.duration),
+            Self::Watchdog(_) | Self::Generate(_) => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,9 @@ pub struct CatArgs {
     /// `gcslock: URL: token N` (or `gcslock: URL: no fencing token`)
     #[arg(long)]
     pub show_token: bool,
+
+    #[command(flatten)]
+    pub storage_timeout: crate::cmd::status::StorageTimeout,
 }
 
 /// `gcslock cat URL [--show-token]`

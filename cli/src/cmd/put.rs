@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::cmd::fenced::{fence_error, fenced_object, parse_object_url, spool_stdin};
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
-use crate::output::{escape, print_lines, timestamp};
+use crate::output::{print_lines, timestamp};
 
 /// The environment variable `gcslock run` gives its command the token in.
 pub const TOKEN_VAR: &str = "GCSLOCK_TOKEN";
@@ -65,6 +65,9 @@ pub struct PutArgs {
     /// Print one JSON object describing the write on stdout
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub storage_timeout: crate::cmd::status::StorageTimeout,
 }
 
 /// `gcslock put URL [--token N] [--adopt-unfenced] < data`
@@ -87,7 +90,7 @@ pub async fn put(global: &GlobalArgs, args: &PutArgs) -> anyhow::Result<u8> {
         attempts = written.attempts,
         generation = written.info.version.generation,
         "{}: written with token {token} ({replaced})",
-        escape(&args.url.to_string())
+        args.url
     );
     if args.json {
         let url = args.url.to_string();
@@ -157,13 +160,16 @@ fn resolve_token(
         .map_err(|why| Coded::new(exit::USAGE, format!("{TOKEN_VAR}={text:?}: {why}")))
 }
 
-fn parse_token(value: &str) -> Result<u64, String> {
-    value.trim().parse().map_err(|_| {
-        format!(
-            "{value:?} is not a fencing token (expected a whole number such as 42, the \
+pub(crate) fn parse_token(value: &str) -> Result<u64, String> {
+    value
+        .parse::<FencingToken>()
+        .map(FencingToken::value)
+        .map_err(|_| {
+            format!(
+                "{value:?} is not a fencing token (expected a whole number such as 42, the \
              {TOKEN_VAR} that `gcslock run` gives its command)"
-        )
-    })
+            )
+        })
 }
 
 #[cfg(test)]
@@ -193,7 +199,8 @@ mod tests {
             "{}",
             error.message
         );
-        assert!(parse_token("-1").is_err());
-        assert!(parse_token("1.5").is_err());
+        for bad in ["-1", "1.5", "+1", " 1", "1 ", "01"] {
+            assert!(parse_token(bad).is_err(), "{bad:?}");
+        }
     }
 }

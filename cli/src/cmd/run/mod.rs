@@ -24,7 +24,7 @@ use self::watchdog::Watchdog;
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
 use crate::logging::OUTCOME;
-use crate::output::{escape, short_duration, timestamp};
+use crate::output::{escape, holder_summary, short_duration, timestamp};
 use crate::parse::{parse_duration, parse_timezone, parse_ttl, parse_wait};
 use crate::target::LockTarget;
 
@@ -251,6 +251,9 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     let kill_grace = kill_grace(args.kill_grace, &lock)?;
     check_max_runtime(args.max_runtime, tokio::time::Instant::now())?;
     let url = args.url.to_string();
+    if let Some(period) = args.once_per {
+        tracing::Span::current().record("period", crate::output::duration(period).as_str());
+    }
 
     let (acquired, interrupted) = acquire(
         &lock,
@@ -279,7 +282,8 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
             return Ok(exit::signal(signal as i32));
         }
         (Err(gcslock::Error::Busy { holder, .. }), None) => {
-            tracing::warn!(target: OUTCOME, "{url} is busy: {holder}");
+            tracing::Span::current().record("holder", holder.holder.as_str());
+            tracing::warn!(target: OUTCOME, "{url} is busy: {}", holder_summary(&holder));
             return Ok(args.busy_exit_code);
         }
         (Err(error), Some(signal)) => {
@@ -288,6 +292,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         }
         (Err(error), None) => return Err(error.into()),
     };
+    tracing::Span::current().record("token", guard.token().value());
     let (code, after) = run_locked(
         global,
         &args.command,
@@ -514,7 +519,10 @@ async fn acquire(
     };
     let result = match first {
         Err(gcslock::Error::Busy { holder, .. }) => {
-            tracing::info!("{url} is busy: {holder}; waiting {how_long}");
+            tracing::info!(
+                "{url} is busy: {}; waiting {how_long}",
+                holder_summary(&holder)
+            );
             cancellable(lock, slot, wait, &cancel, signals, &mut interrupted).await
         }
         // --wait also covers an outage.
