@@ -29,8 +29,18 @@ use crate::parse::{parse_duration, parse_ttl, parse_wait};
 use crate::target::LockTarget;
 
 pub const LONG_ABOUT: &str = "\
-Run COMMAND while holding the lock gs://BUCKET/OBJECT.
+Run COMMAND while holding the lock gs://BUCKET/OBJECT; stop it if the lease is lost.
+Details: `man gcslock-run`, or the README.";
 
+/// Shown right after the usage line, in `-h` and `--help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  gcslock run gs://my-bucket/locks/backup -- /usr/local/bin/backup
+  gcslock run --wait 10m --ttl 2m gs://my-bucket/locks/deploy -- ./deploy.sh
+  */5 * * * * gcslock run --once-per 1h gs://my-bucket/locks/report -- report.sh";
+
+/// The explanations behind `run`'s options, in the man page (`gcslock generate man`).
+pub const MANUAL: &str = "\
 The command inherits stdin, stdout and stderr and runs in its own process group, with
 GCSLOCK_TOKEN (the fencing token: larger than every earlier holder's) and GCSLOCK_URL in its
 environment. gcslock's own messages go to stderr only. The lock URL is never read from the
@@ -238,9 +248,6 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     let kill_grace = kill_grace(args.kill_grace, &lock)?;
     check_max_runtime(args.max_runtime, tokio::time::Instant::now())?;
     let url = args.url.to_string();
-    if let Some(period) = args.once_per {
-        tracing::Span::current().record("period", crate::output::duration(period).as_str());
-    }
 
     let (acquired, interrupted) = acquire(
         &lock,
