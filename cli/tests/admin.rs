@@ -498,10 +498,10 @@ async fn a_blocked_stderr_never_delays_the_kill_of_a_cut_off_command() {
     let faults = format!("{}/_strict/faults", emulator.endpoint);
     let control = reqwest::Client::new();
     for (cut, flags) in [
-        (Cut::Break, &["-v"][..]),
-        (Cut::Break, &["-q"]),
-        (Cut::Outage, &["-v"]),
+        (Cut::Break, &["-q"][..]),
         (Cut::Outage, &["-q"]),
+        (Cut::Break, &["-v"]),
+        (Cut::Outage, &["-v"]),
     ] {
         let url = emulator.url("blocked-stderr");
         let (read, write) = full_pipe();
