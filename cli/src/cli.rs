@@ -93,9 +93,6 @@ pub enum Command {
     #[command(long_about = cmd::cat::LONG_ABOUT, after_long_help = cmd::cat::HELP)]
     Cat(cmd::cat::CatArgs),
 
-    /// Used by `run`: kills the command's process group if gcslock dies
-    #[command(name = cmd::run::watchdog::SUBCOMMAND, hide = true)]
-    Watchdog(cmd::run::watchdog::WatchdogArgs),
     /// Write the man pages or a shell completion script (for packagers)
     #[command(hide = true, long_about = cmd::generate::LONG_ABOUT)]
     Generate(cmd::generate::GenerateArgs),
