@@ -108,7 +108,7 @@ impl Command {
             Self::Break(args) => Some(args.url.to_string()),
             Self::Put(args) => Some(args.url.to_string()),
             Self::Cat(args) => Some(args.url.to_string()),
-            Self::Watchdog(_) | Self::Generate(_) => None,
+            Self::Generate(_) => None,
         }
     }
 
@@ -129,7 +129,7 @@ impl Command {
             Self::Break(args) => Some(args.storage_timeout.duration),
             Self::Put(args) => Some(args.storage_timeout.duration),
             Self::Cat(args) => Some(args.storage_timeout.duration),
-            Self::Watchdog(_) | Self::Generate(_) => None,
+            Self::Generate(_) => None,
         }
     }
 }
