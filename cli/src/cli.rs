@@ -20,6 +20,13 @@ Storage: the endpoint is --endpoint ($GCSLOCK_ENDPOINT) if given, else $STORAGE_
 (an emulator, no credentials), else https://storage.googleapis.com with Application Default
 Credentials.";
 
+/// Usage and examples before the options (`run --help` is read for them).
+const USAGE_FIRST: &str = "\
+{about-with-newline}
+{usage-heading} {usage}
+
+{before-help}{all-args}{after-help}";
+
 /// `0.1.0 (abc1234)`: the version and the source revision it was built from
 /// (`-dirty` with uncommitted changes, `unknown` outside a git checkout); see build.rs.
 pub const VERSION: &str = concat!(
@@ -51,7 +58,19 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a command while holding the lock
-    #[command(long_about = cmd::run::LONG_ABOUT, after_long_help = exit::HELP)]
+    // --help prints the short form too: the explanations are in the man page.
+    #[command(
+        long_about = cmd::run::LONG_ABOUT,
+        before_help = cmd::run::EXAMPLES,
+        help_template = USAGE_FIRST,
+        after_help = "Details and exit codes: `man gcslock-run`, and the README.",
+        disable_help_flag = true,
+        arg = clap::Arg::new("help")
+            .short('h')
+            .long("help")
+            .action(clap::ArgAction::HelpShort)
+            .help("Print help (the details are in `man gcslock-run`)")
+    )]
     Run(cmd::run::RunArgs),
 
     /// Show whether a lock is free, released, held or stale, and by whom
@@ -74,9 +93,6 @@ pub enum Command {
     #[command(long_about = cmd::cat::LONG_ABOUT, after_long_help = cmd::cat::HELP)]
     Cat(cmd::cat::CatArgs),
 
-    /// Used by `run`: kills the command's process group if gcslock dies
-    #[command(name = cmd::run::watchdog::SUBCOMMAND, hide = true)]
-    Watchdog(cmd::run::watchdog::WatchdogArgs),
     /// Write the man pages or a shell completion script (for packagers)
     #[command(hide = true, long_about = cmd::generate::LONG_ABOUT)]
     Generate(cmd::generate::GenerateArgs),
@@ -92,7 +108,15 @@ impl Command {
             Self::Break(args) => Some(args.url.to_string()),
             Self::Put(args) => Some(args.url.to_string()),
             Self::Cat(args) => Some(args.url.to_string()),
-            Self::Watchdog(_) | Self::Generate(_) => None,
+            Self::Generate(_) => None,
+        }
+    }
+
+    /// The `run --once-per` period, for the log span.
+    pub fn period(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Run(args) => args.once_per,
+            _ => None,
         }
     }
 
@@ -105,7 +129,7 @@ impl Command {
             Self::Break(args) => Some(args.storage_timeout.duration),
             Self::Put(args) => Some(args.storage_timeout.duration),
             Self::Cat(args) => Some(args.storage_timeout.duration),
-            Self::Watchdog(_) | Self::Generate(_) => None,
+            Self::Generate(_) => None,
         }
     }
 }

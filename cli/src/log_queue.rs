@@ -106,7 +106,8 @@ impl LogQueue {
     }
 
     /// Lines dropped so far.
-    pub fn dropped(&self) -> u64 {
+    #[cfg(test)]
+    fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Acquire)
     }
 

@@ -84,14 +84,14 @@ pub fn init(args: &GlobalArgs) {
 }
 
 /// The span every event of one gcslock command is logged in; see the module's
-/// table for its fields. `url` may be empty (commands without a lock).
-pub fn command_span(url: Option<&str>) -> Span {
+/// table for its fields. `url` and `period` are absent where the command has none.
+pub fn command_span(url: Option<&str>, period: Option<&str>) -> Span {
     tracing::error_span!(
         "gcslock",
         url = url,
         token = tracing::field::Empty,
         holder = tracing::field::Empty,
-        period = tracing::field::Empty,
+        period = period,
         exit_code = tracing::field::Empty,
     )
 }
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn json_lines_carry_the_command_span_fields() {
         let lines = capture(LogFormat::Json, || {
-            let span = command_span(Some("gs://b/o"));
+            let span = command_span(Some("gs://b/o"), None);
             let _entered = span.enter();
             tracing::warn!("before");
             Span::current().record("token", 7_u64);

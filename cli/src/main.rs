@@ -36,7 +36,8 @@ fn main() -> ExitCode {
 /// Runs the command inside its span (see `logging`), which every event, the
 /// library's and the runtime's tasks' included, is logged in.
 fn run_in_span(cli: Cli) -> u8 {
-    let span = logging::command_span(cli.command.url().as_deref());
+    let period = cli.command.period().map(output::duration);
+    let span = logging::command_span(cli.command.url().as_deref(), period.as_deref());
     let _entered = span.enter();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -52,6 +53,7 @@ fn run_in_span(cli: Cli) -> u8 {
     let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => {
             span.record("exit_code", code);
+            tracing::debug!("exiting with {code}");
             code
         }
         Err(error) => {
@@ -91,8 +93,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Put(args) => cmd::put::put(&cli.global, &args).await,
         Command::Cat(args) => cmd::cat::cat(&cli.global, &args).await,
-        // Blocks on stdin; nothing else runs in this process.
-        Command::Watchdog(_) => Ok(cmd::run::watchdog::watchdog()),
         Command::Generate(args) => cmd::generate::generate(&args),
     }
 }
@@ -104,10 +104,10 @@ const BUDGET_SLACK: Duration = Duration::from_secs(1);
 /// `command`, ended with exit 69 if it outlasts the storage budget. The requests and
 /// retries already stop at the budget (the library bounds each request by what is
 /// left of it); this is the backstop for whatever else might wait on storage.
-async fn within(
+pub(crate) async fn within<T>(
     budget: Option<Duration>,
-    command: impl std::future::Future<Output = anyhow::Result<u8>>,
-) -> anyhow::Result<u8> {
+    command: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
     let Some(limit) = budget.and_then(|budget| budget.checked_add(BUDGET_SLACK)) else {
         return command.await;
     };

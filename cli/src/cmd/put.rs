@@ -42,6 +42,8 @@ Prints nothing on stdout, unless --json: then one object {\"url\", \"outcome\": 
 object), \"generation\", \"metageneration\", \"updated\" (RFC 3339), \"attempts\"}; absent fields
 are omitted.
 
+--storage-timeout bounds the whole write, the upload included: raise it for large bodies.
+
 Exit codes: 0 written; 78 stale token (a newer holder wrote the object; nothing was written);
 65 the object exists without a fencing token (use --adopt-unfenced) or is a lock object;
 75 concurrent writers kept winning the race, nothing was written; 64 no or non-numeric token,
@@ -77,10 +79,14 @@ pub async fn put(global: &GlobalArgs, args: &PutArgs) -> anyhow::Result<u8> {
     let object = fenced_object(global, &args.url)?
         .with_options(FenceOptions::default().adopt_unfenced(args.adopt_unfenced));
     let spool = spool_stdin().await?;
-    let written = object
-        .write(token, &BodySource::Handle(Arc::new(spool)))
-        .await
-        .map_err(fence_error)?;
+    // The budget covers the whole write, upload included (stdin is read before).
+    let written = crate::within(global.storage_budget, async {
+        object
+            .write(token, &BodySource::Handle(Arc::new(spool)))
+            .await
+            .map_err(fence_error)
+    })
+    .await?;
     let replaced = match written.replaced {
         Replaced::Nothing => "created it".to_owned(),
         Replaced::Fenced(previous) => format!("replaced token {previous}"),
