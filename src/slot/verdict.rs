@@ -138,7 +138,8 @@ impl SlotCheck {
             Verdict::NotCounted(why) => why,
         };
         if self.first(WARNED_NOT_COUNTED) {
-            let what = format!("{} completed by {:?}", done.slot, done.completed_by);
+            // Raw: whoever prints it escapes it (the CLI escapes whole log lines).
+            let what = format!("{} completed by \"{}\"", done.slot, done.completed_by);
             match why {
                 NotCounted::OtherPeriod => tracing::warn!(
                     lock,
@@ -160,7 +161,7 @@ impl SlotCheck {
                     lock,
                     "the lock's last completion ({what}) is of a slot that starts {} \
                      after the storage server's clock (more than {}): it does not count, so \
-                     this run proceeds; check the clock of {:?}",
+                     this run proceeds; check the clock of \"{}\"",
                     whole_seconds(ahead),
                     whole_seconds(CLOCK_TOLERANCE),
                     done.completed_by

@@ -32,7 +32,7 @@ use self::signals::Signals;
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
 use crate::logging::OUTCOME;
-use crate::output::{escape, holder_summary, short_duration, timestamp};
+use crate::output::{holder_summary, short_duration, timestamp};
 use crate::parse::{parse_duration, parse_timezone, parse_ttl, parse_wait};
 use crate::target::LockTarget;
 
@@ -378,10 +378,11 @@ fn done_line(ours: Option<Slot>, done: &CompletedSlot) -> String {
         ),
         _ => format!("{} is already done:", done.slot),
     };
+    // Log lines are escaped whole when printed (`logging`).
     format!(
         "{which} completed {} by {}",
         timestamp(&done.completed_at),
-        escape(&done.completed_by)
+        done.completed_by
     )
 }
 
