@@ -27,6 +27,9 @@ pub enum LockStatus {
         released_at: DateTime<Utc>,
         /// The last slot completed under this lock (`--once-per`), if any.
         last_completed: Option<CompletedSlot>,
+        /// Why the lock's completed-slot keys could not be read, if they could not
+        /// (they are then ignored: PROTOCOL.md §10).
+        unreadable_completion: Option<String>,
     },
     /// Held and refreshed recently enough.
     Held(HeldStatus),
@@ -61,6 +64,9 @@ pub struct HeldStatus {
     pub version: ObjectVersion,
     /// The last slot completed under this lock (`--once-per`), if any.
     pub last_completed: Option<CompletedSlot>,
+    /// Why the lock's completed-slot keys could not be read, if they could not
+    /// (they are then ignored: PROTOCOL.md §10).
+    pub unreadable_completion: Option<String>,
 }
 
 impl LockStatus {
@@ -69,6 +75,19 @@ impl LockStatus {
         match self {
             Self::Released { last_completed, .. } => last_completed.as_ref(),
             Self::Held(held) | Self::Stale(held) => held.last_completed.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Why the lock's completed-slot keys could not be read, if they could not:
+    /// they are ignored, and the next completion replaces them.
+    pub fn unreadable_completion(&self) -> Option<&str> {
+        match self {
+            Self::Released {
+                unreadable_completion,
+                ..
+            } => unreadable_completion.as_deref(),
+            Self::Held(held) | Self::Stale(held) => held.unreadable_completion.as_deref(),
             _ => None,
         }
     }
@@ -89,11 +108,13 @@ impl LockStatus {
             .completed
             .as_ref()
             .map(|done| done.resolve(info.updated));
+        let unreadable_completion = LockRecord::completion_problem(&info.metadata);
         if record.state == LockState::Released {
             return Self::Released {
                 token: FencingToken::new(record.token),
                 released_at: info.updated,
                 last_completed,
+                unreadable_completion,
             };
         }
         // The record's TTL is within range, but `updated` comes from the server
@@ -119,6 +140,7 @@ impl LockStatus {
             expires_in,
             version: info.version,
             last_completed,
+            unreadable_completion,
         };
         if expires_in == Some(Duration::ZERO) {
             Self::Stale(held)

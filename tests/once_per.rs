@@ -615,10 +615,16 @@ async fn hostile_slot_fields_are_ignored_never_blocking_the_lock() {
         hostile(&memory, case).await;
         let lock = lock_on(Arc::new(memory.clone()), "a");
         match lock.status().await {
-            Ok(LockStatus::Released {
-                last_completed: None,
-                ..
-            }) => {}
+            Ok(
+                status @ LockStatus::Released {
+                    last_completed: None,
+                    ..
+                },
+            ) => {
+                let why = status.unreadable_completion().expect("reported");
+                assert!(why.contains("gcslock-done"), "{case:?}: {why}");
+                assert!(why.len() < 400, "{case:?}: quotes too much: {why}");
+            }
             other => panic!("{case:?}: {other:?}"),
         }
         // The run proceeds, and its completion replaces the unreadable keys.

@@ -43,7 +43,7 @@ Text output shows control and bidi characters read from storage escaped as \\u{.
 A forever lock has \"ttl_forever\": true instead of \"ttl_ms\"; \"last_heard_ms\" is the server's
 time since the last refresh. A lock used with `run --once-per` has \"last_completed\":
 {\"period_s\", \"slot\", \"zone\", \"slot_start\", \"slot_start_local\", \"completed_at\" (server
-clock), \"completed_by\"}.
+clock), \"completed_by\"}, or \"last_completed_unreadable\" (why its keys are ignored).
 
 Exit codes: 0 when the lock could be read, whatever its state; otherwise as for run.";
 
@@ -130,9 +130,13 @@ pub fn describe(url: &str, status: &LockStatus) -> String {
         LockStatus::NotALock { why } => format!("{url}: not a gcslock lock: {}", escape(why)),
         _ => format!("{url}: in a state this version cannot describe"),
     };
-    match status.last_completed() {
-        Some(done) => format!("{line}; last completed {}", completed_text(done)),
-        None => line,
+    match (status.last_completed(), status.unreadable_completion()) {
+        (Some(done), _) => format!("{line}; last completed {}", completed_text(done)),
+        (None, Some(why)) => format!(
+            "{line}; last completed: unreadable, ignored ({})",
+            escape(why)
+        ),
+        (None, None) => line,
     }
 }
 
@@ -186,6 +190,9 @@ pub struct StatusView<'a> {
     reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_completed: Option<CompletedView<'a>>,
+    /// Why the completed-slot keys could not be read (they are ignored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_completed_unreadable: Option<&'a str>,
 }
 
 /// The last completed slot (`run --once-per`) in JSON.
@@ -237,6 +244,7 @@ impl<'a> StatusView<'a> {
             metageneration: None,
             reason: None,
             last_completed: status.last_completed().map(CompletedView::new),
+            last_completed_unreadable: status.unreadable_completion(),
         };
         let held = |state, held: &'a HeldStatus| Self {
             token: Some(held.token.value()),
@@ -374,5 +382,35 @@ mod tests {
             "2026-01-01T10:00:42.000Z"
         );
         assert_eq!(json["last_completed"]["completed_by"], "host:9");
+    }
+
+    /// Unreadable done keys are ignored, and said so (text and JSON).
+    #[tokio::test(start_paused = true)]
+    async fn says_when_the_completed_slot_is_unreadable() {
+        let memory = Arc::new(MemoryBackend::new("b"));
+        let mut metadata = held(Ttl::Finite(Duration::from_secs(60))).to_metadata();
+        metadata.insert("gcslock-done-slot".into(), "12".into()); // alone: partial
+        memory
+            .write("o", WriteCondition::DoesNotExist, &metadata)
+            .await
+            .unwrap();
+        let status = Lock::new(memory, "o", LockOptions::default())
+            .unwrap()
+            .status()
+            .await
+            .unwrap();
+        let line = describe("gs://b/o", &status);
+        assert!(
+            line.contains("; last completed: unreadable, ignored (the completed-slot keys"),
+            "{line}"
+        );
+        let json = serde_json::to_value(StatusView::new("gs://b/o", &status)).unwrap();
+        assert!(json.get("last_completed").is_none());
+        assert!(
+            json["last_completed_unreadable"]
+                .as_str()
+                .is_some_and(|why| why.contains("all present or all absent")),
+            "{json}"
+        );
     }
 }
