@@ -6,6 +6,9 @@ use std::time::Duration;
 use crate::backend::BackendError;
 use crate::token::FencingToken;
 
+/// `Result` with the library's [`Error`] as its default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 /// Everything that can go wrong with a lock, grouped by what the caller does next.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -448,6 +448,7 @@ pub enum Replaced {
 
 /// A successful fenced write.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FencedWrite {
     /// The token the object now carries.
     pub token: FencingToken,

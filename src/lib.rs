@@ -6,15 +6,30 @@
 //! [`FencingToken`]. Work is split into a long, discardable *prepare* phase and a
 //! short *commit* that runs only after a final validity check ([`Guard::commit`]).
 //!
+//! # Getting started
+//!
+//! ```toml
+//! [dependencies]
+//! gcslock = "0.1"                                          # GCS (gs://)
+//! # gcslock = { version = "0.1", features = ["object-store"] }  # also s3:// and az://
+//! tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
 //! ```
-//! use std::{sync::Arc, time::Duration};
-//! use gcslock::{backend::memory::MemoryBackend, Lock, LockOptions, Wait};
+//!
+//! Open the bucket from a lock URL with [`backend::open`]: `gs://BUCKET/OBJECT`
+//! (GCS, Application Default Credentials; `STORAGE_EMULATOR_HOST` for an emulator),
+//! `s3://` and `az://` (feature `object-store`, configured by the usual `AWS_*` and
+//! `AZURE_*` variables), or `memory://NAME/OBJECT` (in this process, for tests).
+//!
+//! ```
+//! use std::time::Duration;
+//! use gcslock::backend::{open, OpenOptions};
+//! use gcslock::{Lock, LockOptions, Wait};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), gcslock::Error> {
-//! // On GCS: Arc::new(gcslock::backend::gcs::GcsBackend::builder("my-bucket").build()?)
-//! let bucket = Arc::new(MemoryBackend::new("my-bucket"));
-//! let lock = Lock::new(bucket, "jobs/nightly", LockOptions::default().ttl(Duration::from_secs(60)))?;
+//! # async fn main() -> gcslock::Result<()> {
+//! // "gs://my-bucket/jobs/nightly" in production; nothing is sent until acquire.
+//! let (bucket, object) = open("memory://my-bucket/jobs/nightly", &OpenOptions::default())?;
+//! let lock = Lock::new(bucket, &object, LockOptions::default().ttl(Duration::from_secs(60)))?;
 //!
 //! let guard = lock.acquire(Wait::For(Duration::from_secs(30))).await?;
 //! let report = tokio::select! {
@@ -38,12 +53,18 @@
 //! algorithm, and `break_lock` the forced release. The README states what the lock
 //! guarantees and what it cannot.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(rustdoc::broken_intra_doc_links)]
+#![warn(unreachable_pub)]
 #![warn(missing_docs)]
 
 pub mod backend;
 mod backoff;
 mod break_lock;
 mod clock;
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
 mod error;
 pub mod fence;
 mod identity;
@@ -58,7 +79,7 @@ mod status;
 mod token;
 
 pub use break_lock::{BreakOptions, BreakOutcome};
-pub use error::{Error, HolderSummary, LossReason};
+pub use error::{Error, HolderSummary, LossReason, Result};
 pub use fence::{BodySource, FenceError, FencedObject};
 pub use identity::default_identity;
 pub use lease::Guard;

@@ -1,5 +1,6 @@
-//! Fixes from the review of the job-binding and once-per work: each test fails on
-//! the code before its fix.
+//! Lock records stay valid and options stay sane: a repair rewrites the whole
+//! record, an identity cannot pose as a revocation, an absurd storage timeout
+//! cannot panic.
 
 #[allow(dead_code)] // each test crate uses its part
 mod support;
