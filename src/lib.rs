@@ -48,7 +48,7 @@
 //! The layout, lower modules first: [`backend`] holds the small storage trait and
 //! one module per backend; `token`, `identity`, `backoff`, `clock`, `slot`,
 //! `record` and `options` are the building blocks (`slot`: once per period, see
-//! [`Lock::acquire_slot`]); `status` judges a lock by the server's clock;
+//! [`once_per`]); `status` judges a lock by the server's clock;
 //! `lease` is the keep-alive task and validity checks; `lock` the acquire/takeover
 //! algorithm, and `break_lock` the forced release. The README states what the lock
 //! guarantees and what it cannot.
@@ -80,16 +80,29 @@ mod token;
 
 pub use break_lock::{BreakOptions, BreakOutcome};
 pub use error::{Error, HolderSummary, LossReason, Result};
-pub use fence::{BodySource, FenceError, FencedObject};
-pub use identity::default_identity;
 pub use lease::Guard;
-pub use location::{validate_bucket_name, validate_object_name, LockUrl, PrefixUrl};
-pub use lock::{Lock, Wait};
+pub use lock::{Acquire, Lock, Wait};
 pub use options::LockOptions;
-pub use record::{LockRecord, LockState, RecordedSlot, Ttl};
-pub use slot::{CompletedSlot, Slot, SlotAcquire, MAX_PERIOD, MIN_PERIOD};
-pub use status::{list_locks, list_locks_within, HeldStatus, LockStatus};
+pub use record::Ttl;
+pub use status::{list_locks, HeldStatus, LockStatus};
 pub use token::FencingToken;
+// For the modules that check names before any request.
+pub(crate) use location::{validate_bucket_name, validate_object_name};
+
+/// Once per period (`gcslock run --once-per`): acquire the lock for a period
+/// ([`Acquire::once_per`]) unless a run already completed it, and record the
+/// period as completed in the release that follows a successful run.
+pub mod once_per {
+    pub use crate::lease::PeriodGuard;
+    pub use crate::lock::AcquirePeriod;
+    pub use crate::slot::{CompletedSlot, Slot, SlotAcquire, MAX_PERIOD, MIN_PERIOD};
+}
+
+/// The lock object's wire format (PROTOCOL.md), for tests and tools that write or
+/// inspect lock objects directly. Not needed to use a lock.
+pub mod testing {
+    pub use crate::record::{LockRecord, LockState, RecordedSlot};
+}
 
 /// The README's Rust examples are compiled as doctests so they cannot rot.
 #[cfg(doctest)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use gcslock::backend::gcs::GcsBackend;
 use gcslock::backend::{Backend, BackendError, WriteCondition};
-use gcslock::{LockRecord, LockState};
+use gcslock::testing::{LockRecord, LockState};
 use harness::{code, describe, exits, gcslock, output, status_json, text, Emulator, HANG_GUARD};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
