@@ -10,8 +10,8 @@
 //!
 //! ```toml
 //! [dependencies]
-//! gcslock = "0.1"                                          # GCS (gs://)
-//! # gcslock = { version = "0.1", features = ["object-store"] }  # also s3:// and az://
+//! gcslock = { git = "<this repository>" }   # gs:// (GCS) and memory://
+//! # gcslock = { git = "<this repository>", features = ["object-store"] }   # also s3:// and az://
 //! tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
 //! ```
 //!
@@ -104,7 +104,15 @@ pub mod testing {
     pub use crate::record::{LockRecord, LockState, RecordedSlot};
 }
 
-/// The README's Rust examples are compiled as doctests so they cannot rot.
+// The Rust examples of the README and of the `docs/` pages are compiled as doctests so
+// they cannot rot: a page with Rust code gets a struct here.
+
+/// The README.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// docs/once-per.md.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/once-per.md")]
+pub struct OncePerDoctests;

@@ -205,6 +205,7 @@ impl Lock {
                     lock: lock.url.clone(),
                 });
             }
+            let attempt_started = Instant::now();
             let attempt = self
                 .attempt(&mut seen, &mut pending, cancel, slot.as_ref())
                 .await;
@@ -271,7 +272,9 @@ impl Lock {
                             });
                         }
                     }
-                    let since = *failing_since.get_or_insert(now);
+                    // From the start of the first failed attempt: a request that hung
+                    // until its timeout counts against the time allowed.
+                    let since = *failing_since.get_or_insert(attempt_started);
                     // `None`: a timeout too long for the clock, which never ends.
                     let give_up_at = since
                         .checked_add(lock.unavailable_timeout)
