@@ -189,9 +189,11 @@ mod tests {
             Some(FencingToken::new(3))
         );
         assert_eq!(
-            resolve_token(None, Some(" 9 ".into())).ok(),
+            resolve_token(None, Some("9".into())).ok(),
             Some(FencingToken::new(9))
         );
+        // The one strict token parser: no spaces, no sign.
+        assert!(resolve_token(None, Some(" 9 ".into())).is_err());
         for env in [None, Some("".into())] {
             let error = resolve_token(None, env).expect_err("missing");
             assert_eq!(error.code, exit::USAGE);
