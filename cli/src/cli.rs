@@ -93,9 +93,6 @@ pub enum Command {
     #[command(long_about = cmd::cat::LONG_ABOUT, after_long_help = cmd::cat::HELP)]
     Cat(cmd::cat::CatArgs),
 
-    /// Used by `run`: kills the command's process group if gcslock dies
-    #[command(name = cmd::run::watchdog::SUBCOMMAND, hide = true)]
-    Watchdog(cmd::run::watchdog::WatchdogArgs),
     /// Write the man pages or a shell completion script (for packagers)
     #[command(hide = true, long_about = cmd::generate::LONG_ABOUT)]
     Generate(cmd::generate::GenerateArgs),
@@ -111,7 +108,7 @@ impl Command {
             Self::Break(args) => Some(args.url.to_string()),
             Self::Put(args) => Some(args.url.to_string()),
             Self::Cat(args) => Some(args.url.to_string()),
-            Self::Watchdog(_) | Self::Generate(_) => None,
+            Self::Generate(_) => None,
         }
     }
 
@@ -132,7 +129,7 @@ impl Command {
             Self::Break(args) => Some(args.storage_timeout.duration),
             Self::Put(args) => Some(args.storage_timeout.duration),
             Self::Cat(args) => Some(args.storage_timeout.duration),
-            Self::Watchdog(_) | Self::Generate(_) => None,
+            Self::Generate(_) => None,
         }
     }
 }

@@ -93,8 +93,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Put(args) => cmd::put::put(&cli.global, &args).await,
         Command::Cat(args) => cmd::cat::cat(&cli.global, &args).await,
-        // Blocks on stdin; nothing else runs in this process.
-        Command::Watchdog(_) => Ok(cmd::run::watchdog::watchdog()),
         Command::Generate(args) => cmd::generate::generate(&args),
     }
 }
