@@ -171,7 +171,7 @@ pub struct RunArgs {
     pub busy_exit_code: u8,
 
     /// How long to keep retrying while storage is unreachable before giving up (exit 69);
-    /// the retries also continue until the end of --wait (forever with `--wait forever`)
+    /// no single request outlasts it. The retries also continue until the end of --wait
     #[arg(
         long,
         env = "GCSLOCK_STORAGE_TIMEOUT",
