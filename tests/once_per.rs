@@ -1,4 +1,4 @@
-//! Once per period (`Lock::acquire_slot`, `Guard::release_completed`) and forever
+//! Once per period (`Acquire::once_per`, `PeriodGuard::release_completed`) and forever
 //! TTLs, on the strict in-memory backend under tokio's paused clock.
 
 use std::sync::Arc;
@@ -7,9 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, ObjectVersion, WriteCondition};
+use gcslock::once_per::{CompletedSlot, PeriodGuard, Slot, SlotAcquire, SlotZone, MAX_PERIOD};
+use gcslock::testing::{LockRecord, LockState};
 use gcslock::{
-    BreakOptions, BreakOutcome, CompletedSlot, Error, FencingToken, Lock, LockOptions, LockRecord,
-    LockState, LockStatus, Slot, SlotAcquire, SlotZone, Ttl, Wait, MAX_PERIOD,
+    BreakOptions, BreakOutcome, Error, FencingToken, Lock, LockOptions, LockStatus, Ttl, Wait,
 };
 
 const NAME: &str = "jobs/hourly";
@@ -30,7 +31,7 @@ fn forever_lock(backend: Arc<dyn Backend>, identity: &str) -> Lock {
     Lock::new(
         backend,
         NAME,
-        LockOptions::default().ttl_forever().identity(identity),
+        LockOptions::default().ttl(Ttl::Forever).identity(identity),
     )
     .expect("valid lock")
 }
@@ -52,7 +53,7 @@ async fn record(memory: &MemoryBackend) -> LockRecord {
     LockRecord::from_metadata(&metadata(memory).await).expect("a lock")
 }
 
-fn acquired(outcome: SlotAcquire) -> gcslock::Guard {
+fn acquired(outcome: SlotAcquire) -> PeriodGuard {
     match outcome {
         SlotAcquire::Acquired(guard) => guard,
         SlotAcquire::AlreadyDone(done) => panic!("expected to acquire, but {done}"),
@@ -69,7 +70,12 @@ fn done(outcome: SlotAcquire) -> CompletedSlot {
 /// Runs slot `slot` to success as `identity`.
 async fn complete(memory: &MemoryBackend, identity: &str, slot: Slot) {
     let lock = lock_on(Arc::new(memory.clone()), identity);
-    let guard = acquired(lock.acquire_slot(slot, Wait::No).await.expect("acquire"));
+    let guard = acquired(
+        lock.acquire(Wait::No)
+            .once_per(slot)
+            .await
+            .expect("acquire"),
+    );
     guard.release_completed().await.expect("release completed");
 }
 
@@ -163,11 +169,11 @@ async fn a_daily_job_runs_on_both_sides_of_a_dst_change() {
     let memory = MemoryBackend::new("b");
     complete(&memory, "saturday", saturday).await;
     let lock = lock_on(Arc::new(memory.clone()), "sunday");
-    acquired(lock.acquire_slot(sunday, Wait::No).await.unwrap())
+    acquired(lock.acquire(Wait::No).once_per(sunday).await.unwrap())
         .release_completed()
         .await
         .unwrap();
-    done(lock.acquire_slot(sunday, Wait::No).await.unwrap());
+    done(lock.acquire(Wait::No).once_per(sunday).await.unwrap());
     let recorded = record(&memory).await.completed.expect("completed");
     assert_eq!(recorded.slot.zone().name(), "America/New_York");
     let keys = metadata(&memory).await;
@@ -314,7 +320,7 @@ async fn a_completed_slot_blocks_that_slot_but_not_the_next() {
 
     let second = lock_on(Arc::new(memory.clone()), "second");
     let before = memory.request_count();
-    let seen = done(second.acquire_slot(this, Wait::No).await.unwrap());
+    let seen = done(second.acquire(Wait::No).once_per(this).await.unwrap());
     assert_eq!(
         memory.request_count() - before,
         1,
@@ -327,21 +333,40 @@ async fn a_completed_slot_blocks_that_slot_but_not_the_next() {
     // An earlier slot of the same period is done too.
     done(
         second
-            .acquire_slot(hour_slot(now - 2), Wait::No)
+            .acquire(Wait::No)
+            .once_per(hour_slot(now - 2))
             .await
             .unwrap(),
     );
     // A completion for another period never counts.
     let other_period = Slot::new(Duration::from_secs(1800), 2 * now - 2).unwrap();
-    acquired(second.acquire_slot(other_period, Wait::No).await.unwrap())
-        .release()
-        .await
-        .unwrap();
+    acquired(
+        second
+            .acquire(Wait::No)
+            .once_per(other_period)
+            .await
+            .unwrap(),
+    )
+    .release()
+    .await
+    .unwrap();
     // The next slot runs.
-    let next = acquired(second.acquire_slot(hour_slot(now), Wait::No).await.unwrap());
-    assert_eq!(next.slot(), Some(hour_slot(now)));
+    let next = acquired(
+        second
+            .acquire(Wait::No)
+            .once_per(hour_slot(now))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(next.slot(), hour_slot(now));
     next.release_completed().await.unwrap();
-    done(second.acquire_slot(hour_slot(now), Wait::No).await.unwrap());
+    done(
+        second
+            .acquire(Wait::No)
+            .once_per(hour_slot(now))
+            .await
+            .unwrap(),
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -351,12 +376,12 @@ async fn a_failed_run_leaves_the_slot_open() {
     let lock = lock_on(Arc::new(memory.clone()), "a");
 
     // A plain release: the run failed.
-    let guard = acquired(lock.acquire_slot(this, Wait::No).await.unwrap());
+    let guard = acquired(lock.acquire(Wait::No).once_per(this).await.unwrap());
     guard.release().await.unwrap();
     assert_eq!(record(&memory).await.completed, None);
 
     // A dropped guard (the process gave up): released in the background, not completed.
-    let guard = acquired(lock.acquire_slot(this, Wait::No).await.unwrap());
+    let guard = acquired(lock.acquire(Wait::No).once_per(this).await.unwrap());
     drop(guard);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(record(&memory).await.state, LockState::Released);
@@ -366,7 +391,7 @@ async fn a_failed_run_leaves_the_slot_open() {
     // not record the slot.
     let faulty = FaultyBackend::new(Arc::new(memory.clone()));
     let cut_off = lock_on(Arc::new(faulty.clone()), "cut-off");
-    let guard = acquired(cut_off.acquire_slot(this, Wait::No).await.unwrap());
+    let guard = acquired(cut_off.acquire(Wait::No).once_per(this).await.unwrap());
     faulty.inject_times(
         Operation::UpdateMetadata,
         Fault::Reject(FaultError::Unavailable),
@@ -382,7 +407,7 @@ async fn a_failed_run_leaves_the_slot_open() {
     assert_eq!(record(&memory).await.completed, None);
 
     // A run that lost its lock to a break records nothing either.
-    let guard = acquired(lock.acquire_slot(this, Wait::No).await.unwrap());
+    let guard = acquired(lock.acquire(Wait::No).once_per(this).await.unwrap());
     lock.break_with(&BreakOptions::new().now(true))
         .await
         .unwrap();
@@ -391,39 +416,25 @@ async fn a_failed_run_leaves_the_slot_open() {
     assert_eq!(record(&memory).await.completed, None);
 
     // So the slot is still open.
-    acquired(lock.acquire_slot(this, Wait::No).await.unwrap())
+    acquired(lock.acquire(Wait::No).once_per(this).await.unwrap())
         .release_completed()
         .await
         .unwrap();
-    done(lock.acquire_slot(this, Wait::No).await.unwrap());
+    done(lock.acquire(Wait::No).once_per(this).await.unwrap());
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_guard_without_a_slot_cannot_complete_one() {
-    let memory = MemoryBackend::new("b");
-    let guard = lock_on(Arc::new(memory.clone()), "a")
-        .try_acquire()
-        .await
-        .unwrap();
-    assert_eq!(guard.slot(), None);
-    assert!(matches!(
-        guard.release_completed().await,
-        Err(Error::InvalidInput(_))
-    ));
-    let after = record(&memory).await;
-    assert_eq!(after.state, LockState::Released);
-    assert_eq!(after.completed, None);
-}
+// A guard acquired without a period cannot record one: `release_completed` is a
+// method of `PeriodGuard` only, which only `Acquire::once_per` returns.
 
 #[tokio::test(start_paused = true)]
 async fn a_waiter_stops_at_once_when_the_slot_completes() {
     let memory = MemoryBackend::new("b");
     let this = hour_slot(42);
     let runner = lock_on(Arc::new(memory.clone()), "runner");
-    let guard = acquired(runner.acquire_slot(this, Wait::No).await.unwrap());
+    let guard = acquired(runner.acquire(Wait::No).once_per(this).await.unwrap());
 
     let waiter = lock_on(Arc::new(memory.clone()), "waiter");
-    let waiting = tokio::spawn(async move { waiter.acquire_slot(this, Wait::Forever).await });
+    let waiting = tokio::spawn(async move { waiter.acquire(Wait::Forever).once_per(this).await });
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(!waiting.is_finished(), "the lock is held: the waiter waits");
     guard.release_completed().await.unwrap();
@@ -435,10 +446,16 @@ async fn a_waiter_stops_at_once_when_the_slot_completes() {
     assert_eq!(record(&memory).await.token, 1, "the waiter never wrote");
 
     // A waiter for a slot that is not completed takes the lock as today.
-    let guard = acquired(runner.acquire_slot(hour_slot(43), Wait::No).await.unwrap());
+    let guard = acquired(
+        runner
+            .acquire(Wait::No)
+            .once_per(hour_slot(43))
+            .await
+            .unwrap(),
+    );
     let waiter = lock_on(Arc::new(memory.clone()), "waiter");
     let waiting =
-        tokio::spawn(async move { waiter.acquire_slot(hour_slot(43), Wait::Forever).await });
+        tokio::spawn(async move { waiter.acquire(Wait::Forever).once_per(hour_slot(43)).await });
     tokio::time::sleep(Duration::from_secs(30)).await;
     guard.release().await.unwrap(); // the run failed
     let retry = acquired(waiting.await.unwrap().unwrap());
@@ -454,15 +471,16 @@ async fn a_waiter_stops_at_once_when_the_slot_completes() {
 async fn a_busy_lock_with_an_open_slot_is_busy() {
     let memory = MemoryBackend::new("b");
     let holder = lock_on(Arc::new(memory.clone()), "holder");
-    let _guard = holder.try_acquire().await.unwrap();
+    let _guard = holder.acquire(Wait::No).await.unwrap();
     let other = lock_on(Arc::new(memory.clone()), "other");
     assert!(matches!(
-        other.acquire_slot(hour_slot(1), Wait::No).await,
+        other.acquire(Wait::No).once_per(hour_slot(1)).await,
         Err(Error::Busy { .. })
     ));
     assert!(matches!(
         other
-            .acquire_slot(hour_slot(1), Wait::For(Duration::from_secs(20)))
+            .acquire(Wait::For(Duration::from_secs(20)))
+            .once_per(hour_slot(1))
             .await,
         Err(Error::Busy { .. })
     ));
@@ -488,7 +506,7 @@ async fn the_completed_slot_carries_over_every_write() {
 
     // Acquire (a plain holder, not using slots) and refresh.
     let plain = lock_on(Arc::new(memory.clone()), "plain");
-    let guard = plain.try_acquire().await.unwrap();
+    let guard = plain.acquire(Wait::No).await.unwrap();
     expect_carried(record(&memory).await);
     tokio::time::sleep(TTL).await; // several refreshes
     let carried = record(&memory).await;
@@ -500,7 +518,7 @@ async fn the_completed_slot_carries_over_every_write() {
     // Takeover of a crashed holder.
     let faulty = FaultyBackend::new(Arc::new(memory.clone()));
     let crashed = lock_on(Arc::new(faulty.clone()), "crashed");
-    let crashed_guard = crashed.try_acquire().await.unwrap();
+    let crashed_guard = crashed.acquire(Wait::No).await.unwrap();
     faulty.inject_times(
         Operation::UpdateMetadata,
         Fault::Reject(FaultError::Unavailable),
@@ -530,7 +548,7 @@ async fn the_completed_slot_carries_over_every_write() {
     let status = taker.status().await.unwrap();
     assert_eq!(status.last_completed(), Some(&completed_at));
     // The slot stays done through all of it.
-    done(taker.acquire_slot(this, Wait::No).await.unwrap());
+    done(taker.acquire(Wait::No).once_per(this).await.unwrap());
 }
 
 /// A lock object whose completed-slot keys are `overrides` on top of a valid record.
@@ -628,20 +646,20 @@ async fn hostile_slot_fields_are_ignored_never_blocking_the_lock() {
             other => panic!("{case:?}: {other:?}"),
         }
         // The run proceeds, and its completion replaces the unreadable keys.
-        acquired(lock.acquire_slot(hour_slot(9), Wait::No).await.unwrap())
+        acquired(lock.acquire(Wait::No).once_per(hour_slot(9)).await.unwrap())
             .release_completed()
             .await
             .unwrap();
         let after = record(&memory).await;
         assert_eq!(after.token, 4, "{case:?}");
         assert_eq!(after.completed.map(|done| done.slot), Some(hour_slot(9)));
-        done(lock.acquire_slot(hour_slot(9), Wait::No).await.unwrap());
+        done(lock.acquire(Wait::No).once_per(hour_slot(9)).await.unwrap());
     }
     // The valid form decodes.
     let memory = MemoryBackend::new("b");
     hostile(&memory, &valid).await;
     let lock = lock_on(Arc::new(memory.clone()), "a");
-    done(lock.acquire_slot(hour_slot(9), Wait::No).await.unwrap());
+    done(lock.acquire(Wait::No).once_per(hour_slot(9)).await.unwrap());
     // A bad lease field still makes the object "not a lock", never overwritten.
     let memory = MemoryBackend::new("b");
     hostile(
@@ -655,7 +673,7 @@ async fn hostile_slot_fields_are_ignored_never_blocking_the_lock() {
         Ok(LockStatus::NotALock { .. })
     ));
     assert!(matches!(
-        lock.acquire_slot(hour_slot(9), Wait::No).await,
+        lock.acquire(Wait::No).once_per(hour_slot(9)).await,
         Err(Error::NotALock { .. })
     ));
     assert_eq!(record_token(&memory).await, Some("3".into()));
@@ -691,13 +709,18 @@ async fn records_of_the_previous_format_are_utc_slots() {
         recorded.local_start().to_rfc3339(),
         "2026-03-08T19:00:00+00:00"
     );
-    done(lock.acquire_slot(hour_slot(index), Wait::No).await.unwrap());
+    done(
+        lock.acquire(Wait::No)
+            .once_per(hour_slot(index))
+            .await
+            .unwrap(),
+    );
     let Some(new_york) = zone("America/New_York") else {
         return;
     };
     // A machine in another zone runs (never skips), and records its zone.
     let theirs = Slot::in_zone(HOUR, index, new_york).unwrap();
-    acquired(lock.acquire_slot(theirs, Wait::No).await.unwrap())
+    acquired(lock.acquire(Wait::No).once_per(theirs).await.unwrap())
         .release_completed()
         .await
         .unwrap();
@@ -724,11 +747,11 @@ async fn a_completion_in_another_zone_does_not_count() {
     );
     complete(&memory, "tokyo", in_tokyo).await;
     let lock = lock_on(Arc::new(memory.clone()), "paris");
-    acquired(lock.acquire_slot(in_paris, Wait::No).await.unwrap())
+    acquired(lock.acquire(Wait::No).once_per(in_paris).await.unwrap())
         .release_completed()
         .await
         .unwrap();
-    done(lock.acquire_slot(in_paris, Wait::No).await.unwrap());
+    done(lock.acquire(Wait::No).once_per(in_paris).await.unwrap());
 }
 
 /// Issue 16, item 7: a machine whose clock is a day fast recorded tomorrow's slot as
@@ -742,10 +765,10 @@ async fn a_completion_from_a_fast_clock_does_not_silence_the_fleet() {
     let tomorrow = utc(now + DAY, DAY);
     complete(&memory, "fast:1", tomorrow).await;
     let lock = lock_on(Arc::new(memory.clone()), "correct");
-    let guard = acquired(lock.acquire_slot(today, Wait::No).await.unwrap());
+    let guard = acquired(lock.acquire(Wait::No).once_per(today).await.unwrap());
     guard.release_completed().await.unwrap();
     assert_eq!(record(&memory).await.completed.unwrap().slot, today);
-    done(lock.acquire_slot(today, Wait::No).await.unwrap());
+    done(lock.acquire(Wait::No).once_per(today).await.unwrap());
 
     // A slot starting within the tolerance after the server's clock counts: a
     // machine a minute fast that fired just past the boundary is ordinary.
@@ -759,7 +782,8 @@ async fn a_completion_from_a_fast_clock_does_not_silence_the_fleet() {
     complete(&memory, "a-minute-fast", hour_slot(next_hour)).await;
     done(
         lock_on(Arc::new(memory.clone()), "correct")
-            .acquire_slot(hour_slot(next_hour - 1), Wait::No)
+            .acquire(Wait::No)
+            .once_per(hour_slot(next_hour - 1))
             .await
             .unwrap(),
     );
@@ -771,7 +795,8 @@ async fn a_completion_from_a_fast_clock_does_not_silence_the_fleet() {
     memory.set_server_skew(chrono::Duration::days(-2));
     acquired(
         lock_on(Arc::new(memory.clone()), "b")
-            .acquire_slot(today, Wait::No)
+            .acquire(Wait::No)
+            .once_per(today)
             .await
             .unwrap(),
     )
@@ -789,7 +814,7 @@ async fn mixing_periods_on_one_lock_runs() {
     complete(&memory, "hourly", utc(now, HOUR)).await;
     let two_hours = utc(now, 2 * HOUR);
     let lock = lock_on(Arc::new(memory.clone()), "two-hourly");
-    acquired(lock.acquire_slot(two_hours, Wait::No).await.unwrap())
+    acquired(lock.acquire(Wait::No).once_per(two_hours).await.unwrap())
         .release_completed()
         .await
         .unwrap();
@@ -803,7 +828,7 @@ async fn a_forever_lease_is_never_stale() {
     let holder = forever_lock(Arc::new(faulty.clone()), "holder");
     assert_eq!(holder.ttl(), Ttl::Forever);
     assert_eq!(holder.refresh_interval(), Duration::from_secs(60));
-    let guard = holder.try_acquire().await.unwrap();
+    let guard = holder.acquire(Wait::No).await.unwrap();
     // Old gcslock versions fail to parse this as a number: "not a lock", never touched.
     assert_eq!(
         metadata(&memory)
@@ -841,13 +866,13 @@ async fn a_forever_lease_is_never_stale() {
     let waiter = lock_on(Arc::new(memory.clone()), "waiter");
     match waiter.acquire(Wait::For(Duration::from_secs(86_400))).await {
         Err(Error::Busy { holder, .. }) => {
-            assert_eq!(holder.holder, "holder");
+            assert_eq!(holder.identity, "holder");
             assert_eq!(holder.expires_in, None);
         }
         other => panic!("a waiter took a forever lock: {other:?}"),
     }
     assert!(matches!(
-        waiter.acquire_slot(hour_slot(1), Wait::No).await,
+        waiter.acquire(Wait::No).once_per(hour_slot(1)).await,
         Err(Error::Busy { .. })
     ));
 
@@ -868,7 +893,7 @@ async fn a_forever_lease_is_never_stale() {
     ));
     tokio::time::sleep(Duration::from_secs(61)).await;
     assert!(!guard.is_valid());
-    let next = waiter.try_acquire().await.unwrap();
+    let next = waiter.acquire(Wait::No).await.unwrap();
     assert_eq!(next.token(), FencingToken::new(2));
 }
 
@@ -880,7 +905,7 @@ async fn forever_options_are_checked() {
             Arc::clone(&memory),
             NAME,
             LockOptions::default()
-                .ttl_forever()
+                .ttl(Ttl::Forever)
                 .refresh_interval(Duration::ZERO)
         ),
         Err(Error::InvalidInput(_))
@@ -889,14 +914,19 @@ async fn forever_options_are_checked() {
         Arc::clone(&memory),
         NAME,
         LockOptions::default()
-            .ttl_forever()
+            .ttl(Ttl::Forever)
             .refresh_interval(Duration::from_secs(5)),
     )
     .unwrap();
     assert_eq!(lock.refresh_interval(), Duration::from_secs(5));
     assert_eq!(lock.safety_margin(), Duration::ZERO);
     // A later `ttl` replaces `ttl_forever`.
-    let finite = Lock::new(memory, NAME, LockOptions::default().ttl_forever().ttl(TTL)).unwrap();
+    let finite = Lock::new(
+        memory,
+        NAME,
+        LockOptions::default().ttl(Ttl::Forever).ttl(TTL),
+    )
+    .unwrap();
     assert_eq!(finite.ttl(), Ttl::Finite(TTL));
 }
 
@@ -906,7 +936,7 @@ async fn a_once_per_run_costs_what_a_plain_run_costs() {
     async fn plain(memory: &MemoryBackend) -> u64 {
         let before = memory.request_count();
         let guard = lock_on(Arc::new(memory.clone()), "a")
-            .try_acquire()
+            .acquire(Wait::No)
             .await
             .unwrap();
         guard.release().await.unwrap();
@@ -915,7 +945,7 @@ async fn a_once_per_run_costs_what_a_plain_run_costs() {
     async fn once(memory: &MemoryBackend, slot: Slot) -> u64 {
         let before = memory.request_count();
         let lock = lock_on(Arc::new(memory.clone()), "a");
-        acquired(lock.acquire_slot(slot, Wait::No).await.unwrap())
+        acquired(lock.acquire(Wait::No).once_per(slot).await.unwrap())
             .release_completed()
             .await
             .unwrap();
@@ -932,15 +962,19 @@ async fn a_once_per_run_costs_what_a_plain_run_costs() {
     assert_eq!((plain_first, plain_again), (3, 3), "read, write, release");
     // A busy lock: one read either way.
     let holder = lock_on(Arc::new(plain_memory.clone()), "holder")
-        .try_acquire()
+        .acquire(Wait::No)
         .await
         .unwrap();
     let before = plain_memory.request_count();
     let other = lock_on(Arc::new(plain_memory.clone()), "other");
-    assert!(other.try_acquire().await.is_err());
+    assert!(other.acquire(Wait::No).await.is_err());
     let plain_busy = plain_memory.request_count() - before;
     let before = plain_memory.request_count();
-    assert!(other.acquire_slot(hour_slot(3), Wait::No).await.is_err());
+    assert!(other
+        .acquire(Wait::No)
+        .once_per(hour_slot(3))
+        .await
+        .is_err());
     assert_eq!(plain_memory.request_count() - before, plain_busy);
     holder.release().await.unwrap();
 }
@@ -955,11 +989,11 @@ async fn a_forever_release_gives_up_after_the_storage_timeout() {
         Arc::new(faulty.clone()),
         NAME,
         LockOptions::default()
-            .ttl_forever()
+            .ttl(Ttl::Forever)
             .unavailable_timeout(Duration::from_secs(10)),
     )
     .unwrap();
-    let guard = lock.try_acquire().await.unwrap();
+    let guard = lock.acquire(Wait::No).await.unwrap();
     faulty.inject_times(
         Operation::UpdateMetadata,
         Fault::Reject(FaultError::Unavailable),

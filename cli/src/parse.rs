@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use gcslock::{SlotZone, Ttl, Wait};
+use gcslock::once_per::SlotZone;
+use gcslock::{Ttl, Wait};
 
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value.trim())

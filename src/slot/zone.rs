@@ -21,7 +21,7 @@ const MAX_NAME_LEN: usize = 40;
 /// stays a plain value.
 ///
 /// ```
-/// use gcslock::SlotZone;
+/// use gcslock::once_per::SlotZone;
 ///
 /// assert_eq!(SlotZone::UTC.name(), "UTC");
 /// # if SlotZone::named("America/New_York").is_err() { return Ok(()) } // no zone database
