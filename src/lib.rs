@@ -35,7 +35,8 @@
 //! `record` and `options` are the building blocks (`slot`: once per period, see
 //! [`Lock::acquire_slot`]); `status` judges a lock by the server's clock;
 //! `lease` is the keep-alive task and validity checks; `lock` the acquire/takeover
-//! algorithm, and `break_lock` the forced release. The README states what the lock
+//! algorithm, `election` leader election on a lock ([`Election`]), and `break_lock`
+//! the forced release. The README states what the lock
 //! guarantees and what it cannot.
 
 #![warn(missing_docs)]
@@ -44,6 +45,7 @@ pub mod backend;
 mod backoff;
 mod break_lock;
 mod clock;
+mod election;
 mod error;
 pub mod fence;
 mod identity;
@@ -58,6 +60,9 @@ mod status;
 mod token;
 
 pub use break_lock::{BreakOptions, BreakOutcome};
+pub use election::{
+    Election, Leader, Leadership, Observation, Observed, Observer, DEFAULT_POLL_INTERVAL,
+};
 pub use error::{Error, HolderSummary, LossReason};
 pub use fence::{BodySource, FenceError, FencedObject};
 pub use identity::default_identity;

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::backend::{Backend, ObjectInfo, ObjectVersion};
 use crate::error::Error;
 use crate::options::default_margin;
-use crate::record::{LockRecord, LockState, Ttl};
+use crate::record::{decode_value, LockRecord, LockState, Ttl};
 use crate::retry::{Retry, DEFAULT_TIMEOUT};
 use crate::slot::CompletedSlot;
 use crate::token::FencingToken;
@@ -61,6 +61,9 @@ pub struct HeldStatus {
     pub version: ObjectVersion,
     /// The last slot completed under this lock (`--once-per`), if any.
     pub last_completed: Option<CompletedSlot>,
+    /// The value this holder published as an election's leader
+    /// ([`crate::Election`]), if it did.
+    pub value: Option<String>,
 }
 
 impl LockStatus {
@@ -81,8 +84,10 @@ impl LockStatus {
         let Some(info) = info else {
             return Self::Free;
         };
-        let record = match LockRecord::from_metadata(&info.metadata) {
-            Ok(record) => record,
+        let (record, value) = match LockRecord::from_metadata(&info.metadata)
+            .and_then(|record| Ok((record, decode_value(&info.metadata)?)))
+        {
+            Ok(decoded) => decoded,
             Err(why) => return Self::NotALock { why },
         };
         let last_completed = record
@@ -119,6 +124,7 @@ impl LockStatus {
             expires_in,
             version: info.version,
             last_completed,
+            value,
         };
         if expires_in == Some(Duration::ZERO) {
             Self::Stale(held)
