@@ -54,6 +54,14 @@ pub enum Command {
     #[command(long_about = cmd::run::LONG_ABOUT, after_long_help = exit::HELP)]
     Run(cmd::run::RunArgs),
 
+    /// Campaign for leadership; run a command while leading, campaign again after
+    #[command(long_about = cmd::elect::LONG_ABOUT, after_long_help = exit::HELP)]
+    Elect(cmd::elect::ElectArgs),
+
+    /// Print who leads an election, and every change, until interrupted
+    #[command(after_long_help = cmd::observe::HELP)]
+    Observe(cmd::observe::ObserveArgs),
+
     /// Show whether a lock is free, released, held or stale, and by whom
     #[command(after_long_help = cmd::status::HELP)]
     Status(cmd::status::StatusArgs),

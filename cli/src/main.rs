@@ -66,6 +66,8 @@ fn parse_command_line() -> Result<Cli, clap::Error> {
 async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => cmd::run::run(&cli.global, args).await,
+        Command::Elect(args) => cmd::elect::elect(&cli.global, args).await,
+        Command::Observe(args) => cmd::observe::observe(&cli.global, &args).await,
         Command::Status(args) => cmd::status::status(&cli.global, &args).await,
         Command::List(args) => cmd::list::list(&cli.global, &args).await,
         Command::Break(args) => cmd::break_lock::break_lock(&cli.global, &args).await,

@@ -18,7 +18,7 @@ use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 
 use self::child::{describe_status, exit_code};
-use self::signals::Signals;
+pub(crate) use self::signals::Signals;
 use self::supervisor::{supervise, Supervised};
 use self::watchdog::Watchdog;
 use crate::exit::{self, Coded};
@@ -295,6 +295,29 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         ),
     }
     code
+}
+
+/// `elect`'s way into the supervision `run` gives its command (the same code):
+/// runs `command` under `guard` until it ends or must stop. Returns the exit code
+/// and whether the lock may be released (false: part of the group survived SIGKILL).
+pub(crate) async fn supervise_under(
+    global: &GlobalArgs,
+    command: &[OsString],
+    guard: &Guard,
+    url: &str,
+    kill_grace: Duration,
+    signals: &mut Signals,
+) -> (anyhow::Result<u8>, bool) {
+    let (code, after) = run_locked(global, command, guard, url, kill_grace, None, signals).await;
+    (code, after == AfterRun::Release)
+}
+
+/// `run`'s --kill-grace rule, for `elect`.
+pub(crate) fn checked_kill_grace(
+    requested: Option<Duration>,
+    lock: &Lock,
+) -> Result<Duration, Coded> {
+    kill_grace(requested, lock)
 }
 
 /// What becomes of the lock once the command is over.
