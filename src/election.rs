@@ -1,7 +1,7 @@
 //! Leader election on one lock object: candidates campaign with the lock's own
 //! acquire, a leader is a [`Guard`] (keep-alive, loss notification, fencing token)
 //! that also publishes a value, and anyone can ask or watch who leads, with reads
-//! only. PROTOCOL.md §11.
+//! only. PROTOCOL.md §12.
 //!
 //! Candidates wait with the lock's steady poll (one read per second, jittered, no
 //! writes while a leader is alive). A leader that resigns waits
