@@ -75,7 +75,15 @@ pub use slot::{CompletedSlot, Slot, SlotAcquire, MAX_PERIOD, MIN_PERIOD};
 pub use status::{list_locks, list_locks_within, HeldStatus, LockStatus};
 pub use token::FencingToken;
 
-/// The README's Rust examples are compiled as doctests so they cannot rot.
+// The Rust examples of the README and of the `docs/` pages are compiled as doctests so
+// they cannot rot: a page with Rust code gets a struct here.
+
+/// The README.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// docs/once-per.md.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/once-per.md")]
+pub struct OncePerDoctests;

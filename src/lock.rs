@@ -82,6 +82,10 @@ impl PendingCreates {
         self.0.push((record, sent));
     }
 
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The pending create that `info` shows applied, taken off the list.
     fn take_applied(&mut self, info: &ObjectInfo) -> Option<(LockRecord, SendTime)> {
         let shown = LockRecord::from_metadata(&info.metadata)
@@ -90,7 +94,7 @@ impl PendingCreates {
         let index = self
             .0
             .iter()
-            .position(|(ours, _)| ours.nonce == shown.nonce)?;
+            .position(|(ours, _)| ours.same_lease(&shown))?;
         Some(self.0.remove(index))
     }
 }
@@ -171,9 +175,11 @@ impl Lock {
             .await
     }
 
-    /// Like [`Lock::acquire`], and stops waiting when `cancel` fires. Cancellation
-    /// is honoured only between requests that could create the lock, so no lock is
-    /// left behind: it returns either a guard or `Error::Cancelled`.
+    /// Like [`Lock::acquire`], and stops waiting when `cancel` fires with
+    /// `Error::Cancelled`. Cancellation is honoured only between requests that
+    /// could create the lock, and a create of ours whose answer was lost is
+    /// resolved (and released if it applied) first, so no lock is left behind.
+    /// Other errors are those of `acquire`.
     pub async fn acquire_cancellable(
         &self,
         wait: Wait,
@@ -263,23 +269,29 @@ impl Lock {
                     lock: lock.url.clone(),
                 });
             }
+            let attempt_started = Instant::now();
             let attempt = self
                 .attempt(&mut seen, &mut pending, cancel, slot.as_ref())
                 .await;
             let now = Instant::now();
-            let wake = match attempt {
-                Ok(Attempt::Acquired(mut guard)) => {
-                    if let Some(slot) = slot {
-                        guard.set_slot(slot);
-                    }
-                    return Ok(SlotAcquire::Acquired(guard));
+            let acquired = |mut guard: Guard| {
+                if let Some(slot) = slot {
+                    guard.set_slot(slot);
                 }
+                Ok(SlotAcquire::Acquired(guard))
+            };
+            let wake = match attempt {
+                Ok(Attempt::Acquired(guard)) => return acquired(guard),
                 Ok(Attempt::Done(done)) => return Ok(SlotAcquire::AlreadyDone(done)),
                 Err(Failure::Fatal(error)) => return Err(error),
                 Err(Failure::Cancelled) => {
+                    if let Some(guard) = self.settle_pending(&mut pending).await {
+                        // Cancelled: the caller no longer wants the lock we got.
+                        let _released_or_lost = guard.release().await;
+                    }
                     return Err(Error::Cancelled {
                         lock: lock.url.clone(),
-                    })
+                    });
                 }
                 // Look again at once, even if the wait is over: the outcome must
                 // reflect the lock's state now, not the stale lease we let go.
@@ -329,12 +341,19 @@ impl Lock {
                             });
                         }
                     }
-                    let since = *failing_since.get_or_insert(now);
+                    // From the start of the first failed attempt: a request that hung
+                    // until its timeout counts against the time allowed.
+                    let since = *failing_since.get_or_insert(attempt_started);
                     // `None`: a timeout too long for the clock, which never ends.
                     let give_up_at = since
                         .checked_add(lock.unavailable_timeout)
                         .map(|at| at.max(wait_until.unwrap_or(since)));
                     if wait_until.is_some() && give_up_at.is_some_and(|at| now >= at) {
+                        // A create of ours may have applied unseen: it is ours (a
+                        // forever lock would otherwise stay held by nobody).
+                        if let Some(guard) = self.settle_pending(&mut pending).await {
+                            return acquired(guard);
+                        }
                         return Err(Error::from_backend(&lock.url, error));
                     }
                     tracing::debug!(lock = %lock.url, %error, "transient error while acquiring; retrying");
@@ -347,7 +366,12 @@ impl Lock {
             };
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
-                () = cancel.cancelled() => return Err(Error::Cancelled { lock: lock.url.clone() }),
+                () = cancel.cancelled() => {
+                    if let Some(guard) = self.settle_pending(&mut pending).await {
+                        let _released_or_lost = guard.release().await;
+                    }
+                    return Err(Error::Cancelled { lock: lock.url.clone() });
+                }
             }
         }
     }
@@ -548,6 +572,56 @@ impl Lock {
         Err(Failure::Transient(last_error))
     }
 
+    /// Before acquire gives up (time out, cancellation): a create of ours whose
+    /// outcome stayed unknown may have applied. Read until the object shows one
+    /// (it is ours: its lease is returned, started from when it was sent) or shows
+    /// none. A finite lease left unresolved expires unrefreshed, so one round of
+    /// reading (a refresh interval) suffices; a forever lease never expires, so
+    /// reading goes on through an outage for up to `unavailable_timeout` more.
+    async fn settle_pending(&self, pending: &mut PendingCreates) -> Option<Guard> {
+        if pending.is_empty() {
+            return None;
+        }
+        let lock = &self.inner;
+        let bound = if lock.forever {
+            lock.unavailable_timeout.max(lock.refresh_interval)
+        } else {
+            lock.refresh_interval
+        };
+        let give_up_at = instant_after(Instant::now(), bound);
+        let mut backoff = Backoff::new(
+            lock.poll_min.min(Duration::from_millis(100)),
+            lock.refresh_interval,
+        );
+        loop {
+            let read = tokio::time::timeout_at(give_up_at, lock.backend.read(&lock.object)).await;
+            let error = match read {
+                Ok(Ok(read)) => {
+                    let info = read.value?;
+                    let (ours, sent) = pending.take_applied(&info)?;
+                    return match self.started(ours, info.version, sent).await {
+                        Attempt::Acquired(guard) => Some(guard),
+                        _ => None,
+                    };
+                }
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => "read still pending".to_owned(),
+            };
+            if Instant::now() >= give_up_at {
+                if lock.forever {
+                    tracing::warn!(
+                        lock = %lock.url, %error,
+                        "a create of this forever lock may have applied unseen; if `status` \
+                         shows this holder, break it"
+                    );
+                }
+                return None;
+            }
+            tokio::time::sleep_until(instant_after(Instant::now(), backoff.next()).min(give_up_at))
+                .await;
+        }
+    }
+
     /// Starts the lease for a write of ours that applied. Its deadline runs from
     /// when the write was *sent*; if that has already passed (the process was
     /// suspended meanwhile), the lock may already be someone else's by staleness:
@@ -568,7 +642,7 @@ impl Lock {
 
     fn is_ours(&self, info: &ObjectInfo, ours: &LockRecord) -> bool {
         LockRecord::from_metadata(&info.metadata)
-            .is_ok_and(|record| record.nonce == ours.nonce && record.state == LockState::Held)
+            .is_ok_and(|record| ours.same_lease(&record) && record.state == LockState::Held)
     }
 
     fn decode(&self, info: &ObjectInfo) -> Result<LockRecord, Failure> {

@@ -117,7 +117,10 @@ async fn sigterm_forwards_waits_resigns_and_hands_over_within_a_second_or_so() {
         "{change}"
     );
     assert_eq!(change["token"], token_a, "{change}");
-    assert!(change["at"].as_str().is_some_and(|at| at.ends_with('Z')), "{change}");
+    assert!(
+        change["at"].as_str().is_some_and(|at| at.ends_with('Z')),
+        "{change}"
+    );
 
     let mut b = candidate(&emulator, &url, "b");
     b.expect_stderr("campaigning as b").await;
@@ -126,7 +129,10 @@ async fn sigterm_forwards_waits_resigns_and_hands_over_within_a_second_or_so() {
     a.expect_line("term a").await;
     let token_b = leads(&mut b, "b").await;
     let handover = signalled.elapsed();
-    assert!(handover < Duration::from_secs(3), "handover took {handover:?}");
+    assert!(
+        handover < Duration::from_secs(3),
+        "handover took {handover:?}"
+    );
     assert!(token_b > token_a);
     let (status, _, stderr) = a.finish().await;
     assert_eq!(status.code(), Some(128 + 15), "{stderr}");

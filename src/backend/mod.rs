@@ -29,6 +29,10 @@ pub mod object_store;
 
 pub use address::{open, open_prefix, OpenOptions, Scheme, StorageUrl};
 
+/// The longest one storage request may take unless configured otherwise
+/// ([`OpenOptions::request_timeout`]); the one definition every backend uses.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Custom metadata of an object (GCS `metadata`, string to string).
 pub type Metadata = BTreeMap<String, String>;
 

@@ -34,12 +34,19 @@ pub struct CatArgs {
     /// `gcslock: URL: token N` (or `gcslock: URL: no fencing token`)
     #[arg(long)]
     pub show_token: bool,
+
+    #[command(flatten)]
+    pub storage_timeout: crate::cmd::status::StorageTimeout,
 }
 
 /// `gcslock cat URL [--show-token]`
 pub async fn cat(global: &GlobalArgs, args: &CatArgs) -> anyhow::Result<u8> {
     let object = fenced_object(global, &args.url)?;
-    let read = object.read().await.map_err(fence_error)?;
+    // The budget covers finding the object; the body then streams as long as it flows.
+    let read = crate::within(global.storage_budget, async {
+        object.read().await.map_err(fence_error)
+    })
+    .await?;
     if args.show_token {
         let url = escape(&args.url.to_string());
         let line = match read.token {

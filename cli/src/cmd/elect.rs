@@ -11,12 +11,14 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::SignalKind;
 use tokio_util::sync::CancellationToken;
 
-use super::run::{checked_kill_grace, supervise_under, Signals};
+use super::run::job::{per_run_variables, run_job, Job};
+use super::run::job_settings;
+use super::run::signals::Signals;
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
 use crate::logging::OUTCOME;
 use crate::output::short_duration;
-use crate::parse::{parse_duration};
+use crate::parse::parse_duration;
 use crate::target::LockTarget;
 
 pub const LONG_ABOUT: &str = "\
@@ -117,9 +119,20 @@ pub async fn elect(global: &GlobalArgs, args: ElectArgs) -> anyhow::Result<u8> {
         options = options.identity(identity.clone());
     }
     let lock = Lock::new(backend, args.url.object(), options)?;
-    let kill_grace = checked_kill_grace(args.kill_grace, &lock)?;
+    let (kill_grace, boundary) = job_settings(args.kill_grace, &lock)?;
     let election = Election::from_lock(lock);
     let url = args.url.to_string();
+    let remove_from_environment =
+        per_run_variables(&ElectArgs::augment_args(clap::Command::new("elect")));
+    let job = Job {
+        command: &args.command,
+        url: &url,
+        kill_grace,
+        max_runtime: None,
+        remove_from_environment: &remove_from_environment,
+        boundary,
+        log_format: global.log_format,
+    };
     loop {
         tracing::info!("{url}: campaigning as {}", election.lock().identity());
         let leadership = match election.campaign(&args.value, &stop.token).await {
@@ -133,16 +146,9 @@ pub async fn elect(global: &GlobalArgs, args: ElectArgs) -> anyhow::Result<u8> {
             Err(error) => return Err(error.into()),
         };
         tracing::info!(target: OUTCOME, "{url}: leading (token {})", leadership.token());
-        let (code, may_release) = supervise_under(
-            global,
-            &args.command,
-            leadership.guard(),
-            &url,
-            kill_grace,
-            &mut signals,
-        )
-        .await;
-        if !may_release {
+        let end = run_job(leadership.guard(), &job, &mut signals).await;
+        let code = end.code;
+        if !end.may_release {
             // Part of the command's group survived SIGKILL: no new term may start
             // beside it, so stop being a candidate and let the lease expire.
             tracing::error!("{url}: not resigning, as the command's processes may still write");

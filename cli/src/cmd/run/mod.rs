@@ -1,13 +1,23 @@
-//! `gcslock run`: acquire, run the command in its own process group, forward
-//! signals, stop the group before the lease can run out, release on every way out.
+//! `gcslock run`: acquire, run the command inside a containment boundary, forward
+//! signals, stop the boundary before the lease can run out, release on every way out.
 //!
-//! `child`: the command's process group; `signals`: the signals gcslock forwards;
-//! `supervisor`: when to stop the group; `watchdog`: the group dies with gcslock.
+//! [`job::run_job`] is the one way to run a command under a held [`Guard`]: it takes
+//! the guard (by reference), the command, the kill grace, `--max-runtime` and the
+//! forwarded [`Signals`], and returns gcslock's exit code and whether the lock may
+//! be released. `run` wraps it in acquire and release; the leader-election and
+//! semaphore modes are to call it the same way.
+//!
+//! `boundary`: what "the command and everything it started" is (cgroup, session or
+//! process group; see docs/containment.md); `child`: starting the command in it;
+//! `signals`: the signals gcslock forwards; `supervisor`: when to stop the boundary;
+//! `watchdog`: the boundary dies with gcslock; `job`: all of it for one command.
 
+mod boundary;
 mod child;
-mod signals;
+pub mod job;
+pub mod signals;
 mod supervisor;
-pub mod watchdog;
+mod watchdog;
 
 use std::ffi::OsString;
 use std::time::{Duration, SystemTime};
@@ -17,20 +27,28 @@ use gcslock::{CompletedSlot, Guard, Lock, LockOptions, Slot, SlotAcquire, Ttl, W
 use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 
-use self::child::{describe_status, exit_code};
-pub(crate) use self::signals::Signals;
-use self::supervisor::{supervise, Supervised};
-use self::watchdog::Watchdog;
+use self::job::{per_run_variables, run_job, Job};
+use self::signals::Signals;
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
 use crate::logging::OUTCOME;
-use crate::output::{short_duration, timestamp};
+use crate::output::{holder_summary, short_duration, timestamp};
 use crate::parse::{parse_duration, parse_ttl, parse_wait};
 use crate::target::LockTarget;
 
 pub const LONG_ABOUT: &str = "\
-Run COMMAND while holding the lock gs://BUCKET/OBJECT.
+Run COMMAND while holding the lock gs://BUCKET/OBJECT; stop it if the lease is lost.
+Details: `man gcslock-run`, or the README.";
 
+/// Shown right after the usage line, in `-h` and `--help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  gcslock run gs://my-bucket/locks/backup -- /usr/local/bin/backup
+  gcslock run --wait 10m --ttl 2m gs://my-bucket/locks/deploy -- ./deploy.sh
+  */5 * * * * gcslock run --once-per 1h gs://my-bucket/locks/report -- report.sh";
+
+/// The explanations behind `run`'s options, in the man page (`gcslock generate man`).
+pub const MANUAL: &str = "\
 The command inherits stdin, stdout and stderr and runs in its own process group, with
 GCSLOCK_TOKEN (the fencing token: larger than every earlier holder's) and GCSLOCK_URL in its
 environment. gcslock's own messages go to stderr only. The lock URL is never read from the
@@ -237,6 +255,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     let lock = Lock::new(backend, args.url.object(), options)?;
     let kill_grace = kill_grace(args.kill_grace, &lock)?;
     check_max_runtime(args.max_runtime, tokio::time::Instant::now())?;
+    let boundary = boundary::requested()?;
     let url = args.url.to_string();
 
     let (acquired, interrupted) = acquire(
@@ -266,7 +285,8 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
             return Ok(exit::signal(signal as i32));
         }
         (Err(gcslock::Error::Busy { holder, .. }), None) => {
-            tracing::warn!(target: OUTCOME, "{url} is busy: {holder}");
+            tracing::Span::current().record("holder", holder.holder.as_str());
+            tracing::warn!(target: OUTCOME, "{url} is busy: {}", holder_summary(&holder));
             return Ok(args.busy_exit_code);
         }
         (Err(error), Some(signal)) => {
@@ -275,58 +295,40 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         }
         (Err(error), None) => return Err(error.into()),
     };
-    let (code, after) = run_locked(
-        global,
-        &args.command,
-        &guard,
-        &url,
+    tracing::Span::current().record("token", guard.token().value());
+    let remove_from_environment =
+        per_run_variables(&RunArgs::augment_args(clap::Command::new("run")));
+    let job = Job {
+        command: &args.command,
+        url: &url,
         kill_grace,
-        args.max_runtime,
-        &mut signals,
-    )
-    .await;
-    // Exit 0 from run_locked means the command succeeded with the lease valid to the end.
-    let completed = slot.is_some() && matches!(code, Ok(0));
-    match after {
-        AfterRun::Release => release(guard, &url, completed).await,
-        AfterRun::LetExpire => tracing::error!(
+        max_runtime: args.max_runtime,
+        remove_from_environment: &remove_from_environment,
+        boundary,
+        log_format: global.log_format,
+    };
+    let end = run_job(&guard, &job, &mut signals).await;
+    // Exit 0 means the command succeeded with the lease valid to the end, and no
+    // signal was forwarded to it.
+    let completed = slot.is_some() && matches!(end.code, Ok(0));
+    if end.may_release {
+        release(guard, &url, completed).await;
+    } else {
+        tracing::error!(
             "{url}: not released, as the command's processes may still write; the lock expires \
              after its TTL"
-        ),
+        );
     }
-    code
+    end.code
 }
 
-/// `elect`'s way into the supervision `run` gives its command (the same code):
-/// runs `command` under `guard` until it ends or must stop. Returns the exit code
-/// and whether the lock may be released (false: part of the group survived SIGKILL).
-pub(crate) async fn supervise_under(
-    global: &GlobalArgs,
-    command: &[OsString],
-    guard: &Guard,
-    url: &str,
-    kill_grace: Duration,
-    signals: &mut Signals,
-) -> (anyhow::Result<u8>, bool) {
-    let (code, after) = run_locked(global, command, guard, url, kill_grace, None, signals).await;
-    (code, after == AfterRun::Release)
-}
-
-/// `run`'s --kill-grace rule, for `elect`.
-pub(crate) fn checked_kill_grace(
-    requested: Option<Duration>,
+/// `run`'s --kill-grace rule and containment boundary, for `elect`, which runs its
+/// command through the same [`run_job`].
+pub(crate) fn job_settings(
+    requested_grace: Option<Duration>,
     lock: &Lock,
-) -> Result<Duration, Coded> {
-    kill_grace(requested, lock)
-}
-
-/// What becomes of the lock once the command is over.
-#[derive(Debug, PartialEq, Eq)]
-enum AfterRun {
-    Release,
-    /// Part of the command's group may still run: releasing would let another
-    /// holder in beside it.
-    LetExpire,
+) -> Result<(Duration, Option<boundary::Kind>), Coded> {
+    Ok((kill_grace(requested_grace, lock)?, boundary::requested()?))
 }
 
 /// Refuses a --max-runtime of zero (it would stop the command at once) and one
@@ -383,126 +385,6 @@ fn done_line(ours: Option<Slot>, done: &CompletedSlot) -> String {
     )
 }
 
-/// Runs the command under the held lock, from the last checks to the group's end.
-/// Returns the exit code and whether the lock may be released.
-async fn run_locked(
-    global: &GlobalArgs,
-    command: &[OsString],
-    guard: &Guard,
-    url: &str,
-    kill_grace: Duration,
-    max_runtime: Option<Duration>,
-    signals: &mut Signals,
-) -> (anyhow::Result<u8>, AfterRun) {
-    if let Some(signal) = signals.try_recv() {
-        tracing::info!("{url}: {signal} arrived before the command started; releasing the lock");
-        return (Ok(exit::signal(signal as i32)), AfterRun::Release);
-    }
-    let mut watchdog = match Watchdog::start(global) {
-        Ok(watchdog) => watchdog,
-        Err(error) => {
-            tracing::error!("{error}; the command was not started");
-            return (Ok(error.code), AfterRun::Release);
-        }
-    };
-    // A final validity check right before the command starts: gcslock may have been
-    // suspended since the lock was acquired, and the lock may be someone else's now.
-    if let Err(error) = guard.check() {
-        tracing::error!("{error}; the command was not started");
-        watchdog.done().await;
-        return (Ok(exit::LEASE_LOST), AfterRun::Release);
-    }
-    let mut group = match child::spawn(command, guard.token().value(), url, watchdog.pipe_fd()) {
-        Ok(group) => group,
-        Err(error) => {
-            tracing::error!("{error}");
-            watchdog.done().await;
-            return (Ok(error.code), AfterRun::Release);
-        }
-    };
-    watchdog.watch(group.pgid()).await;
-    tracing::info!(
-        token = guard.token().value(),
-        pid = group.pgid().as_raw(),
-        "{url}: command started"
-    );
-    let started = tokio::time::Instant::now();
-    // Past the end of the clock (refused up front) means no limit.
-    let max_runtime_end = max_runtime.and_then(|limit| started.checked_add(limit));
-    let supervised = supervise(&mut group, guard, signals, kill_grace, url, max_runtime_end).await;
-    // Disarmed only once nothing of the group runs, so that a process group id reused
-    // later is never signalled; otherwise the watchdog keeps trying after we exit.
-    if !child::group_alive(group.pgid()) {
-        watchdog.done().await;
-    }
-    let after = if supervised.may_release() {
-        AfterRun::Release
-    } else {
-        AfterRun::LetExpire
-    };
-    (code_of(supervised, guard, url, max_runtime), after)
-}
-
-/// The exit code of a supervision that ended this way.
-fn code_of(
-    supervised: Supervised,
-    guard: &Guard,
-    url: &str,
-    max_runtime: Option<Duration>,
-) -> anyhow::Result<u8> {
-    match supervised {
-        Supervised::Survived(status) => {
-            let ended = status
-                .map(|status| {
-                    format!(
-                        " (the command itself ended with {})",
-                        describe_status(status)
-                    )
-                })
-                .unwrap_or_default();
-            tracing::error!("{url}: processes of the command's group survived SIGKILL{ended}");
-            if guard.check().is_err() {
-                Ok(exit::LEASE_LOST)
-            } else {
-                Ok(exit::INTERNAL)
-            }
-        }
-        Supervised::Stopped(status) => {
-            if let Some(status) = status {
-                tracing::info!("{url}: the command ended with {}", describe_status(status));
-            }
-            Ok(exit::LEASE_LOST)
-        }
-        Supervised::TimedOut(status) => {
-            let ended = status
-                .map(|status| format!("; it ended with {}", describe_status(status)))
-                .unwrap_or_default();
-            tracing::error!(
-                target: OUTCOME,
-                "{url}: the command ran longer than --max-runtime {} and was stopped{ended}",
-                short_duration(max_runtime.unwrap_or_default())
-            );
-            Ok(exit::TIMED_OUT)
-        }
-        Supervised::WaitFailed(error) => Err(Coded::new(
-            exit::INTERNAL,
-            format!("cannot wait for the command: {error}"),
-        )
-        .into()),
-        Supervised::Exited(status) => {
-            tracing::debug!("{url}: the command ended with {}", describe_status(status));
-            if let Err(error) = guard.check() {
-                tracing::error!(
-                    "{error} before the command finished (it exited with {})",
-                    describe_status(status)
-                );
-                return Ok(exit::LEASE_LOST);
-            }
-            Ok(exit_code(status))
-        }
-    }
-}
-
 /// Acquires the lock; the forwarded signals cancel the wait cleanly (the library
 /// honours cancellation only where no lock can be left behind). Returns the
 /// outcome and the signal that interrupted the wait, if any.
@@ -528,7 +410,10 @@ async fn acquire(
     };
     let result = match first {
         Err(gcslock::Error::Busy { holder, .. }) => {
-            tracing::info!("{url} is busy: {holder}; waiting {how_long}");
+            tracing::info!(
+                "{url} is busy: {}; waiting {how_long}",
+                holder_summary(&holder)
+            );
             cancellable(lock, slot, wait, &cancel, signals, &mut interrupted).await
         }
         // --wait also covers an outage.
