@@ -87,3 +87,8 @@ pub struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/once-per.md")]
 pub struct OncePerDoctests;
+
+/// docs/election.md.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/election.md")]
+pub struct ElectionDoctests;
