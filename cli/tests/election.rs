@@ -184,3 +184,58 @@ async fn observe_prints_text_lines_and_refuses_nothing_it_reads() {
     let (status, _, _) = observer.finish().await;
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_leader_whose_gcslock_is_killed_loses_its_command_before_the_next_term() {
+    let Some(emulator) = Emulator::strict() else {
+        return;
+    };
+    let url = emulator.url("elect-sigkill");
+    let start = |id: &str| {
+        let script = format!(r#"echo "lead {id} $GCSLOCK_TOKEN $$"; exec sleep 600"#);
+        Running::start(gcslock(
+            Some(&emulator),
+            &[
+                "-v",
+                "elect",
+                "--ttl",
+                "2s",
+                "--identity",
+                id,
+                &url,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ],
+        ))
+    };
+    let mut a = start("a");
+    let first = a.expect_line("lead a").await;
+    let (token_a, pid_a) = first.split_once(' ').expect("token and pid");
+    let pid_a: i32 = pid_a.parse().expect("pid");
+    let mut b = start("b");
+    b.expect_stderr("campaigning as b").await;
+    // gcslock alone dies: its watchdog kills the command; the lease runs out by itself.
+    let killed = Instant::now();
+    kill(a.pid(), Signal::SIGKILL).expect("SIGKILL");
+    let second = b.expect_line("lead b").await;
+    let (token_b, _) = second.split_once(' ').expect("token and pid");
+    assert!(
+        token_b.parse::<u64>().expect("token") > token_a.parse::<u64>().expect("token"),
+        "{second} after {first}"
+    );
+    // Stale at 2 s + 0.2 s after the last refresh, seen within a poll.
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert!(
+        kill(nix::unistd::Pid::from_raw(pid_a), None).is_err(),
+        "a's command still runs beside b's"
+    );
+    let (status, _, stderr) = terminate(b).await;
+    assert_eq!(status.code(), Some(128 + 15), "{stderr}");
+    drop(a);
+}
