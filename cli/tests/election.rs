@@ -239,3 +239,42 @@ async fn a_leader_whose_gcslock_is_killed_loses_its_command_before_the_next_term
     assert_eq!(status.code(), Some(128 + 15), "{stderr}");
     drop(a);
 }
+
+#[tokio::test]
+async fn a_broken_leadership_stops_the_command_and_the_candidate_campaigns_again() {
+    let Some(emulator) = Emulator::strict() else {
+        return;
+    };
+    let url = emulator.url("elect-broken");
+    let script = r#"echo "lead a $GCSLOCK_TOKEN"; exec sleep 600"#;
+    let mut a = Running::start(gcslock(
+        Some(&emulator),
+        &[
+            "-v",
+            "elect",
+            "--ttl",
+            "2s",
+            "--identity",
+            "a",
+            &url,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    ));
+    let first: u64 = a.expect_line("lead a").await.parse().expect("token");
+    let broken = harness::output(gcslock(Some(&emulator), &["break", &url])).await;
+    assert_eq!(
+        broken.status.code(),
+        Some(0),
+        "{}",
+        harness::describe(&broken)
+    );
+    a.expect_stderr("leadership lost").await;
+    // Still a candidate: it leads again once the revoked term is stale.
+    let second: u64 = a.expect_line("lead a").await.parse().expect("token");
+    assert!(second > first, "{second} after {first}");
+    let (status, _, stderr) = terminate(a).await;
+    assert_eq!(status.code(), Some(128 + 15), "{stderr}");
+}
