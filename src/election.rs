@@ -244,10 +244,10 @@ impl Election {
     /// Reads once per poll interval while another leader is alive, and never writes
     /// then. Transient storage failures are retried for as long as it waits.
     ///
-    /// Cancel safe through `cancel`: when it fires, campaign returns
-    /// `Error::Cancelled` and leaves no lock behind (a write already sent is
-    /// completed and released). Dropping the future instead may leave a freshly
-    /// acquired lock behind until its TTL passes.
+    /// Cancel safe: when `cancel` fires, campaign returns `Error::Cancelled`, and
+    /// dropping the future stops it too; either way no lock is left behind (the
+    /// acquire resolves a create already sent and releases what it acquired; see
+    /// [`Lock::acquire`]).
     pub async fn campaign(
         &self,
         value: &str,

@@ -83,7 +83,7 @@ pub fn holder_summary(summary: &gcslock::HolderSummary) -> String {
         .unwrap_or_default();
     format!(
         "{} (token {}){stale}",
-        held_by(&summary.holder),
+        held_by(&summary.identity),
         summary.token
     )
 }

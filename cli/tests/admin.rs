@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use gcslock::backend::gcs::GcsBackend;
 use gcslock::backend::{Backend, BackendError, WriteCondition};
-use gcslock::{LockRecord, LockState};
+use gcslock::testing::{LockRecord, LockState};
 use harness::{
     code, describe, exits, gcslock, is_gone, output, status_json, text, Emulator, HANG_GUARD,
 };
@@ -395,7 +395,8 @@ async fn run_messages_escape_holders_and_done_by_names_from_storage() {
     // A once-per slot completed by a hostile name: the done line escapes it and
     // names the period as written.
     let week = Duration::from_secs(7 * 86_400);
-    let slot = gcslock::Slot::containing(std::time::SystemTime::now(), week).expect("slot");
+    let slot =
+        gcslock::once_per::Slot::containing(std::time::SystemTime::now(), week).expect("slot");
     let url = emulator.url("done-tricky");
     let mut record = LockRecord {
         state: LockState::Released,
@@ -406,7 +407,7 @@ async fn run_messages_escape_holders_and_done_by_names_from_storage() {
         refresh_seq: 0,
         completed: None,
     };
-    record.completed = Some(gcslock::RecordedSlot {
+    record.completed = Some(gcslock::testing::RecordedSlot {
         slot,
         by: "cron\u{202E}host\u{200B}".into(),
         at: Some(chrono::Utc::now()),
@@ -457,11 +458,12 @@ async fn breaking_a_forever_lock_without_now_is_a_usage_error() {
 
 /// A pipe for gcslock's (and its command's) stderr, filled to the brim first: like a
 /// log collector that stopped reading. Returns the read end and the write end.
-fn full_pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+fn full_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
     use std::io::Write as _;
     use std::os::fd::AsRawFd as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let (read, write) = nix::unistd::pipe().expect("pipe");
+    // Close-on-exec: only gcslock gets the write end, and nobody else the read end.
+    let (read, write) = std::io::pipe().expect("pipe");
     // Filled through a second, non-blocking opening of the same pipe, so that the
     // end gcslock inherits stays blocking, as a stalled collector's pipe is.
     let mut filler = std::fs::OpenOptions::new()
@@ -481,6 +483,8 @@ enum Cut {
     Break,
     /// Every request fails: SIGTERM when the lease runs low, SIGKILL at its deadline.
     Outage,
+    /// gcslock itself is SIGKILLed: its watchdog kills the command.
+    Killed,
 }
 
 /// A holder whose stderr nobody drains and whose command ignores SIGTERM must still
@@ -502,6 +506,7 @@ async fn a_blocked_stderr_never_delays_the_kill_of_a_cut_off_command() {
         (Cut::Outage, &["-q"]),
         (Cut::Break, &["-v"]),
         (Cut::Outage, &["-v"]),
+        (Cut::Killed, &["-q"]),
     ] {
         let url = emulator.url("blocked-stderr");
         let (read, write) = full_pipe();
@@ -512,7 +517,8 @@ async fn a_blocked_stderr_never_delays_the_kill_of_a_cut_off_command() {
             "--",
             "sh",
             "-c",
-            "trap '' TERM; echo ready $$; exec sleep 300",
+            // A grandchild too: gcslock's own death is covered by its watchdog only.
+            "trap '' TERM; sleep 300 & echo ready $$ $!; wait",
         ]);
         let mut command = gcslock(Some(emulator), &args);
         command.stderr(std::process::Stdio::from(write));
@@ -524,10 +530,11 @@ async fn a_blocked_stderr_never_delays_the_kill_of_a_cut_off_command() {
             .expect("the command started")
             .expect("stdout")
             .expect("a ready line");
-        let pid: i32 = ready
+        let pids: Vec<i32> = ready
             .strip_prefix("ready ")
-            .and_then(|pid| pid.parse().ok())
-            .expect("ready PID");
+            .map(|pids| pids.split(' ').filter_map(|pid| pid.parse().ok()).collect())
+            .unwrap_or_default();
+        assert_eq!(pids.len(), 2, "{ready}");
 
         match cut {
             Cut::Break => {
@@ -542,12 +549,21 @@ async fn a_blocked_stderr_never_delays_the_kill_of_a_cut_off_command() {
                     .expect("set faults");
                 assert!(set.status().is_success(), "{set:?}");
             }
+            Cut::Killed => {
+                let gcslock = holder.id().and_then(|pid| i32::try_from(pid).ok());
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(gcslock.expect("running")),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .expect("SIGKILL gcslock");
+            }
         }
         let cut_at = std::time::Instant::now();
-        // Broken: SIGKILL at the next refresh (250ms). Outage: SIGTERM with the
+        // Killed: the watchdog kills at once. Broken: SIGKILL at the next refresh
+        // (250ms). Outage: SIGTERM with the
         // kill grace left, SIGKILL at the lease deadline (under 3s). Blocked on
         // stderr, the old code never got to SIGKILL.
-        while !is_gone(pid) {
+        while !pids.iter().all(|pid| is_gone(*pid)) {
             assert!(
                 cut_at.elapsed() < Duration::from_secs(10),
                 "{cut:?} {flags:?}: the command still runs {:?} after its lease was cut, \
@@ -567,7 +583,11 @@ async fn a_blocked_stderr_never_delays_the_kill_of_a_cut_off_command() {
             .await
             .expect("gcslock exits with stderr still blocked")
             .expect("wait");
-        assert_eq!(status.code(), Some(76), "{cut:?} {flags:?}");
+        let expected = match cut {
+            Cut::Killed => None,
+            Cut::Break | Cut::Outage => Some(76),
+        };
+        assert_eq!(status.code(), expected, "{cut:?} {flags:?}");
         drop(read);
     }
 }

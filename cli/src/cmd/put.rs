@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
+use gcslock::fence::ObjectUrl;
 use gcslock::fence::{BodySource, FenceOptions, FencedWrite, Replaced};
-use gcslock::{FencingToken, LockUrl};
+use gcslock::FencingToken;
 use serde::Serialize;
 
 use crate::cmd::fenced::{fence_error, fenced_object, parse_object_url, spool_stdin};
@@ -54,7 +55,7 @@ unavailable; 77 permission denied.";
 pub struct PutArgs {
     /// The object to write: gs://BUCKET/OBJECT
     #[arg(value_name = "URL", value_parser = parse_object_url)]
-    pub url: LockUrl,
+    pub url: ObjectUrl,
 
     /// The fencing token to write with. Default: $GCSLOCK_TOKEN, which `gcslock run` sets
     #[arg(long, value_name = "N", value_parser = parse_token)]
@@ -189,9 +190,11 @@ mod tests {
             Some(FencingToken::new(3))
         );
         assert_eq!(
-            resolve_token(None, Some(" 9 ".into())).ok(),
+            resolve_token(None, Some("9".into())).ok(),
             Some(FencingToken::new(9))
         );
+        // The one token form, as `gcslock run` writes it: no spaces, no sign.
+        assert!(resolve_token(None, Some(" 9 ".into())).is_err());
         for env in [None, Some("".into())] {
             let error = resolve_token(None, env).expect_err("missing");
             assert_eq!(error.code, exit::USAGE);

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use gcslock::{CompletedSlot, HeldStatus, Lock, LockOptions, LockStatus, Ttl};
+use gcslock::once_per::CompletedSlot;
+use gcslock::{HeldStatus, Lock, LockOptions, LockStatus, Ttl};
 use serde::Serialize;
 
 use crate::global::GlobalArgs;
@@ -283,7 +284,8 @@ impl<'a> StatusView<'a> {
 mod tests {
     use super::*;
     use gcslock::backend::{memory::MemoryBackend, Backend, WriteCondition};
-    use gcslock::{LockRecord, LockState, RecordedSlot, Slot};
+    use gcslock::once_per::Slot;
+    use gcslock::testing::{LockRecord, LockState, RecordedSlot};
     use std::sync::Arc;
     use std::time::Duration;
 
