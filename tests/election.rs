@@ -360,8 +360,10 @@ async fn waiters_poll_steadily_once_a_second_whatever_the_hold() {
         let refreshes = hold / 10 + 1;
         let polls = reads.saturating_sub(refreshes);
         let rate = polls as f64 / hold as f64;
+        // One poll per 0.8 to 1.2 s: over a short hold the count varies by a poll or two.
+        let expected = if hold >= 100 { 0.9..=1.05 } else { 0.75..=1.15 };
         assert!(
-            (0.7..=1.05).contains(&rate) || hold < 10,
+            expected.contains(&rate) || hold < 10,
             "hold {hold}s: {polls} polls"
         );
         let released = Instant::now();
