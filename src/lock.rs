@@ -17,13 +17,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError, ObjectInfo, ObjectVersion, WriteCondition};
-use crate::backoff::Backoff;
+use crate::backoff::{jittered_poll, steady_poll, Backoff};
 use crate::clock::{instant_after, SendTime};
 use crate::error::{Error, HolderSummary, LossReason};
 use crate::identity::new_nonce;
 use crate::lease::{Guard, PeriodGuard};
 use crate::options::{default_margin, LockOptions, LockSettings};
-use crate::record::{LockRecord, LockState, RecordedSlot, Ttl};
+use crate::record::{LockRecord, LockState, RecordedSlot, Ttl, KEY_VALUE};
 use crate::slot::{CompletedSlot, Slot, SlotAcquire, SlotCheck};
 use crate::status::LockStatus;
 use crate::token::FencingToken;
@@ -43,6 +43,8 @@ pub enum Wait {
 #[derive(Clone, Debug)]
 pub struct Lock {
     inner: Arc<LockSettings>,
+    /// The value an election term publishes, written with the acquiring write.
+    leader_value: Option<String>,
 }
 
 enum Attempt {
@@ -115,7 +117,17 @@ impl Lock {
     ) -> Result<Self, Error> {
         Ok(Self {
             inner: Arc::new(LockSettings::new(backend, object, options)?),
+            leader_value: None,
         })
+    }
+
+    /// The same lock, whose acquiring writes also publish `value` as the leader's
+    /// (`gcslock-value`, already checked by the caller).
+    pub(crate) fn with_leader_value(&self, value: String) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            leader_value: Some(value),
+        }
     }
 
     /// Where the lock lives, for messages.
@@ -193,7 +205,9 @@ impl Lock {
             Wait::For(duration) => start.checked_add(duration),
             Wait::Forever => None,
         };
+        // Transient failures back off exponentially; a live holder is polled steadily.
         let mut backoff = Backoff::new(lock.poll_min, lock.poll_max);
+        let poll = steady_poll(lock.poll_min, lock.poll_max);
         let mut seen: Option<(ObjectVersion, Instant)> = None;
         let mut pending = PendingCreates::default();
         let mut failing_since: Option<Instant> = None;
@@ -251,7 +265,7 @@ impl Lock {
                             holder,
                         });
                     }
-                    let delay = backoff.next();
+                    let delay = jittered_poll(poll);
                     // Look again just after the lock turns stale, not a full backoff later.
                     let wake = instant_after(
                         now,
@@ -391,12 +405,12 @@ impl Lock {
             refresh_seq: 0,
             completed: carried_completion(read.value.as_ref()),
         };
+        let mut metadata = record.to_metadata();
+        if let Some(value) = &self.leader_value {
+            metadata.insert(KEY_VALUE.to_owned(), value.clone());
+        }
         let sent = SendTime::now();
-        match lock
-            .backend
-            .write(&lock.object, condition, &record.to_metadata())
-            .await
-        {
+        match lock.backend.write(&lock.object, condition, &metadata).await {
             Ok(written) => Ok(self.started(record, written.value.version, sent).await),
             // Someone else wrote first; report who holds it now.
             Err(BackendError::PreconditionFailed) => {

@@ -48,6 +48,11 @@ pub(crate) const KEY_DONE_ZONE: &str = "gcslock-done-zone";
 pub(crate) const KEY_DONE_START: &str = "gcslock-done-start";
 pub(crate) const KEY_DONE_BY: &str = "gcslock-done-by";
 pub(crate) const KEY_DONE_AT: &str = "gcslock-done-at";
+/// The value an election's leader publishes (PROTOCOL.md, election); written only by
+/// election terms, so a plain acquire (a full rewrite) drops it.
+pub(crate) const KEY_VALUE: &str = "gcslock-value";
+/// The longest leader value accepted: GCS allows 8 KiB of custom metadata in all.
+pub(crate) const MAX_VALUE_LEN: usize = 1024;
 
 const FORMAT: &str = "1";
 /// `gcslock-ttl-ms` of a lease that never expires by time.
@@ -346,6 +351,32 @@ fn decode_completed(metadata: &Metadata) -> Result<Option<RecordedSlot>, String>
     }))
 }
 
+/// Why `value` cannot be a leader's published value, if it cannot: at most
+/// [`MAX_VALUE_LEN`] bytes, no control characters (it is printed, one line each).
+pub(crate) fn check_value(value: &str) -> Result<(), String> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(format!(
+            "metadata key {KEY_VALUE} must be at most {MAX_VALUE_LEN} bytes long, not {}",
+            value.len()
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!(
+            "metadata key {KEY_VALUE} contains control characters: {}",
+            quoted(value)
+        ));
+    }
+    Ok(())
+}
+
+/// The leader value `metadata` carries, if any; untrusted, so checked as written.
+pub(crate) fn decode_value(metadata: &Metadata) -> Result<Option<String>, String> {
+    metadata
+        .get(KEY_VALUE)
+        .map(|value| check_value(value).map(|()| value.clone()))
+        .transpose()
+}
+
 /// A value for an error message: escaped, and cut short if long.
 fn quoted(value: &str) -> String {
     match value.char_indices().nth(QUOTED_LEN) {
@@ -490,6 +521,27 @@ mod tests {
         }
         let unicode = LockRecord::from_metadata(&with(KEY_HOLDER, "höst-名前:1")).unwrap();
         assert_eq!(unicode.holder, "höst-名前:1");
+    }
+
+    #[test]
+    fn leader_values_are_bounded_and_free_of_controls() {
+        assert_eq!(decode_value(&valid()), Ok(None));
+        for fine in [
+            "",
+            "10.0.0.7:8080",
+            "名前 with spaces",
+            &"v".repeat(MAX_VALUE_LEN),
+        ] {
+            assert_eq!(
+                decode_value(&with(KEY_VALUE, fine)),
+                Ok(Some(fine.to_owned()))
+            );
+        }
+        let too_long = "v".repeat(MAX_VALUE_LEN + 1);
+        for hostile in [too_long.as_str(), "a\nb", "\u{1b}[2J", "\0", "\u{85}"] {
+            let why = decode_value(&with(KEY_VALUE, hostile)).unwrap_err();
+            assert!(why.contains(KEY_VALUE) && why.len() < 300, "{why}");
+        }
     }
 
     #[test]

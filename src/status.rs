@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::backend::{Backend, ObjectInfo, ObjectVersion};
 use crate::error::Error;
 use crate::options::default_margin;
-use crate::record::{LockRecord, LockState, Ttl};
+use crate::record::{decode_value, LockRecord, LockState, Ttl};
 use crate::retry::Retry;
 use crate::slot::CompletedSlot;
 use crate::token::FencingToken;
@@ -67,6 +67,9 @@ pub struct HeldStatus {
     /// Why the lock's completed-slot keys could not be read, if they could not
     /// (they are then ignored: PROTOCOL.md §10).
     pub unreadable_completion: Option<String>,
+    /// The value this holder published as an election's leader
+    /// ([`crate::Election`]), if it did.
+    pub value: Option<String>,
 }
 
 impl LockStatus {
@@ -100,8 +103,10 @@ impl LockStatus {
         let Some(info) = info else {
             return Self::Free;
         };
-        let record = match LockRecord::from_metadata(&info.metadata) {
-            Ok(record) => record,
+        let (record, value) = match LockRecord::from_metadata(&info.metadata)
+            .and_then(|record| Ok((record, decode_value(&info.metadata)?)))
+        {
+            Ok(decoded) => decoded,
             Err(why) => return Self::NotALock { why },
         };
         let last_completed = record
@@ -141,6 +146,7 @@ impl LockStatus {
             version: info.version,
             last_completed,
             unreadable_completion,
+            value,
         };
         if expires_in == Some(Duration::ZERO) {
             Self::Stale(held)

@@ -416,6 +416,57 @@ fn systemd_example_units_pass_systemd_analyze_verify() {
     );
 }
 
+/// The election example: a daemon under `gcslock elect` on every machine.
+#[test]
+fn systemd_election_unit_campaigns_on_every_machine() {
+    let service = parse_unit(&read_example("gcslock-scheduler.service"));
+    let exec_start = words(single(&service, "Service", "ExecStart"));
+    assert_eq!(
+        exec_start[..2],
+        ["/usr/bin/gcslock", "elect"],
+        "{exec_start:?}"
+    );
+    let separator = exec_start.iter().position(|w| w == "--").expect("--");
+    assert_eq!(
+        exec_start[separator - 1],
+        "gs://my-bucket/elections/scheduler"
+    );
+    assert_eq!(exec_start[2..separator - 1], ["--ttl", "30s"]);
+    assert_eq!(single(&service, "Service", "Type"), "exec");
+    assert_eq!(single(&service, "Service", "KillMode"), "mixed");
+    assert_eq!(single(&service, "Service", "SuccessExitStatus"), "143");
+    assert_eq!(single(&service, "Service", "Restart"), "on-failure");
+    assert!(
+        single(&service, "Service", "Environment").starts_with("GOOGLE_APPLICATION_CREDENTIALS=")
+    );
+    assert_eq!(single(&service, "Install", "WantedBy"), "multi-user.target");
+    let available = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !available {
+        eprintln!("SKIPPED systemd-analyze verify: systemd-analyze is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unit = dir.path().join("gcslock-scheduler.service");
+    let text = read_example("gcslock-scheduler.service")
+        .replace("/usr/bin/gcslock", BIN)
+        .replace("/usr/local/bin/scheduler", "/bin/true");
+    std::fs::write(&unit, text).expect("write");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "{}",
+        describe(&out)
+    );
+}
+
 fn crontab_command() -> Vec<String> {
     let crontab = read_example("crontab");
     let entries: Vec<&str> = crontab

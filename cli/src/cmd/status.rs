@@ -45,6 +45,7 @@ A forever lock has \"ttl_forever\": true instead of \"ttl_ms\"; \"last_heard_ms\
 time since the last refresh. A lock used with `run --once-per` has \"last_completed\":
 {\"period_s\", \"slot\", \"zone\", \"slot_start\", \"slot_start_local\", \"completed_at\" (server
 clock), \"completed_by\"}, or \"last_completed_unreadable\" (why its keys are ignored).
+A lock held by a `gcslock elect` leader has \"value\": the value it publishes (--value).
 
 Exit codes: 0 when the lock could be read, whatever its state; otherwise as for run.";
 
@@ -131,6 +132,13 @@ pub fn describe(url: &str, status: &LockStatus) -> String {
         LockStatus::NotALock { why } => format!("{url}: not a gcslock lock: {}", escape(why)),
         _ => format!("{url}: in a state this version cannot describe"),
     };
+    // The value of the term in force only: a stale leader's is no one's.
+    let line = match status {
+        LockStatus::Held(HeldStatus {
+            value: Some(value), ..
+        }) => format!("{line}; leader value \"{}\"", escape(value)),
+        _ => line,
+    };
     match (status.last_completed(), status.unreadable_completion()) {
         (Some(done), _) => format!("{line}; last completed {}", completed_text(done)),
         (None, Some(why)) => format!(
@@ -194,6 +202,10 @@ pub struct StatusView<'a> {
     /// Why the completed-slot keys could not be read (they are ignored).
     #[serde(skip_serializing_if = "Option::is_none")]
     last_completed_unreadable: Option<&'a str>,
+    /// The value an election's leader publishes (`gcslock elect --value`); only
+    /// while held, never a stale term's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a str>,
 }
 
 /// The last completed slot (`run --once-per`) in JSON.
@@ -246,6 +258,7 @@ impl<'a> StatusView<'a> {
             reason: None,
             last_completed: status.last_completed().map(CompletedView::new),
             last_completed_unreadable: status.unreadable_completion(),
+            value: None,
         };
         let held = |state, held: &'a HeldStatus| Self {
             token: Some(held.token.value()),
@@ -271,7 +284,10 @@ impl<'a> StatusView<'a> {
                 released_at: Some(timestamp(released_at)),
                 ..empty("released", true)
             },
-            LockStatus::Held(status) => held("held", status),
+            LockStatus::Held(status) => Self {
+                value: status.value.as_deref(),
+                ..held("held", status)
+            },
             LockStatus::Stale(status) => held("stale", status),
             LockStatus::NotALock { why } => Self {
                 reason: Some(why),

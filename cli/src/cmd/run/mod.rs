@@ -337,6 +337,15 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     end.code
 }
 
+/// `run`'s --kill-grace rule and containment boundary, for `elect`, which runs its
+/// command through the same [`run_job`].
+pub(crate) fn job_settings(
+    requested_grace: Option<Duration>,
+    lock: &Lock,
+) -> Result<(Duration, Option<boundary::Kind>), Coded> {
+    Ok((kill_grace(requested_grace, lock)?, boundary::requested()?))
+}
+
 /// Refuses a --max-runtime of zero (it would stop the command at once) and one
 /// past the end of the clock (it would never come).
 fn check_max_runtime(
