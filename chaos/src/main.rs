@@ -10,6 +10,7 @@ mod record;
 mod report;
 mod runner;
 mod scenario;
+mod stuck_pipe;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};

@@ -27,6 +27,9 @@ use crate::history::{self, Analysis, Event, Kind, Log, RunId};
 use crate::procs::{is_dead, signal_group, stopped_group_children, wait_dead};
 use crate::proxy::Proxy;
 use crate::scenario::{Chaos, Scenario};
+use crate::stuck_pipe::full_pipe;
+
+mod elect;
 
 pub const BUCKET: &str = "chaos";
 pub const LOCK_URL: &str = "gs://chaos/lock";
@@ -107,6 +110,9 @@ struct Shared<'a> {
     /// Every worker has finished.
     done: AtomicBool,
     notes: Mutex<Vec<String>>,
+    /// Scenario `stderr-full`: per worker, the write end of a full pipe that
+    /// nobody reads (gcslock's stderr), and its read end, kept open and unread.
+    undrained: Vec<(std::io::PipeReader, std::io::PipeWriter)>,
     /// Scenario `once-per-dst`: the faketime offset (seconds) of the tick being
     /// fired, which puts every gcslock's wall clock next to a DST change.
     dst_offset_s: Mutex<Option<i64>>,
@@ -173,15 +179,23 @@ pub fn run(ctx: &Context, scenario: &Scenario, seed: u64) -> anyhow::Result<Outc
     ));
     log.append(&begin)?;
 
-    let proxies = if matches!(scenario.chaos, Chaos::CutOff { .. }) {
+    let proxies = if scenario.chaos.cuts_links() {
         (0..scenario.workers)
             .map(|_| Proxy::start(&emulator.endpoint))
             .collect::<anyhow::Result<Vec<_>>>()?
     } else {
         Vec::new()
     };
+    let undrained = if scenario.undrained_stderr {
+        (0..scenario.workers)
+            .map(|_| full_pipe())
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
     let shared = Shared {
         ctx,
+        undrained,
         scenario,
         endpoint: emulator.endpoint.clone(),
         proxies,
@@ -241,6 +255,12 @@ pub fn run(ctx: &Context, scenario: &Scenario, seed: u64) -> anyhow::Result<Outc
                     once_per_ticks(shared, seed, ticks, period_s, window_ms, fail_percent)
                 })]
             }
+            Chaos::Election { .. } => (0..scenario.workers)
+                .map(|w| {
+                    let shared = &shared;
+                    scope.spawn(move || elect::worker(shared, w, seed))
+                })
+                .collect(),
             _ => (0..scenario.workers)
                 .map(|w| {
                     let shared = &shared;
@@ -535,8 +555,18 @@ fn launch(
         }
         None => Command::new(&ctx.gcslock),
     };
+    // With a stderr nobody drains, gcslock should log as much as it can.
+    let verbosity = if scenario.undrained_stderr {
+        "-v"
+    } else {
+        "-q"
+    };
+    if scenario.chaos.elects() {
+        command.args([verbosity, "elect"]);
+    } else {
+        command.args([verbosity, "run", "--wait", wait]);
+    }
     command
-        .args(["-q", "run", "--wait", wait])
         .args(["--ttl", &format!("{}ms", scenario.ttl_ms)])
         .args(["--refresh-interval", &format!("{}ms", scenario.refresh_ms)])
         .args(["--kill-grace", "500ms"]);
@@ -582,12 +612,19 @@ fn launch(
             .arg("--gcslock")
             .arg(&ctx.gcslock);
     }
+    let child_stderr = match usize::try_from(run.worker)
+        .ok()
+        .and_then(|w| shared.undrained.get(w))
+    {
+        Some((_, full)) => Stdio::from(full.try_clone()?),
+        None => Stdio::from(stderr.try_clone()?),
+    };
     command
         .env_remove("STORAGE_EMULATOR_HOST")
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(stderr.try_clone()?);
+        .stderr(child_stderr);
     let _ = writeln!(
         &*stderr,
         "--- {run}: hold {hold}ms{}",
@@ -1103,18 +1140,33 @@ fn wait_for_start(shared: &Shared<'_>, run: RunId, timeout: Duration) -> Option<
 /// for the recorder to die and record when, so the section's end is bounded.
 fn resolve_open_section(shared: &Shared<'_>, run: RunId) -> anyhow::Result<()> {
     let events = shared.events();
-    let Some(start) = events
+    // One section per term: `gcslock elect` runs several in one process.
+    for start in events
         .iter()
-        .find(|e| e.ev == Kind::Start && e.run_id() == Some(run))
-    else {
-        return Ok(()); // never entered its section
-    };
-    let closed = events
-        .iter()
-        .any(|e| matches!(e.ev, Kind::End | Kind::Abort) && e.run_id() == Some(run));
-    let Some(pid) = start.pid.filter(|_| !closed) else {
-        return Ok(());
-    };
+        .filter(|e| e.ev == Kind::Start && e.run_id() == Some(run))
+    {
+        // A death the watcher saw closes it too: an earlier term's pid may have
+        // been reused since, and must not be waited for or signalled.
+        let closed = events.iter().any(|e| {
+            matches!(e.ev, Kind::End | Kind::Abort | Kind::Dead)
+                && e.run_id() == Some(run)
+                && e.pid == start.pid
+                && e.t >= start.t
+        });
+        if let Some(pid) = start.pid.filter(|_| !closed) {
+            await_recorder_death(shared, run, start, pid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits for an unfinished section's recorder to die and records when.
+fn await_recorder_death(
+    shared: &Shared<'_>,
+    run: RunId,
+    start: &Event,
+    pid: i32,
+) -> anyhow::Result<()> {
     let mut dead = Event::new(Kind::Dead, 0).run(run);
     dead.pid = Some(pid);
     dead.token = start.token;
@@ -1141,11 +1193,16 @@ fn open_sections(shared: &Shared<'_>, min_age_ns: u64) -> anyhow::Result<Vec<(Ru
         .filter(|e| e.ev == Kind::Start && e.t + min_age_ns <= now)
         .filter_map(|start| {
             let run = start.run_id()?;
+            // By this term's recorder, or by a fault on its run since the term began.
             let finished = events.iter().any(|e| {
-                matches!(
-                    e.ev,
-                    Kind::End | Kind::Abort | Kind::Kill | Kind::Dead | Kind::Stop
-                ) && e.run_id() == Some(run)
+                e.run_id() == Some(run)
+                    && match e.ev {
+                        Kind::End | Kind::Abort | Kind::Dead => e.pid == start.pid,
+                        Kind::Kill | Kind::Stop | Kind::Graceful => {
+                            e.sent.unwrap_or(e.t) >= start.t
+                        }
+                        _ => false,
+                    }
             });
             let current = running.get(&run.worker)?;
             (!finished && current.attempt == run.attempt)
@@ -1170,9 +1227,15 @@ fn nap(shared: &Shared<'_>, duration: Duration) -> bool {
 #[derive(Clone, Copy, Debug)]
 enum Action {
     Kill,
-    Pause { pause_ms: u64 },
-    Cut { cut_ms: u64 },
+    Pause {
+        pause_ms: u64,
+    },
+    Cut {
+        cut_ms: u64,
+    },
     Crash,
+    /// SIGTERM to gcslock (`gcslock elect`): a graceful stop.
+    Graceful,
 }
 
 fn chaos(shared: &Shared<'_>, seed: u64) -> anyhow::Result<()> {
@@ -1193,7 +1256,11 @@ fn chaos(shared: &Shared<'_>, seed: u64) -> anyhow::Result<()> {
         Chaos::CrashGcslock { count, every_ms } => (count, every_ms, Action::Crash),
         // Sections are short and come once per tick: look often, or kills rarely land.
         Chaos::OncePer { kills, .. } => (kills, (300, 900), Action::Kill),
+        Chaos::Election {
+            faults, every_ms, ..
+        } => (faults, every_ms, Action::Kill),
     };
+    let rotation = elect::fault_rotation(&shared.scenario.chaos, rng.random_range(0..4));
     let mut done = 0;
     while done < count {
         if !nap(
@@ -1208,6 +1275,9 @@ fn chaos(shared: &Shared<'_>, seed: u64) -> anyhow::Result<()> {
             continue;
         }
         let (run, start, pgid) = candidates[rng.random_range(0..candidates.len())].clone();
+        let action = rotation.as_ref().map_or(action, |list| {
+            list[usize::try_from(done).unwrap_or(0) % list.len()]
+        });
         let Some(pid) = start.pid else { continue };
         let gcslock_pid = start.ppid.unwrap_or(pgid);
         let sent = {
@@ -1240,6 +1310,8 @@ fn chaos(shared: &Shared<'_>, seed: u64) -> anyhow::Result<()> {
                 // gcslock alone: not its group (the watchdog has its own anyway),
                 // not its command's.
                 Action::Crash => signal_group(pgid, Signal::SIGKILL),
+                // gcslock alone: it forwards the signal to its command.
+                Action::Graceful => signal_group(pgid, Signal::SIGTERM),
             }
             sent
         };
@@ -1248,6 +1320,7 @@ fn chaos(shared: &Shared<'_>, seed: u64) -> anyhow::Result<()> {
             Action::Pause { .. } => Kind::Stop,
             Action::Cut { .. } => Kind::Cut,
             Action::Crash => Kind::Crash,
+            Action::Graceful => Kind::Graceful,
         };
         let mut event = Event::new(kind, 0).run(run);
         event.pid = Some(pid);
@@ -1290,8 +1363,15 @@ fn chaos(shared: &Shared<'_>, seed: u64) -> anyhow::Result<()> {
                 shared.log.append(&event)?;
                 heal_after(shared, run, cut_ms)?;
             }
+            Action::Graceful => {
+                event.t = sent;
+                shared.log.append(&event)?;
+            }
         }
         done += 1;
+    }
+    if let Chaos::Election { settle_ms, .. } = shared.scenario.chaos {
+        elect::stop_candidates(shared, settle_ms)?;
     }
     Ok(())
 }

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 
+mod election;
+mod undrained;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Profile {
     /// Every scenario, small: under 4 minutes on 2 cores (for CI)
@@ -72,6 +75,32 @@ pub enum Chaos {
         kills: u32,
         dst: bool,
     },
+    /// Three (or more) long-lived `gcslock elect` candidates whose command is the
+    /// recorder (each term a new recorder that holds, then exits). `faults` times,
+    /// a random open term's candidate is, in rotation: SIGKILLed with its command
+    /// (a crashed machine), SIGKILLed alone, cut from storage for `cut_ms`, or
+    /// SIGTERMed (a graceful stop). A candidate that exits is started again.
+    /// `settle_ms` after the last fault every candidate is stopped gracefully
+    /// (see `runner::elect`).
+    Election {
+        faults: u32,
+        every_ms: (u64, u64),
+        cut_ms: u64,
+        settle_ms: u64,
+    },
+}
+
+impl Chaos {
+    /// Whether workers run `gcslock elect` (many terms per process) rather than
+    /// `gcslock run`.
+    pub fn elects(&self) -> bool {
+        matches!(self, Self::Election { .. })
+    }
+
+    /// Whether each worker reaches storage through a proxy of its own (to cut it).
+    pub fn cuts_links(&self) -> bool {
+        matches!(self, Self::CutOff { .. } | Self::Election { .. })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +134,10 @@ pub struct Scenario {
     /// Record each recorder's and helper's death as soon as it is seen (a thread
     /// polls /proc), rather than only after its gcslock exited.
     pub watch_deaths: bool,
+    /// gcslock's stderr is a pipe that nobody reads, full before the first run,
+    /// and gcslock runs with `-v` instead of `-q`: its logging must not delay a
+    /// signal, a refresh or the deadline (issue 16, item 1).
+    pub undrained_stderr: bool,
 }
 
 const TTL_MS: u64 = 2_000;
@@ -139,6 +172,7 @@ fn base(
         term_delay_ms: 0,
         helper: false,
         watch_deaths: false,
+        undrained_stderr: false,
     }
 }
 
@@ -365,6 +399,8 @@ pub fn scenarios(profile: Profile) -> Vec<Scenario> {
             crate::dst::TICKS,
         )
     });
+    list.push(election::scenario(soak));
+    list.push(undrained::scenario(soak));
     if soak {
         let mut mixed = storm;
         mixed.extend(flags(&["--reset-after", "0.05"]));
@@ -404,6 +440,7 @@ mod tests {
                 ["a", "b", "c", "c2", "d", "e", "f", "h", "i", "j", "k"]
             );
             assert_eq!(ids[11], "l");
+            assert!(ids.contains(&"el") && ids.contains(&"h2"));
             for s in &list {
                 assert!(s.refresh_ms * 8 <= s.ttl_ms, "{}", s.name);
                 assert!(s.hold_ms.0 <= s.hold_ms.1 && s.gap_ms.0 <= s.gap_ms.1);

@@ -55,6 +55,9 @@ pub enum Kind {
     Cut,
     /// ... and restored it.
     Heal,
+    /// The orchestrator SIGTERMed a candidate's gcslock (`gcslock elect`): a graceful
+    /// stop (`sent` is when); the worker starts that candidate again once it exits.
+    Graceful,
 }
 
 /// A stop event's `state` when the stopped gcslock had not started its command

@@ -39,3 +39,5 @@ pub use render::{excerpt, render};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_terms;

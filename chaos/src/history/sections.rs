@@ -90,6 +90,23 @@ pub fn by_run(events: &[Event], kind: Kind) -> HashMap<RunId, Vec<&Event>> {
     map
 }
 
+/// The recorder pid of an end or abort event that names none (older histories
+/// and synthetic ones): it belongs to whichever start of its run there is.
+const NO_PID: i32 = 0;
+
+/// The events of one kind, by run and recorder pid, in history order.
+fn by_recorder(events: &[Event], kind: Kind) -> HashMap<(RunId, i32), Vec<&Event>> {
+    let mut map: HashMap<(RunId, i32), Vec<&Event>> = HashMap::new();
+    for event in events.iter().filter(|e| e.ev == kind) {
+        if let Some(run) = event.run_id() {
+            map.entry((run, event.pid.unwrap_or(NO_PID)))
+                .or_default()
+                .push(event);
+        }
+    }
+    map
+}
+
 /// Pause intervals per run: from the SIGSTOP to the next SIGCONT (or forever).
 fn pauses(events: &[Event]) -> HashMap<RunId, Vec<(u64, u64)>> {
     let mut pauses: HashMap<RunId, Vec<(u64, u64)>> = HashMap::new();
@@ -139,11 +156,16 @@ pub fn malformed_event(event: &Event, why: &str) -> Finding {
 }
 
 /// The sections, one per start event, sorted by start; and the events that do
-/// not fit one (a start without its fields, a second start, an end with another
-/// token, an end or abort without a start).
-pub fn build(events: &[Event]) -> (Vec<Section>, Vec<Finding>) {
-    let ends = by_run(events, Kind::End);
-    let aborts = by_run(events, Kind::Abort);
+/// not fit one (a start without its fields, a second start of one recorder, an
+/// end with another token, an end or abort without a start).
+///
+/// One gcslock process may run several terms (`gcslock elect` starts a new
+/// recorder for each), so a section is the run and its recorder's pid: end and
+/// abort events belong to the start of the same pid, and a kill bounds only the
+/// sections of its run that started before it.
+pub fn build<'a>(events: &'a [Event]) -> (Vec<Section>, Vec<Finding>) {
+    let ends = by_recorder(events, Kind::End);
+    let aborts = by_recorder(events, Kind::Abort);
     let kills = by_run(events, Kind::Kill);
     let pauses = pauses(events);
     let dead = deaths(events);
@@ -159,12 +181,20 @@ pub fn build(events: &[Event]) -> (Vec<Section>, Vec<Finding>) {
             ));
             continue;
         };
-        if !started.insert(run) {
-            malformed.push(malformed_event(event, "second start event for one run"));
+        if !started.insert((run, pid)) {
+            malformed.push(malformed_event(
+                event,
+                "second start event for one recorder",
+            ));
             continue;
         }
         let mut failed_with = None;
-        let end = if let Some(end) = ends.get(&run).and_then(|e| e.first()) {
+        let of_recorder = |map: &HashMap<(RunId, i32), Vec<&'a Event>>| {
+            map.get(&(run, pid))
+                .or_else(|| map.get(&(run, NO_PID)))
+                .and_then(|e| e.first().copied())
+        };
+        let end = if let Some(end) = of_recorder(&ends) {
             failed_with = end.code.filter(|&code| code != 0);
             if end.token != Some(token) {
                 malformed.push(malformed_event(end, "end event with another token"));
@@ -173,13 +203,15 @@ pub fn build(events: &[Event]) -> (Vec<Section>, Vec<Finding>) {
                 t: end.t,
                 commit: Commit::parse(end.commit.as_deref()),
             }
-        } else if let Some(abort) = aborts.get(&run).and_then(|e| e.first()) {
+        } else if let Some(abort) = of_recorder(&aborts) {
             SectionEnd::Aborted {
                 t: abort.t,
                 signal: abort.signal.unwrap_or(0),
             }
         } else {
-            let killed = kills.get(&run).and_then(|k| k.iter().map(|e| e.t).min());
+            let killed = kills
+                .get(&run)
+                .and_then(|k| k.iter().map(|e| e.t).filter(|&t| t >= event.t).min());
             let died = died(&dead, pid, event.t);
             match (killed, died) {
                 (Some(k), Some(d)) => SectionEnd::Killed { t: k.min(d) },
@@ -197,6 +229,8 @@ pub fn build(events: &[Event]) -> (Vec<Section>, Vec<Finding>) {
             paused_at: None,
             helpers_gone: helpers.get(&run).map(|list| {
                 list.iter()
+                    // The helpers of this term's recorder (a helper names it as ppid).
+                    .filter(|h| h.ppid.is_none_or(|parent| parent == pid))
                     .map(|h| {
                         h.pid
                             .and_then(|pid| died(&dead, pid, h.t))
@@ -219,8 +253,13 @@ pub fn build(events: &[Event]) -> (Vec<Section>, Vec<Finding>) {
         sections.push(section);
     }
     for (kind, map) in [(Kind::End, &ends), (Kind::Abort, &aborts)] {
-        for (run, list) in map {
-            if !started.contains(run) {
+        for (&(run, pid), list) in map {
+            let matched = if pid == NO_PID {
+                started.iter().any(|&(r, _)| r == run)
+            } else {
+                started.contains(&(run, pid))
+            };
+            if !matched {
                 for event in list {
                     malformed.push(malformed_event(event, &format!("{kind:?} without a start")));
                 }
