@@ -555,16 +555,10 @@ fn launch(
         }
         None => Command::new(&ctx.gcslock),
     };
-    // With a stderr nobody drains, gcslock should log as much as it can.
-    let verbosity = if scenario.undrained_stderr {
-        "-v"
-    } else {
-        "-q"
-    };
     if scenario.chaos.elects() {
-        command.args([verbosity, "elect"]);
+        command.args(["-q", "elect"]);
     } else {
-        command.args([verbosity, "run", "--wait", wait]);
+        command.args(["-q", "run", "--wait", wait]);
     }
     command
         .args(["--ttl", &format!("{}ms", scenario.ttl_ms)])

@@ -134,9 +134,10 @@ pub struct Scenario {
     /// Record each recorder's and helper's death as soon as it is seen (a thread
     /// polls /proc), rather than only after its gcslock exited.
     pub watch_deaths: bool,
-    /// gcslock's stderr is a pipe that nobody reads, full before the first run,
-    /// and gcslock runs with `-v` instead of `-q`: its logging must not delay a
-    /// signal, a refresh or the deadline (issue 16, item 1).
+    /// gcslock's stderr is a pipe that nobody reads, full before the first run:
+    /// its logging must not delay a signal, a refresh or the deadline (issue 16,
+    /// item 1). Under `-q`, a cut-off holder's first line is its "stopping the
+    /// command", written just as it must signal.
     pub undrained_stderr: bool,
 }
 

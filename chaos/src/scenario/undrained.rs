@@ -20,8 +20,8 @@ pub fn scenario(soak: bool) -> Scenario {
         ..base(
             "stderr-full",
             "h2",
-            "as cut-off (h), with gcslock -v writing to a stderr pipe that is full and never \
-             read: its logging must not delay the SIGKILL of a command that ignores SIGTERM",
+            "as cut-off (h), with gcslock's stderr a pipe that is full and never read: its \
+             logging must not delay the SIGKILL of a command that ignores SIGTERM",
             if soak { 5 } else { 3 },
             if soak { 4 } else { 2 },
         )
