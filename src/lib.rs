@@ -35,7 +35,8 @@
 //! `record` and `options` are the building blocks (`slot`: once per period, see
 //! [`Lock::acquire_slot`]); `status` judges a lock by the server's clock;
 //! `lease` is the keep-alive task and validity checks; `lock` the acquire/takeover
-//! algorithm, and `break_lock` the forced release. The README states what the lock
+//! algorithm, `semaphore` at most N holders made of N lock places, and
+//! `break_lock` the forced release. The README states what the lock
 //! guarantees and what it cannot.
 
 #![warn(missing_docs)]
@@ -53,6 +54,7 @@ mod lock;
 mod options;
 mod record;
 mod retry;
+mod semaphore;
 mod slot;
 mod status;
 mod token;
@@ -65,7 +67,8 @@ pub use lease::Guard;
 pub use location::{validate_bucket_name, validate_object_name, LockUrl, PrefixUrl};
 pub use lock::{Lock, Wait};
 pub use options::LockOptions;
-pub use record::{LockRecord, LockState, RecordedSlot, Ttl};
+pub use record::{LockRecord, LockState, RecordedSlot, Ttl, MAX_HOLDERS};
+pub use semaphore::{place_name, place_of, Permit, PlaceStatus, Semaphore};
 pub use slot::{CompletedSlot, Slot, SlotAcquire, MAX_PERIOD, MIN_PERIOD};
 pub use status::{list_locks, list_locks_within, HeldStatus, LockStatus};
 pub use token::FencingToken;

@@ -9,6 +9,7 @@
 //! * waiters poll with reads, and write only when the lock is free or stale;
 //! * an ambiguous write is resolved by reading the nonce back.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,14 +17,14 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, BackendError, ObjectInfo, ObjectVersion, WriteCondition};
+use crate::backend::{Backend, BackendError, ObjectInfo, ObjectVersion, Stamped, WriteCondition};
 use crate::backoff::Backoff;
 use crate::clock::{instant_after, SendTime};
 use crate::error::{Error, HolderSummary, LossReason};
 use crate::identity::new_nonce;
 use crate::lease::Guard;
 use crate::options::{default_margin, LockOptions, LockSettings};
-use crate::record::{LockRecord, LockState, RecordedSlot, Ttl};
+use crate::record::{recorded_holders, LockRecord, LockState, RecordedSlot, Ttl};
 use crate::slot::{CompletedSlot, Slot, SlotAcquire};
 use crate::status::LockStatus;
 use crate::token::FencingToken;
@@ -45,8 +46,10 @@ pub struct Lock {
     inner: Arc<LockSettings>,
 }
 
-enum Attempt {
-    Acquired(Guard),
+/// The outcome of one inspect-then-write round; `T` is what winning yields (a
+/// guard, or a semaphore's guard and place).
+pub(crate) enum Attempt<T = Guard> {
+    Acquired(T),
     /// The slot asked for is already completed: nothing was written.
     Done(CompletedSlot),
     /// The write succeeded, but the lease had already run out by the time its answer
@@ -95,10 +98,48 @@ impl PendingCreates {
 
 /// A failure of one attempt: retry it (transient), give up (fatal), or stop
 /// because the caller cancelled before anything was written.
-enum Failure {
+pub(crate) enum Failure {
     Transient(BackendError),
     Fatal(Error),
     Cancelled,
+}
+
+/// What one acquire remembers about one lock object between its rounds: the
+/// version first seen and when (the local staleness rule), and its creates whose
+/// outcome is unknown.
+#[derive(Default)]
+pub(crate) struct Inspections {
+    seen: Option<(ObjectVersion, Instant)>,
+    pending: PendingCreates,
+}
+
+/// One round of an acquire: inspect, and write if free or stale. The wait loop
+/// ([`acquire_rounds`]) is shared by a lock and a semaphore.
+pub(crate) trait Round: Send {
+    /// What winning a round yields.
+    type Won: Send;
+
+    fn attempt(
+        &mut self,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<Attempt<Self::Won>, Failure>> + Send;
+}
+
+/// A plain lock's round: read the object, then write.
+struct LockRound<'a> {
+    lock: &'a Lock,
+    inspections: Inspections,
+    slot: Option<Slot>,
+}
+
+impl Round for LockRound<'_> {
+    type Won = Guard;
+
+    async fn attempt(&mut self, cancel: &CancellationToken) -> Result<Attempt, Failure> {
+        self.lock
+            .attempt(&mut self.inspections, cancel, self.slot.as_ref())
+            .await
+    }
 }
 
 impl Lock {
@@ -111,6 +152,22 @@ impl Lock {
     ) -> Result<Self, Error> {
         Ok(Self {
             inner: Arc::new(LockSettings::new(backend, object, options)?),
+        })
+    }
+
+    /// One place of a semaphore of `holders` places (PROTOCOL.md §12): a lock
+    /// that records the limit with every acquire and refuses a live holder that
+    /// records another. `None`: a plain lock.
+    pub(crate) fn place(
+        backend: Arc<dyn Backend>,
+        object: &str,
+        options: LockOptions,
+        holders: Option<u32>,
+    ) -> Result<Self, Error> {
+        let mut settings = LockSettings::new(backend, object, options)?;
+        settings.holders = holders;
+        Ok(Self {
+            inner: Arc::new(settings),
         })
     }
 
@@ -229,112 +286,19 @@ impl Lock {
         cancel: &CancellationToken,
         slot: Option<Slot>,
     ) -> Result<SlotAcquire, Error> {
-        let lock = &self.inner;
-        let start = Instant::now();
-        let wait_until = match wait {
-            Wait::No => Some(start),
-            // A wait too long for the clock is a wait forever.
-            Wait::For(duration) => start.checked_add(duration),
-            Wait::Forever => None,
+        let mut round = LockRound {
+            lock: self,
+            inspections: Inspections::default(),
+            slot,
         };
-        let mut backoff = Backoff::new(lock.poll_min, lock.poll_max);
-        let mut seen: Option<(ObjectVersion, Instant)> = None;
-        let mut pending = PendingCreates::default();
-        let mut failing_since: Option<Instant> = None;
-        let mut last_busy: Option<HolderSummary> = None;
-        let mut expired_in_a_row = 0;
-        loop {
-            if cancel.is_cancelled() {
-                return Err(Error::Cancelled {
-                    lock: lock.url.clone(),
-                });
+        match acquire_rounds(&self.inner, wait, cancel, &mut round).await? {
+            Ok(mut guard) => {
+                if let Some(slot) = slot {
+                    guard.set_slot(slot);
+                }
+                Ok(SlotAcquire::Acquired(guard))
             }
-            let attempt = self
-                .attempt(&mut seen, &mut pending, cancel, slot.as_ref())
-                .await;
-            let now = Instant::now();
-            let wake = match attempt {
-                Ok(Attempt::Acquired(mut guard)) => {
-                    if let Some(slot) = slot {
-                        guard.set_slot(slot);
-                    }
-                    return Ok(SlotAcquire::Acquired(guard));
-                }
-                Ok(Attempt::Done(done)) => return Ok(SlotAcquire::AlreadyDone(done)),
-                Err(Failure::Fatal(error)) => return Err(error),
-                Err(Failure::Cancelled) => {
-                    return Err(Error::Cancelled {
-                        lock: lock.url.clone(),
-                    })
-                }
-                // Look again at once, even if the wait is over: the outcome must
-                // reflect the lock's state now, not the stale lease we let go.
-                Ok(Attempt::Expired) if expired_in_a_row < 3 => {
-                    expired_in_a_row += 1;
-                    now
-                }
-                Ok(Attempt::Expired) => {
-                    return Err(Error::LeaseLost {
-                        lock: lock.url.clone(),
-                        reason: LossReason::Expired {
-                            last_error: "every lease acquired ran out before acquire could \
-                                         return it (is the process being suspended?)"
-                                .into(),
-                        },
-                    })
-                }
-                Ok(Attempt::Busy { holder, retry_in }) => {
-                    failing_since = None;
-                    expired_in_a_row = 0;
-                    last_busy = Some(holder.clone());
-                    if wait_until.is_some_and(|until| now >= until) {
-                        return Err(Error::Busy {
-                            lock: lock.url.clone(),
-                            holder,
-                        });
-                    }
-                    let delay = backoff.next();
-                    // Look again just after the lock turns stale, not a full backoff later.
-                    let wake = instant_after(
-                        now,
-                        retry_in.map_or(delay, |stale| {
-                            delay.min(stale.saturating_add(lock.poll_min))
-                        }),
-                    );
-                    // Make a last attempt at the end of the wait rather than sleeping past it.
-                    wait_until.map_or(wake, |until| wake.min(until))
-                }
-                Err(Failure::Transient(error)) => {
-                    // The wait is over and the last clear answer was "busy": say so,
-                    // rather than blame a storage hiccup at the very end.
-                    if let (Some(holder), Some(until)) = (&last_busy, wait_until) {
-                        if now >= until && until > start {
-                            return Err(Error::Busy {
-                                lock: lock.url.clone(),
-                                holder: holder.clone(),
-                            });
-                        }
-                    }
-                    let since = *failing_since.get_or_insert(now);
-                    // `None`: a timeout too long for the clock, which never ends.
-                    let give_up_at = since
-                        .checked_add(lock.unavailable_timeout)
-                        .map(|at| at.max(wait_until.unwrap_or(since)));
-                    if wait_until.is_some() && give_up_at.is_some_and(|at| now >= at) {
-                        return Err(Error::from_backend(&lock.url, error));
-                    }
-                    tracing::debug!(lock = %lock.url, %error, "transient error while acquiring; retrying");
-                    let wake = instant_after(now, backoff.next_after(Some(&error)));
-                    match give_up_at {
-                        Some(at) if wait_until.is_some() => wake.min(at),
-                        _ => wake,
-                    }
-                }
-            };
-            tokio::select! {
-                () = tokio::time::sleep_until(wake) => {}
-                () = cancel.cancelled() => return Err(Error::Cancelled { lock: lock.url.clone() }),
-            }
+            Err(done) => Ok(SlotAcquire::AlreadyDone(done)),
         }
     }
 
@@ -354,8 +318,7 @@ impl Lock {
     /// is sent it runs to completion, so cancellation never leaves a lock behind.
     async fn attempt(
         &self,
-        seen: &mut Option<(ObjectVersion, Instant)>,
-        pending: &mut PendingCreates,
+        inspections: &mut Inspections,
         cancel: &CancellationToken,
         slot: Option<&Slot>,
     ) -> Result<Attempt, Failure> {
@@ -365,7 +328,22 @@ impl Lock {
             () = cancel.cancelled() => return Err(Failure::Cancelled),
             read = lock.backend.read(&lock.object) => read.map_err(|e| self.classify(e))?,
         };
-        let received = Instant::now();
+        self.attempt_inspected(read, Instant::now(), inspections, cancel, slot)
+            .await
+    }
+
+    /// The rest of a round, given what an inspect (a read, or a semaphore's listing)
+    /// showed of the object and when its answer was `received`.
+    pub(crate) async fn attempt_inspected(
+        &self,
+        read: Stamped<Option<ObjectInfo>>,
+        received: Instant,
+        inspections: &mut Inspections,
+        cancel: &CancellationToken,
+        slot: Option<&Slot>,
+    ) -> Result<Attempt, Failure> {
+        let lock = &self.inner;
+        let Inspections { seen, pending } = inspections;
         if let Some(info) = &read.value {
             if let Some((ours, sent)) = pending.take_applied(info) {
                 tracing::debug!(lock = %lock.url, "an earlier create of ours applied late; adopting it");
@@ -397,10 +375,11 @@ impl Lock {
                             (WriteCondition::Matches(info.version), next_token)
                         }
                         Staleness::Fresh { retry_in } => {
+                            self.check_holders(info, &record)?;
                             return Ok(Attempt::Busy {
                                 holder: summary(&record, retry_in),
                                 retry_in,
-                            })
+                            });
                         }
                     }
                 }
@@ -421,7 +400,7 @@ impl Lock {
         let sent = SendTime::now();
         match lock
             .backend
-            .write(&lock.object, condition, &record.to_metadata())
+            .write(&lock.object, condition, &lock.metadata_of(&record))
             .await
         {
             Ok(written) => Ok(self.started(record, written.value.version, sent).await),
@@ -557,6 +536,32 @@ impl Lock {
             .is_ok_and(|record| record.nonce == ours.nonce && record.state == LockState::Held)
     }
 
+    /// A live holder must agree on the holder limit (PROTOCOL.md §12): one that
+    /// allows another number is refused, never waited for.
+    pub(crate) fn check_holders(
+        &self,
+        info: &ObjectInfo,
+        record: &LockRecord,
+    ) -> Result<(), Failure> {
+        let lock = &self.inner;
+        let theirs = recorded_holders(&info.metadata).map_err(|why| {
+            Failure::Fatal(Error::NotALock {
+                lock: lock.url.clone(),
+                why,
+            })
+        })?;
+        let ours = lock.holder_limit();
+        if theirs == ours {
+            return Ok(());
+        }
+        Err(Failure::Fatal(Error::HoldersMismatch {
+            lock: lock.url.clone(),
+            ours,
+            theirs,
+            holder: format!("{} (token {}) at {}", record.holder, record.token, lock.url),
+        }))
+    }
+
     fn decode(&self, info: &ObjectInfo) -> Result<LockRecord, Failure> {
         LockRecord::from_metadata(&info.metadata).map_err(|why| {
             Failure::Fatal(Error::NotALock {
@@ -617,6 +622,116 @@ impl Lock {
             Failure::Transient(error)
         } else {
             Failure::Fatal(Error::from_backend(&self.inner.url, error))
+        }
+    }
+}
+
+/// Runs `round` until it wins, finds its slot done, fails for good, is cancelled,
+/// or the wait is over (`Error::Busy`). Waiters sleep between rounds with jittered
+/// backoff, waking just after the holder could turn stale; transient failures are
+/// retried for `unavailable_timeout` beyond the wait. `lock` gives the settings and
+/// the name used in errors.
+pub(crate) async fn acquire_rounds<R: Round>(
+    lock: &LockSettings,
+    wait: Wait,
+    cancel: &CancellationToken,
+    round: &mut R,
+) -> Result<Result<R::Won, CompletedSlot>, Error> {
+    let start = Instant::now();
+    let wait_until = match wait {
+        Wait::No => Some(start),
+        // A wait too long for the clock is a wait forever.
+        Wait::For(duration) => start.checked_add(duration),
+        Wait::Forever => None,
+    };
+    let mut backoff = Backoff::new(lock.poll_min, lock.poll_max);
+    let mut failing_since: Option<Instant> = None;
+    let mut last_busy: Option<HolderSummary> = None;
+    let mut expired_in_a_row = 0;
+    loop {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled {
+                lock: lock.url.clone(),
+            });
+        }
+        let attempt = round.attempt(cancel).await;
+        let now = Instant::now();
+        let wake = match attempt {
+            Ok(Attempt::Acquired(won)) => return Ok(Ok(won)),
+            Ok(Attempt::Done(done)) => return Ok(Err(done)),
+            Err(Failure::Fatal(error)) => return Err(error),
+            Err(Failure::Cancelled) => {
+                return Err(Error::Cancelled {
+                    lock: lock.url.clone(),
+                })
+            }
+            // Look again at once, even if the wait is over: the outcome must
+            // reflect the lock's state now, not the stale lease we let go.
+            Ok(Attempt::Expired) if expired_in_a_row < 3 => {
+                expired_in_a_row += 1;
+                now
+            }
+            Ok(Attempt::Expired) => {
+                return Err(Error::LeaseLost {
+                    lock: lock.url.clone(),
+                    reason: LossReason::Expired {
+                        last_error: "every lease acquired ran out before acquire could \
+                                     return it (is the process being suspended?)"
+                            .into(),
+                    },
+                })
+            }
+            Ok(Attempt::Busy { holder, retry_in }) => {
+                failing_since = None;
+                expired_in_a_row = 0;
+                last_busy = Some(holder.clone());
+                if wait_until.is_some_and(|until| now >= until) {
+                    return Err(Error::Busy {
+                        lock: lock.url.clone(),
+                        holder,
+                    });
+                }
+                let delay = backoff.next();
+                // Look again just after the lock turns stale, not a full backoff later.
+                let wake = instant_after(
+                    now,
+                    retry_in.map_or(delay, |stale| {
+                        delay.min(stale.saturating_add(lock.poll_min))
+                    }),
+                );
+                // Make a last attempt at the end of the wait rather than sleeping past it.
+                wait_until.map_or(wake, |until| wake.min(until))
+            }
+            Err(Failure::Transient(error)) => {
+                // The wait is over and the last clear answer was "busy": say so,
+                // rather than blame a storage hiccup at the very end.
+                if let (Some(holder), Some(until)) = (&last_busy, wait_until) {
+                    if now >= until && until > start {
+                        return Err(Error::Busy {
+                            lock: lock.url.clone(),
+                            holder: holder.clone(),
+                        });
+                    }
+                }
+                let since = *failing_since.get_or_insert(now);
+                // `None`: a timeout too long for the clock, which never ends.
+                let give_up_at = since
+                    .checked_add(lock.unavailable_timeout)
+                    .map(|at| at.max(wait_until.unwrap_or(since)));
+                if wait_until.is_some() && give_up_at.is_some_and(|at| now >= at) {
+                    return Err(Error::from_backend(&lock.url, error));
+                }
+                tracing::debug!(lock = %lock.url, %error, "transient error while acquiring; retrying");
+                let wake = instant_after(now, backoff.next_after(Some(&error)));
+                match give_up_at {
+                    Some(at) if wait_until.is_some() => wake.min(at),
+                    _ => wake,
+                }
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            () = cancel.cancelled() => return Err(Error::Cancelled { lock: lock.url.clone() }),
         }
     }
 }
