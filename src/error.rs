@@ -156,7 +156,8 @@ impl fmt::Display for HolderSummary {
     }
 }
 
-/// Why a lease ended without a release.
+/// Why a lease ended: lost (superseded, deleted, expired, its keep-alive gone) or
+/// let go by this process ([`LossReason::Released`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LossReason {
@@ -172,7 +173,7 @@ pub enum LossReason {
         /// The last refresh failure.
         last_error: String,
     },
-    /// The guard was released or dropped.
+    /// This process let go: the guard was released, abandoned or dropped.
     Released,
     /// The task that refreshes the lease ended without deciding the lease's fate
     /// (it panicked, was aborted, or its runtime shut down): nothing refreshes

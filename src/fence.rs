@@ -405,14 +405,9 @@ impl FenceState {
             _ if is_lock => "it is a gcslock lock object; fenced data must live in an object \
                              of its own, never in its lock"
                 .to_owned(),
-            Some(value) => match value.trim().parse::<u64>() {
-                Ok(token) => {
-                    return Self::Fenced {
-                        token: FencingToken::new(token),
-                        info,
-                    }
-                }
-                Err(_) => format!("its {TOKEN_KEY} metadata is not a number: {value:?}"),
+            Some(value) => match value.parse::<FencingToken>() {
+                Ok(token) => return Self::Fenced { token, info },
+                Err(why) => format!("its {TOKEN_KEY} metadata is {why}"),
             },
             None => format!(
                 "it has no {TOKEN_KEY} metadata, so it was written outside fenced writes \
@@ -794,9 +789,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match FenceState::of(Some(info(&[(TOKEN_KEY, "seven")]))) {
-            FenceState::Unfenced { why, .. } => assert!(why.contains("not a number"), "{why}"),
-            other => panic!("{other:?}"),
+        // Only the one form tokens are written in: `+1` and ` 1` were read as 1.
+        for bad in ["seven", "+1", " 1", "1 ", "01", "-1"] {
+            match FenceState::of(Some(info(&[(TOKEN_KEY, bad)]))) {
+                FenceState::Unfenced { why, .. } => {
+                    assert!(why.contains("not a fencing token"), "{bad:?}: {why}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
         }
         // A lock object is never a fenced object, whatever it carries.
         match FenceState::of(Some(info(&[

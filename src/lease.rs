@@ -22,13 +22,21 @@ use crate::record::{LockRecord, LockState, RecordedSlot};
 use crate::slot::Slot;
 use crate::token::FencingToken;
 
-/// Proof of holding a lock. Refreshes the lease in the background until released
-/// or dropped.
+/// Proof of holding a lock. Refreshes the lease in the background until released,
+/// abandoned or dropped.
 ///
-/// Dropping a guard without [`Guard::release`] stops the refresh task at once and,
-/// if a tokio runtime is still running, releases the lock in a background task
-/// (best effort: if the runtime shuts down first, the lock simply expires after its
-/// TTL). Call `release().await` to know the release happened.
+/// Three ways to let go:
+/// * [`Guard::release`]: marks the lock released and says whether that happened.
+/// * [`Guard::abandon`]: stops refreshing and writes nothing; the lock expires by
+///   its TTL (as etcd's `Session.Orphan`). Use it where the lock must be left to
+///   expire, e.g. while work that may still run under it is not known to be over.
+/// * Dropping the guard: the refresh task is stopped before `drop` returns (no
+///   refresh is sent after it, though one already in flight may still apply), and
+///   [`Guard::lost`] resolves. Then, if a tokio runtime is current, a release is
+///   spawned as best effort; if the runtime shuts down first, that release is
+///   discarded and the lock expires by its TTL like an abandoned one (a forever
+///   lock then stays held until broken). Call `release().await` to know the
+///   release happened, or `abandon()` to be sure none is sent.
 #[derive(Debug)]
 pub struct Guard {
     lease: Arc<Lease>,
@@ -201,12 +209,22 @@ impl Guard {
     /// Returns `Error::LeaseLost` if the lease had already been lost (someone else may
     /// have held the lock meanwhile).
     pub async fn release(mut self) -> Result<(), Error> {
+        let task = self.keep_alive.take();
+        let_go(&self.lease, task, None).await
+    }
+
+    /// Lets the lock expire: stops refreshing at once and writes nothing (as etcd's
+    /// `Session.Orphan`). The lock stays held until its TTL passes, by the server's
+    /// clock (a forever lock until it is broken); [`Guard::lost`] resolves with
+    /// [`LossReason::Released`]. A refresh already in flight may still apply, which
+    /// only moves the expiry to at most one TTL after it was sent.
+    pub fn abandon(mut self) {
         if let Some(task) = self.keep_alive.take() {
-            stop_keep_alive(&self.lease, task).await;
+            self.lease.stop.cancel();
+            task.abort();
         }
-        let result = release(&self.lease, None).await;
+        tracing::info!(lock = %self.lease.lock.url, token = self.lease.record.token, "lock abandoned; it expires by its TTL");
         self.lease.mark_lost(LossReason::Released);
-        result
     }
 
     /// Releases the lock and records the slot given to
@@ -225,11 +243,8 @@ impl Guard {
             }),
             _ => None,
         };
-        if let Some(task) = self.keep_alive.take() {
-            stop_keep_alive(&self.lease, task).await;
-        }
-        let result = release(&self.lease, completion).await;
-        self.lease.mark_lost(LossReason::Released);
+        let task = self.keep_alive.take();
+        let result = let_go(&self.lease, task, completion).await;
         valid?;
         result?;
         if self.slot.is_none() {
@@ -266,26 +281,47 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         let Some(task) = self.keep_alive.take() else {
-            return; // released
+            return; // released or abandoned
         };
+        // Stop refreshing now, not in a task that may never run: after `drop`
+        // returns no refresh is sent, whatever happens to the runtime.
+        self.lease.stop.cancel();
+        task.abort();
         let lease = Arc::clone(&self.lease);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
+                // Lost (as released) at once; the release itself is best effort.
+                let lost_before = lease.lost.borrow().clone();
+                lease.mark_lost(LossReason::Released);
                 runtime.spawn(async move {
-                    stop_keep_alive(&lease, task).await;
-                    if let Err(error) = release(&lease, None).await {
+                    if let Err(error) = release(&lease, lost_before, None).await {
                         tracing::warn!(lock = %lease.lock.url, %error, "background release after drop failed");
                     }
-                    lease.mark_lost(LossReason::Released);
                 });
             }
             Err(_) => {
-                task.abort();
                 tracing::warn!(lock = %lease.lock.url, "guard dropped outside a runtime; the lock will expire after its TTL");
                 lease.mark_lost(LossReason::Released);
             }
         }
     }
+}
+
+/// The one release sequence: stop the keep-alive (letting a refresh in flight
+/// finish), mark the lock released on the server, then mark the lease lost as
+/// released.
+async fn let_go(
+    lease: &Lease,
+    task: Option<JoinHandle<()>>,
+    completion: Option<RecordedSlot>,
+) -> Result<(), Error> {
+    if let Some(task) = task {
+        stop_keep_alive(lease, task).await;
+    }
+    let lost_before = lease.lost.borrow().clone();
+    let result = release(lease, lost_before, completion).await;
+    lease.mark_lost(LossReason::Released);
+    result
 }
 
 impl Lease {
@@ -322,7 +358,7 @@ impl Lease {
     fn owns(&self, info: &ObjectInfo) -> Option<LockRecord> {
         LockRecord::from_metadata(&info.metadata)
             .ok()
-            .filter(|record| record.nonce == self.record.nonce)
+            .filter(|record| self.record.same_lease(record))
     }
 }
 
@@ -473,7 +509,9 @@ async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
                         next = Instant::now();
                     }
                     Ok(ReadBack::Ours(..)) => {
-                        lease.mark_lost(LossReason::Released);
+                        // Our nonce in a tombstone: we never released, so someone
+                        // else rewrote our record. Not ours any more.
+                        lease.mark_lost(LossReason::Superseded { holder: None });
                         return;
                     }
                     Ok(ReadBack::Gone(reason)) => {
@@ -511,9 +549,13 @@ fn renewed(lease: &Lease, version: ObjectVersion, refresh_seq: u64, sent: SendTi
 /// the lease would have gone stale anyway. Should the release outlast the lease
 /// deadline (a request that hangs), the lease is marked lost at the deadline.
 /// `completion` is recorded in the same write (`Guard::release_completed`).
-async fn release(lease: &Lease, completion: Option<RecordedSlot>) -> Result<(), Error> {
+/// `lost_before`: why the lease was already lost when the release began, if it was.
+async fn release(
+    lease: &Lease,
+    lost_before: Option<LossReason>,
+    completion: Option<RecordedSlot>,
+) -> Result<(), Error> {
     let lock = &lease.lock;
-    let lost_before = lease.lost.borrow().clone();
     let outcome = || match lost_before.clone() {
         // An expired lease may still be ours on the server: release it, but tell the
         // caller its critical section may not have been exclusive.

@@ -47,7 +47,7 @@ pub struct Lock {
 }
 
 /// The outcome of one inspect-then-write round; `T` is what winning yields (a
-/// guard, or a semaphore's guard and place).
+/// guard, or a semaphore's permit).
 pub(crate) enum Attempt<T = Guard> {
     Acquired(T),
     /// The slot asked for is already completed: nothing was written.
@@ -83,6 +83,10 @@ impl PendingCreates {
         self.0.push((record, sent));
     }
 
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The pending create that `info` shows applied, taken off the list.
     fn take_applied(&mut self, info: &ObjectInfo) -> Option<(LockRecord, SendTime)> {
         let shown = LockRecord::from_metadata(&info.metadata)
@@ -91,7 +95,7 @@ impl PendingCreates {
         let index = self
             .0
             .iter()
-            .position(|(ours, _)| ours.nonce == shown.nonce)?;
+            .position(|(ours, _)| ours.same_lease(&shown))?;
         Some(self.0.remove(index))
     }
 }
@@ -123,6 +127,10 @@ pub(crate) trait Round: Send {
         &mut self,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Attempt<Self::Won>, Failure>> + Send;
+
+    /// Before acquire gives up: resolves creates of ours whose outcome stayed
+    /// unknown. One that applied is returned with `keep`, else released.
+    fn settle(&mut self, keep: bool) -> impl Future<Output = Option<Self::Won>> + Send;
 }
 
 /// A plain lock's round: read the object, then write.
@@ -139,6 +147,10 @@ impl Round for LockRound<'_> {
         self.lock
             .attempt(&mut self.inspections, cancel, self.slot.as_ref())
             .await
+    }
+
+    async fn settle(&mut self, keep: bool) -> Option<Guard> {
+        self.lock.settle(&mut self.inspections, keep).await
     }
 }
 
@@ -216,9 +228,11 @@ impl Lock {
             .await
     }
 
-    /// Like [`Lock::acquire`], and stops waiting when `cancel` fires. Cancellation
-    /// is honoured only between requests that could create the lock, so no lock is
-    /// left behind: it returns either a guard or `Error::Cancelled`.
+    /// Like [`Lock::acquire`], and stops waiting when `cancel` fires with
+    /// `Error::Cancelled`. Cancellation is honoured only between requests that
+    /// could create the lock, and a create of ours whose answer was lost is
+    /// resolved (and released if it applied) first, so no lock is left behind.
+    /// Other errors are those of `acquire`.
     pub async fn acquire_cancellable(
         &self,
         wait: Wait,
@@ -291,7 +305,7 @@ impl Lock {
             inspections: Inspections::default(),
             slot,
         };
-        match acquire_rounds(&self.inner, wait, cancel, &mut round).await? {
+        match self.acquire_rounds(wait, cancel, &mut round).await? {
             Ok(mut guard) => {
                 if let Some(slot) = slot {
                     guard.set_slot(slot);
@@ -299,6 +313,126 @@ impl Lock {
                 Ok(SlotAcquire::Acquired(guard))
             }
             Err(done) => Ok(SlotAcquire::AlreadyDone(done)),
+        }
+    }
+
+    /// Runs `round` until it wins, finds its slot done, fails for good, is cancelled,
+    /// or the wait is over (`Error::Busy`). Waiters sleep between rounds with jittered
+    /// backoff, waking just after the holder could turn stale; transient failures are
+    /// retried for `unavailable_timeout` beyond the wait. Errors name this lock.
+    pub(crate) async fn acquire_rounds<R: Round>(
+        &self,
+        wait: Wait,
+        cancel: &CancellationToken,
+        round: &mut R,
+    ) -> Result<Result<R::Won, CompletedSlot>, Error> {
+        let lock = &self.inner;
+        let start = Instant::now();
+        let wait_until = match wait {
+            Wait::No => Some(start),
+            // A wait too long for the clock is a wait forever.
+            Wait::For(duration) => start.checked_add(duration),
+            Wait::Forever => None,
+        };
+        let mut backoff = Backoff::new(lock.poll_min, lock.poll_max);
+        let mut failing_since: Option<Instant> = None;
+        let mut last_busy: Option<HolderSummary> = None;
+        let mut expired_in_a_row = 0;
+        loop {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled {
+                    lock: lock.url.clone(),
+                });
+            }
+            let attempt = round.attempt(cancel).await;
+            let now = Instant::now();
+            let wake = match attempt {
+                Ok(Attempt::Acquired(won)) => return Ok(Ok(won)),
+                Ok(Attempt::Done(done)) => return Ok(Err(done)),
+                Err(Failure::Fatal(error)) => return Err(error),
+                Err(Failure::Cancelled) => {
+                    // Cancelled: the caller no longer wants a lock we got unseen.
+                    round.settle(false).await;
+                    return Err(Error::Cancelled {
+                        lock: lock.url.clone(),
+                    });
+                }
+                // Look again at once, even if the wait is over: the outcome must
+                // reflect the lock's state now, not the stale lease we let go.
+                Ok(Attempt::Expired) if expired_in_a_row < 3 => {
+                    expired_in_a_row += 1;
+                    now
+                }
+                Ok(Attempt::Expired) => {
+                    return Err(Error::LeaseLost {
+                        lock: lock.url.clone(),
+                        reason: LossReason::Expired {
+                            last_error: "every lease acquired ran out before acquire could \
+                                         return it (is the process being suspended?)"
+                                .into(),
+                        },
+                    })
+                }
+                Ok(Attempt::Busy { holder, retry_in }) => {
+                    failing_since = None;
+                    expired_in_a_row = 0;
+                    last_busy = Some(holder.clone());
+                    if wait_until.is_some_and(|until| now >= until) {
+                        return Err(Error::Busy {
+                            lock: lock.url.clone(),
+                            holder,
+                        });
+                    }
+                    let delay = backoff.next();
+                    // Look again just after the lock turns stale, not a full backoff later.
+                    let wake = instant_after(
+                        now,
+                        retry_in.map_or(delay, |stale| {
+                            delay.min(stale.saturating_add(lock.poll_min))
+                        }),
+                    );
+                    // Make a last attempt at the end of the wait rather than sleeping past it.
+                    wait_until.map_or(wake, |until| wake.min(until))
+                }
+                Err(Failure::Transient(error)) => {
+                    // The wait is over and the last clear answer was "busy": say so,
+                    // rather than blame a storage hiccup at the very end.
+                    if let (Some(holder), Some(until)) = (&last_busy, wait_until) {
+                        if now >= until && until > start {
+                            return Err(Error::Busy {
+                                lock: lock.url.clone(),
+                                holder: holder.clone(),
+                            });
+                        }
+                    }
+                    let since = *failing_since.get_or_insert(now);
+                    // `None`: a timeout too long for the clock, which never ends.
+                    let give_up_at = since
+                        .checked_add(lock.unavailable_timeout)
+                        .map(|at| at.max(wait_until.unwrap_or(since)));
+                    if wait_until.is_some() && give_up_at.is_some_and(|at| now >= at) {
+                        // A create of ours may have applied unseen: it is ours (a
+                        // forever lock would otherwise stay held by nobody).
+                        if let Some(won) = round.settle(true).await {
+                            return Ok(Ok(won));
+                        }
+                        return Err(Error::from_backend(&lock.url, error));
+                    }
+                    tracing::debug!(lock = %lock.url, %error, "transient error while acquiring; retrying");
+                    let wake = instant_after(now, backoff.next_after(Some(&error)));
+                    match give_up_at {
+                        Some(at) if wait_until.is_some() => wake.min(at),
+                        _ => wake,
+                    }
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                () = cancel.cancelled() => {
+                    round.settle(false).await;
+                    return Err(Error::Cancelled { lock: lock.url.clone() });
+                }
+            }
         }
     }
 
@@ -513,6 +647,67 @@ impl Lock {
         Err(Failure::Transient(last_error))
     }
 
+    /// Settles an acquire's pending creates ([`Lock::settle_pending`]): the lease
+    /// of one that applied is returned with `keep`, else released.
+    pub(crate) async fn settle(&self, inspections: &mut Inspections, keep: bool) -> Option<Guard> {
+        let guard = self.settle_pending(&mut inspections.pending).await?;
+        if keep {
+            return Some(guard);
+        }
+        let _released_or_lost = guard.release().await;
+        None
+    }
+
+    /// Before acquire gives up (time out, cancellation): a create of ours whose
+    /// outcome stayed unknown may have applied. Read until the object shows one
+    /// (it is ours: its lease is returned, started from when it was sent) or shows
+    /// none. A finite lease left unresolved expires unrefreshed, so one round of
+    /// reading (a refresh interval) suffices; a forever lease never expires, so
+    /// reading goes on through an outage for up to `unavailable_timeout` more.
+    async fn settle_pending(&self, pending: &mut PendingCreates) -> Option<Guard> {
+        if pending.is_empty() {
+            return None;
+        }
+        let lock = &self.inner;
+        let bound = if lock.forever {
+            lock.unavailable_timeout.max(lock.refresh_interval)
+        } else {
+            lock.refresh_interval
+        };
+        let give_up_at = instant_after(Instant::now(), bound);
+        let mut backoff = Backoff::new(
+            lock.poll_min.min(Duration::from_millis(100)),
+            lock.refresh_interval,
+        );
+        loop {
+            let read = tokio::time::timeout_at(give_up_at, lock.backend.read(&lock.object)).await;
+            let error = match read {
+                Ok(Ok(read)) => {
+                    let info = read.value?;
+                    let (ours, sent) = pending.take_applied(&info)?;
+                    return match self.started(ours, info.version, sent).await {
+                        Attempt::Acquired(guard) => Some(guard),
+                        _ => None,
+                    };
+                }
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => "read still pending".to_owned(),
+            };
+            if Instant::now() >= give_up_at {
+                if lock.forever {
+                    tracing::warn!(
+                        lock = %lock.url, %error,
+                        "a create of this forever lock may have applied unseen; if `status` \
+                         shows this holder, break it"
+                    );
+                }
+                return None;
+            }
+            tokio::time::sleep_until(instant_after(Instant::now(), backoff.next()).min(give_up_at))
+                .await;
+        }
+    }
+
     /// Starts the lease for a write of ours that applied. Its deadline runs from
     /// when the write was *sent*; if that has already passed (the process was
     /// suspended meanwhile), the lock may already be someone else's by staleness:
@@ -533,16 +728,12 @@ impl Lock {
 
     fn is_ours(&self, info: &ObjectInfo, ours: &LockRecord) -> bool {
         LockRecord::from_metadata(&info.metadata)
-            .is_ok_and(|record| record.nonce == ours.nonce && record.state == LockState::Held)
+            .is_ok_and(|record| ours.same_lease(&record) && record.state == LockState::Held)
     }
 
     /// A live holder must agree on the holder limit (PROTOCOL.md §12): one that
     /// allows another number is refused, never waited for.
-    pub(crate) fn check_holders(
-        &self,
-        info: &ObjectInfo,
-        record: &LockRecord,
-    ) -> Result<(), Failure> {
+    fn check_holders(&self, info: &ObjectInfo, record: &LockRecord) -> Result<(), Failure> {
         let lock = &self.inner;
         let theirs = recorded_holders(&info.metadata).map_err(|why| {
             Failure::Fatal(Error::NotALock {
@@ -622,116 +813,6 @@ impl Lock {
             Failure::Transient(error)
         } else {
             Failure::Fatal(Error::from_backend(&self.inner.url, error))
-        }
-    }
-}
-
-/// Runs `round` until it wins, finds its slot done, fails for good, is cancelled,
-/// or the wait is over (`Error::Busy`). Waiters sleep between rounds with jittered
-/// backoff, waking just after the holder could turn stale; transient failures are
-/// retried for `unavailable_timeout` beyond the wait. `lock` gives the settings and
-/// the name used in errors.
-pub(crate) async fn acquire_rounds<R: Round>(
-    lock: &LockSettings,
-    wait: Wait,
-    cancel: &CancellationToken,
-    round: &mut R,
-) -> Result<Result<R::Won, CompletedSlot>, Error> {
-    let start = Instant::now();
-    let wait_until = match wait {
-        Wait::No => Some(start),
-        // A wait too long for the clock is a wait forever.
-        Wait::For(duration) => start.checked_add(duration),
-        Wait::Forever => None,
-    };
-    let mut backoff = Backoff::new(lock.poll_min, lock.poll_max);
-    let mut failing_since: Option<Instant> = None;
-    let mut last_busy: Option<HolderSummary> = None;
-    let mut expired_in_a_row = 0;
-    loop {
-        if cancel.is_cancelled() {
-            return Err(Error::Cancelled {
-                lock: lock.url.clone(),
-            });
-        }
-        let attempt = round.attempt(cancel).await;
-        let now = Instant::now();
-        let wake = match attempt {
-            Ok(Attempt::Acquired(won)) => return Ok(Ok(won)),
-            Ok(Attempt::Done(done)) => return Ok(Err(done)),
-            Err(Failure::Fatal(error)) => return Err(error),
-            Err(Failure::Cancelled) => {
-                return Err(Error::Cancelled {
-                    lock: lock.url.clone(),
-                })
-            }
-            // Look again at once, even if the wait is over: the outcome must
-            // reflect the lock's state now, not the stale lease we let go.
-            Ok(Attempt::Expired) if expired_in_a_row < 3 => {
-                expired_in_a_row += 1;
-                now
-            }
-            Ok(Attempt::Expired) => {
-                return Err(Error::LeaseLost {
-                    lock: lock.url.clone(),
-                    reason: LossReason::Expired {
-                        last_error: "every lease acquired ran out before acquire could \
-                                     return it (is the process being suspended?)"
-                            .into(),
-                    },
-                })
-            }
-            Ok(Attempt::Busy { holder, retry_in }) => {
-                failing_since = None;
-                expired_in_a_row = 0;
-                last_busy = Some(holder.clone());
-                if wait_until.is_some_and(|until| now >= until) {
-                    return Err(Error::Busy {
-                        lock: lock.url.clone(),
-                        holder,
-                    });
-                }
-                let delay = backoff.next();
-                // Look again just after the lock turns stale, not a full backoff later.
-                let wake = instant_after(
-                    now,
-                    retry_in.map_or(delay, |stale| {
-                        delay.min(stale.saturating_add(lock.poll_min))
-                    }),
-                );
-                // Make a last attempt at the end of the wait rather than sleeping past it.
-                wait_until.map_or(wake, |until| wake.min(until))
-            }
-            Err(Failure::Transient(error)) => {
-                // The wait is over and the last clear answer was "busy": say so,
-                // rather than blame a storage hiccup at the very end.
-                if let (Some(holder), Some(until)) = (&last_busy, wait_until) {
-                    if now >= until && until > start {
-                        return Err(Error::Busy {
-                            lock: lock.url.clone(),
-                            holder: holder.clone(),
-                        });
-                    }
-                }
-                let since = *failing_since.get_or_insert(now);
-                // `None`: a timeout too long for the clock, which never ends.
-                let give_up_at = since
-                    .checked_add(lock.unavailable_timeout)
-                    .map(|at| at.max(wait_until.unwrap_or(since)));
-                if wait_until.is_some() && give_up_at.is_some_and(|at| now >= at) {
-                    return Err(Error::from_backend(&lock.url, error));
-                }
-                tracing::debug!(lock = %lock.url, %error, "transient error while acquiring; retrying");
-                let wake = instant_after(now, backoff.next_after(Some(&error)));
-                match give_up_at {
-                    Some(at) if wait_until.is_some() => wake.min(at),
-                    _ => wake,
-                }
-            }
-        };
-        tokio::select! {
-            () = tokio::time::sleep_until(wake) => {}
-            () = cancel.cancelled() => return Err(Error::Cancelled { lock: lock.url.clone() }),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::backend::Backend;
 use crate::backend::Metadata;
 use crate::error::Error;
-use crate::identity::default_identity;
+use crate::identity::{check_name, default_identity, MAX_IDENTITY_LEN};
 use crate::record::{LockRecord, Ttl, KEY_HOLDERS};
 
 /// TTLs outside this range are refused: below it no refresh can keep up with
@@ -21,7 +21,7 @@ pub(crate) const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Proportional with no cap, so the clock-rate tolerance (22 %, see
 /// [`crate::clock`]) is the same for every TTL.
 ///
-/// Mixed versions stay safe: versions before 1.0 capped this at 30 s. An old
+/// Mixed versions stay safe: earlier gcslock versions capped this at 30 s. An old
 /// holder's deadline (`TTL − 30 s`) is later than a new one's, but new observers
 /// wait longer (`TTL + TTL/10`), so they are safe with it; a new holder's deadline
 /// (`TTL − TTL/10`) is earlier than an old one's, so old observers (`TTL + 30 s`)
@@ -209,11 +209,8 @@ impl LockSettings {
             ));
         }
         let identity = options.identity.unwrap_or_else(default_identity);
-        if identity.is_empty() || identity.len() > 512 || identity.chars().any(char::is_control) {
-            return Err(Error::InvalidInput(
-                "identity must be 1 to 512 characters without control characters".into(),
-            ));
-        }
+        check_name(&identity, MAX_IDENTITY_LEN)
+            .map_err(|why| Error::InvalidInput(format!("identity {why}")))?;
         // A revoked lock is recognised by this prefix (PROTOCOL.md §8): a holder
         // named so could not be revoked.
         if identity.starts_with(REVOKED_PREFIX) {

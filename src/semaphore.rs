@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{Backend, BackendError, ObjectInfo, Stamped};
 use crate::error::{Error, HolderSummary};
 use crate::lease::Guard;
-use crate::lock::{acquire_rounds, Attempt, Failure, Inspections, Lock, Round, Wait};
+use crate::lock::{Attempt, Failure, Inspections, Lock, Round, Wait};
 use crate::options::LockOptions;
 use crate::record::{recorded_holders, LockRecord, LockState, MAX_HOLDERS};
 use crate::retry::Retry;
@@ -198,8 +198,11 @@ impl Semaphore {
             semaphore: self,
             inspections: self.places.iter().map(|_| Inspections::default()).collect(),
         };
-        let settings = self.first().settings();
-        match acquire_rounds(settings, wait, cancel, &mut round).await? {
+        match self
+            .first()
+            .acquire_rounds(wait, cancel, &mut round)
+            .await?
+        {
             Ok(permit) => Ok(permit),
             // No slot was asked for, so no round reports one done.
             Err(done) => Err(Error::Conflict {
@@ -375,6 +378,22 @@ impl Round for SemaphoreRound<'_> {
             },
             retry_in,
         })
+    }
+
+    async fn settle(&mut self, keep: bool) -> Option<Permit> {
+        let semaphore = self.semaphore;
+        let mut kept = None;
+        for (index, inspections) in self.inspections.iter_mut().enumerate() {
+            let want = keep && kept.is_none();
+            let Some(guard) = semaphore.places[index].settle(inspections, want).await else {
+                continue;
+            };
+            let place = u32::try_from(index).unwrap_or(u32::MAX);
+            if let Ok(Attempt::Acquired(permit)) = semaphore.confirm(guard, place).await {
+                kept = Some(permit);
+            }
+        }
+        kept
     }
 }
 

@@ -12,7 +12,7 @@ pub struct GlobalArgs {
         global = true,
         value_name = "URL",
         env = "GCSLOCK_ENDPOINT",
-        hide_env_values = true // it may carry credentials (https://user:key@...)
+        hide_env_values = true // keep deployment details out of --help (no credentials: URLs with user:key@ are refused)
     )]
     pub endpoint: Option<String>,
 

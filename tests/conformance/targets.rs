@@ -253,15 +253,9 @@ impl Ctx {
                 let target = StoreTarget::get(store)?;
                 let backend = target.open();
                 let label = target.label();
-                let scheme = target.url.split_once("://").map(|(s, _)| s.to_owned());
-                let other = move |bucket: &str| {
-                    let scheme = scheme.as_deref().unwrap_or_default();
-                    StoreTarget {
-                        store,
-                        url: format!("{scheme}://{bucket}"),
-                    }
-                    .open() as Arc<dyn Backend>
-                };
+                let this = target.clone();
+                let other =
+                    move |bucket: &str| this.other_bucket(bucket).open() as Arc<dyn Backend>;
                 Some(Ctx {
                     backend: backend.clone(),
                     prefix: String::new(),

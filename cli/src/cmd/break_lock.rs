@@ -65,7 +65,7 @@ pub struct BreakArgs {
     pub url: LockTarget,
 
     /// Break it only if it still carries this fencing token
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::cmd::put::parse_token)]
     pub token: Option<u64>,
 
     /// Who is breaking it, recorded in the lock. Default: HOST:PID

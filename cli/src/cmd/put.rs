@@ -157,13 +157,16 @@ fn resolve_token(
         .map_err(|why| Coded::new(exit::USAGE, format!("{TOKEN_VAR}={text:?}: {why}")))
 }
 
-fn parse_token(value: &str) -> Result<u64, String> {
-    value.trim().parse().map_err(|_| {
-        format!(
-            "{value:?} is not a fencing token (expected a whole number such as 42, the \
+pub(crate) fn parse_token(value: &str) -> Result<u64, String> {
+    value
+        .parse::<FencingToken>()
+        .map(FencingToken::value)
+        .map_err(|_| {
+            format!(
+                "{value:?} is not a fencing token (expected a whole number such as 42, the \
              {TOKEN_VAR} that `gcslock run` gives its command)"
-        )
-    })
+            )
+        })
 }
 
 #[cfg(test)]
@@ -193,7 +196,8 @@ mod tests {
             "{}",
             error.message
         );
-        assert!(parse_token("-1").is_err());
-        assert!(parse_token("1.5").is_err());
+        for bad in ["-1", "1.5", "+1", " 1", "1 ", "01"] {
+            assert!(parse_token(bad).is_err(), "{bad:?}");
+        }
     }
 }
