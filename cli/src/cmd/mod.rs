@@ -5,6 +5,7 @@ pub mod cat;
 mod fenced;
 pub mod generate;
 pub mod list;
+mod places;
 pub mod put;
 pub mod run;
 pub mod status;

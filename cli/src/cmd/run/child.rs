@@ -30,6 +30,7 @@ pub struct ProcessGroup {
 pub fn spawn(
     command: &[OsString],
     token: u64,
+    place: u32,
     url: &str,
     watchdog: Option<RawFd>,
 ) -> Result<ProcessGroup, Coded> {
@@ -40,6 +41,7 @@ pub fn spawn(
     process
         .args(arguments)
         .env("GCSLOCK_TOKEN", token.to_string())
+        .env("GCSLOCK_PLACE", place.to_string())
         .env("GCSLOCK_URL", url)
         .process_group(0);
     let parent = nix::unistd::getpid();
@@ -261,7 +263,7 @@ mod tests {
     async fn the_command_arms_the_watchdog_before_it_executes() {
         let (read, write) = nix::unistd::pipe().expect("pipe");
         let mut group =
-            spawn(&["true".into()], 1, "gs://b/o", Some(write.as_raw_fd())).expect("spawn");
+            spawn(&["true".into()], 1, 0, "gs://b/o", Some(write.as_raw_fd())).expect("spawn");
         let pgid = group.pgid();
         drop(write);
         group.child.wait().await.expect("wait");

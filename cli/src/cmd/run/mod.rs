@@ -5,6 +5,7 @@
 //! `supervisor`: when to stop the group; `watchdog`: the group dies with gcslock.
 
 mod child;
+mod holders;
 mod signals;
 mod supervisor;
 pub mod watchdog;
@@ -14,6 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use clap::Args;
 use gcslock::{CompletedSlot, Guard, Lock, LockOptions, Slot, SlotAcquire, Ttl, Wait};
+
+use self::holders::Contender;
 use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 
@@ -86,6 +89,16 @@ refreshes (every minute by default) so that `gcslock status` shows when it was l
 and keeps its lease while refreshes fail. Older gcslock versions see such a lock as
 \"not a gcslock lock\" and never touch it.
 
+At most N at once (--holders N, 2 to 1000): up to N commands hold URL at the same time, across
+all machines, each on a place of its own (place 0 is the object URL itself, place K the object
+URL/place-K), with every guarantee above per place; the command also gets GCSLOCK_PLACE (its
+place; 0 for the plain lock) and GCSLOCK_TOKEN (that place's fencing token). With all N places
+held, a run is busy (exit 75) or waits with --wait, polling by listing without writing. Every
+contender of URL must give the same N: one that meets a live holder with another N exits 79
+without running the command (to change N, stop every holder, or `gcslock break` their places,
+first). --once-per with --holders above 1 is refused (exit 64). --holders 1 (the default) is the
+plain lock.
+
 Every option can also be set by an environment variable (shown with each option; the option
 wins), as cron and systemd units like to configure things.
 
@@ -146,6 +159,17 @@ pub struct RunArgs {
     /// 10s or that limit, whichever is shorter
     #[arg(long, env = "GCSLOCK_KILL_GRACE", value_name = "DURATION", value_parser = parse_duration)]
     pub kill_grace: Option<Duration>,
+
+    /// At most N commands hold URL at once, across all machines (1 to 1000; 1 is the
+    /// plain lock). Every contender of URL must give the same N
+    #[arg(
+        long,
+        env = "GCSLOCK_HOLDERS",
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(gcslock::MAX_HOLDERS))
+    )]
+    pub holders: u32,
 
     /// Exit code when the lock is busy
     #[arg(long, env = "GCSLOCK_BUSY_EXIT_CODE", value_name = "CODE", default_value_t = exit::BUSY)]
@@ -234,13 +258,19 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     if let Some(identity) = &args.identity {
         options = options.identity(identity.clone());
     }
-    let lock = Lock::new(backend, args.url.object(), options)?;
-    let kill_grace = kill_grace(args.kill_grace, &lock)?;
+    let contender = Contender::new(
+        backend,
+        args.url.object(),
+        options,
+        args.holders,
+        args.once_per,
+    )?;
+    let kill_grace = kill_grace(args.kill_grace, contender.lock())?;
     check_max_runtime(args.max_runtime, tokio::time::Instant::now())?;
     let url = args.url.to_string();
 
     let (acquired, interrupted) = acquire(
-        &lock,
+        &contender,
         slot,
         args.wait.unwrap_or(Wait::No),
         &mut signals,
@@ -279,6 +309,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         global,
         &args.command,
         &guard,
+        contender.place_of(&guard),
         &url,
         kill_grace,
         args.max_runtime,
@@ -362,10 +393,13 @@ fn done_line(ours: Option<Slot>, done: &CompletedSlot) -> String {
 
 /// Runs the command under the held lock, from the last checks to the group's end.
 /// Returns the exit code and whether the lock may be released.
+// The place (`--holders`) is one more fact about the lease the command gets.
+#[allow(clippy::too_many_arguments)]
 async fn run_locked(
     global: &GlobalArgs,
     command: &[OsString],
     guard: &Guard,
+    place: u32,
     url: &str,
     kill_grace: Duration,
     max_runtime: Option<Duration>,
@@ -389,7 +423,13 @@ async fn run_locked(
         watchdog.done().await;
         return (Ok(exit::LEASE_LOST), AfterRun::Release);
     }
-    let mut group = match child::spawn(command, guard.token().value(), url, watchdog.pipe_fd()) {
+    let mut group = match child::spawn(
+        command,
+        guard.token().value(),
+        place,
+        url,
+        watchdog.pipe_fd(),
+    ) {
         Ok(group) => group,
         Err(error) => {
             tracing::error!("{error}");
@@ -487,7 +527,7 @@ fn code_of(
 /// A first attempt does not wait, so that a wait is announced (at info level) only
 /// when the lock is actually busy.
 async fn acquire(
-    lock: &Lock,
+    lock: &Contender,
     slot: Option<Slot>,
     wait: Wait,
     signals: &mut Signals,
@@ -519,22 +559,14 @@ async fn acquire(
 }
 
 async fn cancellable(
-    lock: &Lock,
+    lock: &Contender,
     slot: Option<Slot>,
     wait: Wait,
     cancel: &CancellationToken,
     signals: &mut Signals,
     interrupted: &mut Option<Signal>,
 ) -> Result<SlotAcquire, gcslock::Error> {
-    let acquire = async {
-        match slot {
-            Some(slot) => lock.acquire_slot_cancellable(slot, wait, cancel).await,
-            None => lock
-                .acquire_cancellable(wait, cancel)
-                .await
-                .map(SlotAcquire::Acquired),
-        }
-    };
+    let acquire = lock.acquire(slot, wait, cancel);
     tokio::pin!(acquire);
     loop {
         tokio::select! {
