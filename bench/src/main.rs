@@ -21,6 +21,7 @@ mod latency;
 mod ratelimit;
 mod report;
 mod scale;
+mod semaphore;
 mod summary;
 mod sys;
 
@@ -32,9 +33,17 @@ use tokio::time::Instant;
 use crate::report::{Config, Report};
 
 const USAGE: &str = "usage: gcslock-bench (--smoke | --full) [--gcslock-bin PATH] [--skip-cli] \
-                     [--only counts,latency,handoff,scale,cli,ratelimit] [--out FILE]";
+                     [--only counts,latency,handoff,scale,cli,ratelimit,semaphore] [--out FILE]";
 
-const SECTIONS: [&str; 6] = ["counts", "latency", "handoff", "scale", "cli", "ratelimit"];
+const SECTIONS: [&str; 7] = [
+    "counts",
+    "latency",
+    "handoff",
+    "scale",
+    "cli",
+    "ratelimit",
+    "semaphore",
+];
 
 struct Args {
     config: Config,
@@ -174,6 +183,10 @@ async fn run(args: &Args, gcslock_bin: Option<PathBuf>) -> Result<(Report, Strin
                 summary::us(outcome.get_cpu)
             ),
         );
+    }
+    if wants("semaphore") {
+        semaphore::run(&emulator, config, &mut report).await?;
+        eprintln!("   ({:.1} s so far)", clock.elapsed().as_secs_f64());
     }
     if wants("handoff") {
         handoff::run(&emulator, config, &mut report).await?;
