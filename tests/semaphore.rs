@@ -413,3 +413,24 @@ async fn strict_gcs_at_most_n_and_a_mismatch_refused() {
         permit.release().await.expect("release");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_can_be_cancelled_and_leaves_nothing_held() {
+    let memory = MemoryBackend::new("b");
+    let holders = semaphore(Arc::new(memory.clone()), 2, "holder");
+    let _a = holders.acquire(Wait::No).await.expect("a");
+    let _b = holders.acquire(Wait::No).await.expect("b");
+    let meter = metered(&memory);
+    let waiter = semaphore(meter.clone(), 2, "waiter");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let waiting = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move { waiter.acquire_cancellable(Wait::Forever, &cancel).await })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cancel.cancel();
+    let outcome = waiting.await.expect("task");
+    assert!(matches!(outcome, Err(Error::Cancelled { .. })), "{outcome:?}");
+    assert_eq!(meter.count(Operation::Write), 0);
+    assert!(meter.count(Operation::List) >= 2);
+}
