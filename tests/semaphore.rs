@@ -430,7 +430,10 @@ async fn a_waiter_can_be_cancelled_and_leaves_nothing_held() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     cancel.cancel();
     let outcome = waiting.await.expect("task");
-    assert!(matches!(outcome, Err(Error::Cancelled { .. })), "{outcome:?}");
+    assert!(
+        matches!(outcome, Err(Error::Cancelled { .. })),
+        "{outcome:?}"
+    );
     assert_eq!(meter.count(Operation::Write), 0);
     assert!(meter.count(Operation::List) >= 2);
 }
