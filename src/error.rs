@@ -6,6 +6,9 @@ use std::time::Duration;
 use crate::backend::BackendError;
 use crate::token::FencingToken;
 
+/// `Result` with the library's [`Error`] as its default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 /// Everything that can go wrong with a lock, grouped by what the caller does next.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -135,7 +138,7 @@ impl Error {
 #[non_exhaustive]
 pub struct HolderSummary {
     /// The holder's identity, as recorded in the lock.
-    pub holder: String,
+    pub identity: String,
     /// The holder's fencing token.
     pub token: FencingToken,
     /// Time left before the lock counts as stale, by the server's clock.
@@ -144,7 +147,7 @@ pub struct HolderSummary {
 
 impl fmt::Display for HolderSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "held by {} (token {})", self.holder, self.token)?;
+        write!(f, "held by {} (token {})", self.identity, self.token)?;
         if let Some(left) = self.expires_in {
             write!(
                 f,

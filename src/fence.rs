@@ -123,6 +123,8 @@ use crate::backoff::Backoff;
 use crate::identity::new_nonce;
 use crate::{Error, FencingToken, Guard};
 
+pub use crate::location::ObjectUrl;
+
 /// The custom metadata key holding the token of the write that produced the object.
 pub const TOKEN_KEY: &str = "gcslock-fence-token";
 /// The custom metadata key holding a random value per fenced write, used to
@@ -448,6 +450,7 @@ pub enum Replaced {
 
 /// A successful fenced write.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FencedWrite {
     /// The token the object now carries.
     pub token: FencingToken,
@@ -752,7 +755,7 @@ impl Guard {
         body: &BodySource,
     ) -> Result<FencedWrite, FenceError> {
         object
-            .write_checked(self.token(), body, &|| self.check())
+            .write_checked(self.token(), body, &|| self.check_lease())
             .await
     }
 }

@@ -4,7 +4,7 @@
 use rand::Rng as _;
 
 /// `HOST:PID`, the default holder identity.
-pub fn default_identity() -> String {
+pub(crate) fn default_identity() -> String {
     let host = gethostname::gethostname();
     format!("{}:{}", host.to_string_lossy(), std::process::id())
 }

@@ -41,8 +41,6 @@ use crate::token::FencingToken;
 pub struct Guard {
     lease: Arc<Lease>,
     keep_alive: Option<JoinHandle<()>>,
-    /// The slot this guard was acquired for ([`crate::Lock::acquire_slot`]).
-    slot: Option<Slot>,
 }
 
 #[derive(Debug)]
@@ -94,18 +92,7 @@ impl Guard {
         Self {
             lease,
             keep_alive: Some(keep_alive),
-            slot: None,
         }
-    }
-
-    pub(crate) fn set_slot(&mut self, slot: Slot) {
-        self.slot = Some(slot);
-    }
-
-    /// The slot this guard was acquired for, if it came from
-    /// [`crate::Lock::acquire_slot`].
-    pub fn slot(&self) -> Option<Slot> {
-        self.slot
     }
 
     /// This holder's fencing token: larger than every earlier holder's.
@@ -129,14 +116,14 @@ impl Guard {
     }
 
     /// `Ok` while the lease is valid, or why it is not.
-    pub fn check(&self) -> Result<(), Error> {
+    pub fn check(&self) -> Result<(), LossReason> {
         if let Some(reason) = self.lease.lost.borrow().clone() {
-            return Err(self.lost_error(reason));
+            return Err(reason);
         }
         if self.time_left().is_zero() {
-            return Err(self.lost_error(LossReason::Expired {
+            return Err(LossReason::Expired {
                 last_error: "the lease deadline passed before a refresh succeeded".into(),
-            }));
+            });
         }
         Ok(())
     }
@@ -227,38 +214,30 @@ impl Guard {
         self.lease.mark_lost(LossReason::Released);
     }
 
-    /// Releases the lock and records the slot given to
-    /// [`crate::Lock::acquire_slot`] as completed, in the same conditional write: call
-    /// it when the work succeeded. The slot is recorded only if the lease is still
-    /// valid when the release is sent; otherwise the lock is released as by
-    /// [`Guard::release`] and `Error::LeaseLost` says so, leaving the slot open.
-    /// A guard acquired without a slot is released and `Error::InvalidInput` returned.
-    pub async fn release_completed(mut self) -> Result<(), Error> {
+    /// Releases the lock and records `slot` as completed in the same conditional
+    /// write, if the lease is still valid when the release is sent; otherwise
+    /// releases it as [`Guard::release`] does and says why (`Error::LeaseLost`),
+    /// leaving the slot open.
+    async fn release_completing(mut self, slot: Slot) -> Result<(), Error> {
         let valid = self.check();
-        let completion = match (self.slot, &valid) {
-            (Some(slot), Ok(())) => Some(RecordedSlot {
-                slot,
-                by: self.lease.record.holder.clone(),
-                at: None,
-            }),
-            _ => None,
-        };
+        let completion = valid.is_ok().then(|| RecordedSlot {
+            slot,
+            by: self.lease.record.holder.clone(),
+            at: None,
+        });
         let task = self.keep_alive.take();
         let result = let_go(&self.lease, task, completion).await;
-        valid?;
-        result?;
-        if self.slot.is_none() {
-            return Err(Error::InvalidInput(
-                "release_completed on a guard acquired without a slot (use Lock::acquire_slot); \
-                 released without recording one"
-                    .into(),
-            ));
-        }
-        Ok(())
+        valid.map_err(|reason| self.lost_error(reason))?;
+        result
+    }
+
+    /// [`Guard::check`] as the library's error (`Error::LeaseLost`).
+    pub(crate) fn check_lease(&self) -> Result<(), Error> {
+        self.check().map_err(|reason| self.lost_error(reason))
     }
 
     fn check_time_for(&self, needed: Duration) -> Result<(), Error> {
-        self.check()?;
+        self.check_lease()?;
         let left = self.time_left();
         if left < needed {
             return Err(Error::InsufficientTime {
@@ -304,6 +283,61 @@ impl Drop for Guard {
                 lease.mark_lost(LossReason::Released);
             }
         }
+    }
+}
+
+/// A lease held for one period of a once-per job ([`crate::once_per::SlotAcquire`]): a
+/// [`Guard`] (which it dereferences to) that knows its period, so recording the
+/// period as completed cannot fail for want of one.
+#[derive(Debug)]
+#[must_use = "release it: with `release_completed` once the work succeeded"]
+pub struct PeriodGuard {
+    guard: Guard,
+    slot: Slot,
+}
+
+impl PeriodGuard {
+    pub(crate) fn new(guard: Guard, slot: Slot) -> Self {
+        Self { guard, slot }
+    }
+
+    /// The period this lease was acquired for.
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+
+    /// The work succeeded: releases the lock and records the period as completed
+    /// in the same conditional write, so no later run of the period does it again.
+    /// Recorded only if the lease is still valid when the release is sent;
+    /// otherwise the lock is released as by [`PeriodGuard::release`] and
+    /// `Error::LeaseLost` says so, leaving the period open for a retry.
+    pub async fn release_completed(self) -> Result<(), Error> {
+        self.guard.release_completing(self.slot).await
+    }
+
+    /// The work failed (or was not done): releases the lock and leaves the period
+    /// open for a retry. See [`Guard::release`].
+    pub async fn release(self) -> Result<(), Error> {
+        self.guard.release().await
+    }
+
+    /// Lets the lock expire, writing nothing and leaving the period open. See
+    /// [`Guard::abandon`].
+    pub fn abandon(self) {
+        self.guard.abandon();
+    }
+
+    /// The plain guard, forgetting the period.
+    pub fn into_guard(self) -> Guard {
+        self.guard
+    }
+}
+
+impl std::ops::Deref for PeriodGuard {
+    type Target = Guard;
+
+    fn deref(&self) -> &Guard {
+        &self.guard
     }
 }
 
@@ -548,7 +582,7 @@ fn renewed(lease: &Lease, version: ObjectVersion, refresh_seq: u64, sent: SendTi
 /// Marks the object released if it is still ours. Retries transient failures until
 /// the lease would have gone stale anyway. Should the release outlast the lease
 /// deadline (a request that hangs), the lease is marked lost at the deadline.
-/// `completion` is recorded in the same write (`Guard::release_completed`).
+/// `completion` is recorded in the same write (`PeriodGuard::release_completed`).
 /// `lost_before`: why the lease was already lost when the release began, if it was.
 async fn release(
     lease: &Lease,
@@ -688,7 +722,7 @@ mod tests {
         let backend = Arc::new(crate::backend::memory::MemoryBackend::new("b"));
         let lock =
             crate::Lock::new(backend, "l", crate::LockOptions::default()).expect("valid lock");
-        let mut guard = lock.try_acquire().await.expect("free");
+        let mut guard = lock.acquire(crate::Wait::No).await.expect("free");
         let lost = guard.lost();
         let task = guard.keep_alive.take().expect("a keep-alive task");
         task.abort();

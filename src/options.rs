@@ -63,20 +63,16 @@ impl Default for LockOptions {
             identity: None,
             poll_min: Duration::from_millis(250),
             poll_max: Duration::from_secs(8),
-            unavailable_timeout: Duration::from_secs(10),
+            unavailable_timeout: crate::retry::DEFAULT_TIMEOUT,
         }
     }
 }
 
 impl LockOptions {
-    /// How long a lease lasts without a refresh (default 5 minutes; 1 s to 7 days).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self.forever = false;
-        self
-    }
-
-    /// A lease that never expires by time: no waiter ever takes it over, and only
+    /// How long a lease lasts without a refresh: a `Duration` (default 5 minutes;
+    /// 1 s to 7 days) or [`Ttl::Forever`].
+    ///
+    /// A forever lease never expires by time: no waiter ever takes it over, and only
     /// a break at once ([`crate::Lock::break_with`] with `BreakOptions::now`) frees it
     /// if the holder dies; a revoking break is refused, as it would never go stale. The holder still
     /// refreshes (every minute by default, never faster than the backend's write-rate
@@ -84,8 +80,14 @@ impl LockOptions {
     /// never end the lease. The safety margin is zero. Locks held this way are
     /// "not a lock" to gcslock versions from before forever TTLs, which therefore
     /// never touch them.
-    pub fn ttl_forever(mut self) -> Self {
-        self.forever = true;
+    pub fn ttl(mut self, ttl: impl Into<Ttl>) -> Self {
+        match ttl.into() {
+            Ttl::Finite(ttl) => {
+                self.ttl = ttl;
+                self.forever = false;
+            }
+            Ttl::Forever => self.forever = true,
+        }
         self
     }
 
@@ -142,7 +144,7 @@ pub(crate) struct LockSettings {
     pub url: String,
     /// The lease length basis: the TTL, or [`FOREVER_LEASE`] for a forever lock.
     pub ttl: Duration,
-    /// Never stale by time (`LockOptions::ttl_forever`).
+    /// Never stale by time (`LockOptions::ttl(Ttl::Forever)`).
     pub forever: bool,
     pub refresh_interval: Duration,
     pub margin: Duration,

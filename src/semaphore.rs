@@ -361,7 +361,7 @@ impl Round for SemaphoreRound<'_> {
             (
                 0,
                 HolderSummary {
-                    holder: "nobody".into(),
+                    identity: "nobody".into(),
                     token: crate::token::FencingToken::new(0),
                     expires_in: None,
                 },
@@ -370,9 +370,9 @@ impl Round for SemaphoreRound<'_> {
         let retry_in = holder.expires_in;
         Ok(Attempt::Busy {
             holder: HolderSummary {
-                holder: format!(
+                identity: format!(
                     "{} at place {index} and every other of the {limit} places",
-                    holder.holder
+                    holder.identity
                 ),
                 ..holder
             },

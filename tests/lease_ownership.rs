@@ -12,10 +12,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
+use gcslock::backend::fault::Fault;
 use gcslock::backend::intercept::{Call, Hook, Intercept, Operation, Outcome};
 use gcslock::backend::memory::{MemoryBackend, Mutation};
 use gcslock::backend::{Backend, BackendError};
-use gcslock::{Lock, LockOptions, LockStatus, LossReason, Wait};
+use gcslock::{Lock, LockOptions, LockStatus, LossReason, Ttl, Wait};
 use support::record_at;
 use tokio::time::Instant;
 
@@ -145,7 +146,7 @@ async fn a_forever_lock_whose_create_answer_was_lost_is_resolved_before_giving_u
     let lock = lock_on(
         backend,
         LockOptions::default()
-            .ttl_forever()
+            .ttl(Ttl::Forever)
             .unavailable_timeout(unavailable),
     );
     let guard = lock
@@ -204,4 +205,26 @@ async fn a_record_rewritten_under_our_nonce_is_not_ours() {
         );
         drop(guard);
     }
+}
+
+/// Failed before: dropping acquire's future while its create was in flight left
+/// the lock held by nobody until its TTL passed.
+#[tokio::test(start_paused = true)]
+async fn dropping_an_acquire_mid_create_leaves_no_lock_behind() {
+    let (memory, faulty) = support::faulty_bucket();
+    // The create applies at once; its answer takes 5 s.
+    faulty.inject(
+        Operation::Write,
+        Fault::DelayResponse(Duration::from_secs(5)),
+    );
+    let lock = lock_on(Arc::new(faulty), LockOptions::default().ttl(TTL));
+    let dropped = tokio::time::timeout(Duration::from_secs(1), lock.acquire(Wait::No)).await;
+    assert!(dropped.is_err(), "the caller gave up mid-create");
+    assert!(matches!(lock.status().await, Ok(LockStatus::Held(_))));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        matches!(lock.status().await, Ok(LockStatus::Released { .. })),
+        "the lock the dropped acquire got was released, not left for a TTL"
+    );
+    assert_eq!(record_at(&memory, OBJECT).await.token, 1);
 }

@@ -14,7 +14,8 @@ use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::intercept::{Call, Hook, Intercept, Outcome};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, BackendError};
-use gcslock::{place_name, Error, Lock, LockOptions, LockState, LockStatus, Semaphore, Wait};
+use gcslock::testing::LockState;
+use gcslock::{place_name, Error, Lock, LockOptions, LockStatus, Semaphore, Wait};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(10);

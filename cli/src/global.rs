@@ -39,6 +39,11 @@ pub struct GlobalArgs {
         env = "GCSLOCK_LOG_FORMAT"
     )]
     pub log_format: LogFormat,
+
+    /// The subcommand's --storage-timeout, if it has one: it also caps each storage
+    /// request (see `target::open_options`). Set by `main` after parsing.
+    #[arg(skip)]
+    pub storage_budget: Option<std::time::Duration>,
 }
 
 impl GlobalArgs {

@@ -74,7 +74,7 @@ use crate::Error;
 
 /// The longest one storage request may take unless the URL's store is configured
 /// otherwise (`AWS_TIMEOUT`-style options are not read; see [`ObjectStoreBackend::for_bucket`]).
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub use super::DEFAULT_REQUEST_TIMEOUT;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Marker and version of the JSON body format.
 const BODY_FORMAT: u32 = 1;

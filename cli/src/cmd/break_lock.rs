@@ -11,8 +11,9 @@ use serde::Serialize;
 
 use crate::cmd::places;
 use crate::cmd::status::StorageTimeout;
+use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
-use crate::output::{escape, print_lines, short_duration, timestamp};
+use crate::output::{escape, held_by, print_lines, short_duration, timestamp};
 use crate::target::LockTarget;
 
 pub const HELP: &str = "\
@@ -59,9 +60,9 @@ clock), \"stale_in_ms\", \"reason\" (repaired: what was invalid), \"generation\"
 \"metageneration\" (the version read or written)}; absent fields are omitted.
 
 Exit codes: 0 revoked, broken, repaired or already free; 75 nothing was broken: the lock
-carries another token than --token, changed meanwhile, or has a TTL too long to revoke
-(use --now); 65 not a gcslock lock, or an invalid record without --repair; otherwise as
-for run.";
+carries another token than --token, or changed meanwhile; 64 nothing was broken: the lock's
+TTL is forever or too long to revoke (use --now); 65 not a gcslock lock, or an invalid
+record without --repair; otherwise as for run.";
 
 #[derive(Debug, Args)]
 pub struct BreakArgs {
@@ -137,6 +138,13 @@ pub async fn break_lock(global: &GlobalArgs, args: &BreakArgs) -> anyhow::Result
                  --repair` marks it released with a token above every token it carries",
             ))
         }
+        // The library's remedy for a lock that cannot be revoked (TTL forever or too
+        // long) is `--now`: a matter of the command line, not a busy lock (75).
+        Err(error @ gcslock::Error::Conflict { .. })
+            if !args.now && error.to_string().contains("`--now`") =>
+        {
+            return Err(Coded::new(exit::USAGE, format!("{error}; nothing was broken")).into())
+        }
         Err(error) => return Err(error.into()),
     };
     let line = if args.json {
@@ -164,10 +172,10 @@ fn describe(url: &str, outcome: &BreakOutcome) -> String {
                 .map(|left| format!(" (in {})", short_duration(left)))
                 .unwrap_or_default();
             format!(
-                "{url}: broken: revoked (it was held by {}, token {token}); the holder loses \
+                "{url}: broken: revoked (it was {}, token {token}); the holder loses \
                  its lease at its next refresh; the lock turns stale and free at {}{left}; \
                  `gcslock break --now` frees it at once",
-                escape(previous_holder),
+                escape(&held_by(previous_holder)),
                 timestamp(stale_at)
             )
         }
@@ -176,8 +184,8 @@ fn describe(url: &str, outcome: &BreakOutcome) -> String {
             token,
             ..
         } => format!(
-            "{url}: broken (it was held by {}, token {token}); released, free now",
-            escape(previous_holder)
+            "{url}: broken (it was {}, token {token}); released, free now",
+            escape(&held_by(previous_holder))
         ),
         BreakOutcome::Repaired { why, token, .. } => format!(
             "{url}: repaired: its invalid record ({}) is now released with token {token}",
@@ -282,7 +290,7 @@ mod tests {
         };
         let line = describe("gs://b/o", &outcome);
         assert!(line.starts_with("gs://b/o: broken: revoked"), "{line}");
-        assert!(line.contains("in 1m 30s"), "{line}");
+        assert!(line.contains("in 1m30s"), "{line}");
         assert!(!line.chars().any(|c| c.is_control() || c == '\u{202E}'));
         let json = serde_json::to_value(BreakView::new("gs://b/o", &outcome)).unwrap_or_default();
         assert_eq!(json["outcome"], "revoked");

@@ -1,57 +1,96 @@
-//! The command as a process group: starting it, signalling it, knowing when all of
-//! it is gone, and its exit status.
+//! Starting the command inside its boundary, and its exit status.
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd as _, BorrowedFd, RawFd};
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
 
 use nix::errno::Errno;
-use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::signal::{SigHandler, Signal};
 use nix::unistd::Pid;
-use tokio::process::Child;
 
-use super::supervisor::Group;
+use super::boundary::procfs::format_id;
+use super::boundary::{Boundary, Prepared};
 use crate::exit::{self, Coded};
 
-/// The running command: its leader (reaped through tokio) and its process group.
-pub struct ProcessGroup {
-    child: Child,
-    pgid: Pid,
+/// What the command finds in its environment besides gcslock's own.
+pub struct Environment<'a> {
+    pub token: u64,
+    /// The semaphore place held (`--holders`); 0 for a lock.
+    pub place: u32,
+    pub url: &'a str,
+    /// Variables that configured this run only (see `per_run_variables`).
+    pub remove: &'a [String],
 }
 
-/// Starts the command in a new process group with the lock's token and URL in its
-/// environment, killed by the kernel if gcslock dies. With `watchdog`, the write end
-/// of the watchdog's pipe, the child names its group to the watchdog itself before
-/// it executes the command. Failures carry the shell's exit codes: 127 not found,
-/// 126 otherwise.
+/// Starts the command in `prepared` with the lock's token and URL in its
+/// environment, killed by the kernel if gcslock dies. With `watchdog`, the write
+/// end of the watchdog's pipe, the child names itself to the watchdog before it
+/// executes the command. Failures carry the shell's exit codes: 127 not found, 126
+/// otherwise; a cgroup made for the command is removed again.
 pub fn spawn(
     command: &[OsString],
-    token: u64,
-    place: u32,
-    url: &str,
+    environment: &Environment<'_>,
+    prepared: Prepared,
     watchdog: Option<RawFd>,
-) -> Result<ProcessGroup, Coded> {
+) -> Result<Boundary, Coded> {
+    let spawned = start(command, environment, &prepared, watchdog);
+    match spawned {
+        Ok((child, pid)) => Ok(Boundary::new(child, pid, prepared)),
+        Err(error) => {
+            if let Prepared::Cgroup(cgroup) = &prepared {
+                let _ = cgroup.remove();
+            }
+            Err(error)
+        }
+    }
+}
+
+fn start(
+    command: &[OsString],
+    environment: &Environment<'_>,
+    prepared: &Prepared,
+    watchdog: Option<RawFd>,
+) -> Result<(tokio::process::Child, Pid), Coded> {
     let (program, arguments) = command
         .split_first()
         .ok_or_else(|| Coded::new(exit::USAGE, "no command given"))?;
     let mut process = tokio::process::Command::new(program);
+    process.args(arguments);
+    for name in environment.remove {
+        process.env_remove(name);
+    }
     process
-        .args(arguments)
-        .env("GCSLOCK_TOKEN", token.to_string())
-        .env("GCSLOCK_PLACE", place.to_string())
-        .env("GCSLOCK_URL", url)
-        .process_group(0);
+        .env("GCSLOCK_TOKEN", environment.token.to_string())
+        .env("GCSLOCK_PLACE", environment.place.to_string())
+        .env("GCSLOCK_URL", environment.url);
+    let (cgroup, new_session) = match prepared {
+        Prepared::Cgroup(cgroup) => (Some(cgroup.procs().as_raw_fd()), false),
+        Prepared::Session(_) => (None, true),
+        Prepared::Group(_) => (None, false),
+    };
+    // setsid fails in a process group leader, so the session makes its own group.
+    if !new_session {
+        process.process_group(0);
+    }
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs between fork and exec and makes only system calls
-    // (prctl, getppid, getpid, write) on a stack buffer; it allocates nothing and
-    // takes no lock. `watchdog` is a pipe descriptor that stays open in the child
-    // until exec (it is close-on-exec).
+    // (write, setsid, prctl, getppid, getpid, sigaction) on stack buffers; it
+    // allocates nothing and takes no lock. The descriptors are open (close-on-exec)
+    // in the child until exec.
     unsafe {
         process.pre_exec(move || {
+            if let Some(procs) = cgroup {
+                join_cgroup(BorrowedFd::borrow_raw(procs))?;
+            }
+            if new_session {
+                nix::unistd::setsid()?;
+            }
             die_with_parent(parent)?;
+            // gcslock ignores SIGTTOU (see `signals`); an ignored signal stays
+            // ignored across exec, and the command must get the default.
+            nix::sys::signal::signal(Signal::SIGTTOU, SigHandler::SigDfl)?;
             match watchdog {
                 Some(fd) => arm_watchdog(BorrowedFd::borrow_raw(fd)),
                 None => Ok(()),
@@ -68,7 +107,7 @@ pub fn spawn(
             format!("cannot run {}: {error}", program.to_string_lossy()),
         )
     })?;
-    let Some(pgid) = child
+    let Some(pid) = child
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw)
@@ -79,7 +118,15 @@ pub fn spawn(
             "the command's process id is unknown",
         ));
     };
-    Ok(ProcessGroup { child, pgid })
+    Ok((child, pid))
+}
+
+/// In the forked child: moves itself into the command's cgroup (`0` is "me").
+fn join_cgroup(procs: BorrowedFd<'_>) -> io::Result<()> {
+    if nix::unistd::write(procs, b"0")? != 1 {
+        return Err(Errno::EIO.into());
+    }
+    Ok(())
 }
 
 /// In the forked child: SIGKILL when gcslock dies. The kernel sends it when the
@@ -95,10 +142,11 @@ fn die_with_parent(parent: Pid) -> io::Result<()> {
     Ok(())
 }
 
-/// In the forked child, before exec: `watch PGID` to the watchdog, where PGID is our
-/// own pid (we lead the new group). gcslock says the same once `spawn` returns; had it
-/// died in between, a grandchild started at once would have escaped the watchdog.
-/// One write of at most 32 bytes to a pipe is atomic, so it never interleaves.
+/// In the forked child, before exec: `watch PID` to the watchdog, where PID is our
+/// own pid (the id of the session or process group we lead). Had gcslock died
+/// before it forked the watchdog, the spawn fails here, so no grandchild can have
+/// escaped it. One write of at most 32 bytes to a pipe is atomic, so it never
+/// interleaves.
 fn arm_watchdog(pipe: BorrowedFd<'_>) -> io::Result<()> {
     let mut line = [0u8; 32];
     let length = watch_line(nix::unistd::getpid().as_raw(), &mut line);
@@ -110,26 +158,12 @@ fn arm_watchdog(pipe: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// `watch PID\n` into `line` without allocating; returns its length.
-fn watch_line(pid: i32, line: &mut [u8; 32]) -> usize {
-    const PREFIX: &[u8] = b"watch ";
+pub fn watch_line(pid: i32, line: &mut [u8; 32]) -> usize {
     let mut digits = [0u8; 12];
-    let mut count = 0;
-    let mut rest = pid.unsigned_abs();
-    loop {
-        if let Some(slot) = digits.get_mut(count) {
-            // `rest % 10` is below 10.
-            *slot = b'0' + u8::try_from(rest % 10).unwrap_or(0);
-        }
-        count += 1;
-        rest /= 10;
-        if rest == 0 || count == digits.len() {
-            break;
-        }
-    }
     let mut length = 0;
-    for &byte in PREFIX
+    for &byte in b"watch "
         .iter()
-        .chain(digits.iter().take(count).rev())
+        .chain(format_id(pid, &mut digits))
         .chain(b"\n")
     {
         if let Some(slot) = line.get_mut(length) {
@@ -138,85 +172,6 @@ fn watch_line(pid: i32, line: &mut [u8; 32]) -> usize {
         }
     }
     length
-}
-
-impl ProcessGroup {
-    pub fn pgid(&self) -> Pid {
-        self.pgid
-    }
-}
-
-impl Group for ProcessGroup {
-    fn id(&self) -> i32 {
-        self.pgid.as_raw()
-    }
-
-    fn signal(&self, signal: Signal) {
-        match killpg(self.pgid, signal) {
-            Ok(()) | Err(Errno::ESRCH) => {}
-            Err(error) => tracing::warn!(
-                "cannot send {signal} to process group {}: {error}",
-                self.pgid
-            ),
-        }
-    }
-
-    async fn wait(&mut self) -> io::Result<ExitStatus> {
-        self.child.wait().await
-    }
-
-    fn alive(&self) -> bool {
-        group_alive(self.pgid)
-    }
-}
-
-/// Whether any process of the group is still running (zombies do not count: they
-/// run nothing, and an init that reaps slowly must not delay us). Reaps the group's
-/// zombies that are our children (possible only after the command itself has been
-/// reaped: orphans re-parented to gcslock when it runs as PID 1).
-pub fn group_alive(pgid: Pid) -> bool {
-    while let Ok(status) = waitpid(Pid::from_raw(-pgid.as_raw()), Some(WaitPidFlag::WNOHANG)) {
-        if status == WaitStatus::StillAlive {
-            break;
-        }
-    }
-    // ESRCH: no member at all. EPERM: the id now names someone else's group.
-    if killpg(pgid, None).is_err() {
-        return false;
-    }
-    running_member(pgid).unwrap_or(true)
-}
-
-/// Whether /proc shows a member of the group that is not a zombie; `None` without
-/// a readable /proc.
-pub fn running_member(pgid: Pid) -> Option<bool> {
-    let wanted = pgid.as_raw().to_string();
-    let entries = std::fs::read_dir("/proc").ok()?;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        // Gone since the listing, or not ours to read: either way not a member we
-        // can wait for.
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid pgrp ...": comm may contain anything, even ')'.
-        let Some((_, fields)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = fields.split_whitespace();
-        let state = fields.next();
-        let pgrp = fields.nth(1);
-        if pgrp == Some(wanted.as_str()) && !matches!(state, Some("Z" | "X")) {
-            return Some(true);
-        }
-    }
-    Some(false)
 }
 
 /// The command's exit code, or 128+N if signal N killed it.
@@ -242,7 +197,6 @@ pub fn describe_status(status: ExitStatus) -> String {
 #[cfg(test)]
 mod tests {
     use std::io::Read as _;
-    use std::os::fd::AsRawFd as _;
 
     use super::*;
 
@@ -261,12 +215,26 @@ mod tests {
     /// returned: a gcslock killed in between left a fast grandchild unguarded.
     #[tokio::test]
     async fn the_command_arms_the_watchdog_before_it_executes() {
+        use super::super::supervisor::Group as _;
         let (read, write) = nix::unistd::pipe().expect("pipe");
-        let mut group =
-            spawn(&["true".into()], 1, 0, "gs://b/o", Some(write.as_raw_fd())).expect("spawn");
-        let pgid = group.pgid();
+        let environment = Environment {
+            token: 1,
+            place: 0,
+            url: "gs://b/o",
+            remove: &[],
+        };
+        let (prepared, _) =
+            Prepared::new(Some(super::super::boundary::Kind::Group)).expect("prepared");
+        let mut group = spawn(
+            &["true".into()],
+            &environment,
+            prepared,
+            Some(write.as_raw_fd()),
+        )
+        .expect("spawn");
+        let pgid = group.pid();
         drop(write);
-        group.child.wait().await.expect("wait");
+        group.wait().await.expect("wait");
         let mut said = String::new();
         std::fs::File::from(read)
             .read_to_string(&mut said)

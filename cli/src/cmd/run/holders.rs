@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gcslock::backend::Backend;
-use gcslock::{Guard, Lock, LockOptions, Semaphore, Slot, SlotAcquire, Wait};
+use gcslock::once_per::{Slot, SlotAcquire};
+use gcslock::{Guard, Lock, LockOptions, Semaphore, Wait};
 use tokio_util::sync::CancellationToken;
 
+use super::{Acquired, Held};
 use crate::exit::{self, Coded};
 
 /// What `run` contends for: the lock at the URL, or one of the N places of a
@@ -60,24 +62,33 @@ impl Contender {
     }
 
     /// Acquires the lock (for `slot`, if given) or a place, as `wait` says.
-    pub async fn acquire(
+    pub(super) async fn acquire(
         &self,
         slot: Option<Slot>,
         wait: Wait,
         cancel: &CancellationToken,
-    ) -> Result<SlotAcquire, gcslock::Error> {
-        match (&self.semaphore, slot) {
-            (Some(semaphore), _) => semaphore
-                .acquire_cancellable(wait, cancel)
-                .await
-                .map(|permit| SlotAcquire::Acquired(permit.into_guard())),
-            (None, Some(slot)) => self.lock.acquire_slot_cancellable(slot, wait, cancel).await,
-            (None, None) => self
-                .lock
-                .acquire_cancellable(wait, cancel)
-                .await
-                .map(SlotAcquire::Acquired),
-        }
+    ) -> Result<Acquired, gcslock::Error> {
+        Ok(match (&self.semaphore, slot) {
+            (Some(semaphore), _) => {
+                let permit = semaphore.acquire_cancellable(wait, cancel).await?;
+                Acquired::Held(Held::Plain(permit.into_guard()))
+            }
+            (None, Some(slot)) => {
+                match self
+                    .lock
+                    .acquire(wait)
+                    .once_per(slot)
+                    .cancel_on(cancel)
+                    .await?
+                {
+                    SlotAcquire::Acquired(guard) => Acquired::Held(Held::Period(guard)),
+                    SlotAcquire::AlreadyDone(done) => Acquired::Done(done),
+                }
+            }
+            (None, None) => Acquired::Held(Held::Plain(
+                self.lock.acquire(wait).cancel_on(cancel).await?,
+            )),
+        })
     }
 
     /// Which place `guard` holds (0 for the plain lock), for `GCSLOCK_PLACE`.

@@ -1,39 +1,57 @@
-//! `gcslock run`: acquire, run the command in its own process group, forward
-//! signals, stop the group before the lease can run out, release on every way out.
+//! `gcslock run`: acquire, run the command inside a containment boundary, forward
+//! signals, stop the boundary before the lease can run out, release on every way out.
 //!
-//! `child`: the command's process group; `signals`: the signals gcslock forwards;
-//! `supervisor`: when to stop the group; `watchdog`: the group dies with gcslock.
+//! [`job::run_job`] is the one way to run a command under a held [`Guard`]: it takes
+//! the guard (by reference), the command, the kill grace, `--max-runtime` and the
+//! forwarded [`Signals`], and returns gcslock's exit code and whether the lock may
+//! be released. `run` wraps it in acquire and release; the leader-election and
+//! semaphore modes are to call it the same way.
+//!
+//! `boundary`: what "the command and everything it started" is (cgroup, session or
+//! process group; see docs/containment.md); `child`: starting the command in it;
+//! `signals`: the signals gcslock forwards; `supervisor`: when to stop the boundary;
+//! `watchdog`: the boundary dies with gcslock; `job`: all of it for one command.
 
+mod boundary;
 mod child;
 mod holders;
-mod signals;
+pub mod job;
+pub mod signals;
 mod supervisor;
-pub mod watchdog;
+mod watchdog;
 
 use std::ffi::OsString;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use gcslock::{CompletedSlot, Guard, Lock, LockOptions, Slot, SlotAcquire, Ttl, Wait};
-
-use self::holders::Contender;
+use gcslock::once_per::{CompletedSlot, PeriodGuard, Slot};
+use gcslock::{Guard, Lock, LockOptions, Ttl, Wait};
 use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 
-use self::child::{describe_status, exit_code};
+use self::holders::Contender;
+use self::job::{per_run_variables, run_job, Job};
 use self::signals::Signals;
-use self::supervisor::{supervise, Supervised};
-use self::watchdog::Watchdog;
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
 use crate::logging::OUTCOME;
-use crate::output::{short_duration, timestamp};
+use crate::output::{holder_summary, short_duration, timestamp};
 use crate::parse::{parse_duration, parse_ttl, parse_wait};
 use crate::target::LockTarget;
 
 pub const LONG_ABOUT: &str = "\
-Run COMMAND while holding the lock gs://BUCKET/OBJECT.
+Run COMMAND while holding the lock gs://BUCKET/OBJECT; stop it if the lease is lost.
+Details: `man gcslock-run`, or the README.";
 
+/// Shown right after the usage line, in `-h` and `--help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  gcslock run gs://my-bucket/locks/backup -- /usr/local/bin/backup
+  gcslock run --wait 10m --ttl 2m gs://my-bucket/locks/deploy -- ./deploy.sh
+  */5 * * * * gcslock run --once-per 1h gs://my-bucket/locks/report -- report.sh";
+
+/// The explanations behind `run`'s options, in the man page (`gcslock generate man`).
+pub const MANUAL: &str = "\
 The command inherits stdin, stdout and stderr and runs in its own process group, with
 GCSLOCK_TOKEN (the fencing token: larger than every earlier holder's) and GCSLOCK_URL in its
 environment. gcslock's own messages go to stderr only. The lock URL is never read from the
@@ -176,7 +194,7 @@ pub struct RunArgs {
     pub busy_exit_code: u8,
 
     /// How long to keep retrying while storage is unreachable before giving up (exit 69);
-    /// the retries also continue until the end of --wait (forever with `--wait forever`)
+    /// no single request outlasts it. The retries also continue until the end of --wait
     #[arg(
         long,
         env = "GCSLOCK_STORAGE_TIMEOUT",
@@ -249,7 +267,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     let backend = args.url.backend(global)?;
     let options = match args.ttl {
         Ttl::Finite(ttl) => LockOptions::default().ttl(ttl),
-        _ => LockOptions::default().ttl_forever(),
+        _ => LockOptions::default().ttl(Ttl::Forever),
     };
     let mut options = options.unavailable_timeout(args.storage_timeout);
     if let Some(interval) = args.refresh_interval {
@@ -267,6 +285,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     )?;
     let kill_grace = kill_grace(args.kill_grace, contender.lock())?;
     check_max_runtime(args.max_runtime, tokio::time::Instant::now())?;
+    let boundary = boundary::requested()?;
     let url = args.url.to_string();
 
     let (acquired, interrupted) = acquire(
@@ -278,17 +297,17 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     )
     .await;
     let guard = match (acquired, interrupted) {
-        (Ok(SlotAcquire::Acquired(guard)), None) => guard,
-        (Ok(SlotAcquire::Acquired(guard)), Some(signal)) => {
+        (Ok(Acquired::Held(guard)), None) => guard,
+        (Ok(Acquired::Held(guard)), Some(signal)) => {
             tracing::info!("{url}: acquired just as {signal} arrived; releasing it");
             release(guard, &url, false).await;
             return Ok(exit::signal(signal as i32));
         }
-        (Ok(SlotAcquire::AlreadyDone(done)), None) => {
+        (Ok(Acquired::Done(done)), None) => {
             tracing::warn!(target: OUTCOME, "{url}: {}; not running the command", done_line(slot, &done));
             return Ok(args.done_exit_code);
         }
-        (Ok(SlotAcquire::AlreadyDone(_)), Some(signal)) => {
+        (Ok(Acquired::Done(_)), Some(signal)) => {
             return Ok(exit::signal(signal as i32));
         }
         (Err(gcslock::Error::Cancelled { .. }), Some(signal)) => {
@@ -296,7 +315,8 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
             return Ok(exit::signal(signal as i32));
         }
         (Err(gcslock::Error::Busy { holder, .. }), None) => {
-            tracing::warn!(target: OUTCOME, "{url} is busy: {holder}");
+            tracing::Span::current().record("holder", holder.identity.as_str());
+            tracing::warn!(target: OUTCOME, "{url} is busy: {}", holder_summary(&holder));
             return Ok(args.busy_exit_code);
         }
         (Err(error), Some(signal)) => {
@@ -305,36 +325,33 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         }
         (Err(error), None) => return Err(error.into()),
     };
-    let (code, after) = run_locked(
-        global,
-        &args.command,
-        &guard,
-        contender.place_of(&guard),
-        &url,
+    tracing::Span::current().record("token", guard.token().value());
+    let remove_from_environment =
+        per_run_variables(&RunArgs::augment_args(clap::Command::new("run")));
+    let job = Job {
+        command: &args.command,
+        url: &url,
+        place: contender.place_of(&guard),
         kill_grace,
-        args.max_runtime,
-        &mut signals,
-    )
-    .await;
-    // Exit 0 from run_locked means the command succeeded with the lease valid to the end.
-    let completed = slot.is_some() && matches!(code, Ok(0));
-    match after {
-        AfterRun::Release => release(guard, &url, completed).await,
-        AfterRun::LetExpire => tracing::error!(
+        max_runtime: args.max_runtime,
+        remove_from_environment: &remove_from_environment,
+        boundary,
+        log_format: global.log_format,
+    };
+    let end = run_job(&guard, &job, &mut signals).await;
+    // Exit 0 means the command succeeded with the lease valid to the end, and no
+    // signal was forwarded to it.
+    let completed = slot.is_some() && matches!(end.code, Ok(0));
+    if end.may_release {
+        release(guard, &url, completed).await;
+    } else {
+        tracing::error!(
             "{url}: not released, as the command's processes may still write; the lock expires \
              after its TTL"
-        ),
+        );
+        guard.abandon();
     }
-    code
-}
-
-/// What becomes of the lock once the command is over.
-#[derive(Debug, PartialEq, Eq)]
-enum AfterRun {
-    Release,
-    /// Part of the command's group may still run: releasing would let another
-    /// holder in beside it.
-    LetExpire,
+    end.code
 }
 
 /// Refuses a --max-runtime of zero (it would stop the command at once) and one
@@ -391,133 +408,38 @@ fn done_line(ours: Option<Slot>, done: &CompletedSlot) -> String {
     )
 }
 
-/// Runs the command under the held lock, from the last checks to the group's end.
-/// Returns the exit code and whether the lock may be released.
-// The place (`--holders`) is one more fact about the lease the command gets.
-#[allow(clippy::too_many_arguments)]
-async fn run_locked(
-    global: &GlobalArgs,
-    command: &[OsString],
-    guard: &Guard,
-    place: u32,
-    url: &str,
-    kill_grace: Duration,
-    max_runtime: Option<Duration>,
-    signals: &mut Signals,
-) -> (anyhow::Result<u8>, AfterRun) {
-    if let Some(signal) = signals.try_recv() {
-        tracing::info!("{url}: {signal} arrived before the command started; releasing the lock");
-        return (Ok(exit::signal(signal as i32)), AfterRun::Release);
-    }
-    let mut watchdog = match Watchdog::start(global) {
-        Ok(watchdog) => watchdog,
-        Err(error) => {
-            tracing::error!("{error}; the command was not started");
-            return (Ok(error.code), AfterRun::Release);
-        }
-    };
-    // A final validity check right before the command starts: gcslock may have been
-    // suspended since the lock was acquired, and the lock may be someone else's now.
-    if let Err(error) = guard.check() {
-        tracing::error!("{error}; the command was not started");
-        watchdog.done().await;
-        return (Ok(exit::LEASE_LOST), AfterRun::Release);
-    }
-    let mut group = match child::spawn(
-        command,
-        guard.token().value(),
-        place,
-        url,
-        watchdog.pipe_fd(),
-    ) {
-        Ok(group) => group,
-        Err(error) => {
-            tracing::error!("{error}");
-            watchdog.done().await;
-            return (Ok(error.code), AfterRun::Release);
-        }
-    };
-    watchdog.watch(group.pgid()).await;
-    tracing::info!(
-        token = guard.token().value(),
-        pid = group.pgid().as_raw(),
-        "{url}: command started"
-    );
-    let started = tokio::time::Instant::now();
-    // Past the end of the clock (refused up front) means no limit.
-    let max_runtime_end = max_runtime.and_then(|limit| started.checked_add(limit));
-    let supervised = supervise(&mut group, guard, signals, kill_grace, url, max_runtime_end).await;
-    // Disarmed only once nothing of the group runs, so that a process group id reused
-    // later is never signalled; otherwise the watchdog keeps trying after we exit.
-    if !child::group_alive(group.pgid()) {
-        watchdog.done().await;
-    }
-    let after = if supervised.may_release() {
-        AfterRun::Release
-    } else {
-        AfterRun::LetExpire
-    };
-    (code_of(supervised, guard, url, max_runtime), after)
+/// The lock as `run` holds it: with a --once-per period or without.
+#[derive(Debug)]
+enum Held {
+    Plain(Guard),
+    Period(PeriodGuard),
 }
 
-/// The exit code of a supervision that ended this way.
-fn code_of(
-    supervised: Supervised,
-    guard: &Guard,
-    url: &str,
-    max_runtime: Option<Duration>,
-) -> anyhow::Result<u8> {
-    match supervised {
-        Supervised::Survived(status) => {
-            let ended = status
-                .map(|status| {
-                    format!(
-                        " (the command itself ended with {})",
-                        describe_status(status)
-                    )
-                })
-                .unwrap_or_default();
-            tracing::error!("{url}: processes of the command's group survived SIGKILL{ended}");
-            if guard.check().is_err() {
-                Ok(exit::LEASE_LOST)
-            } else {
-                Ok(exit::INTERNAL)
-            }
-        }
-        Supervised::Stopped(status) => {
-            if let Some(status) = status {
-                tracing::info!("{url}: the command ended with {}", describe_status(status));
-            }
-            Ok(exit::LEASE_LOST)
-        }
-        Supervised::TimedOut(status) => {
-            let ended = status
-                .map(|status| format!("; it ended with {}", describe_status(status)))
-                .unwrap_or_default();
-            tracing::error!(
-                target: OUTCOME,
-                "{url}: the command ran longer than --max-runtime {} and was stopped{ended}",
-                short_duration(max_runtime.unwrap_or_default())
-            );
-            Ok(exit::TIMED_OUT)
-        }
-        Supervised::WaitFailed(error) => Err(Coded::new(
-            exit::INTERNAL,
-            format!("cannot wait for the command: {error}"),
-        )
-        .into()),
-        Supervised::Exited(status) => {
-            tracing::debug!("{url}: the command ended with {}", describe_status(status));
-            if let Err(error) = guard.check() {
-                tracing::error!(
-                    "{error} before the command finished (it exited with {})",
-                    describe_status(status)
-                );
-                return Ok(exit::LEASE_LOST);
-            }
-            Ok(exit_code(status))
+impl std::ops::Deref for Held {
+    type Target = Guard;
+
+    fn deref(&self) -> &Guard {
+        match self {
+            Self::Plain(guard) => guard,
+            Self::Period(guard) => guard,
         }
     }
+}
+
+impl Held {
+    /// Lets the lock expire by its TTL, writing nothing.
+    fn abandon(self) {
+        match self {
+            Self::Plain(guard) => guard.abandon(),
+            Self::Period(guard) => guard.abandon(),
+        }
+    }
+}
+
+/// What an acquire for `run` ended with.
+enum Acquired {
+    Held(Held),
+    Done(CompletedSlot),
 }
 
 /// Acquires the lock; the forwarded signals cancel the wait cleanly (the library
@@ -532,7 +454,7 @@ async fn acquire(
     wait: Wait,
     signals: &mut Signals,
     url: &str,
-) -> (Result<SlotAcquire, gcslock::Error>, Option<Signal>) {
+) -> (Result<Acquired, gcslock::Error>, Option<Signal>) {
     let cancel = CancellationToken::new();
     let mut interrupted = None;
     let first = cancellable(lock, slot, Wait::No, &cancel, signals, &mut interrupted).await;
@@ -545,7 +467,10 @@ async fn acquire(
     };
     let result = match first {
         Err(gcslock::Error::Busy { holder, .. }) => {
-            tracing::info!("{url} is busy: {holder}; waiting {how_long}");
+            tracing::info!(
+                "{url} is busy: {}; waiting {how_long}",
+                holder_summary(&holder)
+            );
             cancellable(lock, slot, wait, &cancel, signals, &mut interrupted).await
         }
         // --wait also covers an outage.
@@ -565,7 +490,7 @@ async fn cancellable(
     cancel: &CancellationToken,
     signals: &mut Signals,
     interrupted: &mut Option<Signal>,
-) -> Result<SlotAcquire, gcslock::Error> {
+) -> Result<Acquired, gcslock::Error> {
     let acquire = lock.acquire(slot, wait, cancel);
     tokio::pin!(acquire);
     loop {
@@ -583,12 +508,12 @@ async fn cancellable(
 /// Releases the lock, bounded in time; failures are reported, not fatal: an
 /// unreleased lock expires after its TTL. With `completed`, the release also
 /// records the guard's --once-per slot as completed.
-async fn release(guard: Guard, url: &str, completed: bool) {
+async fn release(guard: Held, url: &str, completed: bool) {
     let released = async {
-        if completed {
-            guard.release_completed().await
-        } else {
-            guard.release().await
+        match guard {
+            Held::Period(guard) if completed => guard.release_completed().await,
+            Held::Period(guard) => guard.release().await,
+            Held::Plain(guard) => guard.release().await,
         }
     };
     match tokio::time::timeout(RELEASE_TIMEOUT, released).await {

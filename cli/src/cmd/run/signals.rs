@@ -18,16 +18,17 @@ const FORWARDED: [Signal; 4] = [
 /// nor stop the command, which runs on in its own process group, and after the TTL
 /// another machine's copy would start beside it. Caught rather than set to SIG_IGN,
 /// which the command would inherit.
-const REFUSED: [Signal; 3] = [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU];
+const REFUSED: [Signal; 2] = [Signal::SIGTSTP, Signal::SIGTTIN];
 
 /// INT, TERM, HUP and QUIT, caught (so they no longer kill gcslock) and delivered
-/// in order through one channel; TSTP, TTIN and TTOU caught and refused.
+/// in order through one channel; TSTP and TTIN caught and refused; TTOU ignored.
 pub struct Signals {
     receiver: mpsc::UnboundedReceiver<Signal>,
 }
 
 impl Signals {
     pub fn install() -> anyhow::Result<Self> {
+        ignore_ttou()?;
         for signal in REFUSED {
             let mut stream = catch(signal)?;
             tokio::spawn(async move {
@@ -68,6 +69,17 @@ impl Signals {
     pub fn try_recv(&mut self) -> Option<Signal> {
         self.receiver.try_recv().ok()
     }
+}
+
+/// SIGTTOU is ignored, not caught: a background gcslock writing to a terminal with
+/// `stty tostop` gets SIGTTOU and, with a handler, the write is restarted and gets
+/// it again, forever (the kernel lets the write through only when SIGTTOU is ignored
+/// or blocked). The command gets the default back before it executes (`child.rs`).
+fn ignore_ttou() -> Result<(), Coded> {
+    // SAFETY: SIG_IGN runs no code of ours.
+    unsafe { nix::sys::signal::signal(Signal::SIGTTOU, nix::sys::signal::SigHandler::SigIgn) }
+        .map(|_| ())
+        .map_err(|error| Coded::new(exit::INTERNAL, format!("cannot ignore SIGTTOU: {error}")))
 }
 
 fn catch(signal: Signal) -> Result<tokio::signal::unix::Signal, Coded> {

@@ -1,11 +1,17 @@
-//! Watches the lease while the command runs and stops the command's process group
-//! before anyone else can take the lock over.
+//! Watches the lease while the command runs and stops the command's boundary (its
+//! cgroup, session or process group: the [`Group`]) before anyone else can take the
+//! lock over.
 //!
 //! The holder's own deadline (`Guard::time_left`) comes at least two safety margins
 //! before any other client may judge the lease stale. So the group gets SIGTERM once
 //! no more than the kill grace is left before that deadline, and SIGKILL at the
 //! deadline at the latest; when the lock was taken over or broken, someone else may
 //! already run, and the group gets SIGKILL at once.
+//!
+//! A group that survives SIGKILL (a process stuck in uninterruptible sleep) may
+//! still write: while the lease is valid it is kept (the guard goes on refreshing)
+//! and the group is watched until it is gone; only a lease that is lost anyway is
+//! left to expire with the group still there.
 
 use std::future::Future;
 use std::io;
@@ -25,13 +31,14 @@ use crate::output::short_duration;
 pub const LEASE_TICK: Duration = Duration::from_millis(100);
 /// How often a stopping group is checked for survivors.
 const GROUP_POLL: Duration = Duration::from_millis(50);
-/// How long gcslock waits for the group to die after SIGKILL before giving up on it.
+/// How long the group may take to die after SIGKILL before gcslock says that it
+/// survived it.
 const AFTER_SIGKILL: Duration = Duration::from_secs(5);
 
-/// The command's process group, as the supervisor sees it.
+/// The command and everything it started (its boundary), as the supervisor sees it.
 pub trait Group {
-    /// The process group id, for messages.
-    fn id(&self) -> i32;
+    /// What it is, for messages: "cgroup /sys/fs/cgroup/...", "session 42", ...
+    fn name(&self) -> &str;
     /// Sends `signal` to every process of the group.
     fn signal(&self, signal: Signal);
     /// Waits for the command itself (the group's leader) to exit.
@@ -62,14 +69,8 @@ impl Lease for Guard {
     fn state(&self) -> LeaseState {
         match self.check() {
             Ok(()) => LeaseState::Held(self.time_left()),
-            Err(gcslock::Error::LeaseLost {
-                reason: reason @ LossReason::Expired { .. },
-                ..
-            }) => LeaseState::Expired(reason.to_string()),
-            Err(gcslock::Error::LeaseLost { reason, .. }) => {
-                LeaseState::Superseded(reason.to_string())
-            }
-            Err(other) => LeaseState::Expired(other.to_string()),
+            Err(reason @ LossReason::Expired { .. }) => LeaseState::Expired(reason.to_string()),
+            Err(reason) => LeaseState::Superseded(reason.to_string()),
         }
     }
 
@@ -92,10 +93,18 @@ pub enum Supervised {
     TimedOut(Option<ExitStatus>),
     /// Waiting for the command failed; its group was killed.
     WaitFailed(io::Error),
-    /// The group survived SIGKILL (say, a process stuck in uninterruptible sleep):
-    /// its writes may still land, so the lock must expire by its TTL rather than be
-    /// released. The command's status if it was reaped.
+    /// The group survived SIGKILL (say, a process stuck in uninterruptible sleep)
+    /// until the lease was lost: its writes may still land, so the lock must expire
+    /// by its TTL rather than be released. The command's status if it was reaped.
     Survived(Option<ExitStatus>),
+}
+
+/// How the supervision ended, and the first signal gcslock forwarded to the group
+/// (the run then counts as terminated, whatever the command's exit code).
+#[derive(Debug)]
+pub struct Supervision {
+    pub ended: Supervised,
+    pub forwarded: Option<Signal>,
 }
 
 impl Supervised {
@@ -110,7 +119,7 @@ impl Supervised {
 pub struct Stopping {
     /// The command's status, if it was reaped while stopping.
     pub status: Option<ExitStatus>,
-    /// Whether a process of the group still ran when gcslock gave up on it.
+    /// Whether a process of the group still ran when the lease was lost.
     pub survived: bool,
 }
 
@@ -173,14 +182,37 @@ enum Event {
     Signal(Signal),
 }
 
-/// Waits for the command, forwarding signals to its process group, and stops the
-/// group as the lease requires (see the module's documentation), or once
-/// `max_runtime_end` passes (`--max-runtime`: SIGTERM, then SIGKILL after the kill
-/// grace or at the lease's deadline if sooner).
+/// Waits for the command, forwarding signals to its group, and stops the group as
+/// the lease requires (see the module's documentation), or once `max_runtime_end`
+/// passes (`--max-runtime`: SIGTERM, then SIGKILL after the kill grace or at the
+/// lease's deadline if sooner).
 pub async fn supervise<G: Group, L: Lease>(
     group: &mut G,
     lease: &L,
     signals: &mut Signals,
+    kill_grace: Duration,
+    url: &str,
+    max_runtime_end: Option<Instant>,
+) -> Supervision {
+    let mut forwarded = None;
+    let ended = supervise_group(
+        group,
+        lease,
+        signals,
+        &mut forwarded,
+        kill_grace,
+        url,
+        max_runtime_end,
+    )
+    .await;
+    Supervision { ended, forwarded }
+}
+
+async fn supervise_group<G: Group, L: Lease>(
+    group: &mut G,
+    lease: &L,
+    signals: &mut Signals,
+    forwarded: &mut Option<Signal>,
     kill_grace: Duration,
     url: &str,
     max_runtime_end: Option<Instant>,
@@ -204,13 +236,14 @@ pub async fn supervise<G: Group, L: Lease>(
         };
         match event {
             Event::Exited(status) => break status,
-            Event::Signal(signal) => forward(group, signal),
+            Event::Signal(signal) => forward(group, signal, forwarded),
             Event::Look => {
                 let now = Instant::now();
                 if let Some(stop) = decide(lease.state(), kill_grace, now) {
-                    let pgid = group.id();
-                    let announce = || announce(&stop, pgid, url);
-                    let stopping = stop_by(group, stop.kill_at, lease, signals, announce).await;
+                    let name = group.name().to_owned();
+                    let announce = || announce(&stop, &name, url);
+                    let stopping =
+                        stop_by(group, stop.kill_at, lease, signals, forwarded, announce).await;
                     return stopping.outcome(Supervised::Stopped);
                 }
                 if max_runtime_end.is_some_and(|end| now >= end) {
@@ -218,9 +251,10 @@ pub async fn supervise<G: Group, L: Lease>(
                         kill_at: now.checked_add(kill_grace).unwrap_or(now),
                         why: Why::MaxRuntime,
                     };
-                    let pgid = group.id();
-                    let announce = || announce(&stop, pgid, url);
-                    let stopping = stop_by(group, stop.kill_at, lease, signals, announce).await;
+                    let name = group.name().to_owned();
+                    let announce = || announce(&stop, &name, url);
+                    let stopping =
+                        stop_by(group, stop.kill_at, lease, signals, forwarded, announce).await;
                     return stopping.outcome(Supervised::TimedOut);
                 }
             }
@@ -231,13 +265,12 @@ pub async fn supervise<G: Group, L: Lease>(
         Err(error) => {
             // Should not happen; make sure nothing of the command outlives us, and
             // wait to see that it did not.
-            let pgid = group.id();
+            let name = group.name().to_owned();
             let announce = || {
-                tracing::error!(
-                    "cannot wait for the command ({error}); killing its process group {pgid}"
-                );
+                tracing::error!("cannot wait for the command ({error}); killing its {name}");
             };
-            let stopping = stop_by(group, Instant::now(), lease, signals, announce).await;
+            let stopping =
+                stop_by(group, Instant::now(), lease, signals, forwarded, announce).await;
             if stopping.survived {
                 return Supervised::Survived(stopping.status);
             }
@@ -245,18 +278,18 @@ pub async fn supervise<G: Group, L: Lease>(
         }
     };
     if group.alive() {
-        let pgid = group.id();
+        let name = group.name().to_owned();
         let announce = || {
             tracing::warn!(
-                "the command exited but processes it started are still running in process \
-                 group {pgid}; stopping them so that nothing runs without the lock (SIGTERM, \
+                "the command exited but processes it started are still running in its \
+                 {name}; stopping them so that nothing runs without the lock (SIGTERM, \
                  SIGKILL after {} or at the lease's deadline if sooner)",
                 short_duration(kill_grace)
             );
         };
         let now = Instant::now();
         let kill_at = now.checked_add(kill_grace).unwrap_or(now);
-        let stopping = stop_by(group, kill_at, lease, signals, announce).await;
+        let stopping = stop_by(group, kill_at, lease, signals, forwarded, announce).await;
         if stopping.survived {
             return Supervised::Survived(Some(status));
         }
@@ -264,24 +297,24 @@ pub async fn supervise<G: Group, L: Lease>(
     Supervised::Exited(status)
 }
 
-fn announce(stop: &Stop, pgid: i32, url: &str) {
+fn announce(stop: &Stop, name: &str, url: &str) {
     match &stop.why {
         Why::Superseded(reason) => tracing::error!(
             "lease on {url} lost while the command ran: {reason}; someone else may run now, so \
-             the command is killed at once (SIGKILL to process group {pgid})"
+             the command is killed at once (SIGKILL to its {name})"
         ),
         Why::Expired(reason) => tracing::error!(
             "lease on {url} lost while the command ran: {reason}; killing the command at once \
-             (SIGKILL to process group {pgid})"
+             (SIGKILL to its {name})"
         ),
         Why::RunningOut(left) => tracing::error!(
             "lease on {url} was not refreshed and runs out in {}; stopping the command before \
-             it does (SIGTERM to process group {pgid}, SIGKILL at the lease's deadline)",
+             it does (SIGTERM to its {name}, SIGKILL at the lease's deadline)",
             short_duration(*left)
         ),
         Why::MaxRuntime => tracing::error!(
-            "the command ran past --max-runtime; stopping it (SIGTERM to process group {pgid}, \
-             SIGKILL after --kill-grace)"
+            "the command ran past --max-runtime; stopping it (SIGTERM to its {name}, SIGKILL \
+             after --kill-grace)"
         ),
     }
 }
@@ -289,7 +322,7 @@ fn announce(stop: &Stop, pgid: i32, url: &str) {
 enum StopEvent {
     Exited(Option<ExitStatus>),
     KillTime,
-    GiveUp,
+    Survivors,
     Signal(Signal),
     Poll,
 }
@@ -297,13 +330,16 @@ enum StopEvent {
 /// Stops the whole group by `kill_at`: SIGTERM now, SIGKILL at `kill_at` to whatever
 /// is left (at once if `kill_at` has passed), and sooner if the lease ends sooner.
 /// `announce` logs the stop once the first signal is sent: a blocked stderr must not
-/// delay the signal. Returns once no process of the group runs (or after it survived
-/// SIGKILL for `AFTER_SIGKILL`), with the command's status if it was reaped here.
+/// delay the signal. Returns once no process of the group runs, with the command's
+/// status if it was reaped here. A group still there `AFTER_SIGKILL` after SIGKILL is
+/// watched (and killed again) for as long as the lease is valid; `survived` if the
+/// lease was lost first.
 pub async fn stop_by<G: Group, L: Lease>(
     group: &mut G,
     kill_at: Instant,
     lease: &L,
     signals: &mut Signals,
+    forwarded: &mut Option<Signal>,
     announce: impl FnOnce(),
 ) -> Stopping {
     let now = Instant::now();
@@ -318,16 +354,18 @@ pub async fn stop_by<G: Group, L: Lease>(
     }
     announce();
     let mut status = None;
-    let mut survived = false;
+    let mut surviving = false;
     let mut poll = tokio::time::interval(GROUP_POLL);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        let give_up_at = killed_at.map(|at: Instant| at.checked_add(AFTER_SIGKILL).unwrap_or(at));
+        let survivors_at = killed_at
+            .filter(|_| !surviving)
+            .map(|at: Instant| at.checked_add(AFTER_SIGKILL).unwrap_or(at));
         let event = tokio::select! {
             // An error here means the child is gone; the group check decides the rest.
             result = group.wait(), if status.is_none() => StopEvent::Exited(result.ok()),
             () = tokio::time::sleep_until(kill_at), if killed_at.is_none() => StopEvent::KillTime,
-            () = sleep_until_some(give_up_at) => StopEvent::GiveUp,
+            () = sleep_until_some(survivors_at) => StopEvent::Survivors,
             Some(signal) = signals.recv() => StopEvent::Signal(signal),
             _ = poll.tick() => StopEvent::Poll,
         };
@@ -338,26 +376,43 @@ pub async fn stop_by<G: Group, L: Lease>(
                 killed_at = Some(kill(group));
                 if alive {
                     tracing::warn!(
-                        "process group {} still ran at its deadline; sent SIGKILL",
-                        group.id()
+                        "the command's {} still ran at its deadline; sent SIGKILL",
+                        group.name()
                     );
                 }
             }
-            StopEvent::GiveUp => {
-                survived = group.alive();
-                if survived {
-                    tracing::error!(
-                        "process group {} survived SIGKILL for {}; giving up on it",
-                        group.id(),
+            StopEvent::Survivors => {
+                surviving = true;
+                if group.alive() {
+                    tracing::warn!(
+                        "processes of the command's {} survived SIGKILL for {} (stuck in \
+                         uninterruptible sleep, most likely) and may still write; the lease \
+                         is kept, and released only once they are gone",
+                        group.name(),
                         short_duration(AFTER_SIGKILL)
                     );
                 }
-                break;
             }
-            StopEvent::Signal(signal) => forward(group, signal),
+            StopEvent::Signal(signal) => forward(group, signal, forwarded),
             StopEvent::Poll => {
-                if status.is_some() && !group.alive() {
+                let alive = group.alive();
+                if !alive && (status.is_some() || surviving) {
                     break;
+                }
+                if surviving && alive {
+                    if !matches!(lease.state(), LeaseState::Held(left) if !left.is_zero()) {
+                        tracing::error!(
+                            "processes of the command's {} still run and the lease is lost; \
+                             giving up on them",
+                            group.name()
+                        );
+                        return Stopping {
+                            status: status.flatten(),
+                            survived: true,
+                        };
+                    }
+                    // Whatever wakes up, or was in the middle of a fork, dies now.
+                    kill(group);
                 }
                 // A suspend or a takeover since the stop began moves the deadline up.
                 if killed_at.is_none() {
@@ -368,7 +423,7 @@ pub async fn stop_by<G: Group, L: Lease>(
     }
     Stopping {
         status: status.flatten(),
-        survived,
+        survived: false,
     }
 }
 
@@ -384,15 +439,14 @@ fn kill<G: Group>(group: &G) -> Instant {
     Instant::now()
 }
 
-fn forward<G: Group>(group: &G, signal: Signal) {
+/// Forwards `signal` to the group and remembers the first one forwarded.
+fn forward<G: Group>(group: &G, signal: Signal, forwarded: &mut Option<Signal>) {
     group.signal(signal);
     // A stopped process (say, one that tried to read the terminal from its background
     // group and got SIGTTIN) acts on the signal only once continued, as shells do.
     group.signal(Signal::SIGCONT);
-    tracing::info!(
-        "forwarded {signal} to the command's process group {}",
-        group.id()
-    );
+    forwarded.get_or_insert(signal);
+    tracing::info!("forwarded {signal} to the command's {}", group.name());
 }
 
 #[cfg(test)]
@@ -416,6 +470,9 @@ mod tests {
         start: Instant,
         exits_at: Option<Instant>,
         survives_sigkill: bool,
+        /// With `survives_sigkill`: SIGKILL works again from then on (the process
+        /// came out of uninterruptible sleep).
+        stuck_until: Option<Instant>,
         sent: RefCell<Vec<(Signal, Duration)>>,
         killed: watch::Sender<bool>,
         journal: Journal,
@@ -428,6 +485,7 @@ mod tests {
                 start,
                 exits_at: exits_after.map(|after| start + after),
                 survives_sigkill: false,
+                stuck_until: None,
                 sent: RefCell::new(Vec::new()),
                 killed: watch::channel(false).0,
                 journal: Journal::default(),
@@ -455,14 +513,16 @@ mod tests {
     }
 
     impl Group for FakeGroup {
-        fn id(&self) -> i32 {
-            4242
+        fn name(&self) -> &str {
+            "process group 4242"
         }
 
         fn signal(&self, signal: Signal) {
             self.sent.borrow_mut().push((signal, self.start.elapsed()));
             self.journal.push(format!("sent {signal}"));
-            if signal == Signal::SIGKILL && !self.survives_sigkill {
+            let stuck = self.survives_sigkill
+                && self.stuck_until.is_none_or(|until| Instant::now() < until);
+            if signal == Signal::SIGKILL && !stuck {
                 self.killed.send_replace(true);
             }
         }
@@ -501,7 +561,23 @@ mod tests {
             event: &tracing::Event<'_>,
             _: tracing_subscriber::layer::Context<'_, S>,
         ) {
-            self.push(format!("logged {}", event.metadata().level()));
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            self.push(format!(
+                "logged {}: {}",
+                event.metadata().level(),
+                message.0
+            ));
+        }
+    }
+
+    struct Message(String);
+
+    impl tracing::field::Visit for Message {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            }
         }
     }
 
@@ -568,6 +644,7 @@ mod tests {
         )
         .await
         .expect("the supervisor never stopped the group")
+        .ended
     }
 
     #[tokio::test(start_paused = true)]
@@ -635,7 +712,7 @@ mod tests {
         let kill_at = Instant::now() + Duration::from_secs(30);
         tokio::time::timeout(
             HANG_GUARD,
-            stop_by(&mut group, kill_at, &lease, &mut signals, || {}),
+            stop_by(&mut group, kill_at, &lease, &mut signals, &mut None, || {}),
         )
         .await
         .expect("stop_by returned");
@@ -674,7 +751,11 @@ mod tests {
         let (sender, mut signals) = Signals::from_channel();
         sender.send(Signal::SIGHUP).unwrap();
         let outcome = supervise(&mut group, &lease, &mut signals, GRACE, "gs://b/o", None).await;
-        assert!(matches!(outcome, Supervised::Exited(_)), "{outcome:?}");
+        assert!(
+            matches!(outcome.ended, Supervised::Exited(_)),
+            "{outcome:?}"
+        );
+        assert_eq!(outcome.forwarded, Some(Signal::SIGHUP));
         let sent: Vec<Signal> = group.sent().into_iter().map(|(s, _)| s).collect();
         assert_eq!(sent, vec![Signal::SIGHUP, Signal::SIGCONT]);
     }
@@ -707,9 +788,10 @@ mod tests {
         )
         .await;
         assert!(
-            matches!(outcome, Supervised::Exited(status) if status.success()),
+            matches!(outcome.ended, Supervised::Exited(status) if status.success()),
             "{outcome:?}"
         );
+        assert_eq!(outcome.forwarded, None);
         assert_eq!(group.sent(), Vec::new());
     }
 
@@ -768,6 +850,68 @@ mod tests {
         assert_eq!(group.first(Signal::SIGKILL), Some(Duration::from_secs(7)));
     }
 
+    /// Before, gcslock gave up on a group 5s after SIGKILL and let a healthy lease
+    /// expire while the group could still write.
+    #[tokio::test(start_paused = true)]
+    async fn survivors_keep_the_lease_and_it_is_released_once_they_are_gone() {
+        // Ignores SIGTERM; stuck from its SIGKILL (at 13s) until 40s.
+        let start = Instant::now();
+        let mut group = FakeGroup {
+            survives_sigkill: true,
+            stuck_until: Some(start + Duration::from_secs(40)),
+            ..FakeGroup::new(None)
+        };
+        let journal = group.journal.clone();
+        let _logging = log_into(&journal);
+        let lease = FakeLease::ending_in(Duration::from_secs(3600));
+        let end = start + Duration::from_secs(10);
+        let outcome = supervised_with(&mut group, &lease, GRACE, Some(end)).await;
+        assert!(matches!(outcome, Supervised::TimedOut(_)), "{outcome:?}");
+        assert!(outcome.may_release());
+        let over = start.elapsed();
+        assert!(over >= Duration::from_secs(40), "{over:?}");
+        assert!(over <= Duration::from_secs(40) + GROUP_POLL, "{over:?}");
+        let kept: Vec<String> = journal
+            .entries()
+            .into_iter()
+            .filter(|entry| entry.contains("the lease is kept"))
+            .collect();
+        assert_eq!(kept.len(), 1, "said once: {:?}", journal.entries());
+        assert!(kept[0].starts_with("logged WARN"), "{kept:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn survivors_that_outlive_the_lease_leave_it_to_expire() {
+        let start = Instant::now();
+        let mut group = FakeGroup::unkillable();
+        // Refreshes stop working at 30s (nothing refreshes this fake lease).
+        let lease = FakeLease::ending_in(Duration::from_secs(30));
+        let end = start + Duration::from_secs(10);
+        let outcome = supervised_with(&mut group, &lease, GRACE, Some(end)).await;
+        assert!(matches!(outcome, Supervised::Survived(None)), "{outcome:?}");
+        assert!(!outcome.may_release());
+        let over = start.elapsed();
+        assert!(over >= Duration::from_secs(30), "{over:?}");
+        assert!(over <= Duration::from_secs(30) + GROUP_POLL, "{over:?}");
+    }
+
+    /// Before, a run whose command exited 0 on a forwarded SIGTERM looked like a
+    /// success (and completed its --once-per slot).
+    #[tokio::test(start_paused = true)]
+    async fn the_first_forwarded_signal_is_reported() {
+        let mut group = FakeGroup::new(Some(Duration::from_secs(10)));
+        let lease = FakeLease::ending_in(Duration::from_secs(3600));
+        let (sender, mut signals) = Signals::from_channel();
+        sender.send(Signal::SIGTERM).unwrap();
+        sender.send(Signal::SIGINT).unwrap();
+        let outcome = supervise(&mut group, &lease, &mut signals, GRACE, "gs://b/o", None).await;
+        assert!(
+            matches!(outcome.ended, Supervised::Exited(status) if status.success()),
+            "{outcome:?}"
+        );
+        assert_eq!(outcome.forwarded, Some(Signal::SIGTERM));
+    }
+
     /// A group whose processes no signal ends, so it stays alive whatever its
     /// leader does.
     struct LingeringGroup {
@@ -783,8 +927,8 @@ mod tests {
     }
 
     impl Group for LingeringGroup {
-        fn id(&self) -> i32 {
-            self.inner.id()
+        fn name(&self) -> &str {
+            self.inner.name()
         }
 
         fn signal(&self, signal: Signal) {
@@ -813,7 +957,8 @@ mod tests {
             },
             leader: Leader::Leftovers,
         };
-        let lease = FakeLease::ending_in(Duration::from_secs(3600));
+        // Lost at 60s, with the leftovers still there.
+        let lease = FakeLease::ending_in(Duration::from_secs(60));
         let outcome = supervised(&mut group, &lease).await;
         assert!(
             matches!(outcome, Supervised::Survived(Some(status)) if status.success()),
@@ -832,7 +977,7 @@ mod tests {
             inner: FakeGroup::unkillable(),
             leader: Leader::Unwaitable,
         };
-        let lease = FakeLease::ending_in(Duration::from_secs(3600));
+        let lease = FakeLease::ending_in(Duration::from_secs(60));
         let outcome = supervised(&mut group, &lease).await;
         assert!(matches!(outcome, Supervised::Survived(_)), "{outcome:?}");
         assert!(!outcome.may_release());
