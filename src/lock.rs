@@ -18,14 +18,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError, ObjectInfo, ObjectVersion, Stamped, WriteCondition};
-use crate::backoff::Backoff;
+use crate::backoff::{jittered_poll, steady_poll, Backoff};
 use crate::clock::{instant_after, SendTime};
 use crate::error::{Error, HolderSummary, LossReason};
 use crate::identity::new_nonce;
 use crate::lease::{Guard, PeriodGuard};
 use crate::options::{default_margin, LockOptions, LockSettings};
-use crate::record::{recorded_holders, LockRecord, LockState, RecordedSlot, Ttl};
-use crate::slot::{CompletedSlot, Slot, SlotAcquire};
+use crate::record::{recorded_holders, LockRecord, LockState, RecordedSlot, Ttl, KEY_VALUE};
+use crate::slot::{CompletedSlot, Slot, SlotAcquire, SlotCheck};
 use crate::status::LockStatus;
 use crate::token::FencingToken;
 
@@ -44,6 +44,8 @@ pub enum Wait {
 #[derive(Clone, Debug)]
 pub struct Lock {
     inner: Arc<LockSettings>,
+    /// The value an election term publishes, written with the acquiring write.
+    leader_value: Option<String>,
 }
 
 /// The outcome of one inspect-then-write round; `T` is what winning yields (a
@@ -137,7 +139,7 @@ pub(crate) trait Round: Send {
 struct LockRound<'a> {
     lock: &'a Lock,
     inspections: Inspections,
-    slot: Option<Slot>,
+    check: Option<SlotCheck>,
 }
 
 impl Round for LockRound<'_> {
@@ -145,7 +147,7 @@ impl Round for LockRound<'_> {
 
     async fn attempt(&mut self, cancel: &CancellationToken) -> Result<Attempt, Failure> {
         self.lock
-            .attempt(&mut self.inspections, cancel, self.slot.as_ref())
+            .attempt(&mut self.inspections, cancel, self.check.as_ref())
             .await
     }
 
@@ -164,10 +166,11 @@ impl Lock {
     ) -> Result<Self, Error> {
         Ok(Self {
             inner: Arc::new(LockSettings::new(backend, object, options)?),
+            leader_value: None,
         })
     }
 
-    /// One place of a semaphore of `holders` places (PROTOCOL.md §12): a lock
+    /// One place of a semaphore of `holders` places (PROTOCOL.md §13): a lock
     /// that records the limit with every acquire and refuses a live holder that
     /// records another. `None`: a plain lock.
     pub(crate) fn place(
@@ -180,7 +183,17 @@ impl Lock {
         settings.holders = holders;
         Ok(Self {
             inner: Arc::new(settings),
+            leader_value: None,
         })
+    }
+
+    /// The same lock, whose acquiring writes also publish `value` as the leader's
+    /// (`gcslock-value`, already checked by the caller).
+    pub(crate) fn with_leader_value(&self, value: String) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            leader_value: Some(value),
+        }
     }
 
     /// Where the lock lives, for messages.
@@ -253,7 +266,7 @@ impl Lock {
         let mut round = LockRound {
             lock: self,
             inspections: Inspections::default(),
-            slot,
+            check: slot.map(SlotCheck::new),
         };
         Ok(match self.acquire_rounds(wait, cancel, &mut round).await? {
             Ok(guard) => Acquired::Guard(guard),
@@ -279,7 +292,9 @@ impl Lock {
             Wait::For(duration) => start.checked_add(duration),
             Wait::Forever => None,
         };
+        // Transient failures back off exponentially; a live holder is polled steadily.
         let mut backoff = Backoff::new(lock.poll_min, lock.poll_max);
+        let poll = steady_poll(lock.poll_min, lock.poll_max);
         let mut failing_since: Option<Instant> = None;
         let mut last_busy: Option<HolderSummary> = None;
         let mut expired_in_a_row = 0;
@@ -329,7 +344,7 @@ impl Lock {
                             holder,
                         });
                     }
-                    let delay = backoff.next();
+                    let delay = jittered_poll(poll);
                     // Look again just after the lock turns stale, not a full backoff later.
                     let wake = instant_after(
                         now,
@@ -402,7 +417,7 @@ impl Lock {
         &self,
         inspections: &mut Inspections,
         cancel: &CancellationToken,
-        slot: Option<&Slot>,
+        slot: Option<&SlotCheck>,
     ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
         let read = tokio::select! {
@@ -422,10 +437,13 @@ impl Lock {
         received: Instant,
         inspections: &mut Inspections,
         cancel: &CancellationToken,
-        slot: Option<&Slot>,
+        slot: Option<&SlotCheck>,
     ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
         let Inspections { seen, pending } = inspections;
+        if let Some(slot) = slot {
+            slot.check_clock(&lock.url, read.server_time);
+        }
         if let Some(info) = &read.value {
             if let Some((ours, sent)) = pending.take_applied(info) {
                 tracing::debug!(lock = %lock.url, "an earlier create of ours applied late; adopting it");
@@ -436,7 +454,7 @@ impl Lock {
             None => (WriteCondition::DoesNotExist, 1),
             Some(info) => {
                 let record = self.decode(info)?;
-                if let Some(done) = slot_done(slot, &record, info) {
+                if let Some(done) = slot_done(slot, &record, info, read.server_time, &lock.url) {
                     return Ok(Attempt::Done(done));
                 }
                 let next_token = record.token.checked_add(1).ok_or_else(|| {
@@ -479,12 +497,12 @@ impl Lock {
             refresh_seq: 0,
             completed: carried_completion(read.value.as_ref()),
         };
+        let mut metadata = lock.metadata_of(&record);
+        if let Some(value) = &self.leader_value {
+            metadata.insert(KEY_VALUE.to_owned(), value.clone());
+        }
         let sent = SendTime::now();
-        match lock
-            .backend
-            .write(&lock.object, condition, &lock.metadata_of(&record))
-            .await
-        {
+        match lock.backend.write(&lock.object, condition, &metadata).await {
             Ok(written) => Ok(self.started(record, written.value.version, sent).await),
             // Someone else wrote first; report who holds it now.
             Err(BackendError::PreconditionFailed) => {
@@ -504,7 +522,7 @@ impl Lock {
         ours: &LockRecord,
         sent: SendTime,
         pending: &mut PendingCreates,
-        slot: Option<&Slot>,
+        slot: Option<&SlotCheck>,
     ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
         let read = lock
@@ -523,7 +541,7 @@ impl Lock {
                     return Ok(self.started(earlier, info.version, earlier_sent).await);
                 }
                 let record = self.decode(info)?;
-                if let Some(done) = slot_done(slot, &record, info) {
+                if let Some(done) = slot_done(slot, &record, info, read.server_time, &lock.url) {
                     return Ok(Attempt::Done(done));
                 }
                 let status = LockStatus::judge(Some(info), read.server_time);
@@ -679,7 +697,7 @@ impl Lock {
             .is_ok_and(|record| ours.same_lease(&record) && record.state == LockState::Held)
     }
 
-    /// A live holder must agree on the holder limit (PROTOCOL.md §12): one that
+    /// A live holder must agree on the holder limit (PROTOCOL.md §13): one that
     /// allows another number is refused, never waited for.
     fn check_holders(&self, info: &ObjectInfo, record: &LockRecord) -> Result<(), Failure> {
         let lock = &self.inner;
@@ -770,11 +788,24 @@ enum Staleness {
     Fresh { retry_in: Option<Duration> },
 }
 
-/// The completion recorded in `record` if it covers `slot`.
-fn slot_done(slot: Option<&Slot>, record: &LockRecord, info: &ObjectInfo) -> Option<CompletedSlot> {
-    let done = record.completed.as_ref()?;
-    slot.filter(|slot| done.slot.covers(slot))
-        .map(|_| done.resolve(info.updated))
+/// The completion recorded in `record` if it makes the slot asked for done,
+/// judged by the server's clock reading taken with it (PROTOCOL.md §10).
+fn slot_done(
+    slot: Option<&SlotCheck>,
+    record: &LockRecord,
+    info: &ObjectInfo,
+    server_time: Option<DateTime<Utc>>,
+    lock: &str,
+) -> Option<CompletedSlot> {
+    slot?.done(
+        lock,
+        record
+            .completed
+            .as_ref()
+            .map(|done| done.resolve(info.updated)),
+        LockRecord::completion_problem(&info.metadata),
+        server_time,
+    )
 }
 
 /// The completed slot an acquire carries over from the object it replaces.

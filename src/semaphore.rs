@@ -1,5 +1,5 @@
 //! At most N holders at once: a counting semaphore made of N places, each an
-//! ordinary lock object (PROTOCOL.md §12).
+//! ordinary lock object (PROTOCOL.md §13).
 //!
 //! Place 0 is the object `NAME` itself, place k (1 ≤ k < N) the object
 //! `NAME/place-k`, so a semaphore of one place is exactly the plain lock `NAME`.

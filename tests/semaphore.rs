@@ -1,4 +1,4 @@
-//! The semaphore (at most N holders, PROTOCOL.md §12) on the in-memory backend with
+//! The semaphore (at most N holders, PROTOCOL.md §13) on the in-memory backend with
 //! tokio's paused clock, and on strict-gcs (`GCSLOCK_STRICT_EMULATOR_HOST`; skipped
 //! loudly when unset, failed when `GCSLOCK_REQUIRE_STRICT=1`).
 

@@ -1,4 +1,4 @@
-//! 7. The semaphore (`--holders N`, PROTOCOL.md §12): requests of an acquire with a
+//! 7. The semaphore (`--holders N`, PROTOCOL.md §13): requests of an acquire with a
 //!    free place, a refresh, a release and a waiter's poll, counted by the emulator
 //!    and cross-checked with the counting wrapper.
 

@@ -1,4 +1,4 @@
-//! End-to-end tests of `gcslock run --holders N` (a semaphore, PROTOCOL.md §12) and
+//! End-to-end tests of `gcslock run --holders N` (a semaphore, PROTOCOL.md §13) and
 //! of `status`, `list` and `break` on its places, with real processes on strict-gcs
 //! (`GCSLOCK_STRICT_EMULATOR_HOST`; skipped, loudly, when it is unset).
 

@@ -1,4 +1,4 @@
-//! The places of a semaphore (`run --holders N`, PROTOCOL.md §12) for `status`,
+//! The places of a semaphore (`run --holders N`, PROTOCOL.md §13) for `status`,
 //! `list` and `break`: who holds each place, since when, with which token; and
 //! which place one holder (by identity or token) has.
 

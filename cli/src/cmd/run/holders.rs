@@ -1,5 +1,5 @@
 //! `run --holders N`: at most N commands hold the URL at once (a semaphore of N
-//! places, PROTOCOL.md §12). `--holders 1` is the plain lock, request for request.
+//! places, PROTOCOL.md §13). `--holders 1` is the plain lock, request for request.
 
 use std::sync::Arc;
 use std::time::Duration;
