@@ -7,7 +7,7 @@
 //! fencing tokens of its own) because it *is* a lock: the acquire round below only
 //! replaces a lock's inspecting read by one prefix listing that shows every place,
 //! then hands each place's listing entry to the lock's own round
-//! ([`Lock::attempt_inspected`]), which writes only to a free or stale place.
+//! (`Lock::attempt_inspected`), which writes only to a free or stale place.
 //!
 //! Every place write records the limit N (`gcslock-holders`); a contender that
 //! meets a live holder recording another limit is refused
@@ -172,15 +172,19 @@ impl Semaphore {
     }
 
     /// Acquires a free or stale place, waiting as `wait` says; `Error::Busy` when
-    /// every place stays held by a live holder.
+    /// every place stays held by a live holder. See
+    /// [`Semaphore::acquire_cancellable`] to stop a wait.
     pub async fn acquire(&self, wait: Wait) -> Result<Permit, Error> {
         self.acquire_cancellable(wait, &CancellationToken::new())
             .await
     }
 
-    /// Like [`Semaphore::acquire`], and stops waiting when `cancel` fires, as
-    /// [`Lock::acquire_cancellable`] does: it returns a permit or
-    /// `Error::Cancelled`, and leaves no place held.
+    /// Like [`Semaphore::acquire`], and stops waiting when `cancel` fires, as a
+    /// lock's acquire does with [`crate::Acquire::cancel_on`]: it returns a permit
+    /// or `Error::Cancelled`, and leaves no place held (a create whose answer was
+    /// lost is resolved first, and released if it applied). Stop a wait through
+    /// `cancel`: dropping the future while a create is in flight may leave that
+    /// place held until its TTL passes.
     pub async fn acquire_cancellable(
         &self,
         wait: Wait,
