@@ -302,8 +302,10 @@ pub fn remove_at(parent: BorrowedFd<'_>, name: &CStr, depth: u32) -> io::Result<
     Ok(unlinkat(parent, name, AtFlags::REMOVEDIR)?)
 }
 
-/// Creates `gcslock-run-PID` (or `-PID-N` if taken) under `parent`.
+/// Creates `gcslock-run-PID` (or `-PID-N` if taken) under `parent`, after removing
+/// the empty ones whose gcslock is gone (killed together with its watchdog).
 fn make_child(parent: &OwnedFd, parent_path: &Path) -> Result<(CString, PathBuf), String> {
+    remove_stale(parent, parent_path);
     let pid = std::process::id();
     for attempt in 0..100u32 {
         let name = match attempt {
@@ -329,6 +331,34 @@ fn make_child(parent: &OwnedFd, parent_path: &Path) -> Result<(CString, PathBuf)
         "cannot create a cgroup in {}: every name is taken",
         parent_path.display()
     ))
+}
+
+/// Removes `gcslock-run-PID[-N]` cgroups under `parent` whose gcslock (PID) no
+/// longer exists and in which nothing runs.
+fn remove_stale(parent: &OwnedFd, parent_path: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent_path) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("gcslock-run-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| parse_id(pid.as_bytes()))
+        else {
+            continue;
+        };
+        let owner_gone = nix::sys::signal::kill(Pid::from_raw(owner), None)
+            == Err(nix::errno::Errno::ESRCH);
+        let empty = std::fs::read(entry.path().join("cgroup.events"))
+            .is_ok_and(|events| events.windows(11).any(|line| line == b"populated 0"));
+        if owner_gone && empty {
+            if let Ok(name) = CString::new(name.as_bytes()) {
+                let _ = remove_at(parent.as_fd(), &name, NESTING);
+            }
+        }
+    }
 }
 
 /// gcslock's cgroup v2 path, from the `0::` line of /proc/self/cgroup.
