@@ -98,6 +98,8 @@ pub struct Scenario {
     pub term_delay_ms: u64,
     /// The recorder starts a helper process in its group, living as long as the hold.
     pub helper: bool,
+    /// The helper leaves the recorder's process group and session (`setsid`).
+    pub helper_leaves: bool,
     /// Record each recorder's and helper's death as soon as it is seen (a thread
     /// polls /proc), rather than only after its gcslock exited.
     pub watch_deaths: bool,
@@ -134,6 +136,7 @@ fn base(
         faketime: vec![],
         term_delay_ms: 0,
         helper: false,
+        helper_leaves: false,
         watch_deaths: false,
     }
 }
@@ -150,7 +153,7 @@ pub fn budget(profile: Profile) -> Option<Duration> {
 /// The least wall time a scenario is given under a budget.
 pub const MIN_SCENARIO: Duration = Duration::from_secs(8);
 
-/// The scenarios of a profile, in order (a) to (f), (h) to (k) (and (g) for soak).
+/// The scenarios of a profile, in order (a) to (f), (h) to (l) (and (g) for soak).
 pub fn scenarios(profile: Profile) -> Vec<Scenario> {
     let soak = profile == Profile::Soak;
     let (workers, iterations) = if soak { (8, 12) } else { (6, 3) };
@@ -338,6 +341,29 @@ pub fn scenarios(profile: Profile) -> Vec<Scenario> {
             if soak { 8 } else { 3 },
         )
     });
+    list.push(Scenario {
+        chaos: Chaos::CutOff {
+            count: if soak { 4 } else { 2 },
+            cut_ms: 2 * TTL_MS + 1_000,
+            every_ms: (500, 1_500),
+        },
+        // The helper lives as long as the hold, well past a takeover after the cut.
+        hold_ms: (4_000, 5_000),
+        term_delay_ms: 3_000,
+        helper: true,
+        helper_leaves: true,
+        watch_deaths: true,
+        wall_limit: limit(40, 150),
+        ..base(
+            "escape",
+            "l",
+            "a holder's link to storage black-holed while its job's helper runs in a session of \
+             its own (setsid, as daemons do; `timeout` leaves the process group the same way): \
+             the boundary (the cgroup) must stop the helper too before waiters take over",
+            3,
+            2,
+        )
+    });
     if soak {
         let mut mixed = storm;
         mixed.extend(flags(&["--reset-after", "0.05"]));
@@ -373,8 +399,8 @@ mod tests {
             let list = scenarios(profile);
             let ids: Vec<&str> = list.iter().map(|s| s.id).collect();
             assert_eq!(
-                ids[..11],
-                ["a", "b", "c", "c2", "d", "e", "f", "h", "i", "j", "k"]
+                ids[..12],
+                ["a", "b", "c", "c2", "d", "e", "f", "h", "i", "j", "k", "l"]
             );
             for s in &list {
                 assert!(s.refresh_ms * 8 <= s.ttl_ms, "{}", s.name);

@@ -146,7 +146,10 @@ async fn processes_that_leave_the_process_group_are_stopped_with_their_boundary(
         reap_escaped(&pids);
         assert_eq!(status.code(), Some(124), "{boundary:?}: {stderr}");
         if boundary != Boundary::Group {
-            assert!(!worker_runs, "{boundary:?}: the worker under timeout ran on");
+            assert!(
+                !worker_runs,
+                "{boundary:?}: the worker under timeout ran on"
+            );
         }
         let cgroup = cgroup_in_force(&stderr, boundary);
         match (boundary, &cgroup) {

@@ -349,8 +349,8 @@ fn remove_stale(parent: &OwnedFd, parent_path: &Path) {
         else {
             continue;
         };
-        let owner_gone = nix::sys::signal::kill(Pid::from_raw(owner), None)
-            == Err(nix::errno::Errno::ESRCH);
+        let owner_gone =
+            nix::sys::signal::kill(Pid::from_raw(owner), None) == Err(nix::errno::Errno::ESRCH);
         let empty = std::fs::read(entry.path().join("cgroup.events"))
             .is_ok_and(|events| events.windows(11).any(|line| line == b"populated 0"));
         if owner_gone && empty {
