@@ -15,13 +15,14 @@ use std::time::Duration;
 use gcslock::backend::gcs::GcsBackend;
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::Backend;
-use gcslock::{Lock, LockOptions, LockUrl, Wait};
+use gcslock::fence::ObjectUrl;
+use gcslock::{Lock, LockOptions, Wait};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (backend, object): (Arc<dyn Backend>, String) = match std::env::args().nth(1) {
         Some(url) => {
-            let url: LockUrl = url.parse()?;
+            let url: ObjectUrl = url.parse()?;
             (
                 Arc::new(GcsBackend::builder(url.bucket()).build()?),
                 url.object().to_owned(),

@@ -344,7 +344,8 @@ fn repair_plan(
     let own_token = info
         .metadata
         .get(KEY_TOKEN)
-        .and_then(|value| value.trim().parse::<u64>().ok());
+        .and_then(|value| value.parse::<FencingToken>().ok())
+        .map(FencingToken::value);
     check_expected(lock, options, own_token)?;
     let token = highest_token(&info.metadata)
         .unwrap_or(0)
@@ -410,7 +411,8 @@ fn highest_token(metadata: &Metadata) -> Option<u64> {
     metadata
         .iter()
         .filter(|(key, _)| key.starts_with("gcslock-") && key.contains("token"))
-        .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
+        .filter_map(|(_, value)| value.parse::<FencingToken>().ok())
+        .map(FencingToken::value)
         .max()
 }
 
@@ -447,7 +449,9 @@ mod tests {
     fn highest_token_reads_only_numeric_gcslock_token_fields() {
         let metadata: Metadata = [
             ("gcslock-token", "7"),
-            ("gcslock-fence-token", " 12 "),
+            ("gcslock-fence-token", "12"),
+            ("gcslock-spaced-token", " 13 "),
+            ("gcslock-signed-token", "+14"),
             ("gcslock-other-token", "-3"),
             ("gcslock-refresh-seq", "99"),
             ("token", "1000"),

@@ -6,6 +6,9 @@ use std::time::Duration;
 use crate::backend::BackendError;
 use crate::token::FencingToken;
 
+/// `Result` with the library's [`Error`] as its default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 /// Everything that can go wrong with a lock, grouped by what the caller does next.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -116,7 +119,7 @@ impl Error {
 #[non_exhaustive]
 pub struct HolderSummary {
     /// The holder's identity, as recorded in the lock.
-    pub holder: String,
+    pub identity: String,
     /// The holder's fencing token.
     pub token: FencingToken,
     /// Time left before the lock counts as stale, by the server's clock.
@@ -125,7 +128,7 @@ pub struct HolderSummary {
 
 impl fmt::Display for HolderSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "held by {} (token {})", self.holder, self.token)?;
+        write!(f, "held by {} (token {})", self.identity, self.token)?;
         if let Some(left) = self.expires_in {
             write!(
                 f,
@@ -137,7 +140,8 @@ impl fmt::Display for HolderSummary {
     }
 }
 
-/// Why a lease ended without a release.
+/// Why a lease ended: lost (superseded, deleted, expired, its keep-alive gone) or
+/// let go by this process ([`LossReason::Released`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LossReason {
@@ -153,7 +157,7 @@ pub enum LossReason {
         /// The last refresh failure.
         last_error: String,
     },
-    /// The guard was released or dropped.
+    /// This process let go: the guard was released, abandoned or dropped.
     Released,
     /// The task that refreshes the lease ended without deciding the lease's fate
     /// (it panicked, was aborted, or its runtime shut down): nothing refreshes

@@ -123,6 +123,8 @@ use crate::backoff::Backoff;
 use crate::identity::new_nonce;
 use crate::{Error, FencingToken, Guard};
 
+pub use crate::location::ObjectUrl;
+
 /// The custom metadata key holding the token of the write that produced the object.
 pub const TOKEN_KEY: &str = "gcslock-fence-token";
 /// The custom metadata key holding a random value per fenced write, used to
@@ -405,14 +407,9 @@ impl FenceState {
             _ if is_lock => "it is a gcslock lock object; fenced data must live in an object \
                              of its own, never in its lock"
                 .to_owned(),
-            Some(value) => match value.trim().parse::<u64>() {
-                Ok(token) => {
-                    return Self::Fenced {
-                        token: FencingToken::new(token),
-                        info,
-                    }
-                }
-                Err(_) => format!("its {TOKEN_KEY} metadata is not a number: {value:?}"),
+            Some(value) => match value.parse::<FencingToken>() {
+                Ok(token) => return Self::Fenced { token, info },
+                Err(why) => format!("its {TOKEN_KEY} metadata is {why}"),
             },
             None => format!(
                 "it has no {TOKEN_KEY} metadata, so it was written outside fenced writes \
@@ -453,6 +450,7 @@ pub enum Replaced {
 
 /// A successful fenced write.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FencedWrite {
     /// The token the object now carries.
     pub token: FencingToken,
@@ -757,7 +755,7 @@ impl Guard {
         body: &BodySource,
     ) -> Result<FencedWrite, FenceError> {
         object
-            .write_checked(self.token(), body, &|| self.check())
+            .write_checked(self.token(), body, &|| self.check_lease())
             .await
     }
 }
@@ -794,9 +792,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match FenceState::of(Some(info(&[(TOKEN_KEY, "seven")]))) {
-            FenceState::Unfenced { why, .. } => assert!(why.contains("not a number"), "{why}"),
-            other => panic!("{other:?}"),
+        // Only the one form tokens are written in: `+1` and ` 1` were read as 1.
+        for bad in ["seven", "+1", " 1", "1 ", "01", "-1"] {
+            match FenceState::of(Some(info(&[(TOKEN_KEY, bad)]))) {
+                FenceState::Unfenced { why, .. } => {
+                    assert!(why.contains("not a fencing token"), "{bad:?}: {why}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
         }
         // A lock object is never a fenced object, whatever it carries.
         match FenceState::of(Some(info(&[

@@ -22,19 +22,25 @@ use crate::record::{LockRecord, LockState, RecordedSlot};
 use crate::slot::Slot;
 use crate::token::FencingToken;
 
-/// Proof of holding a lock. Refreshes the lease in the background until released
-/// or dropped.
+/// Proof of holding a lock. Refreshes the lease in the background until released,
+/// abandoned or dropped.
 ///
-/// Dropping a guard without [`Guard::release`] stops the refresh task at once and,
-/// if a tokio runtime is still running, releases the lock in a background task
-/// (best effort: if the runtime shuts down first, the lock simply expires after its
-/// TTL). Call `release().await` to know the release happened.
+/// Three ways to let go:
+/// * [`Guard::release`]: marks the lock released and says whether that happened.
+/// * [`Guard::abandon`]: stops refreshing and writes nothing; the lock expires by
+///   its TTL (as etcd's `Session.Orphan`). Use it where the lock must be left to
+///   expire, e.g. while work that may still run under it is not known to be over.
+/// * Dropping the guard: the refresh task is stopped before `drop` returns (no
+///   refresh is sent after it, though one already in flight may still apply), and
+///   [`Guard::lost`] resolves. Then, if a tokio runtime is current, a release is
+///   spawned as best effort; if the runtime shuts down first, that release is
+///   discarded and the lock expires by its TTL like an abandoned one (a forever
+///   lock then stays held until broken). Call `release().await` to know the
+///   release happened, or `abandon()` to be sure none is sent.
 #[derive(Debug)]
 pub struct Guard {
     lease: Arc<Lease>,
     keep_alive: Option<JoinHandle<()>>,
-    /// The slot this guard was acquired for ([`crate::Lock::acquire_slot`]).
-    slot: Option<Slot>,
 }
 
 #[derive(Debug)]
@@ -86,18 +92,7 @@ impl Guard {
         Self {
             lease,
             keep_alive: Some(keep_alive),
-            slot: None,
         }
-    }
-
-    pub(crate) fn set_slot(&mut self, slot: Slot) {
-        self.slot = Some(slot);
-    }
-
-    /// The slot this guard was acquired for, if it came from
-    /// [`crate::Lock::acquire_slot`].
-    pub fn slot(&self) -> Option<Slot> {
-        self.slot
     }
 
     /// This holder's fencing token: larger than every earlier holder's.
@@ -121,14 +116,14 @@ impl Guard {
     }
 
     /// `Ok` while the lease is valid, or why it is not.
-    pub fn check(&self) -> Result<(), Error> {
+    pub fn check(&self) -> Result<(), LossReason> {
         if let Some(reason) = self.lease.lost.borrow().clone() {
-            return Err(self.lost_error(reason));
+            return Err(reason);
         }
         if self.time_left().is_zero() {
-            return Err(self.lost_error(LossReason::Expired {
+            return Err(LossReason::Expired {
                 last_error: "the lease deadline passed before a refresh succeeded".into(),
-            }));
+            });
         }
         Ok(())
     }
@@ -201,49 +196,48 @@ impl Guard {
     /// Returns `Error::LeaseLost` if the lease had already been lost (someone else may
     /// have held the lock meanwhile).
     pub async fn release(mut self) -> Result<(), Error> {
+        let task = self.keep_alive.take();
+        let_go(&self.lease, task, None).await
+    }
+
+    /// Lets the lock expire: stops refreshing at once and writes nothing (as etcd's
+    /// `Session.Orphan`). The lock stays held until its TTL passes, by the server's
+    /// clock (a forever lock until it is broken); [`Guard::lost`] resolves with
+    /// [`LossReason::Released`]. A refresh already in flight may still apply, which
+    /// only moves the expiry to at most one TTL after it was sent.
+    pub fn abandon(mut self) {
         if let Some(task) = self.keep_alive.take() {
-            stop_keep_alive(&self.lease, task).await;
+            self.lease.stop.cancel();
+            task.abort();
         }
-        let result = release(&self.lease, None).await;
+        tracing::info!(lock = %self.lease.lock.url, token = self.lease.record.token, "lock abandoned; it expires by its TTL");
         self.lease.mark_lost(LossReason::Released);
+    }
+
+    /// Releases the lock and records `slot` as completed in the same conditional
+    /// write, if the lease is still valid when the release is sent; otherwise
+    /// releases it as [`Guard::release`] does and says why (`Error::LeaseLost`),
+    /// leaving the slot open.
+    async fn release_completing(mut self, slot: Slot) -> Result<(), Error> {
+        let valid = self.check();
+        let completion = valid.is_ok().then(|| RecordedSlot {
+            slot,
+            by: self.lease.record.holder.clone(),
+            at: None,
+        });
+        let task = self.keep_alive.take();
+        let result = let_go(&self.lease, task, completion).await;
+        valid.map_err(|reason| self.lost_error(reason))?;
         result
     }
 
-    /// Releases the lock and records the slot given to
-    /// [`crate::Lock::acquire_slot`] as completed, in the same conditional write: call
-    /// it when the work succeeded. The slot is recorded only if the lease is still
-    /// valid when the release is sent; otherwise the lock is released as by
-    /// [`Guard::release`] and `Error::LeaseLost` says so, leaving the slot open.
-    /// A guard acquired without a slot is released and `Error::InvalidInput` returned.
-    pub async fn release_completed(mut self) -> Result<(), Error> {
-        let valid = self.check();
-        let completion = match (self.slot, &valid) {
-            (Some(slot), Ok(())) => Some(RecordedSlot {
-                slot,
-                by: self.lease.record.holder.clone(),
-                at: None,
-            }),
-            _ => None,
-        };
-        if let Some(task) = self.keep_alive.take() {
-            stop_keep_alive(&self.lease, task).await;
-        }
-        let result = release(&self.lease, completion).await;
-        self.lease.mark_lost(LossReason::Released);
-        valid?;
-        result?;
-        if self.slot.is_none() {
-            return Err(Error::InvalidInput(
-                "release_completed on a guard acquired without a slot (use Lock::acquire_slot); \
-                 released without recording one"
-                    .into(),
-            ));
-        }
-        Ok(())
+    /// [`Guard::check`] as the library's error (`Error::LeaseLost`).
+    pub(crate) fn check_lease(&self) -> Result<(), Error> {
+        self.check().map_err(|reason| self.lost_error(reason))
     }
 
     fn check_time_for(&self, needed: Duration) -> Result<(), Error> {
-        self.check()?;
+        self.check_lease()?;
         let left = self.time_left();
         if left < needed {
             return Err(Error::InsufficientTime {
@@ -266,26 +260,102 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         let Some(task) = self.keep_alive.take() else {
-            return; // released
+            return; // released or abandoned
         };
+        // Stop refreshing now, not in a task that may never run: after `drop`
+        // returns no refresh is sent, whatever happens to the runtime.
+        self.lease.stop.cancel();
+        task.abort();
         let lease = Arc::clone(&self.lease);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
+                // Lost (as released) at once; the release itself is best effort.
+                let lost_before = lease.lost.borrow().clone();
+                lease.mark_lost(LossReason::Released);
                 runtime.spawn(async move {
-                    stop_keep_alive(&lease, task).await;
-                    if let Err(error) = release(&lease, None).await {
+                    if let Err(error) = release(&lease, lost_before, None).await {
                         tracing::warn!(lock = %lease.lock.url, %error, "background release after drop failed");
                     }
-                    lease.mark_lost(LossReason::Released);
                 });
             }
             Err(_) => {
-                task.abort();
                 tracing::warn!(lock = %lease.lock.url, "guard dropped outside a runtime; the lock will expire after its TTL");
                 lease.mark_lost(LossReason::Released);
             }
         }
     }
+}
+
+/// A lease held for one period of a once-per job ([`crate::once_per::SlotAcquire`]): a
+/// [`Guard`] (which it dereferences to) that knows its period, so recording the
+/// period as completed cannot fail for want of one.
+#[derive(Debug)]
+#[must_use = "release it: with `release_completed` once the work succeeded"]
+pub struct PeriodGuard {
+    guard: Guard,
+    slot: Slot,
+}
+
+impl PeriodGuard {
+    pub(crate) fn new(guard: Guard, slot: Slot) -> Self {
+        Self { guard, slot }
+    }
+
+    /// The period this lease was acquired for.
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+
+    /// The work succeeded: releases the lock and records the period as completed
+    /// in the same conditional write, so no later run of the period does it again.
+    /// Recorded only if the lease is still valid when the release is sent;
+    /// otherwise the lock is released as by [`PeriodGuard::release`] and
+    /// `Error::LeaseLost` says so, leaving the period open for a retry.
+    pub async fn release_completed(self) -> Result<(), Error> {
+        self.guard.release_completing(self.slot).await
+    }
+
+    /// The work failed (or was not done): releases the lock and leaves the period
+    /// open for a retry. See [`Guard::release`].
+    pub async fn release(self) -> Result<(), Error> {
+        self.guard.release().await
+    }
+
+    /// Lets the lock expire, writing nothing and leaving the period open. See
+    /// [`Guard::abandon`].
+    pub fn abandon(self) {
+        self.guard.abandon();
+    }
+
+    /// The plain guard, forgetting the period.
+    pub fn into_guard(self) -> Guard {
+        self.guard
+    }
+}
+
+impl std::ops::Deref for PeriodGuard {
+    type Target = Guard;
+
+    fn deref(&self) -> &Guard {
+        &self.guard
+    }
+}
+
+/// The one release sequence: stop the keep-alive (letting a refresh in flight
+/// finish), mark the lock released on the server, then mark the lease lost as
+/// released.
+async fn let_go(
+    lease: &Lease,
+    task: Option<JoinHandle<()>>,
+    completion: Option<RecordedSlot>,
+) -> Result<(), Error> {
+    if let Some(task) = task {
+        stop_keep_alive(lease, task).await;
+    }
+    let lost_before = lease.lost.borrow().clone();
+    let result = release(lease, lost_before, completion).await;
+    lease.mark_lost(LossReason::Released);
+    result
 }
 
 impl Lease {
@@ -322,7 +392,7 @@ impl Lease {
     fn owns(&self, info: &ObjectInfo) -> Option<LockRecord> {
         LockRecord::from_metadata(&info.metadata)
             .ok()
-            .filter(|record| record.nonce == self.record.nonce)
+            .filter(|record| self.record.same_lease(record))
     }
 }
 
@@ -473,7 +543,9 @@ async fn keep_alive(lease: Arc<Lease>, acquired_at: Instant) {
                         next = Instant::now();
                     }
                     Ok(ReadBack::Ours(..)) => {
-                        lease.mark_lost(LossReason::Released);
+                        // Our nonce in a tombstone: we never released, so someone
+                        // else rewrote our record. Not ours any more.
+                        lease.mark_lost(LossReason::Superseded { holder: None });
                         return;
                     }
                     Ok(ReadBack::Gone(reason)) => {
@@ -510,10 +582,14 @@ fn renewed(lease: &Lease, version: ObjectVersion, refresh_seq: u64, sent: SendTi
 /// Marks the object released if it is still ours. Retries transient failures until
 /// the lease would have gone stale anyway. Should the release outlast the lease
 /// deadline (a request that hangs), the lease is marked lost at the deadline.
-/// `completion` is recorded in the same write (`Guard::release_completed`).
-async fn release(lease: &Lease, completion: Option<RecordedSlot>) -> Result<(), Error> {
+/// `completion` is recorded in the same write (`PeriodGuard::release_completed`).
+/// `lost_before`: why the lease was already lost when the release began, if it was.
+async fn release(
+    lease: &Lease,
+    lost_before: Option<LossReason>,
+    completion: Option<RecordedSlot>,
+) -> Result<(), Error> {
     let lock = &lease.lock;
-    let lost_before = lease.lost.borrow().clone();
     let outcome = || match lost_before.clone() {
         // An expired lease may still be ours on the server: release it, but tell the
         // caller its critical section may not have been exclusive.
@@ -646,7 +722,7 @@ mod tests {
         let backend = Arc::new(crate::backend::memory::MemoryBackend::new("b"));
         let lock =
             crate::Lock::new(backend, "l", crate::LockOptions::default()).expect("valid lock");
-        let mut guard = lock.try_acquire().await.expect("free");
+        let mut guard = lock.acquire(crate::Wait::No).await.expect("free");
         let lost = guard.lost();
         let task = guard.keep_alive.take().expect("a keep-alive task");
         task.abort();

@@ -6,15 +6,30 @@
 //! [`FencingToken`]. Work is split into a long, discardable *prepare* phase and a
 //! short *commit* that runs only after a final validity check ([`Guard::commit`]).
 //!
+//! # Getting started
+//!
+//! ```toml
+//! [dependencies]
+//! gcslock = { git = "<this repository>" }   # gs:// (GCS) and memory://
+//! # gcslock = { git = "<this repository>", features = ["object-store"] }   # also s3:// and az://
+//! tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
 //! ```
-//! use std::{sync::Arc, time::Duration};
-//! use gcslock::{backend::memory::MemoryBackend, Lock, LockOptions, Wait};
+//!
+//! Open the bucket from a lock URL with [`backend::open`]: `gs://BUCKET/OBJECT`
+//! (GCS, Application Default Credentials; `STORAGE_EMULATOR_HOST` for an emulator),
+//! `s3://` and `az://` (feature `object-store`, configured by the usual `AWS_*` and
+//! `AZURE_*` variables), or `memory://NAME/OBJECT` (in this process, for tests).
+//!
+//! ```
+//! use std::time::Duration;
+//! use gcslock::backend::{open, OpenOptions};
+//! use gcslock::{Lock, LockOptions, Wait};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), gcslock::Error> {
-//! // On GCS: Arc::new(gcslock::backend::gcs::GcsBackend::builder("my-bucket").build()?)
-//! let bucket = Arc::new(MemoryBackend::new("my-bucket"));
-//! let lock = Lock::new(bucket, "jobs/nightly", LockOptions::default().ttl(Duration::from_secs(60)))?;
+//! # async fn main() -> gcslock::Result<()> {
+//! // "gs://my-bucket/jobs/nightly" in production; nothing is sent until acquire.
+//! let (bucket, object) = open("memory://my-bucket/jobs/nightly", &OpenOptions::default())?;
+//! let lock = Lock::new(bucket, &object, LockOptions::default().ttl(Duration::from_secs(60)))?;
 //!
 //! let guard = lock.acquire(Wait::For(Duration::from_secs(30))).await?;
 //! let report = tokio::select! {
@@ -33,17 +48,23 @@
 //! The layout, lower modules first: [`backend`] holds the small storage trait and
 //! one module per backend; `token`, `identity`, `backoff`, `clock`, `slot`,
 //! `record` and `options` are the building blocks (`slot`: once per period, see
-//! [`Lock::acquire_slot`]); `status` judges a lock by the server's clock;
+//! [`once_per`]); `status` judges a lock by the server's clock;
 //! `lease` is the keep-alive task and validity checks; `lock` the acquire/takeover
 //! algorithm, and `break_lock` the forced release. The README states what the lock
 //! guarantees and what it cannot.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(rustdoc::broken_intra_doc_links)]
+#![warn(unreachable_pub)]
 #![warn(missing_docs)]
 
 pub mod backend;
 mod backoff;
 mod break_lock;
 mod clock;
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
 mod error;
 pub mod fence;
 mod identity;
@@ -58,19 +79,40 @@ mod status;
 mod token;
 
 pub use break_lock::{BreakOptions, BreakOutcome};
-pub use error::{Error, HolderSummary, LossReason};
-pub use fence::{BodySource, FenceError, FencedObject};
-pub use identity::default_identity;
+pub use error::{Error, HolderSummary, LossReason, Result};
 pub use lease::Guard;
-pub use location::{validate_bucket_name, validate_object_name, LockUrl, PrefixUrl};
-pub use lock::{Lock, Wait};
+pub use lock::{Acquire, Lock, Wait};
 pub use options::LockOptions;
-pub use record::{LockRecord, LockState, RecordedSlot, Ttl};
-pub use slot::{CompletedSlot, Slot, SlotAcquire, MAX_PERIOD, MIN_PERIOD};
-pub use status::{list_locks, list_locks_within, HeldStatus, LockStatus};
+pub use record::Ttl;
+pub use status::{list_locks, HeldStatus, LockStatus};
 pub use token::FencingToken;
+// For the modules that check names before any request.
+pub(crate) use location::{validate_bucket_name, validate_object_name};
 
-/// The README's Rust examples are compiled as doctests so they cannot rot.
+/// Once per period (`gcslock run --once-per`): acquire the lock for a period
+/// ([`Acquire::once_per`]) unless a run already completed it, and record the
+/// period as completed in the release that follows a successful run.
+pub mod once_per {
+    pub use crate::lease::PeriodGuard;
+    pub use crate::lock::AcquirePeriod;
+    pub use crate::slot::{CompletedSlot, Slot, SlotAcquire, MAX_PERIOD, MIN_PERIOD};
+}
+
+/// The lock object's wire format (PROTOCOL.md), for tests and tools that write or
+/// inspect lock objects directly. Not needed to use a lock.
+pub mod testing {
+    pub use crate::record::{LockRecord, LockState, RecordedSlot};
+}
+
+// The Rust examples of the README and of the `docs/` pages are compiled as doctests so
+// they cannot rot: a page with Rust code gets a struct here.
+
+/// The README.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// docs/once-per.md.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/once-per.md")]
+pub struct OncePerDoctests;

@@ -1,4 +1,5 @@
-//! `gs://BUCKET/OBJECT` URLs and GCS's naming rules, checked before any request.
+//! `gs://BUCKET/OBJECT` URLs of fenced objects and GCS's naming rules, checked
+//! before any request. (Lock URLs of every store are `backend::StorageUrl`.)
 
 use std::fmt;
 use std::str::FromStr;
@@ -6,14 +7,16 @@ use std::str::FromStr;
 use crate::backend::{Scheme, StorageUrl};
 use crate::Error;
 
-/// A lock's address: a bucket and an object name inside it.
+/// A GCS object's address, `gs://BUCKET/OBJECT`: where a fenced object lives
+/// ([`crate::fence`] needs GCS's preconditions). Lock URLs of any store are
+/// [`crate::backend::StorageUrl`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct LockUrl {
+pub struct ObjectUrl {
     bucket: String,
     object: String,
 }
 
-impl LockUrl {
+impl ObjectUrl {
     /// Builds a URL from parts, validating both.
     pub fn new(bucket: &str, object: &str) -> Result<Self, Error> {
         validate_bucket_name(bucket)?;
@@ -35,13 +38,13 @@ impl LockUrl {
     }
 }
 
-impl fmt::Display for LockUrl {
+impl fmt::Display for ObjectUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "gs://{}/{}", self.bucket, self.object)
     }
 }
 
-impl FromStr for LockUrl {
+impl FromStr for ObjectUrl {
     type Err = Error;
 
     fn from_str(url: &str) -> Result<Self, Error> {
@@ -53,28 +56,7 @@ impl FromStr for LockUrl {
     }
 }
 
-/// A bucket and an object-name prefix, for listing: `gs://BUCKET` or `gs://BUCKET/PREFIX`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PrefixUrl {
-    /// The bucket name.
-    pub bucket: String,
-    /// The object-name prefix (empty for the whole bucket).
-    pub prefix: String,
-}
-
-impl FromStr for PrefixUrl {
-    type Err = Error;
-
-    fn from_str(url: &str) -> Result<Self, Error> {
-        let parsed = gcs_only(url, StorageUrl::parse_prefix)?;
-        Ok(Self {
-            bucket: parsed.bucket().to_owned(),
-            prefix: parsed.name().to_owned(),
-        })
-    }
-}
-
-/// These types name GCS objects (fenced objects need GCS's preconditions):
+/// This type names GCS objects (fenced objects need GCS's preconditions):
 /// another store's URL is refused by name.
 fn gcs_only(url: &str, parse: fn(&str) -> Result<StorageUrl, Error>) -> Result<StorageUrl, Error> {
     match url.split_once("://") {
@@ -86,7 +68,7 @@ fn gcs_only(url: &str, parse: fn(&str) -> Result<StorageUrl, Error>) -> Result<S
 }
 
 /// GCS bucket naming rules (<https://cloud.google.com/storage/docs/buckets#naming>).
-pub fn validate_bucket_name(bucket: &str) -> Result<(), Error> {
+pub(crate) fn validate_bucket_name(bucket: &str) -> Result<(), Error> {
     let invalid = |why: &str| {
         Err(Error::InvalidInput(format!(
             "invalid bucket name {bucket:?}: {why}"
@@ -125,7 +107,7 @@ pub fn validate_bucket_name(bucket: &str) -> Result<(), Error> {
 }
 
 /// GCS object naming rules (<https://cloud.google.com/storage/docs/objects#naming>).
-pub fn validate_object_name(object: &str) -> Result<(), Error> {
+pub(crate) fn validate_object_name(object: &str) -> Result<(), Error> {
     if object.is_empty() {
         return Err(Error::InvalidInput("the object name is empty".into()));
     }
@@ -166,12 +148,10 @@ mod tests {
 
     #[test]
     fn parses_valid_urls() {
-        let url: LockUrl = "gs://my-bucket/jobs/nightly".parse().expect("valid");
+        let url: ObjectUrl = "gs://my-bucket/jobs/nightly".parse().expect("valid");
         assert_eq!(url.bucket(), "my-bucket");
         assert_eq!(url.object(), "jobs/nightly");
         assert_eq!(url.to_string(), "gs://my-bucket/jobs/nightly");
-        let prefix: PrefixUrl = "gs://my-bucket".parse().expect("valid");
-        assert_eq!(prefix.prefix, "");
     }
 
     #[test]
@@ -191,10 +171,10 @@ mod tests {
             ("gs://bucket/..", "not allowed"),
             ("gs:///object", "empty"),
         ] {
-            let err = url.parse::<LockUrl>().expect_err(url).to_string();
+            let err = url.parse::<ObjectUrl>().expect_err(url).to_string();
             assert!(err.contains(reason), "{url}: {err}");
         }
         let long = format!("gs://bucket/{}", "x".repeat(1025));
-        assert!(long.parse::<LockUrl>().is_err());
+        assert!(long.parse::<ObjectUrl>().is_err());
     }
 }

@@ -21,7 +21,7 @@ use crate::backoff::Backoff;
 use crate::clock::{instant_after, SendTime};
 use crate::error::{Error, HolderSummary, LossReason};
 use crate::identity::new_nonce;
-use crate::lease::Guard;
+use crate::lease::{Guard, PeriodGuard};
 use crate::options::{default_margin, LockOptions, LockSettings};
 use crate::record::{LockRecord, LockState, RecordedSlot, Ttl};
 use crate::slot::{CompletedSlot, Slot, SlotAcquire};
@@ -80,6 +80,10 @@ impl PendingCreates {
         self.0.push((record, sent));
     }
 
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The pending create that `info` shows applied, taken off the list.
     fn take_applied(&mut self, info: &ObjectInfo) -> Option<(LockRecord, SendTime)> {
         let shown = LockRecord::from_metadata(&info.metadata)
@@ -88,7 +92,7 @@ impl PendingCreates {
         let index = self
             .0
             .iter()
-            .position(|(ours, _)| ours.nonce == shown.nonce)?;
+            .position(|(ours, _)| ours.same_lease(&shown))?;
         Some(self.0.remove(index))
     }
 }
@@ -144,83 +148,35 @@ impl Lock {
         &self.inner
     }
 
-    /// One attempt: the lock if it is free or stale, `Error::Busy` if it is held.
-    pub async fn try_acquire(&self) -> Result<Guard, Error> {
-        self.acquire(Wait::No).await
-    }
-
-    /// Acquires the lock, waiting as `wait` says.
+    /// Acquires the lock, waiting as `wait` says: `lock.acquire(Wait::No).await`.
+    /// Options go on the returned [`Acquire`] before `.await`: a cancellation
+    /// token ([`Acquire::cancel_on`]) and a period ([`Acquire::once_per`]).
     ///
-    /// Dropping this future while it runs may leave a freshly written lock object
-    /// behind until its TTL passes; to stop waiting cleanly use
-    /// [`Lock::acquire_cancellable`].
-    pub async fn acquire(&self, wait: Wait) -> Result<Guard, Error> {
-        self.acquire_cancellable(wait, &CancellationToken::new())
-            .await
+    /// A builder rather than an options struct: the plain call stays one line, and
+    /// a period changes what the acquire returns (a [`PeriodGuard`] that can record
+    /// the period as completed), which a type can say and an options field cannot.
+    ///
+    /// **Cancel safety.** Dropping the future leaves nothing behind: the attempt
+    /// runs in a task of its own, which dropping the future cancels. A create
+    /// already sent is resolved (read back by nonce), and a lock it acquired is
+    /// released, in that task; only if the runtime shuts down first may a lock
+    /// whose create was in flight stay until its TTL passes.
+    pub fn acquire(&self, wait: Wait) -> Acquire {
+        Acquire {
+            lock: self.clone(),
+            wait,
+            cancel: None,
+        }
     }
 
-    /// Like [`Lock::acquire`], and stops waiting when `cancel` fires. Cancellation
-    /// is honoured only between requests that could create the lock, so no lock is
-    /// left behind: it returns either a guard or `Error::Cancelled`.
-    pub async fn acquire_cancellable(
+    /// [`Lock::acquire`] with `cancel` (for the crate's own users of `Lock`).
+    #[allow(dead_code)] // kept for election/semaphore, which build on Lock
+    pub(crate) async fn acquire_cancellable(
         &self,
         wait: Wait,
         cancel: &CancellationToken,
     ) -> Result<Guard, Error> {
-        match self.acquire_for(wait, cancel, None).await? {
-            SlotAcquire::Acquired(guard) => Ok(guard),
-            // Only a slot can be done, and none was asked for.
-            SlotAcquire::AlreadyDone(done) => Err(Error::Conflict {
-                lock: self.inner.url.clone(),
-                why: done.to_string(),
-            }),
-        }
-    }
-
-    /// Once per period: acquires the lock for `slot` unless the lock records that
-    /// slot (or a later one of the same period) as completed, waiting as `wait`
-    /// says. A waiter stops waiting as soon as it sees the slot completed. The
-    /// check rides on the read every acquire makes: it costs no extra request.
-    ///
-    /// Record the slot as completed with [`Guard::release_completed`] once the work
-    /// succeeded; a plain release (or a lost lease) leaves it open for a retry.
-    ///
-    /// ```
-    /// use std::{sync::Arc, time::{Duration, SystemTime}};
-    /// use gcslock::{backend::memory::MemoryBackend, Lock, LockOptions, Slot, SlotAcquire, Wait};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), gcslock::Error> {
-    /// let bucket = Arc::new(MemoryBackend::new("my-bucket"));
-    /// let lock = Lock::new(bucket, "jobs/hourly", LockOptions::default())?;
-    /// // Name the slot by this machine's wall clock when the job starts.
-    /// let slot = Slot::containing(SystemTime::now(), Duration::from_secs(3600))?;
-    ///
-    /// match lock.acquire_slot(slot, Wait::No).await? {
-    ///     SlotAcquire::Acquired(guard) => {
-    ///         // ... the hourly work; on failure `guard.release()` leaves the slot open
-    ///         guard.release_completed().await?;
-    ///     }
-    ///     SlotAcquire::AlreadyDone(done) => unreachable!("first run: {done}"),
-    /// }
-    /// // The same hour again: another machine (or a later cron tick) skips it.
-    /// assert!(matches!(lock.acquire_slot(slot, Wait::No).await?, SlotAcquire::AlreadyDone(_)));
-    /// # Ok(()) }
-    /// ```
-    pub async fn acquire_slot(&self, slot: Slot, wait: Wait) -> Result<SlotAcquire, Error> {
-        self.acquire_slot_cancellable(slot, wait, &CancellationToken::new())
-            .await
-    }
-
-    /// Like [`Lock::acquire_slot`], and stops waiting when `cancel` fires, as
-    /// [`Lock::acquire_cancellable`] does.
-    pub async fn acquire_slot_cancellable(
-        &self,
-        slot: Slot,
-        wait: Wait,
-        cancel: &CancellationToken,
-    ) -> Result<SlotAcquire, Error> {
-        self.acquire_for(wait, cancel, Some(slot)).await
+        self.acquire(wait).cancel_on(cancel).await
     }
 
     async fn acquire_for(
@@ -228,7 +184,7 @@ impl Lock {
         wait: Wait,
         cancel: &CancellationToken,
         slot: Option<Slot>,
-    ) -> Result<SlotAcquire, Error> {
+    ) -> Result<Acquired, Error> {
         let lock = &self.inner;
         let start = Instant::now();
         let wait_until = match wait {
@@ -249,23 +205,24 @@ impl Lock {
                     lock: lock.url.clone(),
                 });
             }
+            let attempt_started = Instant::now();
             let attempt = self
                 .attempt(&mut seen, &mut pending, cancel, slot.as_ref())
                 .await;
             let now = Instant::now();
+            let acquired = |guard: Guard| Ok(Acquired::Guard(guard));
             let wake = match attempt {
-                Ok(Attempt::Acquired(mut guard)) => {
-                    if let Some(slot) = slot {
-                        guard.set_slot(slot);
-                    }
-                    return Ok(SlotAcquire::Acquired(guard));
-                }
-                Ok(Attempt::Done(done)) => return Ok(SlotAcquire::AlreadyDone(done)),
+                Ok(Attempt::Acquired(guard)) => return acquired(guard),
+                Ok(Attempt::Done(done)) => return Ok(Acquired::Done(done)),
                 Err(Failure::Fatal(error)) => return Err(error),
                 Err(Failure::Cancelled) => {
+                    if let Some(guard) = self.settle_pending(&mut pending).await {
+                        // Cancelled: the caller no longer wants the lock we got.
+                        let _released_or_lost = guard.release().await;
+                    }
                     return Err(Error::Cancelled {
                         lock: lock.url.clone(),
-                    })
+                    });
                 }
                 // Look again at once, even if the wait is over: the outcome must
                 // reflect the lock's state now, not the stale lease we let go.
@@ -315,12 +272,19 @@ impl Lock {
                             });
                         }
                     }
-                    let since = *failing_since.get_or_insert(now);
+                    // From the start of the first failed attempt: a request that hung
+                    // until its timeout counts against the time allowed.
+                    let since = *failing_since.get_or_insert(attempt_started);
                     // `None`: a timeout too long for the clock, which never ends.
                     let give_up_at = since
                         .checked_add(lock.unavailable_timeout)
                         .map(|at| at.max(wait_until.unwrap_or(since)));
                     if wait_until.is_some() && give_up_at.is_some_and(|at| now >= at) {
+                        // A create of ours may have applied unseen: it is ours (a
+                        // forever lock would otherwise stay held by nobody).
+                        if let Some(guard) = self.settle_pending(&mut pending).await {
+                            return acquired(guard);
+                        }
                         return Err(Error::from_backend(&lock.url, error));
                     }
                     tracing::debug!(lock = %lock.url, %error, "transient error while acquiring; retrying");
@@ -333,7 +297,12 @@ impl Lock {
             };
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
-                () = cancel.cancelled() => return Err(Error::Cancelled { lock: lock.url.clone() }),
+                () = cancel.cancelled() => {
+                    if let Some(guard) = self.settle_pending(&mut pending).await {
+                        let _released_or_lost = guard.release().await;
+                    }
+                    return Err(Error::Cancelled { lock: lock.url.clone() });
+                }
             }
         }
     }
@@ -477,7 +446,7 @@ impl Lock {
             }
             None => Ok(Attempt::Busy {
                 holder: HolderSummary {
-                    holder: "nobody (the lock changed hands during the attempt)".into(),
+                    identity: "nobody (the lock changed hands during the attempt)".into(),
                     token: FencingToken::new(0),
                     expires_in: None,
                 },
@@ -534,6 +503,56 @@ impl Lock {
         Err(Failure::Transient(last_error))
     }
 
+    /// Before acquire gives up (time out, cancellation): a create of ours whose
+    /// outcome stayed unknown may have applied. Read until the object shows one
+    /// (it is ours: its lease is returned, started from when it was sent) or shows
+    /// none. A finite lease left unresolved expires unrefreshed, so one round of
+    /// reading (a refresh interval) suffices; a forever lease never expires, so
+    /// reading goes on through an outage for up to `unavailable_timeout` more.
+    async fn settle_pending(&self, pending: &mut PendingCreates) -> Option<Guard> {
+        if pending.is_empty() {
+            return None;
+        }
+        let lock = &self.inner;
+        let bound = if lock.forever {
+            lock.unavailable_timeout.max(lock.refresh_interval)
+        } else {
+            lock.refresh_interval
+        };
+        let give_up_at = instant_after(Instant::now(), bound);
+        let mut backoff = Backoff::new(
+            lock.poll_min.min(Duration::from_millis(100)),
+            lock.refresh_interval,
+        );
+        loop {
+            let read = tokio::time::timeout_at(give_up_at, lock.backend.read(&lock.object)).await;
+            let error = match read {
+                Ok(Ok(read)) => {
+                    let info = read.value?;
+                    let (ours, sent) = pending.take_applied(&info)?;
+                    return match self.started(ours, info.version, sent).await {
+                        Attempt::Acquired(guard) => Some(guard),
+                        _ => None,
+                    };
+                }
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => "read still pending".to_owned(),
+            };
+            if Instant::now() >= give_up_at {
+                if lock.forever {
+                    tracing::warn!(
+                        lock = %lock.url, %error,
+                        "a create of this forever lock may have applied unseen; if `status` \
+                         shows this holder, break it"
+                    );
+                }
+                return None;
+            }
+            tokio::time::sleep_until(instant_after(Instant::now(), backoff.next()).min(give_up_at))
+                .await;
+        }
+    }
+
     /// Starts the lease for a write of ours that applied. Its deadline runs from
     /// when the write was *sent*; if that has already passed (the process was
     /// suspended meanwhile), the lock may already be someone else's by staleness:
@@ -554,7 +573,7 @@ impl Lock {
 
     fn is_ours(&self, info: &ObjectInfo, ours: &LockRecord) -> bool {
         LockRecord::from_metadata(&info.metadata)
-            .is_ok_and(|record| record.nonce == ours.nonce && record.state == LockState::Held)
+            .is_ok_and(|record| ours.same_lease(&record) && record.state == LockState::Held)
     }
 
     fn decode(&self, info: &ObjectInfo) -> Result<LockRecord, Failure> {
@@ -642,8 +661,148 @@ fn carried_completion(inspected: Option<&ObjectInfo>) -> Option<RecordedSlot> {
 
 fn summary(record: &LockRecord, expires_in: Option<Duration>) -> HolderSummary {
     HolderSummary {
-        holder: record.holder.clone(),
+        identity: record.holder.clone(),
         token: FencingToken::new(record.token),
         expires_in,
+    }
+}
+
+/// What one run of the acquire loop ended with.
+enum Acquired {
+    Guard(Guard),
+    Done(CompletedSlot),
+}
+
+/// An acquire being set up: returned by [`Lock::acquire`], run by `.await`
+/// (see there for its cancel safety).
+#[derive(Debug)]
+#[must_use = "an acquire does nothing until it is awaited"]
+pub struct Acquire {
+    lock: Lock,
+    wait: Wait,
+    cancel: Option<CancellationToken>,
+}
+
+impl Acquire {
+    /// Stops waiting when `cancel` fires, with `Error::Cancelled`. Cancellation
+    /// is honoured only between requests that could create the lock, and a create
+    /// of ours whose answer was lost is resolved (and released if it applied)
+    /// first, so no lock is left behind.
+    pub fn cancel_on(mut self, cancel: &CancellationToken) -> Self {
+        self.cancel = Some(cancel.clone());
+        self
+    }
+
+    /// Once per period: acquires the lock for `slot` unless the lock records that
+    /// slot (or a later one of the same period) as completed. A waiter stops
+    /// waiting as soon as it sees the slot completed. The check rides on the read
+    /// every acquire makes: it costs no extra request.
+    ///
+    /// Record the slot as completed with [`PeriodGuard::release_completed`] once
+    /// the work succeeded; a plain release (or a lost lease) leaves it open.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::{Duration, SystemTime}};
+    /// use gcslock::once_per::{Slot, SlotAcquire};
+    /// use gcslock::{backend::memory::MemoryBackend, Lock, LockOptions, Wait};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> gcslock::Result<()> {
+    /// let bucket = Arc::new(MemoryBackend::new("my-bucket"));
+    /// let lock = Lock::new(bucket, "jobs/hourly", LockOptions::default())?;
+    /// // Name the slot by this machine's wall clock when the job starts.
+    /// let slot = Slot::containing(SystemTime::now(), Duration::from_secs(3600))?;
+    ///
+    /// match lock.acquire(Wait::No).once_per(slot).await? {
+    ///     SlotAcquire::Acquired(guard) => {
+    ///         // ... the hourly work; on failure `guard.release()` leaves the slot open
+    ///         guard.release_completed().await?;
+    ///     }
+    ///     SlotAcquire::AlreadyDone(done) => unreachable!("first run: {done}"),
+    /// }
+    /// // The same hour again: another machine (or a later cron tick) skips it.
+    /// let again = lock.acquire(Wait::No).once_per(slot).await?;
+    /// assert!(matches!(again, SlotAcquire::AlreadyDone(_)));
+    /// # Ok(()) }
+    /// ```
+    pub fn once_per(self, slot: Slot) -> AcquirePeriod {
+        AcquirePeriod {
+            acquire: self,
+            slot,
+        }
+    }
+
+    /// Runs the acquire loop in a task of its own, which dropping the returned
+    /// future cancels (through a child of the caller's token, which stays
+    /// untouched): a create in flight is resolved, and a lock acquired after all
+    /// is released, by that task.
+    async fn run(self, slot: Option<Slot>) -> Result<Acquired, Error> {
+        let url = self.lock.inner.url.clone();
+        let cancel = self
+            .cancel
+            .as_ref()
+            .map_or_else(CancellationToken::new, CancellationToken::child_token);
+        let cancel_on_drop = cancel.clone().drop_guard();
+        let lock = self.lock;
+        let wait = self.wait;
+        let task = tokio::spawn(async move { lock.acquire_for(wait, &cancel, slot).await });
+        let joined = task.await;
+        cancel_on_drop.disarm();
+        match joined {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            // The runtime is shutting down.
+            Err(_) => Err(Error::Cancelled { lock: url }),
+        }
+    }
+}
+
+impl std::future::IntoFuture for Acquire {
+    type Output = Result<Guard, Error>;
+    type IntoFuture = futures_util::future::BoxFuture<'static, Result<Guard, Error>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let url = self.lock.inner.url.clone();
+            match self.run(None).await? {
+                Acquired::Guard(guard) => Ok(guard),
+                // Only a slot can be done, and none was asked for.
+                Acquired::Done(done) => Err(Error::Conflict {
+                    lock: url,
+                    why: done.to_string(),
+                }),
+            }
+        })
+    }
+}
+
+/// An acquire for one period: returned by [`Acquire::once_per`], run by `.await`.
+#[derive(Debug)]
+#[must_use = "an acquire does nothing until it is awaited"]
+pub struct AcquirePeriod {
+    acquire: Acquire,
+    slot: Slot,
+}
+
+impl AcquirePeriod {
+    /// See [`Acquire::cancel_on`].
+    pub fn cancel_on(mut self, cancel: &CancellationToken) -> Self {
+        self.acquire = self.acquire.cancel_on(cancel);
+        self
+    }
+}
+
+impl std::future::IntoFuture for AcquirePeriod {
+    type Output = Result<SlotAcquire, Error>;
+    type IntoFuture = futures_util::future::BoxFuture<'static, Result<SlotAcquire, Error>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let slot = self.slot;
+        Box::pin(async move {
+            Ok(match self.acquire.run(Some(slot)).await? {
+                Acquired::Guard(guard) => SlotAcquire::Acquired(PeriodGuard::new(guard, slot)),
+                Acquired::Done(done) => SlotAcquire::AlreadyDone(done),
+            })
+        })
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::backend::Backend;
 use crate::error::Error;
-use crate::identity::default_identity;
+use crate::identity::{check_name, default_identity, MAX_IDENTITY_LEN};
 use crate::record::Ttl;
 
 /// TTLs outside this range are refused: below it no refresh can keep up with
@@ -20,7 +20,7 @@ pub(crate) const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Proportional with no cap, so the clock-rate tolerance (22 %, see
 /// [`crate::clock`]) is the same for every TTL.
 ///
-/// Mixed versions stay safe: versions before 1.0 capped this at 30 s. An old
+/// Mixed versions stay safe: earlier gcslock versions capped this at 30 s. An old
 /// holder's deadline (`TTL − 30 s`) is later than a new one's, but new observers
 /// wait longer (`TTL + TTL/10`), so they are safe with it; a new holder's deadline
 /// (`TTL − TTL/10`) is earlier than an old one's, so old observers (`TTL + 30 s`)
@@ -62,20 +62,16 @@ impl Default for LockOptions {
             identity: None,
             poll_min: Duration::from_millis(250),
             poll_max: Duration::from_secs(8),
-            unavailable_timeout: Duration::from_secs(10),
+            unavailable_timeout: crate::retry::DEFAULT_TIMEOUT,
         }
     }
 }
 
 impl LockOptions {
-    /// How long a lease lasts without a refresh (default 5 minutes; 1 s to 7 days).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self.forever = false;
-        self
-    }
-
-    /// A lease that never expires by time: no waiter ever takes it over, and only
+    /// How long a lease lasts without a refresh: a `Duration` (default 5 minutes;
+    /// 1 s to 7 days) or [`Ttl::Forever`].
+    ///
+    /// A forever lease never expires by time: no waiter ever takes it over, and only
     /// a break at once ([`crate::Lock::break_with`] with `BreakOptions::now`) frees it
     /// if the holder dies; a revoking break is refused, as it would never go stale. The holder still
     /// refreshes (every minute by default, never faster than the backend's write-rate
@@ -83,8 +79,14 @@ impl LockOptions {
     /// never end the lease. The safety margin is zero. Locks held this way are
     /// "not a lock" to gcslock versions from before forever TTLs, which therefore
     /// never touch them.
-    pub fn ttl_forever(mut self) -> Self {
-        self.forever = true;
+    pub fn ttl(mut self, ttl: impl Into<Ttl>) -> Self {
+        match ttl.into() {
+            Ttl::Finite(ttl) => {
+                self.ttl = ttl;
+                self.forever = false;
+            }
+            Ttl::Forever => self.forever = true,
+        }
         self
     }
 
@@ -141,7 +143,7 @@ pub(crate) struct LockSettings {
     pub url: String,
     /// The lease length basis: the TTL, or [`FOREVER_LEASE`] for a forever lock.
     pub ttl: Duration,
-    /// Never stale by time (`LockOptions::ttl_forever`).
+    /// Never stale by time (`LockOptions::ttl(Ttl::Forever)`).
     pub forever: bool,
     pub refresh_interval: Duration,
     pub margin: Duration,
@@ -205,11 +207,8 @@ impl LockSettings {
             ));
         }
         let identity = options.identity.unwrap_or_else(default_identity);
-        if identity.is_empty() || identity.len() > 512 || identity.chars().any(char::is_control) {
-            return Err(Error::InvalidInput(
-                "identity must be 1 to 512 characters without control characters".into(),
-            ));
-        }
+        check_name(&identity, MAX_IDENTITY_LEN)
+            .map_err(|why| Error::InvalidInput(format!("identity {why}")))?;
         // A revoked lock is recognised by this prefix (PROTOCOL.md §8): a holder
         // named so could not be revoked.
         if identity.starts_with(REVOKED_PREFIX) {

@@ -28,8 +28,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::backend::Metadata;
+use crate::identity::{check_name, MAX_IDENTITY_LEN};
 use crate::options::{MAX_TTL, MIN_TTL};
 use crate::slot::{CompletedSlot, Slot};
+use crate::token::parse_decimal;
 
 pub(crate) const KEY_FORMAT: &str = "gcslock-format";
 pub(crate) const KEY_STATE: &str = "gcslock-state";
@@ -104,8 +106,6 @@ impl RecordedSlot {
     }
 }
 
-/// The longest holder name accepted (the same bound `LockOptions::identity` has).
-const MAX_HOLDER_LEN: usize = 512;
 /// The longest nonce accepted; ours are 32 hex digits.
 const MAX_NONCE_LEN: usize = 128;
 /// How much of a rejected value an error message quotes.
@@ -142,6 +142,18 @@ pub struct LockRecord {
 }
 
 impl LockRecord {
+    /// Whether `shown`, read back from storage, is still the lease this record
+    /// started: the same nonce, and the same token, holder and TTL. A record with
+    /// our nonce but another token, holder or TTL was rewritten by someone else
+    /// (by hand, or a tool copying our metadata): it is not ours to refresh. The
+    /// state is for the caller to judge (a release expects its own tombstone).
+    pub(crate) fn same_lease(&self, shown: &LockRecord) -> bool {
+        shown.nonce == self.nonce
+            && shown.token == self.token
+            && shown.holder == self.holder
+            && shown.ttl == self.ttl
+    }
+
     /// The metadata encoding of this record.
     pub fn to_metadata(&self) -> Metadata {
         let state = match self.state {
@@ -205,18 +217,8 @@ impl LockRecord {
         };
         let text = |key: &str, max_len: usize| -> Result<String, String> {
             let value = get(key)?;
-            if value.is_empty() || value.len() > max_len {
-                return Err(format!(
-                    "metadata key {key} must be 1 to {max_len} bytes long, not {}",
-                    value.len()
-                ));
-            }
-            if value.chars().any(char::is_control) {
-                return Err(format!(
-                    "metadata key {key} contains control characters: {}",
-                    quoted(value)
-                ));
-            }
+            check_name(value, max_len)
+                .map_err(|why| format!("metadata key {key} {why}: {}", quoted(value)))?;
             Ok(value.clone())
         };
         let format = get(KEY_FORMAT)?;
@@ -232,7 +234,7 @@ impl LockRecord {
             other => return Err(format!("unknown lock state {}", quoted(other))),
         };
         let token = number(KEY_TOKEN)?;
-        let holder = text(KEY_HOLDER, MAX_HOLDER_LEN)?;
+        let holder = text(KEY_HOLDER, MAX_IDENTITY_LEN)?;
         let nonce = text(KEY_NONCE, MAX_NONCE_LEN)?;
         let ttl = if get(KEY_TTL_MS)? == TTL_FOREVER {
             Ttl::Forever
@@ -285,13 +287,8 @@ fn decode_completed(metadata: &Metadata) -> Result<Option<RecordedSlot>, String>
     let period = Duration::from_secs(number(KEY_DONE_PERIOD, period)?);
     let slot = Slot::new(period, number(KEY_DONE_SLOT, index)?)
         .map_err(|error| format!("metadata keys {KEY_DONE_PERIOD}/{KEY_DONE_SLOT}: {error}"))?;
-    if by.is_empty() || by.len() > MAX_HOLDER_LEN || by.chars().any(char::is_control) {
-        return Err(format!(
-            "metadata key {KEY_DONE_BY} must be 1 to {MAX_HOLDER_LEN} bytes without control \
-             characters: {}",
-            quoted(by)
-        ));
-    }
+    check_name(by, MAX_IDENTITY_LEN)
+        .map_err(|why| format!("metadata key {KEY_DONE_BY} {why}: {}", quoted(by)))?;
     let at = match at.as_str() {
         DONE_AT_RELEASE => None,
         at => Some(
@@ -310,19 +307,6 @@ fn decode_completed(metadata: &Metadata) -> Result<Option<RecordedSlot>, String>
         by: by.clone(),
         at,
     }))
-}
-
-/// A `u64` in canonical decimal: ASCII digits only, no sign, no leading zero
-/// (`u64::from_str` would also take `+1`).
-fn parse_decimal(value: &str) -> Option<u64> {
-    let canonical = !value.is_empty()
-        && value.bytes().all(|byte| byte.is_ascii_digit())
-        && (value == "0" || !value.starts_with('0'));
-    if canonical {
-        value.parse().ok()
-    } else {
-        None
-    }
 }
 
 /// A value for an error message: escaped, and cut short if long.

@@ -26,20 +26,23 @@ pub(crate) struct Retry {
     backoff: Backoff,
     /// `None`: a timeout too long for the clock, i.e. no limit (never a panic).
     give_up_at: Option<Instant>,
+    started: Instant,
 }
 
 impl Retry {
     pub(crate) fn new(timeout: Duration) -> Self {
+        let started = Instant::now();
         Self {
             backoff: Backoff::new(PAUSE_MIN, PAUSE_MAX),
-            give_up_at: Instant::now().checked_add(timeout),
+            give_up_at: started.checked_add(timeout),
+            started,
         }
     }
 
     /// After a failed attempt: pauses and returns `Ok` if another attempt is worth
     /// making, or gives the error back (not transient, or the time allowed is over).
-    /// The last pause ends at the deadline, so the final attempt is made there: a
-    /// persistent failure is reported once the timeout has passed, never before.
+    /// No attempt starts at or after the deadline: when the pause would reach it, the
+    /// error is reported at the deadline instead, never before.
     pub(crate) async fn pause_or_give_up(
         &mut self,
         error: BackendError,
@@ -51,12 +54,21 @@ impl Retry {
         tracing::debug!(%error, "transient storage error; retrying");
         let pause = self.backoff.next_after(Some(&error));
         let wake = now.checked_add(pause).unwrap_or(now);
-        let wake = self.give_up_at.map_or(wake, |end| wake.min(end));
-        tokio::time::sleep_until(wake).await;
-        Ok(())
+        match self.give_up_at {
+            Some(end) if wake >= end => {
+                tokio::time::sleep_until(end).await;
+                Err(error)
+            }
+            _ => {
+                tokio::time::sleep_until(wake).await;
+                Ok(())
+            }
+        }
     }
 
     /// Runs `call` until it succeeds, fails for good, or the time allowed is over.
+    /// Each attempt is cut off when the time allowed ends: no request outlives the
+    /// budget, whatever the backend's own request timeout.
     /// Only for calls that are safe to repeat (reads, listings).
     pub(crate) async fn run<T, F, Fut>(&mut self, mut call: F) -> Result<T, BackendError>
     where
@@ -64,10 +76,67 @@ impl Retry {
         Fut: Future<Output = Result<T, BackendError>>,
     {
         loop {
-            match call().await {
+            let attempt = match self.give_up_at {
+                Some(end) => match tokio::time::timeout_at(end, call()).await {
+                    Ok(result) => result,
+                    Err(_) => Err(BackendError::Timeout(
+                        end.saturating_duration_since(self.started),
+                    )),
+                },
+                None => call().await,
+            };
+            match attempt {
                 Ok(value) => return Ok(value),
                 Err(error) => self.pause_or_give_up(error).await?,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_never_answers_ends_at_the_budget() {
+        let started = Instant::now();
+        let result: Result<(), _> = Retry::new(Duration::from_secs(3))
+            .run(std::future::pending)
+            .await;
+        assert!(
+            matches!(result, Err(BackendError::Timeout(_))),
+            "{result:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_attempt_starts_after_the_deadline() {
+        let started = Instant::now();
+        let mut attempts = Vec::new();
+        // Each attempt fails transiently after 1.9s: the budget of 3s has room for
+        // two; a third would start past it.
+        let result: Result<(), _> = Retry::new(Duration::from_secs(3))
+            .run(|| {
+                attempts.push(started.elapsed());
+                async {
+                    tokio::time::sleep(Duration::from_millis(1900)).await;
+                    Err(BackendError::Server {
+                        status: 503,
+                        message: "unavailable".into(),
+                    })
+                }
+            })
+            .await;
+        assert!(result.is_err());
+        assert!(
+            attempts.iter().all(|at| *at < Duration::from_secs(3)),
+            "{attempts:?}"
+        );
+        assert!(
+            started.elapsed() <= Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

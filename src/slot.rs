@@ -27,7 +27,7 @@ const LAST_START_SECS: u64 = 253_402_300_799;
 ///
 /// ```
 /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
-/// use gcslock::Slot;
+/// use gcslock::once_per::Slot;
 ///
 /// let hour = Duration::from_secs(3600);
 /// // Two machines whose crons fire at 10:00:02 and 10:00:05 name the same slot.
@@ -161,13 +161,13 @@ impl fmt::Display for CompletedSlot {
     }
 }
 
-/// The outcome of [`crate::Lock::acquire_slot`].
+/// The outcome of [`crate::Acquire::once_per`].
 #[derive(Debug)]
 #[must_use = "an acquired guard must be released (with `release_completed` once the work succeeded)"]
 pub enum SlotAcquire {
     /// The slot is not completed yet and the lock is ours: do the work, then
-    /// [`crate::Guard::release_completed`].
-    Acquired(crate::Guard),
+    /// [`crate::once_per::PeriodGuard::release_completed`].
+    Acquired(crate::once_per::PeriodGuard),
     /// The slot (or a later one of the same period) is already completed; nothing
     /// was written.
     AlreadyDone(CompletedSlot),

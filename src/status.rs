@@ -9,7 +9,7 @@ use crate::backend::{Backend, ObjectInfo, ObjectVersion};
 use crate::error::Error;
 use crate::options::default_margin;
 use crate::record::{LockRecord, LockState, Ttl};
-use crate::retry::{Retry, DEFAULT_TIMEOUT};
+use crate::retry::Retry;
 use crate::slot::CompletedSlot;
 use crate::token::FencingToken;
 
@@ -129,19 +129,10 @@ impl LockStatus {
 }
 
 /// Lists the locks under `prefix`, each judged by the server's clock at listing time.
-/// Transient storage failures are retried for up to 10 s (the default of
-/// [`LockOptions::unavailable_timeout`](crate::LockOptions::unavailable_timeout));
-/// see [`list_locks_within`] to choose.
+/// Transient storage failures (5xx, 429, timeouts, resets) are retried with jittered
+/// backoff for up to `timeout` (10 s is what `Lock::status` uses by default); then
+/// `Error::Unavailable`.
 pub async fn list_locks(
-    backend: &dyn Backend,
-    prefix: &str,
-) -> Result<Vec<(String, LockStatus)>, Error> {
-    list_locks_within(backend, prefix, DEFAULT_TIMEOUT).await
-}
-
-/// [`list_locks`], retrying transient storage failures (5xx, 429, timeouts, resets)
-/// with jittered backoff for up to `timeout`; then `Error::Unavailable`.
-pub async fn list_locks_within(
     backend: &dyn Backend,
     prefix: &str,
     timeout: Duration,

@@ -9,9 +9,10 @@ use std::time::Duration;
 use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, WriteCondition};
+use gcslock::testing::{LockRecord, LockState};
 use gcslock::{
-    BreakOptions, BreakOutcome, Error, FencingToken, Guard, Lock, LockOptions, LockRecord,
-    LockState, LockStatus, LossReason, Wait,
+    BreakOptions, BreakOutcome, Error, FencingToken, Guard, Lock, LockOptions, LockStatus,
+    LossReason, Wait,
 };
 use support::{faulty_bucket, record_at};
 use tokio::time::Instant;
@@ -33,7 +34,7 @@ fn lock_on(backend: Arc<dyn Backend>, identity: &str) -> Lock {
 /// Takes the free lock through `backend` as `identity`.
 async fn hold(backend: Arc<dyn Backend>, identity: &str) -> Guard {
     lock_on(backend, identity)
-        .try_acquire()
+        .acquire(Wait::No)
         .await
         .expect("free")
 }
@@ -114,7 +115,7 @@ async fn status_and_list_retry_transient_errors_then_succeed() {
         LockStatus::Held(held) => assert_eq!(held.token, holder.token()),
         other => panic!("expected held, got {other:?}"),
     }
-    let listed = gcslock::list_locks_within(&faults, "jobs/", STORAGE_TIMEOUT)
+    let listed = gcslock::list_locks(&faults, "jobs/", STORAGE_TIMEOUT)
         .await
         .expect("list after retries");
     assert_eq!(listed.len(), 1);
@@ -140,12 +141,8 @@ async fn persistent_failure_is_unavailable_after_the_timeout_not_before() {
 
     gives_up_after_the_storage_timeout(admin.break_lock(None)).await;
 
-    gives_up_after_the_storage_timeout(gcslock::list_locks_within(
-        &faults,
-        "jobs/",
-        STORAGE_TIMEOUT,
-    ))
-    .await;
+    gives_up_after_the_storage_timeout(gcslock::list_locks(&faults, "jobs/", STORAGE_TIMEOUT))
+        .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -265,7 +262,7 @@ async fn break_now_releases_at_once() {
         "{outcome:?}"
     );
     let next = lock_on(Arc::new(memory.clone()), "next")
-        .try_acquire()
+        .acquire(Wait::No)
         .await
         .expect("free at once");
     assert_eq!(next.token().value(), holder.token().value() + 1);
@@ -437,7 +434,7 @@ async fn an_invalid_record_is_refused_then_repaired_above_every_token() {
         Some("kept")
     );
     let next = lock_on(Arc::new(memory.clone()), "next")
-        .try_acquire()
+        .acquire(Wait::No)
         .await
         .expect("free after repair");
     assert_eq!(next.token().value(), 52);

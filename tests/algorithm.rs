@@ -11,9 +11,9 @@ use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::intercept::{Intercept, NoDate};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, WriteCondition};
+use gcslock::testing::{LockRecord, LockState};
 use gcslock::{
-    BreakOptions, Error, FencingToken, Guard, Lock, LockOptions, LockRecord, LockState, LockStatus,
-    LossReason, Wait,
+    BreakOptions, Error, FencingToken, Guard, Lock, LockOptions, LockStatus, LossReason, Wait,
 };
 use support::{faulty_bucket, record_at};
 use tokio::time::Instant;
@@ -34,7 +34,7 @@ fn lock_on(backend: Arc<dyn Backend>, identity: &str) -> Lock {
 /// Takes the free lock through `backend` as `identity`.
 async fn hold(backend: Arc<dyn Backend>, identity: &str) -> Guard {
     lock_on(backend, identity)
-        .try_acquire()
+        .acquire(Wait::No)
         .await
         .expect("free")
 }
@@ -59,7 +59,7 @@ async fn acquire_release_and_tokens_grow_across_holders() {
     let lock = lock_on(Arc::new(memory.clone()), "a");
     let mut last = 0;
     for _ in 0..3 {
-        let guard = lock.try_acquire().await.expect("free lock");
+        let guard = lock.acquire(Wait::No).await.expect("free lock");
         assert!(guard.token().value() > last, "token must grow");
         last = guard.token().value();
         assert!(guard.is_valid());
@@ -69,7 +69,7 @@ async fn acquire_release_and_tokens_grow_across_holders() {
     }
     assert_eq!(last, 3);
     // Break keeps the counter: the next holder still gets a larger token.
-    let guard = lock.try_acquire().await.expect("free");
+    let guard = lock.acquire(Wait::No).await.expect("free");
     lock.break_with(
         &BreakOptions::new()
             .expected_token(Some(FencingToken::new(4)))
@@ -77,7 +77,7 @@ async fn acquire_release_and_tokens_grow_across_holders() {
     )
     .await
     .expect("break");
-    let next = lock.try_acquire().await.expect("broken lock is free");
+    let next = lock.acquire(Wait::No).await.expect("broken lock is free");
     assert_eq!(next.token().value(), 5);
     drop(guard);
 }
@@ -87,11 +87,11 @@ async fn second_holder_is_busy_and_reads_only() {
     let memory = MemoryBackend::new("b");
     let first = lock_on(Arc::new(memory.clone()), "first");
     let second = lock_on(Arc::new(memory.clone()), "second");
-    let guard = first.try_acquire().await.expect("free");
+    let guard = first.acquire(Wait::No).await.expect("free");
     let before = memory.request_count();
-    match second.try_acquire().await {
+    match second.acquire(Wait::No).await {
         Err(Error::Busy { holder, .. }) => {
-            assert_eq!(holder.holder, "first");
+            assert_eq!(holder.identity, "first");
             assert_eq!(holder.token, FencingToken::new(1));
         }
         other => panic!("expected Busy, got {other:?}"),
@@ -157,7 +157,7 @@ async fn crashed_holder_is_taken_over_only_after_its_deadline() {
     let crashed_backend = FaultyBackend::new(Arc::new(memory.clone()));
     stop_refreshing(&crashed_backend);
     let crashed = lock_on(Arc::new(crashed_backend), "crashed");
-    let guard = crashed.try_acquire().await.expect("free");
+    let guard = crashed.acquire(Wait::No).await.expect("free");
     let acquired_at = Instant::now();
 
     let waiter = lock_on(Arc::new(memory.clone()), "waiter");
@@ -189,21 +189,21 @@ async fn takeover_racing_a_fresh_lock_never_removes_it() {
         stop_refreshing(&failing);
         lock_on(Arc::new(failing), "stale")
     };
-    let _old = stale.try_acquire().await.expect("free");
+    let _old = stale.acquire(Wait::No).await.expect("free");
     tokio::time::sleep(TTL + MARGIN + Duration::from_secs(1)).await;
 
     // B inspects the stale version, then its write is delayed...
     let slow = FaultyBackend::new(Arc::new(memory.clone()));
     slow.inject(Operation::Write, Fault::Delay(Duration::from_secs(5)));
     let b = lock_on(Arc::new(slow), "b");
-    let b_attempt = tokio::spawn(async move { b.try_acquire().await });
+    let b_attempt = tokio::spawn(async move { b.acquire(Wait::No).await });
     tokio::time::sleep(Duration::from_secs(1)).await;
     // ...while C takes the stale lock over first.
     let c = lock_on(Arc::new(memory.clone()), "c");
-    let c_guard = c.try_acquire().await.expect("C takes over");
+    let c_guard = c.acquire(Wait::No).await.expect("C takes over");
     let b_result = b_attempt.await.expect("task");
     match b_result {
-        Err(Error::Busy { holder, .. }) => assert_eq!(holder.holder, "c"),
+        Err(Error::Busy { holder, .. }) => assert_eq!(holder.identity, "c"),
         other => panic!("B must lose the race, got {other:?}"),
     }
     assert!(c_guard.is_valid());
@@ -218,7 +218,7 @@ async fn takeover_racing_a_fresh_lock_never_removes_it() {
 async fn refresh_that_finds_the_lock_broken_fires_the_loss() {
     let memory = MemoryBackend::new("b");
     let holder = lock_on(Arc::new(memory.clone()), "holder");
-    let guard = holder.try_acquire().await.expect("free");
+    let guard = holder.acquire(Wait::No).await.expect("free");
     let lost = guard.lost();
     let admin = lock_on(Arc::new(memory.clone()), "admin");
     admin.break_lock(None).await.expect("break");
@@ -233,7 +233,7 @@ async fn refresh_that_finds_the_lock_broken_fires_the_loss() {
         "noticed at the next refresh"
     );
     assert!(!guard.is_valid());
-    assert!(matches!(guard.check(), Err(Error::LeaseLost { .. })));
+    assert!(matches!(guard.check(), Err(LossReason::Superseded { .. })));
     // The holder's refresh did not resurrect the lock: it stays revoked.
     assert_eq!(record(&memory).await.holder, "revoked by admin");
     assert!(matches!(
@@ -341,7 +341,7 @@ async fn lost_create_response_is_resolved_by_nonce() {
     // The inspect fails transiently first: a single attempt still retries it.
     faulty.inject(Operation::Read, Fault::Reject(FaultError::Unavailable));
     let guard = lock_on(Arc::new(faulty.clone()), "me")
-        .try_acquire()
+        .acquire(Wait::No)
         .await
         .expect("acquired via nonce");
     assert_eq!(guard.token().value(), 1);
@@ -408,7 +408,7 @@ async fn unavailable_storage_fails_in_bounded_time() {
     );
     let lock = lock_on(Arc::new(faulty), "me");
     let started = Instant::now();
-    let result = lock.try_acquire().await;
+    let result = lock.acquire(Wait::No).await;
     assert!(
         matches!(result, Err(Error::Unavailable { .. })),
         "{result:?}"
@@ -437,10 +437,10 @@ async fn skewed_clocks_stay_safe() {
         memory.set_server_skew(chrono::Duration::hours(skew_hours));
         let failing = FaultyBackend::new(Arc::new(memory.clone()));
         let holder = lock_on(Arc::new(failing.clone()), "holder");
-        let guard = holder.try_acquire().await.expect("free");
+        let guard = holder.acquire(Wait::No).await.expect("free");
         let waiter = lock_on(Arc::new(memory.clone()), "waiter");
         assert!(
-            matches!(waiter.try_acquire().await, Err(Error::Busy { .. })),
+            matches!(waiter.acquire(Wait::No).await, Err(Error::Busy { .. })),
             "fresh lock is not stale (skew {skew_hours}h)"
         );
         tokio::time::sleep(TTL * 2).await;
@@ -449,7 +449,7 @@ async fn skewed_clocks_stay_safe() {
             "refreshing holder stays valid (skew {skew_hours}h)"
         );
         assert!(matches!(
-            waiter.try_acquire().await,
+            waiter.acquire(Wait::No).await,
             Err(Error::Busy { .. })
         ));
         // Now the holder stops refreshing; the waiter takes over only after its deadline.
@@ -513,7 +513,7 @@ async fn commit_runs_only_with_enough_lease_left() {
 async fn dropping_a_guard_releases_in_the_background() {
     let memory = MemoryBackend::new("b");
     let lock = lock_on(Arc::new(memory.clone()), "me");
-    let guard = lock.try_acquire().await.expect("free");
+    let guard = lock.acquire(Wait::No).await.expect("free");
     drop(guard);
     let other = lock_on(Arc::new(memory.clone()), "other");
     let next = other
@@ -531,7 +531,7 @@ async fn cancelling_a_wait_leaves_no_lock_behind() {
     let waiter = lock_on(Arc::new(memory.clone()), "waiter");
     let wait = {
         let cancel = cancel.clone();
-        tokio::spawn(async move { waiter.acquire_cancellable(Wait::Forever, &cancel).await })
+        tokio::spawn(async move { waiter.acquire(Wait::Forever).cancel_on(&cancel).await })
     };
     tokio::time::sleep(Duration::from_secs(20)).await;
     cancel.cancel();
@@ -554,7 +554,7 @@ async fn foreign_objects_are_never_overwritten() {
         .expect("write");
     let lock = lock_on(Arc::new(memory.clone()), "me");
     assert!(matches!(
-        lock.try_acquire().await,
+        lock.acquire(Wait::No).await,
         Err(Error::NotALock { .. })
     ));
     assert!(matches!(
@@ -595,7 +595,9 @@ async fn status_reports_server_judged_state() {
         lock.status().await.expect("status"),
         LockStatus::Stale(_)
     ));
-    let listed = gcslock::list_locks(&memory, "jobs/").await.expect("list");
+    let listed = gcslock::list_locks(&memory, "jobs/", Duration::from_secs(10))
+        .await
+        .expect("list");
     assert_eq!(listed.len(), 1);
     assert!(matches!(listed[0].1, LockStatus::Stale(_)));
 }
@@ -642,7 +644,7 @@ async fn waiters_judge_a_lock_by_its_holders_ttl_not_their_own() {
             .identity("short"),
     )
     .expect("valid");
-    let guard = short.try_acquire().await.expect("free");
+    let guard = short.acquire(Wait::No).await.expect("free");
     let acquired = Instant::now();
     // The waiter's own TTL (5 min) and margin (30 s) must not delay the takeover.
     let waiter = Lock::new(
@@ -677,7 +679,7 @@ async fn cancelling_while_a_create_is_in_flight_never_leaves_a_lock_behind() {
     let cancel = CancellationToken::new();
     let attempt = {
         let cancel = cancel.clone();
-        tokio::spawn(async move { lock.acquire_cancellable(Wait::Forever, &cancel).await })
+        tokio::spawn(async move { lock.acquire(Wait::Forever).cancel_on(&cancel).await })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     cancel.cancel();
@@ -701,7 +703,7 @@ async fn a_lease_that_ran_out_before_acquire_returned_is_never_handed_out() {
     let suspended = FaultyBackend::new(Arc::new(memory.clone()));
     suspended.inject(Operation::Write, Fault::DelayResponse(TTL * 2));
     let a = lock_on(Arc::new(suspended), "a");
-    let a_attempt = tokio::spawn(async move { a.try_acquire().await });
+    let a_attempt = tokio::spawn(async move { a.acquire(Wait::No).await });
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(record(&memory).await.holder, "a", "A's create has applied");
     // Meanwhile B takes the unrefreshed lock over once it is stale.
@@ -710,7 +712,7 @@ async fn a_lease_that_ran_out_before_acquire_returned_is_never_handed_out() {
         .await
         .expect("B takes over");
     match a_attempt.await.expect("task") {
-        Err(Error::Busy { holder, .. }) => assert_eq!(holder.holder, "b"),
+        Err(Error::Busy { holder, .. }) => assert_eq!(holder.identity, "b"),
         Ok(guard) => panic!(
             "A got a guard while B holds the lock (valid: {})",
             guard.is_valid()
@@ -730,7 +732,7 @@ async fn a_late_answer_with_no_contender_is_released_and_retried() {
     let (_, suspended) = faulty_bucket();
     suspended.inject(Operation::Write, Fault::DelayResponse(TTL));
     let guard = lock_on(Arc::new(suspended), "a")
-        .try_acquire()
+        .acquire(Wait::No)
         .await
         .expect("acquired afresh");
     assert!(guard.is_valid());
@@ -757,7 +759,7 @@ async fn a_wait_that_ends_during_a_storage_hiccup_reports_busy() {
         1000,
     );
     match wait.await.expect("task") {
-        Err(Error::Busy { holder, .. }) => assert_eq!(holder.holder, "holder"),
+        Err(Error::Busy { holder, .. }) => assert_eq!(holder.identity, "holder"),
         other => panic!("expected Busy, got {other:?}"),
     }
 }

@@ -1,8 +1,10 @@
 //! One conformance suite, run against every backend.
 //!
-//! Each case is written once, as `case_*(ctx)` in `conformance/cases.rs`; `ctx`
-//! holds the backend, a way to open another backend on the same store (another
-//! process), and the object prefix. Every case runs on every target below, except
+//! The cases every backend must pass are published as `gcslock::conformance`
+//! (feature `conformance`) and run here through that public API (`mod suite`);
+//! `conformance/cases.rs` holds the few that only this project's targets run.
+//! Each case is written once, as `case_*(ctx)`; `ctx` holds the backend, a way to
+//! open another backend on the same store (another process), and the object prefix. Every case runs on every target below, except
 //! where the target lacks something the case [`Needs`]: then it is skipped with the
 //! reason printed, so that no case passes for the wrong reason.
 //!
@@ -37,11 +39,114 @@ mod targets;
 #[path = "conformance/wire.rs"]
 mod wire;
 
+use std::sync::Arc;
+
 use cases::*;
 #[cfg(feature = "object-store")]
 use support::Store;
-use targets::{run_case, Needs, Which};
+use targets::{run_case, run_suite_case, Needs, Which};
 
+/// `mod suite { mod TARGET { #[tokio::test] async fn CASE() .. } }`: each case of
+/// the published suite on each target, through `gcslock::conformance`'s API.
+macro_rules! suite_per_target {
+    (targets: { $($(#[$attr:meta])* $target:ident => $which:expr,)* } cases: $cases:tt) => {
+        $($(#[$attr])* suite_per_target!(@target $target, $which, $cases);)*
+
+        /// Every case named below.
+        const LISTED: &[&str] = &suite_per_target!(@names $cases);
+    };
+    (@target $target:ident, $which:expr, { $($case:ident,)* }) => {
+        mod $target {
+            use super::*;
+            $(#[tokio::test]
+            async fn $case() {
+                run_suite_case($which, stringify!($case)).await;
+            })*
+        }
+    };
+    (@names { $($case:ident,)* }) => { [$(stringify!($case)),*] };
+}
+
+mod suite {
+    use super::*;
+
+    suite_per_target! {
+        targets: {
+            memory => Which::Memory,
+            emulator => Which::Emulator,
+            strict => Which::Strict,
+            #[cfg(feature = "object-store")]
+            object_store_memory => Which::ObjectStore(Store::Memory),
+            #[cfg(feature = "object-store")]
+            s3 => Which::ObjectStore(Store::S3),
+            #[cfg(feature = "object-store")]
+            azure => Which::ObjectStore(Store::Azure),
+        }
+        cases: {
+            case_create_if_absent_succeeds_once,
+            case_created_object_has_metadata_and_first_version,
+            case_empty_metadata_reads_back_empty,
+            case_read_of_missing_object_is_none,
+            case_responses_carry_server_time,
+            case_write_matching_version_replaces_with_new_generation,
+            case_write_with_stale_generation_fails,
+            case_write_with_stale_metageneration_fails,
+            case_update_metadata_merges_and_bumps_metageneration,
+            case_update_metadata_with_stale_version_fails,
+            case_update_metadata_of_missing_object_is_not_found,
+            case_delete_with_matching_version_removes,
+            case_delete_with_stale_version_fails_and_keeps_object,
+            case_delete_is_refused_and_changes_nothing,
+            case_list_returns_prefix_matches_in_name_order,
+            case_list_follows_pages,
+            case_names_with_slashes_spaces_and_unicode_round_trip,
+            case_names_with_empty_segments_round_trip,
+            case_names_with_empty_segments_are_refused,
+            case_objects_of_any_name_are_deleted,
+            case_conditions_hold_for_a_backend_that_never_saw_the_object,
+            case_concurrent_creates_have_one_winner,
+            case_concurrent_updates_of_one_version_have_one_winner,
+            case_foreign_objects_are_reported_and_never_taken,
+        }
+    }
+
+    #[test]
+    fn every_published_case_runs_on_every_target() {
+        let published: Vec<&str> = gcslock::conformance::cases()
+            .iter()
+            .map(|case| case.name())
+            .collect();
+        assert_eq!(published, LISTED);
+    }
+
+    /// The suite as an implementer runs it: `run_all` on a target of their own.
+    #[tokio::test]
+    async fn run_all_proves_a_backend_and_reports_its_skips() {
+        use gcslock::backend::memory::MemoryBackend;
+        use gcslock::conformance::{run_all, Needs, Target};
+        let memory = MemoryBackend::new("implementer");
+        let reopen = memory.clone();
+        let target = Target::new("implementer", Arc::new(memory), move || {
+            Arc::new(reopen.clone())
+        })
+        .prefix("run-all/");
+        let report = run_all(&target).await;
+        let skipped: Vec<_> = report.skipped.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            skipped,
+            [
+                "case_delete_is_refused_and_changes_nothing",
+                "case_list_follows_pages",
+                "case_names_with_empty_segments_are_refused",
+            ],
+            "{report:?}"
+        );
+        assert_eq!(report.passed.len() + skipped.len(), LISTED.len());
+        let _ = Needs::SmallListPages;
+    }
+}
+
+// The cases only this project's targets run (tests/conformance/cases.rs).
 per_target! {
     run: run_case;
     targets: {
@@ -55,33 +160,7 @@ per_target! {
         #[cfg(feature = "object-store")]
         azure => Which::ObjectStore(Store::Azure),
     }
-    // `[]`: plain wire compatibility, which every target has.
     cases: {
-        case_create_if_absent_succeeds_once => [],
-        case_created_object_has_metadata_and_first_version => [],
-        case_empty_metadata_reads_back_empty => [],
-        case_read_of_missing_object_is_none => [],
-        case_responses_carry_server_time => [],
-        case_write_matching_version_replaces_with_new_generation => [],
-        case_write_with_stale_generation_fails => [],
-        case_write_with_stale_metageneration_fails => [Needs::StrictConditions],
-        case_update_metadata_merges_and_bumps_metageneration => [Needs::StrictConditions],
-        case_update_metadata_with_stale_version_fails => [Needs::StrictConditions],
-        case_update_metadata_of_missing_object_is_not_found => [],
-        case_delete_with_matching_version_removes => [Needs::ConditionalDelete],
-        case_delete_with_stale_version_fails_and_keeps_object =>
-            [Needs::StrictConditions, Needs::ConditionalDelete],
-        case_delete_is_refused_and_changes_nothing => [Needs::DeleteRefused],
-        case_list_returns_prefix_matches_in_name_order => [],
-        case_list_follows_pages => [Needs::SmallListPages],
-        case_names_with_slashes_spaces_and_unicode_round_trip => [],
-        case_names_with_empty_segments_round_trip => [Needs::AnyNames],
-        case_names_with_empty_segments_are_refused => [Needs::PathNamesOnly],
-        case_objects_of_any_name_are_deleted => [Needs::ConditionalDelete, Needs::AnyNames],
-        case_conditions_hold_for_a_backend_that_never_saw_the_object => [Needs::StrictConditions],
-        case_concurrent_creates_have_one_winner => [],
-        case_concurrent_updates_of_one_version_have_one_winner => [Needs::StrictConditions],
-        case_foreign_objects_are_reported_and_never_taken => [],
         #[cfg(feature = "object-store")]
         case_foreign_objects_are_never_rewritten => [Needs::ObjectStore],
         #[cfg(feature = "object-store")]

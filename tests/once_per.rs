@@ -7,9 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, ObjectVersion, WriteCondition};
+use gcslock::once_per::{CompletedSlot, PeriodGuard, Slot, SlotAcquire, MAX_PERIOD};
+use gcslock::testing::{LockRecord, LockState};
 use gcslock::{
-    BreakOptions, BreakOutcome, CompletedSlot, Error, FencingToken, Lock, LockOptions, LockRecord,
-    LockState, LockStatus, Slot, SlotAcquire, Ttl, Wait, MAX_PERIOD,
+    BreakOptions, BreakOutcome, Error, FencingToken, Lock, LockOptions, LockStatus, Ttl, Wait,
 };
 
 const NAME: &str = "jobs/hourly";
@@ -29,7 +30,7 @@ fn forever_lock(backend: Arc<dyn Backend>, identity: &str) -> Lock {
     Lock::new(
         backend,
         NAME,
-        LockOptions::default().ttl_forever().identity(identity),
+        LockOptions::default().ttl(Ttl::Forever).identity(identity),
     )
     .expect("valid lock")
 }
@@ -51,7 +52,7 @@ async fn record(memory: &MemoryBackend) -> LockRecord {
     LockRecord::from_metadata(&metadata(memory).await).expect("a lock")
 }
 
-fn acquired(outcome: SlotAcquire) -> gcslock::Guard {
+fn acquired(outcome: SlotAcquire) -> PeriodGuard {
     match outcome {
         SlotAcquire::Acquired(guard) => guard,
         SlotAcquire::AlreadyDone(done) => panic!("expected to acquire, but {done}"),
@@ -68,7 +69,12 @@ fn done(outcome: SlotAcquire) -> CompletedSlot {
 /// Runs slot `slot` to success as `identity`.
 async fn complete(memory: &MemoryBackend, identity: &str, slot: Slot) {
     let lock = lock_on(Arc::new(memory.clone()), identity);
-    let guard = acquired(lock.acquire_slot(slot, Wait::No).await.expect("acquire"));
+    let guard = acquired(
+        lock.acquire(Wait::No)
+            .once_per(slot)
+            .await
+            .expect("acquire"),
+    );
     guard.release_completed().await.expect("release completed");
 }
 
@@ -156,7 +162,7 @@ async fn a_completed_slot_blocks_that_slot_but_not_the_next() {
 
     let second = lock_on(Arc::new(memory.clone()), "second");
     let before = memory.request_count();
-    let seen = done(second.acquire_slot(this, Wait::No).await.unwrap());
+    let seen = done(second.acquire(Wait::No).once_per(this).await.unwrap());
     assert_eq!(
         memory.request_count() - before,
         1,
@@ -169,28 +175,37 @@ async fn a_completed_slot_blocks_that_slot_but_not_the_next() {
     // An earlier slot of the same period is done too.
     done(
         second
-            .acquire_slot(hour_slot(499_999), Wait::No)
+            .acquire(Wait::No)
+            .once_per(hour_slot(499_999))
             .await
             .unwrap(),
     );
     // A completion for another period never counts.
     let other_period = Slot::new(Duration::from_secs(1800), 1_000_000).unwrap();
-    acquired(second.acquire_slot(other_period, Wait::No).await.unwrap())
-        .release()
-        .await
-        .unwrap();
+    acquired(
+        second
+            .acquire(Wait::No)
+            .once_per(other_period)
+            .await
+            .unwrap(),
+    )
+    .release()
+    .await
+    .unwrap();
     // The next slot runs.
     let next = acquired(
         second
-            .acquire_slot(hour_slot(500_001), Wait::No)
+            .acquire(Wait::No)
+            .once_per(hour_slot(500_001))
             .await
             .unwrap(),
     );
-    assert_eq!(next.slot(), Some(hour_slot(500_001)));
+    assert_eq!(next.slot(), hour_slot(500_001));
     next.release_completed().await.unwrap();
     done(
         second
-            .acquire_slot(hour_slot(500_001), Wait::No)
+            .acquire(Wait::No)
+            .once_per(hour_slot(500_001))
             .await
             .unwrap(),
     );
@@ -203,12 +218,12 @@ async fn a_failed_run_leaves_the_slot_open() {
     let lock = lock_on(Arc::new(memory.clone()), "a");
 
     // A plain release: the run failed.
-    let guard = acquired(lock.acquire_slot(this, Wait::No).await.unwrap());
+    let guard = acquired(lock.acquire(Wait::No).once_per(this).await.unwrap());
     guard.release().await.unwrap();
     assert_eq!(record(&memory).await.completed, None);
 
     // A dropped guard (the process gave up): released in the background, not completed.
-    let guard = acquired(lock.acquire_slot(this, Wait::No).await.unwrap());
+    let guard = acquired(lock.acquire(Wait::No).once_per(this).await.unwrap());
     drop(guard);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(record(&memory).await.state, LockState::Released);
@@ -218,7 +233,7 @@ async fn a_failed_run_leaves_the_slot_open() {
     // not record the slot.
     let faulty = FaultyBackend::new(Arc::new(memory.clone()));
     let cut_off = lock_on(Arc::new(faulty.clone()), "cut-off");
-    let guard = acquired(cut_off.acquire_slot(this, Wait::No).await.unwrap());
+    let guard = acquired(cut_off.acquire(Wait::No).once_per(this).await.unwrap());
     faulty.inject_times(
         Operation::UpdateMetadata,
         Fault::Reject(FaultError::Unavailable),
@@ -234,7 +249,7 @@ async fn a_failed_run_leaves_the_slot_open() {
     assert_eq!(record(&memory).await.completed, None);
 
     // A run that lost its lock to a break records nothing either.
-    let guard = acquired(lock.acquire_slot(this, Wait::No).await.unwrap());
+    let guard = acquired(lock.acquire(Wait::No).once_per(this).await.unwrap());
     lock.break_with(&BreakOptions::new().now(true))
         .await
         .unwrap();
@@ -243,39 +258,25 @@ async fn a_failed_run_leaves_the_slot_open() {
     assert_eq!(record(&memory).await.completed, None);
 
     // So the slot is still open.
-    acquired(lock.acquire_slot(this, Wait::No).await.unwrap())
+    acquired(lock.acquire(Wait::No).once_per(this).await.unwrap())
         .release_completed()
         .await
         .unwrap();
-    done(lock.acquire_slot(this, Wait::No).await.unwrap());
+    done(lock.acquire(Wait::No).once_per(this).await.unwrap());
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_guard_without_a_slot_cannot_complete_one() {
-    let memory = MemoryBackend::new("b");
-    let guard = lock_on(Arc::new(memory.clone()), "a")
-        .try_acquire()
-        .await
-        .unwrap();
-    assert_eq!(guard.slot(), None);
-    assert!(matches!(
-        guard.release_completed().await,
-        Err(Error::InvalidInput(_))
-    ));
-    let after = record(&memory).await;
-    assert_eq!(after.state, LockState::Released);
-    assert_eq!(after.completed, None);
-}
+// A guard acquired without a period cannot record one: `release_completed` is a
+// method of `PeriodGuard` only, which only `Acquire::once_per` returns.
 
 #[tokio::test(start_paused = true)]
 async fn a_waiter_stops_at_once_when_the_slot_completes() {
     let memory = MemoryBackend::new("b");
     let this = hour_slot(42);
     let runner = lock_on(Arc::new(memory.clone()), "runner");
-    let guard = acquired(runner.acquire_slot(this, Wait::No).await.unwrap());
+    let guard = acquired(runner.acquire(Wait::No).once_per(this).await.unwrap());
 
     let waiter = lock_on(Arc::new(memory.clone()), "waiter");
-    let waiting = tokio::spawn(async move { waiter.acquire_slot(this, Wait::Forever).await });
+    let waiting = tokio::spawn(async move { waiter.acquire(Wait::Forever).once_per(this).await });
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(!waiting.is_finished(), "the lock is held: the waiter waits");
     guard.release_completed().await.unwrap();
@@ -287,10 +288,16 @@ async fn a_waiter_stops_at_once_when_the_slot_completes() {
     assert_eq!(record(&memory).await.token, 1, "the waiter never wrote");
 
     // A waiter for a slot that is not completed takes the lock as today.
-    let guard = acquired(runner.acquire_slot(hour_slot(43), Wait::No).await.unwrap());
+    let guard = acquired(
+        runner
+            .acquire(Wait::No)
+            .once_per(hour_slot(43))
+            .await
+            .unwrap(),
+    );
     let waiter = lock_on(Arc::new(memory.clone()), "waiter");
     let waiting =
-        tokio::spawn(async move { waiter.acquire_slot(hour_slot(43), Wait::Forever).await });
+        tokio::spawn(async move { waiter.acquire(Wait::Forever).once_per(hour_slot(43)).await });
     tokio::time::sleep(Duration::from_secs(30)).await;
     guard.release().await.unwrap(); // the run failed
     let retry = acquired(waiting.await.unwrap().unwrap());
@@ -306,15 +313,16 @@ async fn a_waiter_stops_at_once_when_the_slot_completes() {
 async fn a_busy_lock_with_an_open_slot_is_busy() {
     let memory = MemoryBackend::new("b");
     let holder = lock_on(Arc::new(memory.clone()), "holder");
-    let _guard = holder.try_acquire().await.unwrap();
+    let _guard = holder.acquire(Wait::No).await.unwrap();
     let other = lock_on(Arc::new(memory.clone()), "other");
     assert!(matches!(
-        other.acquire_slot(hour_slot(1), Wait::No).await,
+        other.acquire(Wait::No).once_per(hour_slot(1)).await,
         Err(Error::Busy { .. })
     ));
     assert!(matches!(
         other
-            .acquire_slot(hour_slot(1), Wait::For(Duration::from_secs(20)))
+            .acquire(Wait::For(Duration::from_secs(20)))
+            .once_per(hour_slot(1))
             .await,
         Err(Error::Busy { .. })
     ));
@@ -340,7 +348,7 @@ async fn the_completed_slot_carries_over_every_write() {
 
     // Acquire (a plain holder, not using slots) and refresh.
     let plain = lock_on(Arc::new(memory.clone()), "plain");
-    let guard = plain.try_acquire().await.unwrap();
+    let guard = plain.acquire(Wait::No).await.unwrap();
     expect_carried(record(&memory).await);
     tokio::time::sleep(TTL).await; // several refreshes
     let carried = record(&memory).await;
@@ -352,7 +360,7 @@ async fn the_completed_slot_carries_over_every_write() {
     // Takeover of a crashed holder.
     let faulty = FaultyBackend::new(Arc::new(memory.clone()));
     let crashed = lock_on(Arc::new(faulty.clone()), "crashed");
-    let crashed_guard = crashed.try_acquire().await.unwrap();
+    let crashed_guard = crashed.acquire(Wait::No).await.unwrap();
     faulty.inject_times(
         Operation::UpdateMetadata,
         Fault::Reject(FaultError::Unavailable),
@@ -382,7 +390,7 @@ async fn the_completed_slot_carries_over_every_write() {
     let status = taker.status().await.unwrap();
     assert_eq!(status.last_completed(), Some(&completed_at));
     // The slot stays done through all of it.
-    done(taker.acquire_slot(this, Wait::No).await.unwrap());
+    done(taker.acquire(Wait::No).once_per(this).await.unwrap());
 }
 
 /// A lock object whose completed-slot keys are `overrides` on top of a valid record.
@@ -444,7 +452,7 @@ async fn hostile_slot_fields_never_panic_and_are_never_overwritten() {
         );
         assert!(
             matches!(
-                lock.acquire_slot(hour_slot(9), Wait::No).await,
+                lock.acquire(Wait::No).once_per(hour_slot(9)).await,
                 Err(Error::NotALock { .. })
             ),
             "{case:?}"
@@ -466,7 +474,7 @@ async fn hostile_slot_fields_never_panic_and_are_never_overwritten() {
     let memory = MemoryBackend::new("b");
     hostile(&memory, &valid).await;
     let lock = lock_on(Arc::new(memory.clone()), "a");
-    done(lock.acquire_slot(hour_slot(9), Wait::No).await.unwrap());
+    done(lock.acquire(Wait::No).once_per(hour_slot(9)).await.unwrap());
 }
 
 #[tokio::test(start_paused = true)]
@@ -476,7 +484,7 @@ async fn a_forever_lease_is_never_stale() {
     let holder = forever_lock(Arc::new(faulty.clone()), "holder");
     assert_eq!(holder.ttl(), Ttl::Forever);
     assert_eq!(holder.refresh_interval(), Duration::from_secs(60));
-    let guard = holder.try_acquire().await.unwrap();
+    let guard = holder.acquire(Wait::No).await.unwrap();
     // Old gcslock versions fail to parse this as a number: "not a lock", never touched.
     assert_eq!(
         metadata(&memory)
@@ -514,13 +522,13 @@ async fn a_forever_lease_is_never_stale() {
     let waiter = lock_on(Arc::new(memory.clone()), "waiter");
     match waiter.acquire(Wait::For(Duration::from_secs(86_400))).await {
         Err(Error::Busy { holder, .. }) => {
-            assert_eq!(holder.holder, "holder");
+            assert_eq!(holder.identity, "holder");
             assert_eq!(holder.expires_in, None);
         }
         other => panic!("a waiter took a forever lock: {other:?}"),
     }
     assert!(matches!(
-        waiter.acquire_slot(hour_slot(1), Wait::No).await,
+        waiter.acquire(Wait::No).once_per(hour_slot(1)).await,
         Err(Error::Busy { .. })
     ));
 
@@ -541,7 +549,7 @@ async fn a_forever_lease_is_never_stale() {
     ));
     tokio::time::sleep(Duration::from_secs(61)).await;
     assert!(!guard.is_valid());
-    let next = waiter.try_acquire().await.unwrap();
+    let next = waiter.acquire(Wait::No).await.unwrap();
     assert_eq!(next.token(), FencingToken::new(2));
 }
 
@@ -553,7 +561,7 @@ async fn forever_options_are_checked() {
             Arc::clone(&memory),
             NAME,
             LockOptions::default()
-                .ttl_forever()
+                .ttl(Ttl::Forever)
                 .refresh_interval(Duration::ZERO)
         ),
         Err(Error::InvalidInput(_))
@@ -562,14 +570,19 @@ async fn forever_options_are_checked() {
         Arc::clone(&memory),
         NAME,
         LockOptions::default()
-            .ttl_forever()
+            .ttl(Ttl::Forever)
             .refresh_interval(Duration::from_secs(5)),
     )
     .unwrap();
     assert_eq!(lock.refresh_interval(), Duration::from_secs(5));
     assert_eq!(lock.safety_margin(), Duration::ZERO);
     // A later `ttl` replaces `ttl_forever`.
-    let finite = Lock::new(memory, NAME, LockOptions::default().ttl_forever().ttl(TTL)).unwrap();
+    let finite = Lock::new(
+        memory,
+        NAME,
+        LockOptions::default().ttl(Ttl::Forever).ttl(TTL),
+    )
+    .unwrap();
     assert_eq!(finite.ttl(), Ttl::Finite(TTL));
 }
 
@@ -579,7 +592,7 @@ async fn a_once_per_run_costs_what_a_plain_run_costs() {
     async fn plain(memory: &MemoryBackend) -> u64 {
         let before = memory.request_count();
         let guard = lock_on(Arc::new(memory.clone()), "a")
-            .try_acquire()
+            .acquire(Wait::No)
             .await
             .unwrap();
         guard.release().await.unwrap();
@@ -588,7 +601,7 @@ async fn a_once_per_run_costs_what_a_plain_run_costs() {
     async fn once(memory: &MemoryBackend, slot: Slot) -> u64 {
         let before = memory.request_count();
         let lock = lock_on(Arc::new(memory.clone()), "a");
-        acquired(lock.acquire_slot(slot, Wait::No).await.unwrap())
+        acquired(lock.acquire(Wait::No).once_per(slot).await.unwrap())
             .release_completed()
             .await
             .unwrap();
@@ -605,15 +618,19 @@ async fn a_once_per_run_costs_what_a_plain_run_costs() {
     assert_eq!((plain_first, plain_again), (3, 3), "read, write, release");
     // A busy lock: one read either way.
     let holder = lock_on(Arc::new(plain_memory.clone()), "holder")
-        .try_acquire()
+        .acquire(Wait::No)
         .await
         .unwrap();
     let before = plain_memory.request_count();
     let other = lock_on(Arc::new(plain_memory.clone()), "other");
-    assert!(other.try_acquire().await.is_err());
+    assert!(other.acquire(Wait::No).await.is_err());
     let plain_busy = plain_memory.request_count() - before;
     let before = plain_memory.request_count();
-    assert!(other.acquire_slot(hour_slot(3), Wait::No).await.is_err());
+    assert!(other
+        .acquire(Wait::No)
+        .once_per(hour_slot(3))
+        .await
+        .is_err());
     assert_eq!(plain_memory.request_count() - before, plain_busy);
     holder.release().await.unwrap();
 }
@@ -628,11 +645,11 @@ async fn a_forever_release_gives_up_after_the_storage_timeout() {
         Arc::new(faulty.clone()),
         NAME,
         LockOptions::default()
-            .ttl_forever()
+            .ttl(Ttl::Forever)
             .unavailable_timeout(Duration::from_secs(10)),
     )
     .unwrap();
-    let guard = lock.try_acquire().await.unwrap();
+    let guard = lock.acquire(Wait::No).await.unwrap();
     faulty.inject_times(
         Operation::UpdateMetadata,
         Fault::Reject(FaultError::Unavailable),

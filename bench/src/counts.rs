@@ -1,13 +1,13 @@
 //! 1. Requests per operation, counted by the emulator (diff of `/_strict/stats`
 //!    around each operation) and cross-checked with the counting wrapper.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use gcslock::backend::{Backend, WriteCondition};
-use gcslock::{Lock, LockOptions, LockRecord, LockState, Wait};
+use gcslock::testing::{LockRecord, LockState};
+use gcslock::{Lock, LockOptions, Wait};
 use tokio::time::Instant;
 
 use crate::counting::{Counter, Op};
@@ -17,7 +17,7 @@ use crate::report::{table, Config, Report};
 /// Runs `operation` and returns its value and the requests the emulator saw meanwhile.
 async fn counted<T, E>(
     emulator: &Emulator,
-    operation: impl Future<Output = Result<T, E>>,
+    operation: impl std::future::IntoFuture<Output = Result<T, E>>,
 ) -> Result<(T, Stats)>
 where
     E: Into<anyhow::Error>,
@@ -65,7 +65,7 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
 
     // Acquire a brand-new name, release it, acquire the released name.
     let lock = Lock::new(Arc::clone(&gcs), "counts/lock", options("bench-counts"))?;
-    let (guard, new) = counted(emulator, lock.try_acquire()).await?;
+    let (guard, new) = counted(emulator, lock.acquire(Wait::No)).await?;
     row(
         "acquire, brand-new name",
         &new,
@@ -74,7 +74,7 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
     );
     let ((), release) = counted(emulator, guard.release()).await?;
     row("release (tombstone PATCH)", &release, "1", String::new());
-    let (guard, released) = counted(emulator, lock.try_acquire()).await?;
+    let (guard, released) = counted(emulator, lock.acquire(Wait::No)).await?;
     let token = guard.token().value();
     row(
         "acquire, released name",
@@ -112,7 +112,7 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
         "counts/refresh",
         options("bench-refresh").refresh_interval(interval),
     )?;
-    let guard = lock.try_acquire().await?;
+    let guard = lock.acquire(Wait::No).await?;
     let before = emulator.stats().await?;
     let updates_before = counting.count(Op::UpdateMetadata);
     let hang_guard = Instant::now() + Duration::from_secs(30);
@@ -156,7 +156,7 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
     // in whole seconds.
     tokio::time::sleep(Duration::from_millis(3200)).await;
     let lock = Lock::new(Arc::clone(&gcs), "counts/stale", waiter_options())?;
-    let (guard, takeover) = counted(emulator, lock.try_acquire()).await?;
+    let (guard, takeover) = counted(emulator, lock.acquire(Wait::No)).await?;
     let token = guard.token().value();
     guard.release().await?;
     row(
@@ -214,7 +214,7 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
         "counts/wait",
         options("bench-waiter"),
     )?;
-    let held = holder.try_acquire().await?;
+    let held = holder.acquire(Wait::No).await?;
     let start = emulator.stats().await?;
     let holder_updates = holder_backend.count(Op::UpdateMetadata);
     let waiting_since = Instant::now();

@@ -39,7 +39,7 @@ async fn participant(lock: Lock, shared: Arc<Shared>, mut first: Option<Guard>) 
     loop {
         let guard = match first.take() {
             Some(guard) => guard,
-            None => match lock.acquire_cancellable(Wait::Forever, &shared.stop).await {
+            None => match lock.acquire(Wait::Forever).cancel_on(&shared.stop).await {
                 Ok(guard) => {
                     let now = Instant::now();
                     if let Some(released) = locked(&shared.released_at).take() {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use gcslock::backend::{Backend, BackendError, WriteCondition};
-use gcslock::{Lock, LockOptions, LockRecord, LockState};
+use gcslock::testing::{LockRecord, LockState};
+use gcslock::{Lock, LockOptions, Wait};
 use tokio::time::Instant;
 
 use crate::counting::{Counter, Op};
@@ -200,14 +201,14 @@ pub async fn run(
             .await?;
         let fresh = Lock::new(Arc::clone(&gcs), &format!("lat/new/{round:06}"), options())?;
         let guard = acquire_new
-            .time(keep, async { Ok(fresh.try_acquire().await?) })
+            .time(keep, async { Ok(fresh.acquire(Wait::No).await?) })
             .await?;
         release
             .time(keep, async { Ok(guard.release().await?) })
             .await?;
         get.time(keep, send(client.get(&get_url))).await?;
         let guard = acquire_released
-            .time(keep, async { Ok(reuse.try_acquire().await?) })
+            .time(keep, async { Ok(reuse.acquire(Wait::No).await?) })
             .await?;
         release
             .time(keep, async { Ok(guard.release().await?) })
@@ -233,7 +234,7 @@ pub async fn run(
         "lat/lease",
         options().refresh_interval(interval),
     )?;
-    let guard = lease_lock.try_acquire().await?;
+    let guard = lease_lock.acquire(Wait::No).await?;
     let _ = counting.take_calls();
     let cpu = sys::cpu_time()?;
     let target = counting.count(Op::UpdateMetadata) + (warmup + config.lat_paced) as u64;

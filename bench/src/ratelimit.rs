@@ -63,7 +63,7 @@ async fn measure(emulator: &Emulator, config: &Config, report: &mut Report) -> R
             }
         };
         let _ = counting.take_calls();
-        let guard = lock.try_acquire().await?;
+        let guard = lock.acquire(Wait::No).await?;
         let before = emulator.stats().await?;
         let updates = counting.count(Op::UpdateMetadata);
         tokio::time::sleep(config.rl_hold).await;
@@ -140,7 +140,7 @@ async fn measure(emulator: &Emulator, config: &Config, report: &mut Report) -> R
                 .ttl(Duration::from_secs(60))
                 .identity("bench-rl-b"),
         )?;
-        let guard = first.try_acquire().await?;
+        let guard = first.acquire(Wait::No).await?;
         tokio::time::sleep(Duration::from_millis(1100)).await; // let the acquire's window pass
         let before = emulator.stats().await?;
         guard.release().await?;

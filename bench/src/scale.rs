@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _, Result};
 use futures_util::{stream, StreamExt as _};
 use gcslock::backend::gcs::GcsBackend;
 use gcslock::backend::Backend;
-use gcslock::{Guard, Lock, LockOptions};
+use gcslock::{Guard, Lock, LockOptions, Wait};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -134,7 +134,7 @@ async fn hold_many(
     let started = Instant::now();
     let acquired: Vec<(usize, Result<Guard, gcslock::Error>)> =
         stream::iter(locks.iter().enumerate())
-            .map(|(i, lock)| async move { (i, lock.try_acquire().await) })
+            .map(|(i, lock)| async move { (i, lock.acquire(Wait::No).await) })
             .buffer_unordered(concurrency)
             .collect()
             .await;

@@ -20,6 +20,13 @@ Storage: the endpoint is --endpoint ($GCSLOCK_ENDPOINT) if given, else $STORAGE_
 (an emulator, no credentials), else https://storage.googleapis.com with Application Default
 Credentials.";
 
+/// Usage and examples before the options (`run --help` is read for them).
+const USAGE_FIRST: &str = "\
+{about-with-newline}
+{usage-heading} {usage}
+
+{before-help}{all-args}{after-help}";
+
 /// `0.1.0 (abc1234)`: the version and the source revision it was built from
 /// (`-dirty` with uncommitted changes, `unknown` outside a git checkout); see build.rs.
 pub const VERSION: &str = concat!(
@@ -51,7 +58,19 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a command while holding the lock
-    #[command(long_about = cmd::run::LONG_ABOUT, after_long_help = exit::HELP)]
+    // --help prints the short form too: the explanations are in the man page.
+    #[command(
+        long_about = cmd::run::LONG_ABOUT,
+        before_help = cmd::run::EXAMPLES,
+        help_template = USAGE_FIRST,
+        after_help = "Details and exit codes: `man gcslock-run`, and the README.",
+        disable_help_flag = true,
+        arg = clap::Arg::new("help")
+            .short('h')
+            .long("help")
+            .action(clap::ArgAction::HelpShort)
+            .help("Print help (the details are in `man gcslock-run`)")
+    )]
     Run(cmd::run::RunArgs),
 
     /// Show whether a lock is free, released, held or stale, and by whom
@@ -77,6 +96,42 @@ pub enum Command {
     /// Write the man pages or a shell completion script (for packagers)
     #[command(hide = true, long_about = cmd::generate::LONG_ABOUT)]
     Generate(cmd::generate::GenerateArgs),
+}
+
+impl Command {
+    /// The lock or prefix URL the command works on, for the log span.
+    pub fn url(&self) -> Option<String> {
+        match self {
+            Self::Run(args) => Some(args.url.to_string()),
+            Self::Status(args) => Some(args.url.to_string()),
+            Self::List(args) => Some(args.url.to_string()),
+            Self::Break(args) => Some(args.url.to_string()),
+            Self::Put(args) => Some(args.url.to_string()),
+            Self::Cat(args) => Some(args.url.to_string()),
+            Self::Generate(_) => None,
+        }
+    }
+
+    /// The `run --once-per` period, for the log span.
+    pub fn period(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Run(args) => args.once_per,
+            _ => None,
+        }
+    }
+
+    /// The command's --storage-timeout, if it talks to storage.
+    pub fn storage_timeout(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Run(args) => Some(args.storage_timeout),
+            Self::Status(args) => Some(args.storage_timeout.duration),
+            Self::List(args) => Some(args.storage_timeout.duration),
+            Self::Break(args) => Some(args.storage_timeout.duration),
+            Self::Put(args) => Some(args.storage_timeout.duration),
+            Self::Cat(args) => Some(args.storage_timeout.duration),
+            Self::Generate(_) => None,
+        }
+    }
 }
 
 #[cfg(test)]

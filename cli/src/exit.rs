@@ -5,9 +5,9 @@ use std::fmt;
 /// The one-paragraph summary under every `--help`.
 pub const SUMMARY: &str = "\
 Exit codes: the command's own (128+N if it died of signal N); 75 busy; 76 lease lost;
-64 usage; 65 not a lock; 66 no such bucket; 69 storage unavailable; 70 internal;
-74 I/O error; 77 permission denied; 78 stale fencing token (put); 124 --max-runtime passed;
-126/127 command not executable/not found. See --help for details.";
+64 usage; 65 not a lock; 66 no such bucket; 68 endpoint is not GCS; 69 storage unavailable;
+70 internal; 74 I/O error; 77 permission denied; 78 stale fencing token (put);
+124 --max-runtime passed; 126/127 command not executable/not found. See --help for details.";
 
 /// The table under every long `--help` (and in the man page).
 pub const HELP: &str = "\
@@ -18,7 +18,11 @@ Exit codes:
   64     usage error: bad arguments, URL, duration or option (EX_USAGE)
   65     the object exists but is not a gcslock lock; it is never overwritten (EX_DATAERR).
          `gcslock put`: the object has no fencing token (see --adopt-unfenced)
+  64     also `gcslock break` (without --now) of a lock whose TTL is forever or too long
+         to revoke: nothing was broken; break it with --now
   66     the bucket does not exist (EX_NOINPUT); `gcslock cat`: no such object
+  68     the endpoint does not answer like Google Cloud Storage (an HTTP server that is not
+         GCS or a GCS emulator, e.g. a wrong --endpoint or $STORAGE_EMULATOR_HOST)
   69     storage unreachable or failing until the time allowed ran out (EX_UNAVAILABLE)
   70     internal error in gcslock itself (EX_SOFTWARE); `gcslock run`: processes of the
          command's group survived SIGKILL with the lease still held: the lock was not
@@ -49,6 +53,9 @@ pub const USAGE: u8 = 64;
 pub const NOT_A_LOCK: u8 = 65;
 /// The bucket does not exist.
 pub const NO_BUCKET: u8 = 66;
+/// The endpoint answers, but not as Google Cloud Storage does (EX_NOHOST: not the
+/// storage host gcslock was pointed at).
+pub const NOT_STORAGE: u8 = 68;
 /// Storage unreachable or failing until the time allowed ran out.
 pub const UNAVAILABLE: u8 = 69;
 /// A bug or an unexpected failure of the operating system.
@@ -103,6 +110,7 @@ impl std::error::Error for Coded {}
 
 /// The exit code for a library error.
 pub fn for_lock_error(error: &gcslock::Error) -> u8 {
+    use gcslock::backend::BackendError;
     use gcslock::Error;
     match error {
         Error::Busy { .. } | Error::Conflict { .. } => BUSY,
@@ -111,6 +119,10 @@ pub fn for_lock_error(error: &gcslock::Error) -> u8 {
         Error::NotALock { .. } => NOT_A_LOCK,
         Error::PermissionDenied { .. } => NO_PERMISSION,
         Error::BucketNotFound { .. } => NO_BUCKET,
+        Error::Unavailable {
+            cause: BackendError::InvalidResponse(_),
+            ..
+        } => NOT_STORAGE,
         Error::Unavailable { .. } => UNAVAILABLE,
         // `Cancelled` is handled where the signal is known; `InsufficientTime` is not
         // used by the binary.
@@ -147,5 +159,10 @@ mod tests {
         assert_eq!(for_error(&error), NOT_FOUND);
         assert_eq!(for_error(&anyhow::anyhow!("other")), INTERNAL);
         assert_eq!(signal(15), 143);
+        let not_gcs = gcslock::Error::Unavailable {
+            lock: "gs://b/o".into(),
+            cause: gcslock::backend::BackendError::InvalidResponse("HTML".into()),
+        };
+        assert_eq!(for_lock_error(&not_gcs), NOT_STORAGE);
     }
 }

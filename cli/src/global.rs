@@ -12,7 +12,7 @@ pub struct GlobalArgs {
         global = true,
         value_name = "URL",
         env = "GCSLOCK_ENDPOINT",
-        hide_env_values = true // it may carry credentials (https://user:key@...)
+        hide_env_values = true // keep deployment details out of --help (no credentials: URLs with user:key@ are refused)
     )]
     pub endpoint: Option<String>,
 
@@ -39,6 +39,11 @@ pub struct GlobalArgs {
         env = "GCSLOCK_LOG_FORMAT"
     )]
     pub log_format: LogFormat,
+
+    /// The subcommand's --storage-timeout, if it has one: it also caps each storage
+    /// request (see `target::open_options`). Set by `main` after parsing.
+    #[arg(skip)]
+    pub storage_budget: Option<std::time::Duration>,
 }
 
 impl GlobalArgs {

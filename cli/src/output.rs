@@ -26,15 +26,70 @@ pub fn timestamp(time: &DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// Whole seconds from a minute up, milliseconds below.
+/// A duration for people, rounded: whole seconds from a minute up, milliseconds
+/// below; written as [`duration`] writes it.
 pub fn short_duration(duration: Duration) -> String {
     let rounded = if duration >= Duration::from_secs(60) {
         Duration::from_secs(duration.as_secs())
     } else {
         Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
     };
-    humantime::format_duration(rounded).to_string()
+    self::duration(rounded)
 }
+
+/// A duration as people write it on the command line, and as gcslock parses it:
+/// `366d`, `7d`, `1h30m`, `90s` is `1m30s`, `750ms`. Days are the largest unit
+/// (humantime's own format turns 366d into "1year 18h"); below a millisecond is
+/// dropped, and zero is `0s`.
+pub fn duration(duration: Duration) -> String {
+    const UNITS: [(&str, u64); 5] = [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ];
+    let mut left = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    let mut text = String::new();
+    for (unit, millis) in UNITS {
+        let count = left / millis;
+        if count > 0 {
+            text.push_str(&format!("{count}{unit}"));
+            left %= millis;
+        }
+    }
+    if text.is_empty() {
+        text.push_str("0s");
+    }
+    text
+}
+
+/// "held by NAME" for a lock's holder read from storage; a lock that `gcslock
+/// break` revoked records its holder as `revoked by NAME`, which reads as "revoked
+/// by NAME" (never "held by revoked by NAME"). Not escaped: stdout lines pass it
+/// through [`escape`], log lines are escaped whole by `logging`.
+pub fn held_by(holder: &str) -> String {
+    match holder.strip_prefix(REVOKED_BY) {
+        Some(breaker) => format!("revoked by {breaker}"),
+        None => format!("held by {holder}"),
+    }
+}
+
+/// The busy line's holder: "held by NAME (token N), stale in 4m10s".
+pub fn holder_summary(summary: &gcslock::HolderSummary) -> String {
+    let stale = summary
+        .expires_in
+        .map(|left| format!(", stale in {}", short_duration(left)))
+        .unwrap_or_default();
+    format!(
+        "{} (token {}){stale}",
+        held_by(&summary.identity),
+        summary.token
+    )
+}
+
+/// How the library records a revoked lock's holder (`gcslock::break_lock`).
+const REVOKED_BY: &str = "revoked by ";
 
 /// Text read from storage (holders, object names, reasons), made safe to print:
 /// others wrote it, so control characters (ESC sequences, newlines, NUL) and the
@@ -67,6 +122,33 @@ fn is_invisible_format(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_as_written() {
+        let s = Duration::from_secs;
+        assert_eq!(duration(s(366 * 86_400)), "366d");
+        assert_eq!(duration(s(7 * 86_400)), "7d");
+        assert_eq!(duration(s(5400)), "1h30m");
+        assert_eq!(duration(s(90)), "1m30s");
+        assert_eq!(duration(Duration::from_millis(3875)), "3s875ms");
+        assert_eq!(duration(Duration::ZERO), "0s");
+        assert_eq!(short_duration(Duration::from_millis(61_500)), "1m1s");
+        // What gcslock prints, it parses back.
+        for text in ["366d", "7d", "1h30m", "3s875ms"] {
+            let parsed = crate::parse::parse_duration(text).expect(text);
+            assert_eq!(duration(parsed), text);
+        }
+    }
+
+    #[test]
+    fn holders_read_as_held_or_revoked() {
+        assert_eq!(held_by("vm:1"), "held by vm:1");
+        assert_eq!(held_by("revoked by vm:2"), "revoked by vm:2");
+        assert_eq!(
+            escape(&held_by("revoked by ops\u{202e}")),
+            "revoked by ops\\u{202e}"
+        );
+    }
 
     #[test]
     fn escape_shows_controls_and_bidi_overrides_never_raw() {

@@ -4,12 +4,12 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use gcslock::backend::gcs::GcsBackend;
 use gcslock::backend::{Backend, OpenOptions, StorageUrl};
 
 use crate::global::GlobalArgs;
-use crate::REQUEST_TIMEOUT;
 
 /// A lock's address: `SCHEME://BUCKET/OBJECT`.
 #[derive(Clone, Debug)]
@@ -41,6 +41,12 @@ impl fmt::Display for LockTarget {
     }
 }
 
+impl fmt::Display for ListTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 impl ListTarget {
     pub fn parse(value: &str) -> Result<Self, String> {
         StorageUrl::parse_prefix(value).map(Self).map_err(message)
@@ -63,7 +69,17 @@ impl ListTarget {
 fn open_options(global: &GlobalArgs) -> OpenOptions {
     OpenOptions::default()
         .endpoint(global.endpoint.clone())
-        .request_timeout(REQUEST_TIMEOUT)
+        .request_timeout(request_timeout(global))
+}
+
+/// No request may outlive the command's storage budget: the library's default
+/// request timeout, or the budget if that is shorter.
+fn request_timeout(global: &GlobalArgs) -> Duration {
+    let default = gcslock::backend::DEFAULT_REQUEST_TIMEOUT;
+    global
+        .storage_budget
+        .filter(|budget| !budget.is_zero())
+        .map_or(default, |budget| budget.min(default))
 }
 
 /// A library input error as a plain message, for clap's value parsers.
@@ -79,7 +95,7 @@ pub fn message(error: gcslock::Error) -> String {
 pub fn gcs_backend(global: &GlobalArgs, bucket: &str) -> anyhow::Result<GcsBackend> {
     let backend = GcsBackend::builder(bucket)
         .endpoint(global.endpoint.clone())
-        .request_timeout(REQUEST_TIMEOUT)
+        .request_timeout(request_timeout(global))
         .build()?;
     tracing::debug!(
         endpoint = backend.endpoint(),

@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use gcslock::backend::gcs::GcsBackend;
 use gcslock::backend::{Backend, BackendError, WriteCondition};
-use gcslock::{LockRecord, LockState};
-use harness::{code, describe, exits, gcslock, output, status_json, text, Emulator, HANG_GUARD};
+use gcslock::testing::{LockRecord, LockState};
+use harness::{
+    code, describe, exits, gcslock, is_gone, output, status_json, text, Emulator, HANG_GUARD,
+};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -359,4 +361,233 @@ async fn put_json_describes_the_write() {
 
     let quiet = exits(Some(&emulator), &["put", "--token", "7", &url], 0).await;
     assert!(quiet.stdout.is_empty(), "{}", describe(&quiet));
+}
+
+/// The busy line and the "already done" line quote storage too: escaped, and a
+/// revoked lock reads "revoked by NAME", never "held by revoked by NAME".
+#[tokio::test]
+async fn run_messages_escape_holders_and_done_by_names_from_storage() {
+    let Some(emulator) = Emulator::strict() else {
+        return;
+    };
+    let hidden = |c: char| c.is_control() || matches!(c, '\u{202E}' | '\u{200B}');
+
+    let url = emulator.url("busy-tricky");
+    create(&emulator, &url, &held_by("vm\u{202E}1\u{200B}x", 5)).await;
+    let busy = exits(Some(&emulator), &["run", &url, "--", "true"], 75).await;
+    let line = text(&busy.stderr);
+    assert!(
+        line.contains("is busy: held by vm\\u{202e}1\\u{200b}x (token 5)"),
+        "{line:?}"
+    );
+    assert!(!line.trim_end().chars().any(hidden), "{line:?}");
+
+    let url = emulator.url("busy-revoked");
+    create(&emulator, &url, &held_by("revoked by ops\u{202E}", 6)).await;
+    let busy = exits(Some(&emulator), &["run", &url, "--", "true"], 75).await;
+    let line = text(&busy.stderr);
+    assert!(
+        line.contains("is busy: revoked by ops\\u{202e} (token 6)"),
+        "{line:?}"
+    );
+    assert!(!line.contains("held by revoked by"), "{line:?}");
+
+    // A once-per slot completed by a hostile name: the done line escapes it and
+    // names the period as written.
+    let week = Duration::from_secs(7 * 86_400);
+    let slot =
+        gcslock::once_per::Slot::containing(std::time::SystemTime::now(), week).expect("slot");
+    let url = emulator.url("done-tricky");
+    let mut record = LockRecord {
+        state: LockState::Released,
+        token: 9,
+        holder: "host:1".into(),
+        nonce: "0123456789abcdef0123456789abcdef".into(),
+        ttl: Duration::from_secs(300).into(),
+        refresh_seq: 0,
+        completed: None,
+    };
+    record.completed = Some(gcslock::testing::RecordedSlot {
+        slot,
+        by: "cron\u{202E}host\u{200B}".into(),
+        at: Some(chrono::Utc::now()),
+    });
+    create(&emulator, &url, &record.to_metadata()).await;
+    let done = exits(
+        Some(&emulator),
+        &[
+            "run",
+            "--once-per",
+            "7d",
+            &url,
+            "--",
+            "echo",
+            "must not run",
+        ],
+        0,
+    )
+    .await;
+    assert!(done.stdout.is_empty(), "{}", describe(&done));
+    let line = text(&done.stderr);
+    assert!(line.contains("by cron\\u{202e}host\\u{200b}"), "{line:?}");
+    assert!(line.contains("the 7d slot"), "{line:?}");
+    assert!(!line.trim_end().chars().any(hidden), "{line:?}");
+}
+
+/// `break` (revoke) of a lock whose TTL is forever cannot work: a usage matter
+/// (64, use --now), not the 75 that means "another token, or changed meanwhile".
+#[tokio::test]
+async fn breaking_a_forever_lock_without_now_is_a_usage_error() {
+    let Some(emulator) = Emulator::strict() else {
+        return;
+    };
+    let url = emulator.url("forever-break");
+    let mut record = held_by("host:1", 4);
+    record.insert("gcslock-ttl-ms".into(), "forever".into());
+    create(&emulator, &url, &record).await;
+    let refused = exits(Some(&emulator), &["break", &url], 64).await;
+    assert!(
+        text(&refused.stderr).contains("--now"),
+        "{}",
+        describe(&refused)
+    );
+    exits(Some(&emulator), &["break", "--now", &url], 0).await;
+}
+
+// ---------------------------------------------------------------- a blocked stderr
+
+/// A pipe for gcslock's (and its command's) stderr, filled to the brim first: like a
+/// log collector that stopped reading. Returns the read end and the write end.
+fn full_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // Close-on-exec: only gcslock gets the write end, and nobody else the read end.
+    let (read, write) = std::io::pipe().expect("pipe");
+    // Filled through a second, non-blocking opening of the same pipe, so that the
+    // end gcslock inherits stays blocking, as a stalled collector's pipe is.
+    let mut filler = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(0o4000) // O_NONBLOCK
+        .open(format!("/proc/self/fd/{}", write.as_raw_fd()))
+        .expect("reopen the pipe");
+    let chunk = [b'x'; 4096];
+    while filler.write(&chunk).is_ok() {}
+    (read, write)
+}
+
+/// How a holder loses its lease in [`a_blocked_stderr_never_delays_the_kill_of_a_cut_off_command`].
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// `break --now`: superseded, SIGKILL at once.
+    Break,
+    /// Every request fails: SIGTERM when the lease runs low, SIGKILL at its deadline.
+    Outage,
+    /// gcslock itself is SIGKILLed: its watchdog kills the command.
+    Killed,
+}
+
+/// A holder whose stderr nobody drains and whose command ignores SIGTERM must still
+/// SIGKILL that command once its lease is cut: no log write may delay it.
+#[tokio::test]
+async fn a_blocked_stderr_never_delays_the_kill_of_a_cut_off_command() {
+    if Emulator::strict().is_none() {
+        return;
+    }
+    // A private strict-gcs: the outage must not disturb other tests.
+    let Some(faulty) = FaultyEmulator::start("gcslock-test", &[]).await else {
+        return;
+    };
+    let emulator = &faulty.emulator;
+    let faults = format!("{}/_strict/faults", emulator.endpoint);
+    let control = reqwest::Client::new();
+    for (cut, flags) in [
+        (Cut::Break, &["-q"][..]),
+        (Cut::Outage, &["-q"]),
+        (Cut::Break, &["-v"]),
+        (Cut::Outage, &["-v"]),
+        (Cut::Killed, &["-q"]),
+    ] {
+        let url = emulator.url("blocked-stderr");
+        let (read, write) = full_pipe();
+        let mut args = flags.to_vec();
+        args.extend_from_slice(&["run", "--ttl", "3s", "--refresh-interval", "250ms"]);
+        args.extend_from_slice(&[
+            &url,
+            "--",
+            "sh",
+            "-c",
+            // A grandchild too: gcslock's own death is covered by its watchdog only.
+            "trap '' TERM; sleep 300 & echo ready $$ $!; wait",
+        ]);
+        let mut command = gcslock(Some(emulator), &args);
+        command.stderr(std::process::Stdio::from(write));
+        let mut holder = command.spawn().expect("start gcslock");
+        let stdout = holder.stdout.take().expect("stdout");
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let ready = tokio::time::timeout(HANG_GUARD, lines.next_line())
+            .await
+            .expect("the command started")
+            .expect("stdout")
+            .expect("a ready line");
+        let pids: Vec<i32> = ready
+            .strip_prefix("ready ")
+            .map(|pids| pids.split(' ').filter_map(|pid| pid.parse().ok()).collect())
+            .unwrap_or_default();
+        assert_eq!(pids.len(), 2, "{ready}");
+
+        match cut {
+            Cut::Break => {
+                exits(Some(emulator), &["break", "--now", &url], 0).await;
+            }
+            Cut::Outage => {
+                let set = control
+                    .post(&faults)
+                    .json(&serde_json::json!({"fail_503": 1.0}))
+                    .send()
+                    .await
+                    .expect("set faults");
+                assert!(set.status().is_success(), "{set:?}");
+            }
+            Cut::Killed => {
+                let gcslock = holder.id().and_then(|pid| i32::try_from(pid).ok());
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(gcslock.expect("running")),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .expect("SIGKILL gcslock");
+            }
+        }
+        let cut_at = std::time::Instant::now();
+        // Killed: the watchdog kills at once. Broken: SIGKILL at the next refresh
+        // (250ms). Outage: SIGTERM with the
+        // kill grace left, SIGKILL at the lease deadline (under 3s). Blocked on
+        // stderr, the old code never got to SIGKILL.
+        while !pids.iter().all(|pid| is_gone(*pid)) {
+            assert!(
+                cut_at.elapsed() < Duration::from_secs(10),
+                "{cut:?} {flags:?}: the command still runs {:?} after its lease was cut, \
+                 with gcslock's stderr blocked",
+                cut_at.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!(
+            "measured: {cut:?} {flags:?}: command killed {:?} after the cut, stderr blocked",
+            cut_at.elapsed()
+        );
+        let reset = control.delete(&faults).send().await.expect("reset faults");
+        assert!(reset.status().is_success(), "{reset:?}");
+        // gcslock exits even though stderr is still blocked (bounded flush).
+        let status = tokio::time::timeout(Duration::from_secs(15), holder.wait())
+            .await
+            .expect("gcslock exits with stderr still blocked")
+            .expect("wait");
+        let expected = match cut {
+            Cut::Killed => None,
+            Cut::Break | Cut::Outage => Some(76),
+        };
+        assert_eq!(status.code(), expected, "{cut:?} {flags:?}");
+        drop(read);
+    }
 }

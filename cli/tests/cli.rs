@@ -38,8 +38,8 @@ use std::time::Instant;
 use gcslock::backend::gcs::GcsBackend;
 use gcslock::backend::{Backend, WriteCondition};
 use harness::{
-    code, describe, exits, gcslock, hold, output, status_json, text, wait_for, Emulator, Running,
-    SHORT_TTL,
+    code, describe, exits, gcslock, hold, is_gone, output, status_json, text, wait_for, Emulator,
+    Running, SHORT_TTL,
 };
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -51,19 +51,6 @@ fn temp_path(test: &str) -> PathBuf {
         std::process::id(),
         rand::random::<u64>()
     ))
-}
-
-fn is_gone(pid: i32) -> bool {
-    if kill(Pid::from_raw(pid), None).is_err() {
-        return true;
-    }
-    // A zombie waiting for its (re-parented) parent to reap it is dead too.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
 }
 
 /// The emulator and the URL of the lock `object` on it, if the emulator runs.
@@ -171,7 +158,7 @@ async fn help_and_version_exit_0() {
     let out = output(gcslock(None, &["--help"])).await;
     let help = text(&out.stdout);
     for documented in [
-        "64", "65", "66", "69", "70", "75", "76", "77", "126", "127", "128+N",
+        "64", "65", "66", "68", "69", "70", "74", "75", "76", "77", "78", "126", "127", "128+N",
     ] {
         assert!(
             help.contains(documented),
@@ -316,10 +303,12 @@ async fn sigterm_reaches_the_child_and_the_lock_is_released() {
 
     kill(holder.pid(), Signal::SIGTERM).expect("signalling gcslock");
     let (status, _, stderr) = holder.finish().await;
+    // Ended by a forwarded TERM: the exit status says so (128+15), whatever the
+    // command's own code.
     assert_eq!(
         status.code(),
-        Some(42),
-        "the child's exit code; stderr: {stderr}"
+        Some(143),
+        "terminated, not the child's 42; stderr: {stderr}"
     );
     let written = std::fs::read_to_string(&marker).expect("the child's trap ran");
     assert_eq!(written.trim(), "got TERM");
@@ -657,4 +646,242 @@ async fn a_missing_bucket_exits_66() {
     );
     exits(Some(&emulator), &["run", &url, "--", "true"], 66).await;
     exits(Some(&emulator), &["status", &url], 66).await;
+}
+
+// ---------------------------------------------------------------------------
+// Output never holds up supervision; a command line that explains itself
+// ---------------------------------------------------------------------------
+
+/// A server that accepts connections and never answers.
+async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (endpoint, task)
+}
+
+#[tokio::test]
+async fn the_storage_timeout_bounds_every_command_against_a_silent_server() {
+    let (endpoint, server) = silent_server().await;
+    let url = "gs://gcslock-test/silent";
+    let commands: [&[&str]; 6] = [
+        &["run", url, "--", "true"],
+        &["status", url],
+        &["list", "gs://gcslock-test/"],
+        &["break", url],
+        &["cat", url],
+        &["put", "--token", "1", url],
+    ];
+    for command in commands {
+        // --storage-timeout is the subcommand's: after its name.
+        let mut args = vec!["--endpoint", endpoint.as_str(), command[0]];
+        args.extend(["--storage-timeout", "3s"]);
+        args.extend_from_slice(&command[1..]);
+        let started = Instant::now();
+        let out = output(gcslock(None, &args)).await;
+        let took = started.elapsed();
+        eprintln!("measured: {} against a silent server: {took:?}", command[0]);
+        assert_eq!(code(&out), 69, "{args:?}: {}", describe(&out));
+        assert!(
+            took < std::time::Duration::from_secs(7),
+            "{args:?} took {took:?} with --storage-timeout 3s"
+        );
+    }
+    server.abort();
+}
+
+/// An HTTP server that answers every request with a 404 HTML page.
+async fn not_gcs_server() -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    let task = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = [0_u8; 8192];
+                loop {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    let body = "<html><body><h1>404 Not Found</h1></body></html>";
+                    let reply = format!(
+                        "HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if socket.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (endpoint, task)
+}
+
+#[tokio::test]
+async fn an_endpoint_that_is_not_gcs_is_named_as_such_with_exit_68() {
+    let (endpoint, server) = not_gcs_server().await;
+    let url = "gs://gcslock-test/not-gcs";
+    for command in [&["status", url][..], &["run", url, "--", "true"]] {
+        let mut args = vec!["--endpoint", endpoint.as_str()];
+        args.extend_from_slice(command);
+        let out = output(gcslock(None, &args)).await;
+        assert_eq!(code(&out), 68, "{args:?}: {}", describe(&out));
+        assert!(
+            text(&out.stderr).contains("does not answer like Google Cloud Storage"),
+            "{}",
+            describe(&out)
+        );
+    }
+    server.abort();
+}
+
+#[tokio::test]
+async fn usage_errors_keep_clap_details_and_name_the_variable() {
+    let details: [(&[&str], &str); 3] = [
+        (&["run", "gs://gcslock-test/o"], "<COMMAND>"),
+        (&["status"], "<URL>"),
+        (
+            &["--log-format", "yaml", "status", "gs://gcslock-test/o"],
+            "[possible values: text, json]",
+        ),
+    ];
+    for (args, detail) in details {
+        let out = exits(None, args, 64).await;
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(detail), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+
+    let mut command = gcslock(None, &["run", "gs://gcslock-test/o", "--", "true"]);
+    command.env("GCSLOCK_TTL", "5");
+    let out = output(command).await;
+    assert_eq!(code(&out), 64, "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("$GCSLOCK_TTL"),
+        "{}",
+        describe(&out)
+    );
+
+    let out = exits(None, &["--log-format", "json", "status"], 64).await;
+    let line: Value =
+        serde_json::from_slice(&out.stderr).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
+    assert_eq!(line["exit_code"], 64, "{line}");
+    assert!(
+        line["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("<URL>")),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn the_object_store_hint_names_the_cli_crate() {
+    if cfg!(feature = "object-store") {
+        return;
+    }
+    let out = exits(None, &["run", "s3://bucket/o", "--", "true"], 64).await;
+    assert!(
+        text(&out.stderr).contains("cargo install gcslock-cli --features object-store"),
+        "{}",
+        describe(&out)
+    );
+}
+
+/// With --log-format json every event carries the command's fields: the lock URL
+/// always, the period as written, the token once acquired, the exit code at the end.
+#[tokio::test]
+async fn json_log_lines_carry_url_token_period_and_exit_code() {
+    let Some((emulator, url)) = lock_on(Emulator::strict(), "json-fields") else {
+        return;
+    };
+    let out = output(gcslock(
+        Some(&emulator),
+        &[
+            "-vv",
+            "--log-format",
+            "json",
+            "run",
+            "--once-per",
+            "1h",
+            &url,
+            "--",
+            "sh",
+            "-c",
+            "echo $GCSLOCK_TOKEN",
+        ],
+    ))
+    .await;
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let token: u64 = text(&out.stdout).trim().parse().expect("token");
+    let lines: Vec<Value> = text(&out.stderr)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(lines.len() >= 3, "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["url"], url.as_str(), "{line}");
+        assert_eq!(line["period"], "1h", "{line}");
+        assert!(
+            line["message"].is_string() && line["level"].is_string(),
+            "{line}"
+        );
+    }
+    let started = lines
+        .iter()
+        .position(|line| {
+            line["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("command started"))
+        })
+        .unwrap_or_else(|| panic!("no 'command started': {lines:?}"));
+    for line in &lines[started..] {
+        assert_eq!(line["token"], token, "{line}");
+    }
+    let last = lines.last().expect("a line");
+    assert_eq!(last["exit_code"], 0, "{last}");
+}
+
+/// `run --help` is read for its usage and examples: they come first, the option
+/// list is short, and the explanations are in the man page.
+#[tokio::test]
+async fn run_help_is_usage_and_examples_first_and_short() {
+    for flag in ["--help", "-h"] {
+        let out = exits(None, &["run", flag], 0).await;
+        let help = text(&out.stdout);
+        assert!(
+            help.lines().count() < 60,
+            "{flag}: {} lines",
+            help.lines().count()
+        );
+        assert!(
+            help.lines()
+                .take(4)
+                .any(|line| line.starts_with("Usage: gcslock run")),
+            "{help}"
+        );
+        assert!(help.matches("gcslock run ").count() >= 4, "{help}");
+    }
+    let dir = temp_path("man");
+    exits(None, &["generate", "man", dir.to_str().expect("UTF-8")], 0).await;
+    let page = std::fs::read_to_string(dir.join("gcslock-run.1")).expect("gcslock-run.1");
+    let _ = std::fs::remove_dir_all(&dir);
+    for explained in [
+        "parent\\-death signal",
+        "Once per period",
+        "EX_USAGE",
+        "124",
+    ] {
+        assert!(page.contains(explained), "{explained} not in the man page");
+    }
 }

@@ -316,7 +316,7 @@ async fn case_paused_holder_is_refused_by_the_storage(t: Target) {
         100_000,
     );
     let a_lock = Lock::new(Arc::new(frozen), &lock_name, lock_options(ttl, "a")).expect("lock");
-    let a_guard = a_lock.try_acquire().await.expect("A acquires");
+    let a_guard = a_lock.acquire(Wait::No).await.expect("A acquires");
     let a_store = t.scripted();
     let a_object = t.object(Arc::new(a_store.clone()), &name);
     let first = a_guard
@@ -528,7 +528,7 @@ async fn case_unfenced_objects_are_refused_unless_adopted(t: Target) {
         lock_options(t.ttl(), "holder"),
     )
     .expect("lock");
-    let guard = lock.try_acquire().await.expect("acquire");
+    let guard = lock.acquire(Wait::No).await.expect("acquire");
     let on_lock = FencedObject::new(t.plain(), &lock_name)
         .expect("name")
         .with_options(t.options().adopt_unfenced(true));
@@ -767,7 +767,7 @@ async fn a_holder_that_knows_it_lost_does_not_write() {
     );
     let ttl = Duration::from_secs(80);
     let lock = Lock::new(Arc::new(frozen), "job.lock", lock_options(ttl, "a")).expect("lock");
-    let guard = lock.try_acquire().await.expect("acquire");
+    let guard = lock.acquire(Wait::No).await.expect("acquire");
     let object = FencedObject::new(Arc::new(memory.clone()), "job.out").expect("name");
     tokio::time::sleep(ttl * 2).await;
     assert!(!guard.is_valid());

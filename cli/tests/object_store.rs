@@ -34,7 +34,8 @@ use std::time::Duration;
 use ::object_store::{path::Path, PutMode, PutOptions};
 use gcslock::backend::object_store::ObjectStoreBackend;
 use gcslock::backend::{Backend, BackendError, Metadata, WriteCondition::DoesNotExist};
-use gcslock::{Error, Lock, LockOptions, LockRecord, LockState, LockStatus, LossReason, Wait};
+use gcslock::testing::{LockRecord, LockState};
+use gcslock::{Error, Lock, LockOptions, LockStatus, LossReason, Wait};
 use harness::support::{configured, loud, test_prefix, Store, StoreTarget, OBJECT_STORE_ROOT};
 use harness::{
     describe, gcslock, hold, output, status_json, text, unique_url, wait_for, SHORT_TTL,
@@ -111,11 +112,11 @@ async fn lock_acquire_busy_release_and_the_token_grows(t: &Ctx) {
     let name = t.name.as_str();
     let a = Lock::new(t.backend.clone(), name, short("a")).expect("lock a");
     let b = Lock::new(t.fresh(), name, short("b")).expect("lock b");
-    let first = a.try_acquire().await.expect("free lock");
+    let first = a.acquire(Wait::No).await.expect("free lock");
     assert_eq!(first.token().value(), 1);
-    match b.try_acquire().await {
+    match b.acquire(Wait::No).await {
         Err(Error::Busy { holder, .. }) => {
-            assert_eq!(holder.holder, "a");
+            assert_eq!(holder.identity, "a");
             assert_eq!(holder.token.value(), 1);
         }
         other => panic!("expected Busy, got {other:?}"),
@@ -131,10 +132,10 @@ async fn lock_acquire_busy_release_and_the_token_grows(t: &Ctx) {
         matches!(status, LockStatus::Released { token, .. } if token.value() == 1),
         "{status:?}"
     );
-    let second = b.try_acquire().await.expect("released lock");
+    let second = b.acquire(Wait::No).await.expect("released lock");
     assert_eq!(second.token().value(), 2, "the token grows across holders");
     second.release().await.expect("release");
-    let third = a.try_acquire().await.expect("again");
+    let third = a.acquire(Wait::No).await.expect("again");
     assert_eq!(third.token().value(), 3);
     third.release().await.expect("release");
 }
@@ -142,7 +143,7 @@ async fn lock_acquire_busy_release_and_the_token_grows(t: &Ctx) {
 async fn lock_a_refreshing_holder_is_never_taken_over(t: &Ctx) {
     let name = t.name.as_str();
     let holder = Lock::new(t.backend.clone(), name, short("holder")).expect("lock");
-    let guard = holder.try_acquire().await.expect("acquire");
+    let guard = holder.acquire(Wait::No).await.expect("acquire");
     let waiter = Lock::new(t.fresh(), name, short("waiter")).expect("lock");
     let started = Instant::now();
     // Well past the TTL (2s) plus margin: refreshes keep it alive.
@@ -191,7 +192,7 @@ async fn lock_a_crashed_holder_is_taken_over_after_its_ttl(t: &Ctx) {
 async fn lock_a_broken_lease_is_noticed_by_its_holder(t: &Ctx) {
     let name = t.name.as_str();
     let holder = Lock::new(t.backend.clone(), name, short("holder")).expect("lock");
-    let guard = holder.try_acquire().await.expect("acquire");
+    let guard = holder.acquire(Wait::No).await.expect("acquire");
     let lost = guard.lost();
     let breaker = Lock::new(t.fresh(), name, short("breaker")).expect("lock");
     // At once (`--now`): the next acquire below must not wait out a revoked lease.
@@ -214,7 +215,10 @@ async fn lock_a_broken_lease_is_noticed_by_its_holder(t: &Ctx) {
     let result = guard.release().await;
     assert!(matches!(result, Err(Error::LeaseLost { .. })), "{result:?}");
     // The tombstone keeps the counter: the next holder gets token 2.
-    let next = breaker.try_acquire().await.expect("acquire after break");
+    let next = breaker
+        .acquire(Wait::No)
+        .await
+        .expect("acquire after break");
     assert_eq!(next.token().value(), 2);
     next.release().await.expect("release");
 }
@@ -278,7 +282,7 @@ async fn a_store_without_conditional_puts_is_refused() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     let lock = Lock::new(Arc::new(backend), "lock", LockOptions::default()).expect("lock");
-    let result = lock.try_acquire().await;
+    let result = lock.acquire(Wait::No).await;
     assert!(matches!(result, Err(Error::InvalidInput(_))), "{result:?}");
 }
 

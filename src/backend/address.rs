@@ -151,7 +151,8 @@ impl StorageUrl {
         if !scheme.is_available() {
             return Err(Error::InvalidInput(format!(
                 "{scheme}:// locks need gcslock built with the `object-store` feature \
-                 (cargo install gcslock --features object-store)"
+                 (the command: cargo install gcslock-cli --features object-store; the \
+                 library: gcslock = {{ features = [\"object-store\"] }})"
             )));
         }
         let (bucket, name) = rest.split_once('/').unwrap_or((rest, ""));
@@ -265,8 +266,10 @@ impl OpenOptions {
 /// per [`OpenOptions::endpoint`], else `STORAGE_EMULATOR_HOST`, else production with
 /// Application Default Credentials), `s3://BUCKET/KEY` and `az://CONTAINER/BLOB`
 /// (feature `object-store`; configured from the environment as
-/// `object_store::ObjectStoreBackend::from_url` describes), or
-/// `memory://NAME/OBJECT` (a process-local [`MemoryBackend`]). Sends nothing.
+/// `object_store::ObjectStoreBackend::for_bucket` describes), or
+/// `memory://NAME/OBJECT` (a process-local [`MemoryBackend`], one per NAME). Sends
+/// nothing. The one way from a URL to a backend: [`StorageUrl::open`] and
+/// [`open_prefix`] end here too, so a URL means the same store through each.
 ///
 /// ```
 /// use gcslock::backend::{open, OpenOptions};
@@ -368,6 +371,9 @@ mod tests {
         .expect("write");
         let listed = b.list(&prefix).await.expect("list");
         assert_eq!(listed.len(), 1);
+        let parsed = StorageUrl::parse_object("memory://shared-unit/jobs/a").expect("parse");
+        let c = parsed.open(&options).expect("open");
+        assert!(c.read(&name).await.expect("read").value.is_some());
         let (other, _) = open_prefix("memory://other-unit", &options).expect("other");
         assert!(other.list("").await.expect("list").is_empty());
     }

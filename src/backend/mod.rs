@@ -25,12 +25,21 @@ pub mod gcs;
 pub mod intercept;
 pub mod memory;
 #[cfg(feature = "object-store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "object-store")))]
 pub mod object_store;
 
 pub use address::{open, open_prefix, OpenOptions, Scheme, StorageUrl};
 
+/// The longest one storage request may take unless configured otherwise
+/// ([`OpenOptions::request_timeout`]); the one definition every backend uses.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Custom metadata of an object (GCS `metadata`, string to string).
 pub type Metadata = BTreeMap<String, String>;
+
+// `ObjectVersion`, `ObjectInfo`, `Stamped` and `Download` keep their fields public
+// and are not `#[non_exhaustive]`: every `Backend` implementation outside this
+// crate has to build them, and they model GCS's object resource, which is stable.
 
 /// Identifies one version of an object: GCS's generation and metageneration.
 ///

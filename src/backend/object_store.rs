@@ -46,7 +46,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ::object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
@@ -68,13 +68,13 @@ use futures_util::StreamExt;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::address::{Scheme, StorageUrl};
+use super::address::Scheme;
 use super::{Backend, BackendError, Metadata, ObjectInfo, ObjectVersion, Stamped, WriteCondition};
 use crate::Error;
 
 /// The longest one storage request may take unless the URL's store is configured
-/// otherwise (`AWS_TIMEOUT`-style options are not read; see [`ObjectStoreBackend::from_url_with_timeout`]).
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// otherwise (`AWS_TIMEOUT`-style options are not read; see [`ObjectStoreBackend::for_bucket`]).
+pub use super::DEFAULT_REQUEST_TIMEOUT;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Marker and version of the JSON body format.
 const BODY_FORMAT: u32 = 1;
@@ -125,6 +125,14 @@ struct Body {
     metadata: Metadata,
 }
 
+/// The bucket part of a location such as `s3://bucket`, for `BucketNotFound`.
+fn bucket_of(location: &str) -> String {
+    location
+        .split_once("://")
+        .map_or(location, |(_, rest)| rest)
+        .to_owned()
+}
+
 impl fmt::Debug for ObjectStoreBackend {
     /// Only the location: a store's own `Debug` may print its credentials.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -137,53 +145,34 @@ impl fmt::Debug for ObjectStoreBackend {
 }
 
 impl ObjectStoreBackend {
-    /// A backend and the object key for a URL, configured from the environment the
-    /// way each store's own tools are:
+    /// The S3 bucket or Azure container `bucket`, configured from the environment
+    /// the way each store's own tools are. Open a URL with
+    /// [`crate::backend::open`], which calls this for `s3://` and `az://`; this is
+    /// for a caller that already holds a parsed
+    /// [`StorageUrl`](super::StorageUrl).
     ///
-    /// * `s3://BUCKET/KEY`: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// * [`Scheme::S3`]: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     ///   `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL` (S3-compatible stores,
     ///   emulators), `AWS_ALLOW_HTTP=true` (plain HTTP, only when set on purpose), and
     ///   the instance/container/web-identity credential providers;
-    /// * `az://CONTAINER/BLOB`: `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`,
+    /// * [`Scheme::Azure`]: `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`,
     ///   `AZURE_STORAGE_SAS_KEY`, `AZURE_CLIENT_ID`/`AZURE_CLIENT_SECRET`/`AZURE_TENANT_ID`,
     ///   managed identity, workload identity; `AZURE_STORAGE_USE_EMULATOR=true` (with
-    ///   `AZURITE_BLOB_STORAGE_URL`) for Azurite over plain HTTP;
-    /// * `memory://NAME/KEY`: object_store's `InMemory`, shared by every backend of the
-    ///   same NAME in this process (tests, demos).
+    ///   `AZURITE_BLOB_STORAGE_URL`) for Azurite over plain HTTP.
     ///
-    /// The key may be empty (`s3://bucket` or `s3://bucket/`), for listing. No request
-    /// is sent. Credentials never appear in errors or in `Debug` output.
-    pub fn from_url(url: &str) -> Result<(Self, String), Error> {
-        Self::from_url_with_timeout(url, DEFAULT_REQUEST_TIMEOUT)
-    }
-
-    /// [`ObjectStoreBackend::from_url`] with a per-request timeout.
-    pub fn from_url_with_timeout(
-        url: &str,
-        request_timeout: Duration,
-    ) -> Result<(Self, String), Error> {
-        let parsed = StorageUrl::parse_prefix(url)?;
-        let (scheme, bucket, key) = (parsed.scheme(), parsed.bucket(), parsed.name());
-        if scheme == Scheme::Gcs {
-            return Err(Error::InvalidInput(format!(
-                "{url:?}: gs:// locks use gcslock::backend::gcs::GcsBackend (GCS's generation \
-                 preconditions), not object_store"
-            )));
-        }
-        if !key.is_empty() {
-            check_key(key).map_err(|e| Error::InvalidInput(format!("{url:?}: {e}")))?;
-        }
-        let backend = match scheme {
-            Scheme::Memory => Self::in_memory(bucket),
-            _ => Self::for_bucket(scheme, bucket, request_timeout)?,
-        };
-        Ok((backend, key.to_owned()))
-    }
-
-    /// The S3 bucket or Azure container `bucket`, configured from the environment as
-    /// [`ObjectStoreBackend::from_url`] describes. Names are checked by
-    /// [`StorageUrl`]'s parsing.
-    pub(crate) fn for_bucket(
+    /// Other schemes are refused: `gs://` is [`crate::backend::gcs::GcsBackend`], and
+    /// `memory://` is always [`crate::backend::memory::MemoryBackend`] (one store per
+    /// name per process, whichever way it is opened). No request is sent.
+    /// Credentials never appear in errors or in `Debug` output.
+    ///
+    /// ```
+    /// # #[cfg(feature = "object-store")] {
+    /// use gcslock::backend::{object_store::ObjectStoreBackend, Scheme};
+    /// let error = ObjectStoreBackend::for_bucket(Scheme::Memory, "m", Default::default());
+    /// assert!(error.is_err(), "memory:// is MemoryBackend");
+    /// # }
+    /// ```
+    pub fn for_bucket(
         scheme: Scheme,
         bucket: &str,
         request_timeout: Duration,
@@ -251,37 +240,36 @@ impl ObjectStoreBackend {
                     Clock::HttpDate,
                 )
             }
-            _ => Self::in_memory(bucket),
+            Scheme::Gcs | Scheme::Memory => {
+                return Err(invalid(format!(
+                    "{scheme}:// is not an object_store store: open {scheme}://{bucket} with \
+                     gcslock::backend::open"
+                )))
+            }
         };
         backend.request_timeout = request_timeout;
         Ok(backend)
     }
 
-    /// An in-memory store named `name`, shared by every backend of that name in this
-    /// process (object_store's `InMemory`, which supports `PutMode::Update`).
-    pub fn in_memory(name: &str) -> Self {
-        static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
-        let store = STORES
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(InMemory::new()))
-            .clone();
-        Self::with_clock(store, format!("memory://{name}"), name, Clock::InProcess)
+    /// object_store's `InMemory` `store`, named `location` in messages (such as
+    /// `memory://tests`). Backends made from one `store` share its objects; each
+    /// has its own ETag cache, as another process would. Its clock is this
+    /// process's, which is the store's own. (A `memory://` URL opens a
+    /// [`crate::backend::memory::MemoryBackend`] instead.)
+    pub fn in_memory(store: Arc<InMemory>, location: impl Into<String>) -> Self {
+        let location = location.into();
+        let bucket = bucket_of(&location);
+        Self::with_clock(store, location, &bucket, Clock::InProcess)
     }
 
     /// Any other `object_store` store. `location` names it in messages (such as
     /// `s3://bucket`). Server time comes from HTTP `Date` headers only when the store
-    /// was built with a connector that captures them (as [`ObjectStoreBackend::from_url`]
+    /// was built with a connector that captures them (as [`ObjectStoreBackend::for_bucket`]
     /// does); otherwise it is `None` and waiters judge staleness by their own
     /// monotonic clock. A store without conditional puts is refused on first use.
     pub fn new(store: Arc<dyn ObjectStore>, location: impl Into<String>) -> Self {
         let location = location.into();
-        let bucket = location
-            .split_once("://")
-            .map_or(location.as_str(), |(_, rest)| rest)
-            .to_owned();
+        let bucket = bucket_of(&location);
         Self::with_clock(store, location, &bucket, Clock::HttpDate)
     }
 
@@ -1005,28 +993,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_map_to_stores_and_keys() {
-        let (backend, key) =
-            ObjectStoreBackend::from_url("memory://unit/jobs/nightly").expect("memory");
-        assert_eq!(backend.describe(), "memory://unit");
-        assert_eq!(key, "jobs/nightly");
-        let (_, key) = ObjectStoreBackend::from_url("memory://unit").expect("no key");
-        assert_eq!(key, "");
-        for (url, why) in [
-            ("file:///tmp/lock", "LocalFileSystem"),
-            ("gs://bucket/o", "GcsBackend"),
-            ("ftp://x/y", "unsupported scheme"),
-            ("bucket/key", "not a storage URL"),
-            ("s3:///key", "names no bucket"),
-            ("s3://Bad_Bucket/key", "invalid S3 bucket"),
-            ("az://a--b/key", "invalid Azure container"),
-            ("memory://m/a//b", "empty path segment"),
-            ("memory://m/trailing/", "different key"),
-        ] {
-            let error = ObjectStoreBackend::from_url(url)
-                .expect_err(url)
+    fn only_s3_and_azure_are_object_store_schemes() {
+        for scheme in [Scheme::Gcs, Scheme::Memory] {
+            let error = ObjectStoreBackend::for_bucket(scheme, "bucket", DEFAULT_REQUEST_TIMEOUT)
+                .expect_err("not object_store")
                 .to_string();
-            assert!(error.contains(why), "{url}: {error}");
+            assert!(error.contains("gcslock::backend::open"), "{error}");
         }
     }
 
@@ -1069,7 +1041,8 @@ mod tests {
         let precise = second + chrono::Duration::milliseconds(5);
         assert_eq!(backend.updated(precise), precise);
         assert_eq!(
-            ObjectStoreBackend::in_memory("unit-clock").updated(second),
+            ObjectStoreBackend::in_memory(Arc::new(InMemory::new()), "memory://unit-clock")
+                .updated(second),
             second
         );
     }

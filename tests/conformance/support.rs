@@ -109,7 +109,9 @@ pub use self::object_store_targets::*;
 mod object_store_targets {
     use std::sync::Arc;
 
-    use gcslock::backend::object_store::ObjectStoreBackend;
+    use ::object_store::memory::InMemory;
+    use gcslock::backend::object_store::{ObjectStoreBackend, DEFAULT_REQUEST_TIMEOUT};
+    use gcslock::backend::StorageUrl;
 
     use super::{env, not_configured};
 
@@ -135,6 +137,8 @@ mod object_store_targets {
         pub store: Store,
         /// `s3://bucket`, `az://container` or `memory://name`.
         pub url: String,
+        /// The in-memory store every `open` of a `Store::Memory` target shares.
+        memory: Option<Arc<InMemory>>,
     }
 
     impl StoreTarget {
@@ -148,28 +152,45 @@ mod object_store_targets {
                 Store::Azure => configured("azure", "GCSLOCK_TEST_AZURE_URL")?,
             };
             let url = url.trim_end_matches('/').to_owned();
-            Some(StoreTarget { store, url })
+            let memory = (store == Store::Memory).then(|| Arc::new(InMemory::new()));
+            Some(StoreTarget { store, url, memory })
         }
 
         /// A new backend on the store, with an empty ETag cache: what another
         /// process sees.
         pub fn open(&self) -> Arc<ObjectStoreBackend> {
-            Arc::new(open_url(&self.url))
+            if let Some(memory) = &self.memory {
+                return Arc::new(ObjectStoreBackend::in_memory(memory.clone(), &self.url));
+            }
+            let url = &self.url;
+            let parsed =
+                StorageUrl::parse_prefix(url).unwrap_or_else(|e| panic!("cannot parse {url}: {e}"));
+            assert!(
+                parsed.name().is_empty(),
+                "{url}: the test URL must name only a bucket"
+            );
+            let backend = ObjectStoreBackend::for_bucket(
+                parsed.scheme(),
+                parsed.bucket(),
+                DEFAULT_REQUEST_TIMEOUT,
+            )
+            .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+            Arc::new(backend)
+        }
+
+        /// Another bucket of the same store (for memory, another, empty store).
+        pub fn other_bucket(&self, bucket: &str) -> StoreTarget {
+            let scheme = self.url.split_once("://").map_or("", |(s, _)| s);
+            StoreTarget {
+                store: self.store,
+                url: format!("{scheme}://{bucket}"),
+                memory: self.memory.as_ref().map(|_| Arc::new(InMemory::new())),
+            }
         }
 
         pub fn label(&self) -> String {
             format!("{:?} {}", self.store, self.url)
         }
-    }
-
-    fn open_url(url: &str) -> ObjectStoreBackend {
-        let (backend, key) =
-            ObjectStoreBackend::from_url(url).unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
-        assert!(
-            key.is_empty(),
-            "{url}: the test URL must name only a bucket"
-        );
-        backend
     }
 
     /// The URL in `variable`; unset, skipped with a message, or a failure when

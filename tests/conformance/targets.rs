@@ -11,8 +11,9 @@ use gcslock::backend::memory::MemoryBackend;
 #[cfg(feature = "object-store")]
 use gcslock::backend::object_store::ObjectStoreBackend;
 use gcslock::backend::Backend;
+use gcslock::conformance::{self, Outcome, Target};
 
-use crate::support::{env, loud, not_configured, test_prefix};
+use crate::support::{env, loud, not_configured, run_id, test_prefix};
 #[cfg(feature = "object-store")]
 use crate::support::{Store, StoreTarget, OBJECT_STORE_ROOT};
 
@@ -157,12 +158,6 @@ impl Ctx {
         format!("{}{suffix}", self.prefix)
     }
 
-    /// Another backend on the same store that has never seen any object: what
-    /// another process sees (object_store's backend keeps an ETag cache).
-    pub fn fresh(&self) -> Arc<dyn Backend> {
-        (self.reopen)()
-    }
-
     /// A backend on `bucket` at the same endpoint (only with `Needs::OtherBuckets`).
     pub fn other_bucket(&self, bucket: &str) -> Arc<dyn Backend> {
         let open = self
@@ -175,6 +170,33 @@ impl Ctx {
     /// Whether the target has what `need` asks for.
     pub fn has(&self, need: Needs) -> bool {
         self.kind.lacks(need).is_none()
+    }
+
+    /// The target as the published suite describes one, objects under `prefix`.
+    fn target(&self, prefix: String) -> Target {
+        let reopen = self.reopen.clone();
+        let mut target =
+            Target::new(self.label.clone(), self.backend.clone(), move || reopen()).prefix(prefix);
+        for (published, need) in [
+            (
+                conformance::Needs::StrictConditions,
+                Needs::StrictConditions,
+            ),
+            (
+                conformance::Needs::ConditionalDelete,
+                Needs::ConditionalDelete,
+            ),
+            (conformance::Needs::AnyNames, Needs::AnyNames),
+            (conformance::Needs::DeleteRefused, Needs::DeleteRefused),
+            (conformance::Needs::PathNamesOnly, Needs::PathNamesOnly),
+            (conformance::Needs::SmallListPages, Needs::SmallListPages),
+        ] {
+            target = match self.kind.lacks(need) {
+                Some(why) => target.lacking(published, why),
+                None => target.having(published),
+            };
+        }
+        target
     }
 
     /// The backend as the object_store backend it is, if it is one.
@@ -253,15 +275,9 @@ impl Ctx {
                 let target = StoreTarget::get(store)?;
                 let backend = target.open();
                 let label = target.label();
-                let scheme = target.url.split_once("://").map(|(s, _)| s.to_owned());
-                let other = move |bucket: &str| {
-                    let scheme = scheme.as_deref().unwrap_or_default();
-                    StoreTarget {
-                        store,
-                        url: format!("{scheme}://{bucket}"),
-                    }
-                    .open() as Arc<dyn Backend>
-                };
+                let this = target.clone();
+                let other =
+                    move |bucket: &str| this.other_bucket(bucket).open() as Arc<dyn Backend>;
                 Some(Ctx {
                     backend: backend.clone(),
                     prefix: String::new(),
@@ -324,6 +340,41 @@ async fn ensure_bucket(backend: &GcsBackend) {
     }
 }
 
+/// Runs one case of the published suite (`gcslock::conformance`) on one target,
+/// through its public API: skipped, with the reason, when the target is not
+/// configured or lacks something the case needs.
+pub async fn run_suite_case(which: Which, name: &str) {
+    let case = conformance::case(name)
+        .unwrap_or_else(|| panic!("{name} is not a case of gcslock::conformance"));
+    let Some(ctx) = Ctx::get(which).await else {
+        return;
+    };
+    // `ROOT/RUN/`; the case adds `CASE/`, as `test_prefix` names them.
+    let target = ctx.target(format!("{}/{}/", ctx.root, run_id()));
+    let label = ctx.label.clone();
+    let outcome = tokio::time::timeout(CASE_TIMEOUT, case.run(&target))
+        .await
+        .unwrap_or_else(|_| panic!("{name} on {label} took longer than {CASE_TIMEOUT:?}"));
+    match outcome {
+        Outcome::Passed => clean_up(&ctx, &target.name(&format!("{name}/"))).await,
+        Outcome::Skipped(reason) => loud(&format!("SKIPPED {name} on {label}: {reason}")),
+        other => panic!("{name} on {label}: {other:?}"),
+    }
+}
+
+/// Best effort: leave a shared bucket as we found it. (Where deletes are refused,
+/// objects stay: emulators/README.md.)
+async fn clean_up(ctx: &Ctx, prefix: &str) {
+    if !ctx.has(Needs::ConditionalDelete) {
+        return;
+    }
+    if let Ok(listed) = ctx.backend.list(prefix).await {
+        for object in listed.into_iter().map(|listed| listed.value) {
+            let _ = ctx.backend.delete(&object.name, object.version).await;
+        }
+    }
+}
+
 pub type CaseFn = fn(Ctx) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Runs one case on one target: skipped, with the reason, when the target is not
@@ -342,8 +393,6 @@ pub async fn run_case(which: Which, case: &str, needs: &[Needs], run: CaseFn) {
     tokio::time::timeout(CASE_TIMEOUT, run(ctx))
         .await
         .unwrap_or_else(|_| panic!("{case} on {label} took longer than {CASE_TIMEOUT:?}"));
-    // Best effort: leave a shared bucket as we found it. (Where deletes are refused,
-    // objects stay: emulators/README.md.)
     if deletes {
         if let Ok(listed) = backend.list(&prefix).await {
             for object in listed.into_iter().map(|listed| listed.value) {

@@ -379,9 +379,13 @@ async fn list_locks_judges_each_lock_by_its_own_pages_clock() {
         page(&date(3600), serde_json::json!({"items": [item("p/b")]})),
     ])
     .await;
-    let locks = within(list_locks(&backend(&endpoint), "p/"))
-        .await
-        .expect("list");
+    let locks = within(list_locks(
+        &backend(&endpoint),
+        "p/",
+        Duration::from_secs(10),
+    ))
+    .await
+    .expect("list");
     assert_eq!(locks.len(), 2, "{locks:?}");
     assert!(
         matches!(locks[0], (ref name, LockStatus::Held(_)) if name == "p/a"),

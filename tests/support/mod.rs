@@ -5,7 +5,7 @@ use std::sync::Arc;
 use gcslock::backend::fault::FaultyBackend;
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::Backend;
-use gcslock::LockRecord;
+use gcslock::testing::LockRecord;
 
 /// A bucket, and a fault injector in front of it.
 pub fn faulty_bucket() -> (MemoryBackend, FaultyBackend) {

@@ -10,8 +10,9 @@ use gcslock::{BreakOptions, BreakOutcome, FencingToken, Lock, LockOptions};
 use serde::Serialize;
 
 use crate::cmd::status::StorageTimeout;
+use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
-use crate::output::{escape, print_lines, short_duration, timestamp};
+use crate::output::{escape, held_by, print_lines, short_duration, timestamp};
 use crate::target::LockTarget;
 
 pub const HELP: &str = "\
@@ -54,9 +55,9 @@ clock), \"stale_in_ms\", \"reason\" (repaired: what was invalid), \"generation\"
 \"metageneration\" (the version read or written)}; absent fields are omitted.
 
 Exit codes: 0 revoked, broken, repaired or already free; 75 nothing was broken: the lock
-carries another token than --token, changed meanwhile, or has a TTL too long to revoke
-(use --now); 65 not a gcslock lock, or an invalid record without --repair; otherwise as
-for run.";
+carries another token than --token, or changed meanwhile; 64 nothing was broken: the lock's
+TTL is forever or too long to revoke (use --now); 65 not a gcslock lock, or an invalid
+record without --repair; otherwise as for run.";
 
 #[derive(Debug, Args)]
 pub struct BreakArgs {
@@ -65,7 +66,7 @@ pub struct BreakArgs {
     pub url: LockTarget,
 
     /// Break it only if it still carries this fencing token
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::cmd::put::parse_token)]
     pub token: Option<u64>,
 
     /// Who is breaking it, recorded in the lock. Default: HOST:PID
@@ -109,6 +110,13 @@ pub async fn break_lock(global: &GlobalArgs, args: &BreakArgs) -> anyhow::Result
                  --repair` marks it released with a token above every token it carries",
             ))
         }
+        // The library's remedy for a lock that cannot be revoked (TTL forever or too
+        // long) is `--now`: a matter of the command line, not a busy lock (75).
+        Err(error @ gcslock::Error::Conflict { .. })
+            if !args.now && error.to_string().contains("`--now`") =>
+        {
+            return Err(Coded::new(exit::USAGE, format!("{error}; nothing was broken")).into())
+        }
         Err(error) => return Err(error.into()),
     };
     let url = args.url.to_string();
@@ -137,10 +145,10 @@ fn describe(url: &str, outcome: &BreakOutcome) -> String {
                 .map(|left| format!(" (in {})", short_duration(left)))
                 .unwrap_or_default();
             format!(
-                "{url}: broken: revoked (it was held by {}, token {token}); the holder loses \
+                "{url}: broken: revoked (it was {}, token {token}); the holder loses \
                  its lease at its next refresh; the lock turns stale and free at {}{left}; \
                  `gcslock break --now` frees it at once",
-                escape(previous_holder),
+                escape(&held_by(previous_holder)),
                 timestamp(stale_at)
             )
         }
@@ -149,8 +157,8 @@ fn describe(url: &str, outcome: &BreakOutcome) -> String {
             token,
             ..
         } => format!(
-            "{url}: broken (it was held by {}, token {token}); released, free now",
-            escape(previous_holder)
+            "{url}: broken (it was {}, token {token}); released, free now",
+            escape(&held_by(previous_holder))
         ),
         BreakOutcome::Repaired { why, token, .. } => format!(
             "{url}: repaired: its invalid record ({}) is now released with token {token}",
@@ -255,7 +263,7 @@ mod tests {
         };
         let line = describe("gs://b/o", &outcome);
         assert!(line.starts_with("gs://b/o: broken: revoked"), "{line}");
-        assert!(line.contains("in 1m 30s"), "{line}");
+        assert!(line.contains("in 1m30s"), "{line}");
         assert!(!line.chars().any(|c| c.is_control() || c == '\u{202E}'));
         let json = serde_json::to_value(BreakView::new("gs://b/o", &outcome)).unwrap_or_default();
         assert_eq!(json["outcome"], "revoked");

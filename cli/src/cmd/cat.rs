@@ -5,7 +5,7 @@ use std::io::{self, Write as _};
 
 use clap::Args;
 use futures_util::StreamExt as _;
-use gcslock::LockUrl;
+use gcslock::fence::ObjectUrl;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::cmd::fenced::{fence_error, fenced_object, parse_object_url, stdout_error, unwrap_lock};
@@ -28,18 +28,25 @@ bucket; 74 writing stdout failed; 69 storage unavailable, also when the download
 pub struct CatArgs {
     /// The object to read: gs://BUCKET/OBJECT
     #[arg(value_name = "URL", value_parser = parse_object_url)]
-    pub url: LockUrl,
+    pub url: ObjectUrl,
 
     /// Also print the token that wrote the object, on stderr:
     /// `gcslock: URL: token N` (or `gcslock: URL: no fencing token`)
     #[arg(long)]
     pub show_token: bool,
+
+    #[command(flatten)]
+    pub storage_timeout: crate::cmd::status::StorageTimeout,
 }
 
 /// `gcslock cat URL [--show-token]`
 pub async fn cat(global: &GlobalArgs, args: &CatArgs) -> anyhow::Result<u8> {
     let object = fenced_object(global, &args.url)?;
-    let read = object.read().await.map_err(fence_error)?;
+    // The budget covers finding the object; the body then streams as long as it flows.
+    let read = crate::within(global.storage_budget, async {
+        object.read().await.map_err(fence_error)
+    })
+    .await?;
     if args.show_token {
         let url = escape(&args.url.to_string());
         let line = match read.token {

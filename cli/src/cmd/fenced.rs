@@ -4,18 +4,18 @@
 use std::io::{self, Write as _};
 use std::sync::Arc;
 
+use gcslock::fence::ObjectUrl;
 use gcslock::fence::{FenceError, FencedObject};
-use gcslock::LockUrl;
 
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
 
-pub fn parse_object_url(value: &str) -> Result<LockUrl, String> {
+pub fn parse_object_url(value: &str) -> Result<ObjectUrl, String> {
     value.parse().map_err(crate::target::message)
 }
 
 /// The object on GCS, per `--endpoint` / `STORAGE_EMULATOR_HOST`.
-pub fn fenced_object(global: &GlobalArgs, url: &LockUrl) -> anyhow::Result<FencedObject> {
+pub fn fenced_object(global: &GlobalArgs, url: &ObjectUrl) -> anyhow::Result<FencedObject> {
     let backend = crate::target::gcs_backend(global, url.bucket())?;
     FencedObject::new(Arc::new(backend), url.object()).map_err(fence_error)
 }

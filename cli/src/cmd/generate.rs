@@ -89,10 +89,20 @@ fn write_man_page_tree(command: &clap::Command, dir: &Path) -> io::Result<()> {
 /// subcommands' notes) goes out unfilled: it is laid out in columns, which
 /// clap_mangen's filled EXTRA section runs together.
 fn render_man_page(command: &clap::Command) -> io::Result<Vec<u8>> {
-    let notes = command
-        .get_after_long_help()
-        .or_else(|| command.get_after_help())
-        .map(ToString::to_string);
+    // `run --help` stays short: its explanations and the full exit code table live
+    // in its man page.
+    let notes = if command.get_name() == "run" {
+        Some(format!(
+            "{}\n\n{}",
+            crate::cmd::run::MANUAL,
+            crate::exit::HELP
+        ))
+    } else {
+        command
+            .get_after_long_help()
+            .or_else(|| command.get_after_help())
+            .map(ToString::to_string)
+    };
     let without_notes = command
         .clone()
         .after_help(None::<&str>)

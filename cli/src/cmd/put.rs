@@ -6,14 +6,15 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
+use gcslock::fence::ObjectUrl;
 use gcslock::fence::{BodySource, FenceOptions, FencedWrite, Replaced};
-use gcslock::{FencingToken, LockUrl};
+use gcslock::FencingToken;
 use serde::Serialize;
 
 use crate::cmd::fenced::{fence_error, fenced_object, parse_object_url, spool_stdin};
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
-use crate::output::{escape, print_lines, timestamp};
+use crate::output::{print_lines, timestamp};
 
 /// The environment variable `gcslock run` gives its command the token in.
 pub const TOKEN_VAR: &str = "GCSLOCK_TOKEN";
@@ -42,6 +43,8 @@ Prints nothing on stdout, unless --json: then one object {\"url\", \"outcome\": 
 object), \"generation\", \"metageneration\", \"updated\" (RFC 3339), \"attempts\"}; absent fields
 are omitted.
 
+--storage-timeout bounds the whole write, the upload included: raise it for large bodies.
+
 Exit codes: 0 written; 78 stale token (a newer holder wrote the object; nothing was written);
 65 the object exists without a fencing token (use --adopt-unfenced) or is a lock object;
 75 concurrent writers kept winning the race, nothing was written; 64 no or non-numeric token,
@@ -52,7 +55,7 @@ unavailable; 77 permission denied.";
 pub struct PutArgs {
     /// The object to write: gs://BUCKET/OBJECT
     #[arg(value_name = "URL", value_parser = parse_object_url)]
-    pub url: LockUrl,
+    pub url: ObjectUrl,
 
     /// The fencing token to write with. Default: $GCSLOCK_TOKEN, which `gcslock run` sets
     #[arg(long, value_name = "N", value_parser = parse_token)]
@@ -65,6 +68,9 @@ pub struct PutArgs {
     /// Print one JSON object describing the write on stdout
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub storage_timeout: crate::cmd::status::StorageTimeout,
 }
 
 /// `gcslock put URL [--token N] [--adopt-unfenced] < data`
@@ -74,10 +80,14 @@ pub async fn put(global: &GlobalArgs, args: &PutArgs) -> anyhow::Result<u8> {
     let object = fenced_object(global, &args.url)?
         .with_options(FenceOptions::default().adopt_unfenced(args.adopt_unfenced));
     let spool = spool_stdin().await?;
-    let written = object
-        .write(token, &BodySource::Handle(Arc::new(spool)))
-        .await
-        .map_err(fence_error)?;
+    // The budget covers the whole write, upload included (stdin is read before).
+    let written = crate::within(global.storage_budget, async {
+        object
+            .write(token, &BodySource::Handle(Arc::new(spool)))
+            .await
+            .map_err(fence_error)
+    })
+    .await?;
     let replaced = match written.replaced {
         Replaced::Nothing => "created it".to_owned(),
         Replaced::Fenced(previous) => format!("replaced token {previous}"),
@@ -87,7 +97,7 @@ pub async fn put(global: &GlobalArgs, args: &PutArgs) -> anyhow::Result<u8> {
         attempts = written.attempts,
         generation = written.info.version.generation,
         "{}: written with token {token} ({replaced})",
-        escape(&args.url.to_string())
+        args.url
     );
     if args.json {
         let url = args.url.to_string();
@@ -157,13 +167,16 @@ fn resolve_token(
         .map_err(|why| Coded::new(exit::USAGE, format!("{TOKEN_VAR}={text:?}: {why}")))
 }
 
-fn parse_token(value: &str) -> Result<u64, String> {
-    value.trim().parse().map_err(|_| {
-        format!(
-            "{value:?} is not a fencing token (expected a whole number such as 42, the \
+pub(crate) fn parse_token(value: &str) -> Result<u64, String> {
+    value
+        .parse::<FencingToken>()
+        .map(FencingToken::value)
+        .map_err(|_| {
+            format!(
+                "{value:?} is not a fencing token (expected a whole number such as 42, the \
              {TOKEN_VAR} that `gcslock run` gives its command)"
-        )
-    })
+            )
+        })
 }
 
 #[cfg(test)]
@@ -177,9 +190,11 @@ mod tests {
             Some(FencingToken::new(3))
         );
         assert_eq!(
-            resolve_token(None, Some(" 9 ".into())).ok(),
+            resolve_token(None, Some("9".into())).ok(),
             Some(FencingToken::new(9))
         );
+        // The one token form, as `gcslock run` writes it: no spaces, no sign.
+        assert!(resolve_token(None, Some(" 9 ".into())).is_err());
         for env in [None, Some("".into())] {
             let error = resolve_token(None, env).expect_err("missing");
             assert_eq!(error.code, exit::USAGE);
@@ -193,7 +208,8 @@ mod tests {
             "{}",
             error.message
         );
-        assert!(parse_token("-1").is_err());
-        assert!(parse_token("1.5").is_err());
+        for bad in ["-1", "1.5", "+1", " 1", "1 ", "01"] {
+            assert!(parse_token(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -5,20 +5,22 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use gcslock::{CompletedSlot, HeldStatus, Lock, LockOptions, LockStatus, Ttl};
+use gcslock::once_per::CompletedSlot;
+use gcslock::{HeldStatus, Lock, LockOptions, LockStatus, Ttl};
 use serde::Serialize;
 
 use crate::global::GlobalArgs;
-use crate::output::{escape, print_lines, short_duration, timestamp};
+use crate::output::{duration, escape, held_by, print_lines, short_duration, timestamp};
 use crate::parse::parse_duration;
 use crate::target::LockTarget;
 
-/// How long `status`, `list` and `break` retry transient storage failures (503, 429,
-/// timeouts, resets) before giving up with exit 69.
+/// The storage budget of `status`, `list`, `break`, `cat` and `put`: how long they
+/// retry transient storage failures (503, 429, timeouts, resets) before giving up
+/// with exit 69. No request outlasts it.
 #[derive(Debug, Args)]
 pub struct StorageTimeout {
-    /// How long to retry transient storage failures (5xx, 429, timeouts, resets) with
-    /// backoff before giving up (exit 69)
+    /// How long storage may take, retries included, before giving up (exit 69); no
+    /// single request outlasts it (status, list, break: the whole command)
     #[arg(
         long = "storage-timeout",
         value_name = "DURATION",
@@ -64,6 +66,11 @@ pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<u8
     let options = LockOptions::default().unavailable_timeout(args.storage_timeout.duration);
     let lock = Lock::new(backend, args.url.object(), options)?;
     let status = lock.status().await?;
+    if let LockStatus::Held(held) | LockStatus::Stale(held) = &status {
+        let span = tracing::Span::current();
+        span.record("holder", held.holder.as_str());
+        span.record("token", held.token.value());
+    }
     let url = args.url.to_string();
     let line = if args.json {
         serde_json::to_string(&StatusView::new(&url, &status))
@@ -92,9 +99,9 @@ pub fn describe(url: &str, status: &LockStatus) -> String {
                 .map(|ago| format!(", last heard {} ago", short_duration(ago)))
                 .unwrap_or_default();
             format!(
-                "{url}: held by {} (token {}){heard}; last refresh {}, ttl forever \
+                "{url}: {} (token {}){heard}; last refresh {}, ttl forever \
                  (only `gcslock break --now` frees it)",
-                escape(&held.holder),
+                escape(&held_by(&held.holder)),
                 held.token,
                 timestamp(&held.last_refresh),
             )
@@ -105,17 +112,17 @@ pub fn describe(url: &str, status: &LockStatus) -> String {
                 .map(|left| format!(", stale in {}", short_duration(left)))
                 .unwrap_or_default();
             format!(
-                "{url}: held by {} (token {}){left}; last refresh {}, ttl {}",
-                escape(&held.holder),
+                "{url}: {} (token {}){left}; last refresh {}, ttl {}",
+                escape(&held_by(&held.holder)),
                 held.token,
                 timestamp(&held.last_refresh),
                 ttl_text(held.ttl)
             )
         }
         LockStatus::Stale(held) => format!(
-            "{url}: stale: held by {} (token {}) but not refreshed since {} (ttl {}); \
+            "{url}: stale: {} (token {}) but not refreshed since {} (ttl {}); \
              the next contender takes it over",
-            escape(&held.holder),
+            escape(&held_by(&held.holder)),
             held.token,
             timestamp(&held.last_refresh),
             ttl_text(held.ttl)
@@ -140,7 +147,7 @@ fn ttl_text(ttl: Ttl) -> String {
 pub fn completed_text(done: &CompletedSlot) -> String {
     format!(
         "the {} slot starting {} (completed {} by {})",
-        humantime::format_duration(done.slot.period()),
+        duration(done.slot.period()),
         timestamp(&done.slot.start()),
         timestamp(&done.completed_at),
         escape(&done.completed_by)
@@ -261,7 +268,8 @@ impl<'a> StatusView<'a> {
 mod tests {
     use super::*;
     use gcslock::backend::{memory::MemoryBackend, Backend, WriteCondition};
-    use gcslock::{LockRecord, LockState, RecordedSlot, Slot};
+    use gcslock::once_per::Slot;
+    use gcslock::testing::{LockRecord, LockState, RecordedSlot};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -301,7 +309,7 @@ mod tests {
         .await;
         let line = describe("gs://b/o", &status);
         assert!(
-            line.starts_with("gs://b/o: held by host:1 (token 7), stale in 4m 10s;"),
+            line.starts_with("gs://b/o: held by host:1 (token 7), stale in 4m10s;"),
             "{line}"
         );
         let json = serde_json::to_value(StatusView::new("gs://b/o", &LockStatus::Free))

@@ -317,3 +317,17 @@ impl Running {
         lines
     }
 }
+
+/// Whether `pid` has exited: no such process, or a zombie waiting for its
+/// (re-parented) parent to reap it, which runs nothing.
+pub fn is_gone(pid: i32) -> bool {
+    if nix::sys::signal::kill(Pid::from_raw(pid), None).is_err() {
+        return true;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}

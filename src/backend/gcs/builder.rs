@@ -12,10 +12,9 @@ use google_cloud_auth::credentials::Credentials;
 use super::client::{error_chain, MAX_IN_FLIGHT};
 use super::credentials::Auth;
 use super::{GcsBackend, Inner, DEFAULT_ENDPOINT, EMULATOR_HOST_VAR};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, DEFAULT_REQUEST_TIMEOUT};
 use crate::Error;
 
-const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Object bodies may be large: an upload or download may take this long in all.
 const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(3600);

@@ -208,6 +208,10 @@ pub(super) fn status_error(
     let message = error_message(body);
     match status {
         412 => BackendError::PreconditionFailed,
+        404 if !is_gcs_not_found(body) => BackendError::InvalidResponse(format!(
+            "this endpoint does not answer like Google Cloud Storage (HTTP 404: {message}); \
+             is the endpoint right?"
+        )),
         404 => {
             if not_found == NotFoundMeans::Bucket || is_bucket_missing(&message) {
                 BackendError::BucketNotFound(bucket.to_owned())
@@ -220,6 +224,23 @@ pub(super) fn status_error(
         500..=599 => BackendError::Server { status, message },
         _ => BackendError::Rejected { status, message },
     }
+}
+
+/// Whether a 404's body is one GCS (or an emulator of it) sends: its JSON error
+/// (`{"error":{"code":404,"message":...}}`), the plain text of a media download
+/// ("No such object: b/o"), or nothing. Any other server's 404 (an HTML page, "404
+/// page not found") means the endpoint is not GCS: calling it "no such bucket" or
+/// "free" would mislead.
+fn is_gcs_not_found(body: &[u8]) -> bool {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return true;
+    }
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
+        let error = &value["error"];
+        return error["code"].is_u64() || error["message"].is_string();
+    }
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    text.starts_with("no such object") || is_bucket_missing(&text)
 }
 
 /// GCS says "The specified bucket does not exist." for buckets and
@@ -431,6 +452,37 @@ mod tests {
         assert!(matches!(
             map(500, b"  ", NotFoundMeans::Object),
             BackendError::Server { status: 500, message } if message == "(empty response body)"
+        ));
+    }
+
+    #[test]
+    fn a_404_that_is_not_from_gcs_says_so() {
+        let map = |body: &[u8], nf| status_error(404, None, body, nf, "bkt");
+        for body in [
+            &b"<html><body><h1>404 Not Found</h1></body></html>"[..],
+            b"404 page not found\n",
+            br#"{"detail": "Not Found"}"#,
+        ] {
+            for means in [NotFoundMeans::Object, NotFoundMeans::Bucket] {
+                match map(body, means) {
+                    BackendError::InvalidResponse(message) => assert!(
+                        message.contains("does not answer like Google Cloud Storage"),
+                        "{message}"
+                    ),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert!(matches!(
+            map(b"No such object: bkt/x", NotFoundMeans::Object),
+            BackendError::NotFound
+        ));
+        assert!(matches!(
+            map(
+                br#"{"error":{"code":404,"message":"Not Found"}}"#,
+                NotFoundMeans::Bucket
+            ),
+            BackendError::BucketNotFound(_)
         ));
     }
 

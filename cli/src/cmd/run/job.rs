@@ -76,8 +76,11 @@ pub async fn run_job(guard: &Guard, job: &Job<'_>, signals: &mut Signals) -> Job
     };
     // A final validity check right before the command starts: gcslock may have been
     // suspended since the lock was acquired, and the lock may be someone else's now.
-    if let Err(error) = guard.check() {
-        tracing::error!("{error}; the command was not started");
+    if let Err(reason) = guard.check() {
+        tracing::error!(
+            "lease on {} lost: {reason}; the command was not started",
+            guard.url()
+        );
         remove_unused(&prepared);
         watchdog.done();
         return end(exit::LEASE_LOST);
@@ -216,9 +219,10 @@ fn code_of(
         .into()),
         Supervised::Exited(status) => {
             tracing::debug!("{url}: the command ended with {}", describe_status(status));
-            if let Err(error) = guard.check() {
+            if let Err(reason) = guard.check() {
                 tracing::error!(
-                    "{error} before the command finished (it exited with {})",
+                    "lease on {} lost: {reason} before the command finished (it exited with {})",
+                    guard.url(),
                     describe_status(status)
                 );
                 return Ok(exit::LEASE_LOST);

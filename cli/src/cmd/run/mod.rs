@@ -23,7 +23,8 @@ use std::ffi::OsString;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use gcslock::{CompletedSlot, Guard, Lock, LockOptions, Slot, SlotAcquire, Ttl, Wait};
+use gcslock::once_per::{CompletedSlot, PeriodGuard, Slot, SlotAcquire};
+use gcslock::{Guard, Lock, LockOptions, Ttl, Wait};
 use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 
@@ -32,13 +33,23 @@ use self::signals::Signals;
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
 use crate::logging::OUTCOME;
-use crate::output::{short_duration, timestamp};
+use crate::output::{holder_summary, short_duration, timestamp};
 use crate::parse::{parse_duration, parse_ttl, parse_wait};
 use crate::target::LockTarget;
 
 pub const LONG_ABOUT: &str = "\
-Run COMMAND while holding the lock gs://BUCKET/OBJECT.
+Run COMMAND while holding the lock gs://BUCKET/OBJECT; stop it if the lease is lost.
+Details: `man gcslock-run`, or the README.";
 
+/// Shown right after the usage line, in `-h` and `--help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  gcslock run gs://my-bucket/locks/backup -- /usr/local/bin/backup
+  gcslock run --wait 10m --ttl 2m gs://my-bucket/locks/deploy -- ./deploy.sh
+  */5 * * * * gcslock run --once-per 1h gs://my-bucket/locks/report -- report.sh";
+
+/// The explanations behind `run`'s options, in the man page (`gcslock generate man`).
+pub const MANUAL: &str = "\
 The command inherits stdin, stdout and stderr and runs in its own process group, with
 GCSLOCK_TOKEN (the fencing token: larger than every earlier holder's) and GCSLOCK_URL in its
 environment. gcslock's own messages go to stderr only. The lock URL is never read from the
@@ -160,7 +171,7 @@ pub struct RunArgs {
     pub busy_exit_code: u8,
 
     /// How long to keep retrying while storage is unreachable before giving up (exit 69);
-    /// the retries also continue until the end of --wait (forever with `--wait forever`)
+    /// no single request outlasts it. The retries also continue until the end of --wait
     #[arg(
         long,
         env = "GCSLOCK_STORAGE_TIMEOUT",
@@ -233,7 +244,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     let backend = args.url.backend(global)?;
     let options = match args.ttl {
         Ttl::Finite(ttl) => LockOptions::default().ttl(ttl),
-        _ => LockOptions::default().ttl_forever(),
+        _ => LockOptions::default().ttl(Ttl::Forever),
     };
     let mut options = options.unavailable_timeout(args.storage_timeout);
     if let Some(interval) = args.refresh_interval {
@@ -257,17 +268,17 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     )
     .await;
     let guard = match (acquired, interrupted) {
-        (Ok(SlotAcquire::Acquired(guard)), None) => guard,
-        (Ok(SlotAcquire::Acquired(guard)), Some(signal)) => {
+        (Ok(Acquired::Held(guard)), None) => guard,
+        (Ok(Acquired::Held(guard)), Some(signal)) => {
             tracing::info!("{url}: acquired just as {signal} arrived; releasing it");
             release(guard, &url, false).await;
             return Ok(exit::signal(signal as i32));
         }
-        (Ok(SlotAcquire::AlreadyDone(done)), None) => {
+        (Ok(Acquired::Done(done)), None) => {
             tracing::warn!(target: OUTCOME, "{url}: {}; not running the command", done_line(slot, &done));
             return Ok(args.done_exit_code);
         }
-        (Ok(SlotAcquire::AlreadyDone(_)), Some(signal)) => {
+        (Ok(Acquired::Done(_)), Some(signal)) => {
             return Ok(exit::signal(signal as i32));
         }
         (Err(gcslock::Error::Cancelled { .. }), Some(signal)) => {
@@ -275,7 +286,8 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
             return Ok(exit::signal(signal as i32));
         }
         (Err(gcslock::Error::Busy { holder, .. }), None) => {
-            tracing::warn!(target: OUTCOME, "{url} is busy: {holder}");
+            tracing::Span::current().record("holder", holder.identity.as_str());
+            tracing::warn!(target: OUTCOME, "{url} is busy: {}", holder_summary(&holder));
             return Ok(args.busy_exit_code);
         }
         (Err(error), Some(signal)) => {
@@ -284,6 +296,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         }
         (Err(error), None) => return Err(error.into()),
     };
+    tracing::Span::current().record("token", guard.token().value());
     let remove_from_environment =
         per_run_variables(&RunArgs::augment_args(clap::Command::new("run")));
     let job = Job {
@@ -306,6 +319,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
             "{url}: not released, as the command's processes may still write; the lock expires \
              after its TTL"
         );
+        guard.abandon();
     }
     end.code
 }
@@ -364,6 +378,40 @@ fn done_line(ours: Option<Slot>, done: &CompletedSlot) -> String {
     )
 }
 
+/// The lock as `run` holds it: with a --once-per period or without.
+#[derive(Debug)]
+enum Held {
+    Plain(Guard),
+    Period(PeriodGuard),
+}
+
+impl std::ops::Deref for Held {
+    type Target = Guard;
+
+    fn deref(&self) -> &Guard {
+        match self {
+            Self::Plain(guard) => guard,
+            Self::Period(guard) => guard,
+        }
+    }
+}
+
+impl Held {
+    /// Lets the lock expire by its TTL, writing nothing.
+    fn abandon(self) {
+        match self {
+            Self::Plain(guard) => guard.abandon(),
+            Self::Period(guard) => guard.abandon(),
+        }
+    }
+}
+
+/// What an acquire for `run` ended with.
+enum Acquired {
+    Held(Held),
+    Done(CompletedSlot),
+}
+
 /// Acquires the lock; the forwarded signals cancel the wait cleanly (the library
 /// honours cancellation only where no lock can be left behind). Returns the
 /// outcome and the signal that interrupted the wait, if any.
@@ -376,7 +424,7 @@ async fn acquire(
     wait: Wait,
     signals: &mut Signals,
     url: &str,
-) -> (Result<SlotAcquire, gcslock::Error>, Option<Signal>) {
+) -> (Result<Acquired, gcslock::Error>, Option<Signal>) {
     let cancel = CancellationToken::new();
     let mut interrupted = None;
     let first = cancellable(lock, slot, Wait::No, &cancel, signals, &mut interrupted).await;
@@ -389,7 +437,10 @@ async fn acquire(
     };
     let result = match first {
         Err(gcslock::Error::Busy { holder, .. }) => {
-            tracing::info!("{url} is busy: {holder}; waiting {how_long}");
+            tracing::info!(
+                "{url} is busy: {}; waiting {how_long}",
+                holder_summary(&holder)
+            );
             cancellable(lock, slot, wait, &cancel, signals, &mut interrupted).await
         }
         // --wait also covers an outage.
@@ -409,14 +460,19 @@ async fn cancellable(
     cancel: &CancellationToken,
     signals: &mut Signals,
     interrupted: &mut Option<Signal>,
-) -> Result<SlotAcquire, gcslock::Error> {
+) -> Result<Acquired, gcslock::Error> {
     let acquire = async {
         match slot {
-            Some(slot) => lock.acquire_slot_cancellable(slot, wait, cancel).await,
-            None => lock
-                .acquire_cancellable(wait, cancel)
-                .await
-                .map(SlotAcquire::Acquired),
+            Some(slot) => Ok(
+                match lock.acquire(wait).once_per(slot).cancel_on(cancel).await? {
+                    SlotAcquire::Acquired(guard) => Acquired::Held(Held::Period(guard)),
+                    SlotAcquire::AlreadyDone(done) => Acquired::Done(done),
+                },
+            ),
+            None => {
+                let guard = lock.acquire(wait).cancel_on(cancel).await?;
+                Ok(Acquired::Held(Held::Plain(guard)))
+            }
         }
     };
     tokio::pin!(acquire);
@@ -435,12 +491,12 @@ async fn cancellable(
 /// Releases the lock, bounded in time; failures are reported, not fatal: an
 /// unreleased lock expires after its TTL. With `completed`, the release also
 /// records the guard's --once-per slot as completed.
-async fn release(guard: Guard, url: &str, completed: bool) {
+async fn release(guard: Held, url: &str, completed: bool) {
     let released = async {
-        if completed {
-            guard.release_completed().await
-        } else {
-            guard.release().await
+        match guard {
+            Held::Period(guard) if completed => guard.release_completed().await,
+            Held::Period(guard) => guard.release().await,
+            Held::Plain(guard) => guard.release().await,
         }
     };
     match tokio::time::timeout(RELEASE_TIMEOUT, released).await {

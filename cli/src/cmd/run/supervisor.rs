@@ -69,14 +69,8 @@ impl Lease for Guard {
     fn state(&self) -> LeaseState {
         match self.check() {
             Ok(()) => LeaseState::Held(self.time_left()),
-            Err(gcslock::Error::LeaseLost {
-                reason: reason @ LossReason::Expired { .. },
-                ..
-            }) => LeaseState::Expired(reason.to_string()),
-            Err(gcslock::Error::LeaseLost { reason, .. }) => {
-                LeaseState::Superseded(reason.to_string())
-            }
-            Err(other) => LeaseState::Expired(other.to_string()),
+            Err(reason @ LossReason::Expired { .. }) => LeaseState::Expired(reason.to_string()),
+            Err(reason) => LeaseState::Superseded(reason.to_string()),
         }
     }
 

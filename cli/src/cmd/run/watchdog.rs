@@ -189,7 +189,6 @@ fn helper(pipe: BorrowedFd<'_>, write_end: RawFd, target: Target<'_>, message: &
         Heard::Done => exit_now(),
         Heard::Closed(watched) => watched,
     };
-    let _ = nix::unistd::write(std::io::stderr(), message);
     let give_up_at = Instant::now().checked_add(GIVE_UP_AFTER);
     loop {
         let left = match target {
@@ -218,6 +217,9 @@ fn helper(pipe: BorrowedFd<'_>, write_end: RawFd, target: Target<'_>, message: &
             }
         };
         if !left || give_up_at.is_none_or(|at| Instant::now() >= at) {
+            // Only once the kill is done: stderr may be a pipe nobody drains, and a
+            // blocked write must not hold up the kill.
+            let _ = nix::unistd::write(std::io::stderr(), message);
             exit_now()
         }
         std::thread::sleep(KILL_ROUND);

@@ -1,5 +1,6 @@
-//! Fixes from the review of the job-binding and once-per work: each test fails on
-//! the code before its fix.
+//! Lock records stay valid and options stay sane: a repair rewrites the whole
+//! record, an identity cannot pose as a revocation, an absurd storage timeout
+//! cannot panic.
 
 #[allow(dead_code)] // each test crate uses its part
 mod support;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use gcslock::backend::fault::{Fault, FaultError, Operation};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, WriteCondition};
-use gcslock::{BreakOptions, BreakOutcome, Error, Lock, LockOptions, LockStatus};
+use gcslock::{BreakOptions, BreakOutcome, Error, Lock, LockOptions, LockStatus, Wait};
 
 const NAME: &str = "jobs/review";
 
@@ -70,7 +71,10 @@ async fn repair_replaces_the_whole_record_so_stray_keys_cannot_keep_it_invalid()
         "{:?}",
         stored.metadata
     );
-    let guard = lock.try_acquire().await.expect("acquirable after repair");
+    let guard = lock
+        .acquire(Wait::No)
+        .await
+        .expect("acquirable after repair");
     assert_eq!(guard.token().value(), 9, "tokens keep growing");
 }
 
