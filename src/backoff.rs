@@ -11,6 +11,30 @@ use crate::backend::BackendError;
 /// beyond this the lease deadline or the caller's wait governs, not the header.
 pub(crate) const RETRY_AFTER_CEILING: Duration = Duration::from_secs(60);
 
+/// How often a waiter polls a lock held by a live holder, unless its poll bounds
+/// say otherwise ([`steady_poll`]). A poller at r reads/s sees a release 1/(2r)
+/// later on average, so 1/s gives about 0.5 s, and costs one class B operation
+/// per second per waiter; writing faster than about 1/s to one object is refused
+/// by GCS anyway, so polling faster would buy little after a release.
+pub(crate) const STEADY_POLL: Duration = Duration::from_secs(1);
+
+/// The waiters' steady poll interval: [`STEADY_POLL`] within the lock's poll bounds.
+pub(crate) fn steady_poll(min: Duration, max: Duration) -> Duration {
+    STEADY_POLL.min(max).max(min)
+}
+
+/// One pause of the steady poll: `interval` ± 20 % (uniform), so the mean rate is
+/// 1/interval and waiters that started together drift apart.
+pub(crate) fn jittered_poll(interval: Duration) -> Duration {
+    interval.mul_f64(rand::rng().random_range(0.8..=1.2))
+}
+
+/// One pause of a poll that must never be longer than `interval` (observers):
+/// 80 % to 100 % of it.
+pub(crate) fn jittered_below(interval: Duration) -> Duration {
+    interval.mul_f64(rand::rng().random_range(0.8..=1.0))
+}
+
 /// Jittered exponential backoff ("equal jitter": half fixed, half random), so
 /// waiters that started together spread out.
 #[derive(Debug)]
@@ -74,6 +98,32 @@ mod tests {
         assert!(backoff.next() >= Duration::from_millis(500));
         backoff.slow_down(Some(Duration::from_secs(5)));
         assert!(backoff.next() >= Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn the_steady_poll_averages_its_interval_within_twenty_percent() {
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            steady_poll(Duration::from_millis(250), Duration::from_secs(8)),
+            second
+        );
+        assert_eq!(
+            steady_poll(Duration::from_millis(50), Duration::from_millis(200)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            steady_poll(Duration::from_secs(2), Duration::from_secs(30)),
+            Duration::from_secs(2)
+        );
+        let pauses: Vec<Duration> = (0..10_000).map(|_| jittered_poll(second)).collect();
+        assert!(pauses
+            .iter()
+            .all(|p| *p >= second.mul_f64(0.8) && *p <= second.mul_f64(1.2)));
+        let mean = pauses.iter().sum::<Duration>() / 10_000;
+        assert!(
+            mean > Duration::from_millis(980) && mean < Duration::from_millis(1020),
+            "{mean:?}"
+        );
     }
 
     #[test]

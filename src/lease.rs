@@ -236,6 +236,81 @@ impl Guard {
         self.check().map_err(|reason| self.lost_error(reason))
     }
 
+    /// Merges `keys` into the lock object with one conditional PATCH on the version
+    /// the keep-alive tracks, counting as a refresh (election's proclaim). A race
+    /// with the keep-alive's own refresh (412, still ours) is retried on the new
+    /// version; an answer lost in transit is resolved by reading the keys back.
+    pub(crate) async fn write_keys(&self, keys: &crate::backend::Metadata) -> Result<(), Error> {
+        let lease = &self.lease;
+        let lock = &lease.lock;
+        let mut retry = Backoff::new(Duration::from_millis(100), lock.refresh_interval);
+        loop {
+            self.check().map_err(|reason| self.lost_error(reason))?;
+            let (version, seq, deadline) = {
+                let state = lease.state();
+                let seq = state.refresh_seq.saturating_add(1);
+                (state.version, seq, state.deadline.monotonic)
+            };
+            let mut metadata = lease.record(LockState::Held, seq).to_metadata();
+            metadata.extend(keys.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let sent = SendTime::now();
+            let update = lock
+                .backend
+                .update_metadata(&lock.object, version, &metadata);
+            let failure = match tokio::time::timeout_at(deadline, update).await {
+                Err(_) => continue, // the lease deadline passed: `check` says so
+                Ok(Ok(written)) => match lease.owns(&written.value) {
+                    Some(record) if written.value.version.generation == version.generation => {
+                        renewed(lease, written.value.version, record.refresh_seq, sent);
+                        return Ok(());
+                    }
+                    _ => {
+                        lease.mark_lost(LossReason::Superseded { holder: None });
+                        continue;
+                    }
+                },
+                Ok(Err(error)) => error,
+            };
+            let conflict = matches!(
+                failure,
+                BackendError::PreconditionFailed | BackendError::NotFound
+            );
+            if !conflict && !failure.is_transient() {
+                return Err(Error::from_backend(&lock.url, failure));
+            }
+            // Without extending the deadline: a refresh of the keep-alive may be
+            // what applied, sent earlier than ours.
+            let read = lock.backend.read(&lock.object);
+            let Ok(read) = tokio::time::timeout_at(deadline, read).await else {
+                continue;
+            };
+            match read.map(|read| read.value) {
+                Ok(Some(info)) => match lease.owns(&info) {
+                    Some(record) if record.state == LockState::Held => {
+                        {
+                            let mut state = lease.state();
+                            state.version = info.version;
+                            state.refresh_seq = record.refresh_seq;
+                        }
+                        let applied = keys
+                            .iter()
+                            .all(|(key, value)| info.metadata.get(key) == Some(value));
+                        if applied {
+                            return Ok(());
+                        }
+                    }
+                    Some(_) => lease.mark_lost(LossReason::Released),
+                    None => lease.mark_lost(LossReason::Superseded { holder: None }),
+                },
+                Ok(None) => lease.mark_lost(LossReason::Deleted),
+                Err(error) => tokio::time::sleep(retry.next_after(Some(&error))).await,
+            }
+            if !conflict {
+                tokio::time::sleep(retry.next_after(Some(&failure))).await;
+            }
+        }
+    }
+
     fn check_time_for(&self, needed: Duration) -> Result<(), Error> {
         self.check_lease()?;
         let left = self.time_left();

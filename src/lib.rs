@@ -50,7 +50,8 @@
 //! `record` and `options` are the building blocks (`slot`: once per period, see
 //! [`once_per`]); `status` judges a lock by the server's clock;
 //! `lease` is the keep-alive task and validity checks; `lock` the acquire/takeover
-//! algorithm, and `break_lock` the forced release. The README states what the lock
+//! algorithm, `election` leader election on a lock ([`Election`]), and `break_lock`
+//! the forced release. The README states what the lock
 //! guarantees and what it cannot.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -65,6 +66,7 @@ mod clock;
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
+mod election;
 mod error;
 pub mod fence;
 mod identity;
@@ -79,6 +81,9 @@ mod status;
 mod token;
 
 pub use break_lock::{BreakOptions, BreakOutcome};
+pub use election::{
+    Election, Leader, Leadership, Observation, Observed, Observer, DEFAULT_POLL_INTERVAL,
+};
 pub use error::{Error, HolderSummary, LossReason, Result};
 pub use lease::Guard;
 pub use lock::{Acquire, Lock, Wait};
@@ -95,7 +100,7 @@ pub(crate) use location::{validate_bucket_name, validate_object_name};
 pub mod once_per {
     pub use crate::lease::PeriodGuard;
     pub use crate::lock::AcquirePeriod;
-    pub use crate::slot::{CompletedSlot, Slot, SlotAcquire, MAX_PERIOD, MIN_PERIOD};
+    pub use crate::slot::{CompletedSlot, Slot, SlotAcquire, SlotZone, MAX_PERIOD, MIN_PERIOD};
 }
 
 /// The lock object's wire format (PROTOCOL.md), for tests and tools that write or
@@ -116,3 +121,8 @@ pub struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/once-per.md")]
 pub struct OncePerDoctests;
+
+/// docs/election.md.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/election.md")]
+pub struct ElectionDoctests;

@@ -17,14 +17,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError, ObjectInfo, ObjectVersion, WriteCondition};
-use crate::backoff::Backoff;
+use crate::backoff::{jittered_poll, steady_poll, Backoff};
 use crate::clock::{instant_after, SendTime};
 use crate::error::{Error, HolderSummary, LossReason};
 use crate::identity::new_nonce;
 use crate::lease::{Guard, PeriodGuard};
 use crate::options::{default_margin, LockOptions, LockSettings};
-use crate::record::{LockRecord, LockState, RecordedSlot, Ttl};
-use crate::slot::{CompletedSlot, Slot, SlotAcquire};
+use crate::record::{LockRecord, LockState, RecordedSlot, Ttl, KEY_VALUE};
+use crate::slot::{CompletedSlot, Slot, SlotAcquire, SlotCheck};
 use crate::status::LockStatus;
 use crate::token::FencingToken;
 
@@ -43,6 +43,8 @@ pub enum Wait {
 #[derive(Clone, Debug)]
 pub struct Lock {
     inner: Arc<LockSettings>,
+    /// The value an election term publishes, written with the acquiring write.
+    leader_value: Option<String>,
 }
 
 enum Attempt {
@@ -115,7 +117,17 @@ impl Lock {
     ) -> Result<Self, Error> {
         Ok(Self {
             inner: Arc::new(LockSettings::new(backend, object, options)?),
+            leader_value: None,
         })
+    }
+
+    /// The same lock, whose acquiring writes also publish `value` as the leader's
+    /// (`gcslock-value`, already checked by the caller).
+    pub(crate) fn with_leader_value(&self, value: String) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            leader_value: Some(value),
+        }
     }
 
     /// Where the lock lives, for messages.
@@ -193,12 +205,15 @@ impl Lock {
             Wait::For(duration) => start.checked_add(duration),
             Wait::Forever => None,
         };
+        // Transient failures back off exponentially; a live holder is polled steadily.
         let mut backoff = Backoff::new(lock.poll_min, lock.poll_max);
+        let poll = steady_poll(lock.poll_min, lock.poll_max);
         let mut seen: Option<(ObjectVersion, Instant)> = None;
         let mut pending = PendingCreates::default();
         let mut failing_since: Option<Instant> = None;
         let mut last_busy: Option<HolderSummary> = None;
         let mut expired_in_a_row = 0;
+        let check = slot.map(SlotCheck::new);
         loop {
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled {
@@ -207,7 +222,7 @@ impl Lock {
             }
             let attempt_started = Instant::now();
             let attempt = self
-                .attempt(&mut seen, &mut pending, cancel, slot.as_ref())
+                .attempt(&mut seen, &mut pending, cancel, check.as_ref())
                 .await;
             let now = Instant::now();
             let acquired = |guard: Guard| Ok(Acquired::Guard(guard));
@@ -250,7 +265,7 @@ impl Lock {
                             holder,
                         });
                     }
-                    let delay = backoff.next();
+                    let delay = jittered_poll(poll);
                     // Look again just after the lock turns stale, not a full backoff later.
                     let wake = instant_after(
                         now,
@@ -326,7 +341,7 @@ impl Lock {
         seen: &mut Option<(ObjectVersion, Instant)>,
         pending: &mut PendingCreates,
         cancel: &CancellationToken,
-        slot: Option<&Slot>,
+        slot: Option<&SlotCheck>,
     ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
         let read = tokio::select! {
@@ -335,6 +350,9 @@ impl Lock {
             read = lock.backend.read(&lock.object) => read.map_err(|e| self.classify(e))?,
         };
         let received = Instant::now();
+        if let Some(slot) = slot {
+            slot.check_clock(&lock.url, read.server_time);
+        }
         if let Some(info) = &read.value {
             if let Some((ours, sent)) = pending.take_applied(info) {
                 tracing::debug!(lock = %lock.url, "an earlier create of ours applied late; adopting it");
@@ -345,7 +363,7 @@ impl Lock {
             None => (WriteCondition::DoesNotExist, 1),
             Some(info) => {
                 let record = self.decode(info)?;
-                if let Some(done) = slot_done(slot, &record, info) {
+                if let Some(done) = slot_done(slot, &record, info, read.server_time, &lock.url) {
                     return Ok(Attempt::Done(done));
                 }
                 let next_token = record.token.checked_add(1).ok_or_else(|| {
@@ -387,12 +405,12 @@ impl Lock {
             refresh_seq: 0,
             completed: carried_completion(read.value.as_ref()),
         };
+        let mut metadata = record.to_metadata();
+        if let Some(value) = &self.leader_value {
+            metadata.insert(KEY_VALUE.to_owned(), value.clone());
+        }
         let sent = SendTime::now();
-        match lock
-            .backend
-            .write(&lock.object, condition, &record.to_metadata())
-            .await
-        {
+        match lock.backend.write(&lock.object, condition, &metadata).await {
             Ok(written) => Ok(self.started(record, written.value.version, sent).await),
             // Someone else wrote first; report who holds it now.
             Err(BackendError::PreconditionFailed) => {
@@ -412,7 +430,7 @@ impl Lock {
         ours: &LockRecord,
         sent: SendTime,
         pending: &mut PendingCreates,
-        slot: Option<&Slot>,
+        slot: Option<&SlotCheck>,
     ) -> Result<Attempt, Failure> {
         let lock = &self.inner;
         let read = lock
@@ -431,7 +449,7 @@ impl Lock {
                     return Ok(self.started(earlier, info.version, earlier_sent).await);
                 }
                 let record = self.decode(info)?;
-                if let Some(done) = slot_done(slot, &record, info) {
+                if let Some(done) = slot_done(slot, &record, info, read.server_time, &lock.url) {
                     return Ok(Attempt::Done(done));
                 }
                 let status = LockStatus::judge(Some(info), read.server_time);
@@ -645,11 +663,24 @@ enum Staleness {
     Fresh { retry_in: Option<Duration> },
 }
 
-/// The completion recorded in `record` if it covers `slot`.
-fn slot_done(slot: Option<&Slot>, record: &LockRecord, info: &ObjectInfo) -> Option<CompletedSlot> {
-    let done = record.completed.as_ref()?;
-    slot.filter(|slot| done.slot.covers(slot))
-        .map(|_| done.resolve(info.updated))
+/// The completion recorded in `record` if it makes the slot asked for done,
+/// judged by the server's clock reading taken with it (PROTOCOL.md §10).
+fn slot_done(
+    slot: Option<&SlotCheck>,
+    record: &LockRecord,
+    info: &ObjectInfo,
+    server_time: Option<DateTime<Utc>>,
+    lock: &str,
+) -> Option<CompletedSlot> {
+    slot?.done(
+        lock,
+        record
+            .completed
+            .as_ref()
+            .map(|done| done.resolve(info.updated)),
+        LockRecord::completion_problem(&info.metadata),
+        server_time,
+    )
 }
 
 /// The completed slot an acquire carries over from the object it replaces.

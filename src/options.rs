@@ -120,7 +120,10 @@ impl LockOptions {
         self
     }
 
-    /// Bounds of the waiters' jittered exponential poll backoff (default 250 ms to 8 s).
+    /// Bounds of the waiters' polling (default 250 ms to 8 s). A lock held by a live
+    /// holder is polled at a steady interval: 1 s, or the nearer bound if 1 s is
+    /// outside them, jittered by ±20 %; retries after storage errors back off
+    /// exponentially from `min` to `max`.
     pub fn poll_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.poll_min = min;
         self.poll_max = max;

@@ -12,16 +12,18 @@
 //! * **The last completed slot** ([`crate::Slot`], `--once-per`): written by the
 //!   release that follows a successful run, in the same conditional write that
 //!   releases the lock, and carried over by every later write (acquire, takeover,
-//!   refresh, release, break). Keys, all present or all absent:
-//!   `gcslock-done-period-s` (the period in whole seconds), `gcslock-done-slot` (the
-//!   slot index: whole periods since the Unix epoch), `gcslock-done-by` (the
-//!   completing holder's identity) and `gcslock-done-at`. A write cannot carry its
-//!   own server time, so the completing release writes `gcslock-done-at` =
-//!   `released`, meaning "the object's `updated` time": the release's time by the
-//!   server's clock. The next acquire, which reads the released object anyway,
-//!   writes that `updated` time as RFC 3339, and later writes copy it. The keys
-//!   cost no extra request. Versions of gcslock from before slots drop the keys
-//!   when they acquire the lock (a full rewrite), which reopens the slot.
+//!   refresh, release, break). Keys: `gcslock-done-period-s` (the period in whole
+//!   seconds), `gcslock-done-slot` (the slot index: whole periods of the zone's wall
+//!   clock since 1970-01-01T00:00), `gcslock-done-zone` (the IANA zone),
+//!   `gcslock-done-start` (the slot's first instant, RFC 3339 with the zone's
+//!   offset), `gcslock-done-by` (the completing holder's identity) and
+//!   `gcslock-done-at`. A write cannot carry its own server time, so the
+//!   completing release writes `gcslock-done-at` = `released`, meaning "the
+//!   object's `updated` time"; the next acquire, which reads the released object
+//!   anyway, writes that time as RFC 3339, and later writes copy it. Records of the
+//!   previous format have no zone and start: their slots are UTC, epoch-aligned,
+//!   which is what they meant. Done keys that cannot be read are ignored (a run
+//!   proceeds, and its completion replaces them): they never make the lock unusable.
 
 use std::time::Duration;
 
@@ -30,7 +32,7 @@ use chrono::{DateTime, Utc};
 use crate::backend::Metadata;
 use crate::identity::{check_name, MAX_IDENTITY_LEN};
 use crate::options::{MAX_TTL, MIN_TTL};
-use crate::slot::{CompletedSlot, Slot};
+use crate::slot::{CompletedSlot, Slot, SlotZone};
 use crate::token::parse_decimal;
 
 pub(crate) const KEY_FORMAT: &str = "gcslock-format";
@@ -42,8 +44,15 @@ pub(crate) const KEY_TTL_MS: &str = "gcslock-ttl-ms";
 pub(crate) const KEY_SEQ: &str = "gcslock-refresh-seq";
 pub(crate) const KEY_DONE_PERIOD: &str = "gcslock-done-period-s";
 pub(crate) const KEY_DONE_SLOT: &str = "gcslock-done-slot";
+pub(crate) const KEY_DONE_ZONE: &str = "gcslock-done-zone";
+pub(crate) const KEY_DONE_START: &str = "gcslock-done-start";
 pub(crate) const KEY_DONE_BY: &str = "gcslock-done-by";
 pub(crate) const KEY_DONE_AT: &str = "gcslock-done-at";
+/// The value an election's leader publishes (PROTOCOL.md, election); written only by
+/// election terms, so a plain acquire (a full rewrite) drops it.
+pub(crate) const KEY_VALUE: &str = "gcslock-value";
+/// The longest leader value accepted: GCS allows 8 KiB of custom metadata in all.
+pub(crate) const MAX_VALUE_LEN: usize = 1024;
 
 const FORMAT: &str = "1";
 /// `gcslock-ttl-ms` of a lease that never expires by time.
@@ -168,6 +177,13 @@ impl LockRecord {
             [
                 (KEY_DONE_PERIOD, done.slot.period().as_secs().to_string()),
                 (KEY_DONE_SLOT, done.slot.index().to_string()),
+                (KEY_DONE_ZONE, done.slot.zone().name().to_owned()),
+                (
+                    KEY_DONE_START,
+                    done.slot
+                        .local_start()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                ),
                 (KEY_DONE_BY, done.by.clone()),
                 (
                     KEY_DONE_AT,
@@ -258,16 +274,25 @@ impl LockRecord {
             nonce,
             ttl,
             refresh_seq: number(KEY_SEQ)?,
-            completed: decode_completed(metadata)?,
+            // Unreadable done keys are ignored: see `completion_problem`.
+            completed: decode_completed(metadata).unwrap_or(None),
         })
+    }
+
+    /// Why the completed-slot keys of `metadata` cannot be read, if they cannot:
+    /// the record stays valid, and the keys count as absent.
+    pub(crate) fn completion_problem(metadata: &Metadata) -> Option<String> {
+        decode_completed(metadata).err()
     }
 }
 
-/// The `gcslock-done-*` keys: all absent, or all present and well-formed.
+/// The `gcslock-done-*` keys: all absent, or all present and well-formed (the
+/// zone and start may be absent together: the previous format, UTC slots).
 fn decode_completed(metadata: &Metadata) -> Result<Option<RecordedSlot>, String> {
     let keys = [KEY_DONE_PERIOD, KEY_DONE_SLOT, KEY_DONE_BY, KEY_DONE_AT];
     let values = keys.map(|key| metadata.get(key));
-    if values.iter().all(Option::is_none) {
+    let calendar = [KEY_DONE_ZONE, KEY_DONE_START].map(|key| metadata.get(key));
+    if values.iter().chain(&calendar).all(Option::is_none) {
         return Ok(None);
     }
     let [Some(period), Some(index), Some(by), Some(at)] = values else {
@@ -284,9 +309,26 @@ fn decode_completed(metadata: &Metadata) -> Result<Option<RecordedSlot>, String>
             )
         })
     };
-    let period = Duration::from_secs(number(KEY_DONE_PERIOD, period)?);
-    let slot = Slot::new(period, number(KEY_DONE_SLOT, index)?)
-        .map_err(|error| format!("metadata keys {KEY_DONE_PERIOD}/{KEY_DONE_SLOT}: {error}"))?;
+    let period = number(KEY_DONE_PERIOD, period)?;
+    let index = number(KEY_DONE_SLOT, index)?;
+    let slot = match calendar {
+        [None, None] => Slot::new(Duration::from_secs(period), index).map_err(|e| e.to_string()),
+        [Some(zone), Some(start)] => {
+            let zone = SlotZone::from_name(zone)
+                .map_err(|why| format!("metadata key {KEY_DONE_ZONE}: {why}"))?;
+            let start = DateTime::parse_from_rfc3339(start).map_err(|_| {
+                format!(
+                    "metadata key {KEY_DONE_START} is not an RFC 3339 time: {}",
+                    quoted(start)
+                )
+            })?;
+            Slot::recorded(period, index, zone, start)
+        }
+        _ => Err(format!(
+            "the keys {KEY_DONE_ZONE} and {KEY_DONE_START} must be both present or both absent"
+        )),
+    }
+    .map_err(|error| format!("metadata keys {KEY_DONE_PERIOD}/{KEY_DONE_SLOT}: {error}"))?;
     check_name(by, MAX_IDENTITY_LEN)
         .map_err(|why| format!("metadata key {KEY_DONE_BY} {why}: {}", quoted(by)))?;
     let at = match at.as_str() {
@@ -307,6 +349,32 @@ fn decode_completed(metadata: &Metadata) -> Result<Option<RecordedSlot>, String>
         by: by.clone(),
         at,
     }))
+}
+
+/// Why `value` cannot be a leader's published value, if it cannot: at most
+/// [`MAX_VALUE_LEN`] bytes, no control characters (it is printed, one line each).
+pub(crate) fn check_value(value: &str) -> Result<(), String> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(format!(
+            "metadata key {KEY_VALUE} must be at most {MAX_VALUE_LEN} bytes long, not {}",
+            value.len()
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!(
+            "metadata key {KEY_VALUE} contains control characters: {}",
+            quoted(value)
+        ));
+    }
+    Ok(())
+}
+
+/// The leader value `metadata` carries, if any; untrusted, so checked as written.
+pub(crate) fn decode_value(metadata: &Metadata) -> Result<Option<String>, String> {
+    metadata
+        .get(KEY_VALUE)
+        .map(|value| check_value(value).map(|()| value.clone()))
+        .transpose()
 }
 
 /// A value for an error message: escaped, and cut short if long.
@@ -453,6 +521,27 @@ mod tests {
         }
         let unicode = LockRecord::from_metadata(&with(KEY_HOLDER, "höst-名前:1")).unwrap();
         assert_eq!(unicode.holder, "höst-名前:1");
+    }
+
+    #[test]
+    fn leader_values_are_bounded_and_free_of_controls() {
+        assert_eq!(decode_value(&valid()), Ok(None));
+        for fine in [
+            "",
+            "10.0.0.7:8080",
+            "名前 with spaces",
+            &"v".repeat(MAX_VALUE_LEN),
+        ] {
+            assert_eq!(
+                decode_value(&with(KEY_VALUE, fine)),
+                Ok(Some(fine.to_owned()))
+            );
+        }
+        let too_long = "v".repeat(MAX_VALUE_LEN + 1);
+        for hostile in [too_long.as_str(), "a\nb", "\u{1b}[2J", "\0", "\u{85}"] {
+            let why = decode_value(&with(KEY_VALUE, hostile)).unwrap_err();
+            assert!(why.contains(KEY_VALUE) && why.len() < 300, "{why}");
+        }
     }
 
     #[test]

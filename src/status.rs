@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::backend::{Backend, ObjectInfo, ObjectVersion};
 use crate::error::Error;
 use crate::options::default_margin;
-use crate::record::{LockRecord, LockState, Ttl};
+use crate::record::{decode_value, LockRecord, LockState, Ttl};
 use crate::retry::Retry;
 use crate::slot::CompletedSlot;
 use crate::token::FencingToken;
@@ -27,6 +27,9 @@ pub enum LockStatus {
         released_at: DateTime<Utc>,
         /// The last slot completed under this lock (`--once-per`), if any.
         last_completed: Option<CompletedSlot>,
+        /// Why the lock's completed-slot keys could not be read, if they could not
+        /// (they are then ignored: PROTOCOL.md §10).
+        unreadable_completion: Option<String>,
     },
     /// Held and refreshed recently enough.
     Held(HeldStatus),
@@ -61,6 +64,12 @@ pub struct HeldStatus {
     pub version: ObjectVersion,
     /// The last slot completed under this lock (`--once-per`), if any.
     pub last_completed: Option<CompletedSlot>,
+    /// Why the lock's completed-slot keys could not be read, if they could not
+    /// (they are then ignored: PROTOCOL.md §10).
+    pub unreadable_completion: Option<String>,
+    /// The value this holder published as an election's leader
+    /// ([`crate::Election`]), if it did.
+    pub value: Option<String>,
 }
 
 impl LockStatus {
@@ -69,6 +78,19 @@ impl LockStatus {
         match self {
             Self::Released { last_completed, .. } => last_completed.as_ref(),
             Self::Held(held) | Self::Stale(held) => held.last_completed.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Why the lock's completed-slot keys could not be read, if they could not:
+    /// they are ignored, and the next completion replaces them.
+    pub fn unreadable_completion(&self) -> Option<&str> {
+        match self {
+            Self::Released {
+                unreadable_completion,
+                ..
+            } => unreadable_completion.as_deref(),
+            Self::Held(held) | Self::Stale(held) => held.unreadable_completion.as_deref(),
             _ => None,
         }
     }
@@ -81,19 +103,23 @@ impl LockStatus {
         let Some(info) = info else {
             return Self::Free;
         };
-        let record = match LockRecord::from_metadata(&info.metadata) {
-            Ok(record) => record,
+        let (record, value) = match LockRecord::from_metadata(&info.metadata)
+            .and_then(|record| Ok((record, decode_value(&info.metadata)?)))
+        {
+            Ok(decoded) => decoded,
             Err(why) => return Self::NotALock { why },
         };
         let last_completed = record
             .completed
             .as_ref()
             .map(|done| done.resolve(info.updated));
+        let unreadable_completion = LockRecord::completion_problem(&info.metadata);
         if record.state == LockState::Released {
             return Self::Released {
                 token: FencingToken::new(record.token),
                 released_at: info.updated,
                 last_completed,
+                unreadable_completion,
             };
         }
         // The record's TTL is within range, but `updated` comes from the server
@@ -119,6 +145,8 @@ impl LockStatus {
             expires_in,
             version: info.version,
             last_completed,
+            unreadable_completion,
+            value,
         };
         if expires_in == Some(Duration::ZERO) {
             Self::Stale(held)

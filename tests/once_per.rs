@@ -1,4 +1,4 @@
-//! Once per period (`Lock::acquire_slot`, `Guard::release_completed`) and forever
+//! Once per period (`Acquire::once_per`, `PeriodGuard::release_completed`) and forever
 //! TTLs, on the strict in-memory backend under tokio's paused clock.
 
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, ObjectVersion, WriteCondition};
-use gcslock::once_per::{CompletedSlot, PeriodGuard, Slot, SlotAcquire, MAX_PERIOD};
+use gcslock::once_per::{CompletedSlot, PeriodGuard, Slot, SlotAcquire, SlotZone, MAX_PERIOD};
 use gcslock::testing::{LockRecord, LockState};
 use gcslock::{
     BreakOptions, BreakOutcome, Error, FencingToken, Lock, LockOptions, LockStatus, Ttl, Wait,
@@ -16,6 +16,7 @@ use gcslock::{
 const NAME: &str = "jobs/hourly";
 const TTL: Duration = Duration::from_secs(80);
 const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
 
 fn lock_on(backend: Arc<dyn Backend>, identity: &str) -> Lock {
     Lock::new(
@@ -91,25 +92,175 @@ async fn drain(faulty: &FaultyBackend) {
     }
 }
 
+fn utc(time: SystemTime, period: Duration) -> Slot {
+    Slot::containing_in(time, period, SlotZone::UTC).expect("valid slot")
+}
+
+/// The zone, or `None` (and the test is skipped, loudly) on a machine without a
+/// zone database; CI has one.
+fn zone(name: &str) -> Option<SlotZone> {
+    match SlotZone::named(name) {
+        Ok(zone) => Some(zone),
+        Err(error) => {
+            assert!(std::env::var_os("CI").is_none(), "{error}");
+            eprintln!("once_per: SKIPPED: {error}");
+            None
+        }
+    }
+}
+
+/// The instant of an RFC 3339 time.
+fn instant(rfc3339: &str) -> SystemTime {
+    let secs = chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .expect("RFC 3339")
+        .timestamp();
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).expect("after 1970"))
+}
+
 #[test]
-fn slots_are_whole_periods_since_the_epoch() {
-    assert_eq!(Slot::containing(at(3599), HOUR).unwrap().index(), 0);
-    assert_eq!(Slot::containing(at(3600), HOUR).unwrap().index(), 1);
-    assert_eq!(Slot::containing(at(7199), HOUR).unwrap().index(), 1);
-    let slot = Slot::containing(at(7200), HOUR).unwrap();
+fn utc_slots_are_whole_periods_since_the_epoch() {
+    assert_eq!(utc(at(3599), HOUR).index(), 0);
+    assert_eq!(utc(at(3600), HOUR).index(), 1);
+    assert_eq!(utc(at(7199), HOUR).index(), 1);
+    let slot = utc(at(7200), HOUR);
     assert_eq!(slot.start().timestamp(), 7200);
     assert_eq!(slot.period(), HOUR);
+    assert_eq!(slot.zone(), SlotZone::UTC);
     // Crons firing at 02:00:00 on clocks 2 s and 9 s apart agree on the slot...
-    assert_eq!(
-        Slot::containing(at(7202), HOUR).unwrap(),
-        Slot::containing(at(7209), HOUR).unwrap()
-    );
+    assert_eq!(utc(at(7202), HOUR), utc(at(7209), HOUR));
     // ...but a clock 3 s behind that fires at 02:00:01 of true time names the previous
     // one: clocks must agree within the gap between the boundary and the firing.
-    assert_eq!(Slot::containing(at(7201 - 3), HOUR).unwrap().index(), 1);
-    // A day slot of period 1d starts at midnight UTC.
-    let day = Slot::containing(at(86_400 * 20_000 + 5), Duration::from_secs(86_400)).unwrap();
+    assert_eq!(utc(at(7201 - 3), HOUR).index(), 1);
+    // A day slot in UTC starts at midnight UTC, as before zones were recorded.
+    let day = utc(at(86_400 * 20_000 + 5), DAY);
     assert_eq!(day.start().to_rfc3339(), "2024-10-04T00:00:00+00:00");
+    assert_eq!(day, Slot::new(DAY, 20_000).unwrap());
+}
+
+/// Issue 16, item 6: a daily job at 19:30 in New York ran on 2026-03-07 (00:30 UTC
+/// on the 8th) and was skipped on 2026-03-08 (23:30 UTC on the 8th), one UTC day.
+#[tokio::test(start_paused = true)]
+async fn a_daily_job_runs_on_both_sides_of_a_dst_change() {
+    let Some(new_york) = zone("America/New_York") else {
+        return;
+    };
+    let saturday = Slot::containing_in(instant("2026-03-08T00:30:00Z"), DAY, new_york).unwrap();
+    let sunday = Slot::containing_in(instant("2026-03-08T23:30:00Z"), DAY, new_york).unwrap();
+    assert_ne!(saturday, sunday);
+    assert_eq!(sunday.index(), saturday.index() + 1);
+    assert_eq!(
+        saturday.to_string(),
+        "the 1d slot starting 2026-03-07T00:00:00-05:00 (America/New_York)"
+    );
+    assert_eq!(
+        sunday.to_string(),
+        "the 1d slot starting 2026-03-08T00:00:00-05:00 (America/New_York)"
+    );
+    // The change day is a local calendar day of 23 hours; the fall-back one of 25.
+    let monday = Slot::in_zone(DAY, sunday.index() + 1, new_york).unwrap();
+    assert_eq!(monday.start() - sunday.start(), chrono::Duration::hours(23));
+    let november = Slot::containing_in(instant("2026-11-01T12:00:00Z"), DAY, new_york).unwrap();
+    let after = Slot::in_zone(DAY, november.index() + 1, new_york).unwrap();
+    assert_eq!(
+        after.start() - november.start(),
+        chrono::Duration::hours(25)
+    );
+
+    let memory = MemoryBackend::new("b");
+    complete(&memory, "saturday", saturday).await;
+    let lock = lock_on(Arc::new(memory.clone()), "sunday");
+    acquired(lock.acquire(Wait::No).once_per(sunday).await.unwrap())
+        .release_completed()
+        .await
+        .unwrap();
+    done(lock.acquire(Wait::No).once_per(sunday).await.unwrap());
+    let recorded = record(&memory).await.completed.expect("completed");
+    assert_eq!(recorded.slot.zone().name(), "America/New_York");
+    let keys = metadata(&memory).await;
+    assert_eq!(
+        keys.get("gcslock-done-zone").map(String::as_str),
+        Some("America/New_York")
+    );
+    assert_eq!(
+        keys.get("gcslock-done-start").map(String::as_str),
+        Some("2026-03-08T00:00:00-05:00")
+    );
+}
+
+/// Clocks go back at 02:00 EDT on 2026-11-01: 01:00-02:00 happens twice. A slot is
+/// its wall-clock name, so the repeated hour is one hourly slot (two real hours).
+#[test]
+fn the_repeated_hour_is_one_slot() {
+    let Some(new_york) = zone("America/New_York") else {
+        return;
+    };
+    let slot = |rfc3339| Slot::containing_in(instant(rfc3339), HOUR, new_york).unwrap();
+    let first = slot("2026-11-01T05:30:00Z"); // 01:30 EDT
+    let second = slot("2026-11-01T06:30:00Z"); // 01:30 EST
+    assert_eq!(first, second);
+    assert_eq!(
+        first.local_start().to_rfc3339(),
+        "2026-11-01T01:00:00-04:00"
+    );
+    assert_ne!(slot("2026-11-01T04:30:00Z"), first); // 00:30 EDT
+    let two = slot("2026-11-01T07:00:00Z"); // 02:00 EST
+    assert_eq!(two.index(), first.index() + 1);
+    assert_eq!(two.start() - first.start(), chrono::Duration::hours(2));
+    // Ten-minute slots likewise: 01:10 EDT and 01:10 EST are one slot.
+    let ten = Duration::from_secs(600);
+    assert_eq!(
+        Slot::containing_in(instant("2026-11-01T05:15:00Z"), ten, new_york).unwrap(),
+        Slot::containing_in(instant("2026-11-01T06:15:00Z"), ten, new_york).unwrap()
+    );
+}
+
+/// Clocks go forward at 02:00 EST on 2026-03-08: 02:00-03:00 never happens, so no
+/// run can name its hourly slot, and nothing is owed for it.
+#[test]
+fn the_skipped_hour_names_no_slot() {
+    let Some(new_york) = zone("America/New_York") else {
+        return;
+    };
+    let slot = |rfc3339| Slot::containing_in(instant(rfc3339), HOUR, new_york).unwrap();
+    let one = slot("2026-03-08T06:59:59Z"); // 01:59:59 EST
+    let three = slot("2026-03-08T07:00:00Z"); // 03:00:00 EDT, a second later
+    assert_eq!(three.index(), one.index() + 2, "slot 02:00 is skipped");
+    assert_eq!(
+        three.local_start().to_rfc3339(),
+        "2026-03-08T03:00:00-04:00"
+    );
+    // Asked for by number, the skipped slot starts when its hour would have ended.
+    let two = Slot::in_zone(HOUR, one.index() + 1, new_york).unwrap();
+    assert_eq!(two.start(), three.start());
+    // A completed 01:00 slot does not cover 03:00; a completed 03:00 covers 02:00.
+    assert!(!one.covers(&three));
+    assert!(three.covers(&two));
+}
+
+#[test]
+fn periods_divide_the_local_day_or_are_whole_local_days() {
+    let Some(paris) = zone("Europe/Paris") else {
+        return;
+    };
+    let noon = instant("2026-07-14T10:00:00Z"); // 12:00 CEST
+    for (period, start) in [
+        (600, "2026-07-14T12:00:00+02:00"),
+        (3 * 3600, "2026-07-14T12:00:00+02:00"),
+        (8 * 3600, "2026-07-14T08:00:00+02:00"),
+        (86_400, "2026-07-14T00:00:00+02:00"),
+        // Several days count local days from 1970-01-01: day 20648 is the 14th.
+        (2 * 86_400, "2026-07-14T00:00:00+02:00"),
+        (7 * 86_400, "2026-07-09T00:00:00+02:00"),
+    ] {
+        let slot = Slot::containing_in(noon, Duration::from_secs(period), paris).unwrap();
+        assert_eq!(slot.local_start().to_rfc3339(), start, "{period}s");
+    }
+    for period in [7 * 60, 25 * 3600, 36 * 3600, 86_400 + 1] {
+        match Slot::containing_in(noon, Duration::from_secs(period), paris) {
+            Err(Error::InvalidInput(why)) => assert!(why.contains("calendar"), "{why}"),
+            other => panic!("period {period}s accepted: {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -122,14 +273,14 @@ fn absurd_periods_and_clocks_are_refused_cleanly() {
         MAX_PERIOD + Duration::from_secs(1),
         Duration::MAX,
     ] {
-        match Slot::containing(now, period) {
+        match Slot::containing_in(now, period, SlotZone::UTC) {
             Err(Error::InvalidInput(why)) => assert!(why.contains("period"), "{why}"),
             other => panic!("period {period:?} accepted: {other:?}"),
         }
     }
-    assert!(Slot::containing(now, MAX_PERIOD).is_ok());
-    assert!(Slot::containing(now, Duration::from_secs(1)).is_ok());
-    match Slot::containing(UNIX_EPOCH - Duration::from_secs(1), HOUR) {
+    assert!(Slot::containing_in(now, MAX_PERIOD, SlotZone::UTC).is_ok());
+    assert!(Slot::containing_in(now, Duration::from_secs(1), SlotZone::UTC).is_ok());
+    match Slot::containing_in(UNIX_EPOCH - Duration::from_secs(1), HOUR, SlotZone::UTC) {
         Err(Error::InvalidInput(why)) => assert!(why.contains("before 1970"), "{why}"),
         other => panic!("a clock before 1970 named a slot: {other:?}"),
     }
@@ -138,13 +289,20 @@ fn absurd_periods_and_clocks_are_refused_cleanly() {
         Err(Error::InvalidInput(_))
     ));
     // A clock far past the year 9999.
-    assert!(Slot::containing(UNIX_EPOCH + Duration::from_secs(1 << 40), HOUR).is_err());
+    assert!(Slot::containing_in(
+        UNIX_EPOCH + Duration::from_secs(1 << 40),
+        HOUR,
+        SlotZone::UTC
+    )
+    .is_err());
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_completed_slot_blocks_that_slot_but_not_the_next() {
     let memory = MemoryBackend::new("b");
-    let this = hour_slot(500_000);
+    // The previous hour: completions of slots that start in the future do not count.
+    let now = utc(SystemTime::from(memory.server_time()), HOUR).index();
+    let this = hour_slot(now - 1);
     complete(&memory, "first", this).await;
     let released_at = match Lock::status(&lock_on(Arc::new(memory.clone()), "x")).await {
         Ok(LockStatus::Released {
@@ -176,12 +334,12 @@ async fn a_completed_slot_blocks_that_slot_but_not_the_next() {
     done(
         second
             .acquire(Wait::No)
-            .once_per(hour_slot(499_999))
+            .once_per(hour_slot(now - 2))
             .await
             .unwrap(),
     );
     // A completion for another period never counts.
-    let other_period = Slot::new(Duration::from_secs(1800), 1_000_000).unwrap();
+    let other_period = Slot::new(Duration::from_secs(1800), 2 * now - 2).unwrap();
     acquired(
         second
             .acquire(Wait::No)
@@ -196,16 +354,16 @@ async fn a_completed_slot_blocks_that_slot_but_not_the_next() {
     let next = acquired(
         second
             .acquire(Wait::No)
-            .once_per(hour_slot(500_001))
+            .once_per(hour_slot(now))
             .await
             .unwrap(),
     );
-    assert_eq!(next.slot(), hour_slot(500_001));
+    assert_eq!(next.slot(), hour_slot(now));
     next.release_completed().await.unwrap();
     done(
         second
             .acquire(Wait::No)
-            .once_per(hour_slot(500_001))
+            .once_per(hour_slot(now))
             .await
             .unwrap(),
     );
@@ -414,20 +572,29 @@ async fn hostile(memory: &MemoryBackend, overrides: &[(&str, &str)]) {
         .unwrap();
 }
 
+/// Done keys from storage are untrusted. Unreadable ones are ignored: the lock
+/// stays usable, the run proceeds (never skips), and its completion replaces them.
+/// Before, they made the whole object "not a lock", so the lock stayed blocked
+/// until an operator repaired it.
 #[tokio::test(start_paused = true)]
-async fn hostile_slot_fields_never_panic_and_are_never_overwritten() {
+async fn hostile_slot_fields_are_ignored_never_blocking_the_lock() {
     let valid = [
         ("gcslock-done-period-s", "3600"),
         ("gcslock-done-slot", "9"),
+        ("gcslock-done-zone", "UTC"),
+        ("gcslock-done-start", "1970-01-01T09:00:00Z"),
         ("gcslock-done-by", "h"),
         ("gcslock-done-at", "released"),
     ];
+    let megabyte = "9".repeat(1 << 20);
     let cases: Vec<Vec<(&str, &str)>> = vec![
         vec![("gcslock-done-slot", "9")],        // partial
         vec![("gcslock-done-period-s", "3600")], // partial
+        vec![("gcslock-done-zone", "UTC")],      // partial
         [&valid[..], &[("gcslock-done-slot", "18446744073709551615")]].concat(),
         [&valid[..], &[("gcslock-done-slot", "-1")]].concat(),
         [&valid[..], &[("gcslock-done-slot", "1e9")]].concat(),
+        [&valid[..], &[("gcslock-done-slot", megabyte.as_str())]].concat(),
         [&valid[..], &[("gcslock-done-period-s", "0")]].concat(),
         [&valid[..], &[("gcslock-done-period-s", "99999999999999")]].concat(),
         [&valid[..], &[("gcslock-done-period-s", "")]].concat(),
@@ -440,41 +607,218 @@ async fn hostile_slot_fields_never_panic_and_are_never_overwritten() {
             &[("gcslock-done-at", "+999999-01-01T00:00:00Z")],
         ]
         .concat(),
-        [&valid[..], &[("gcslock-ttl-ms", "forever ")]].concat(),
+        // The calendar keys: unknown shapes, a start outside its slot, one without the other.
+        [&valid[..], &[("gcslock-done-zone", "Mars/Olympus\nMons")]].concat(),
+        [&valid[..], &[("gcslock-done-zone", "\u{202e}UTC")]].concat(),
+        [&valid[..], &[("gcslock-done-zone", megabyte.as_str())]].concat(),
+        [&valid[..], &[("gcslock-done-start", "yesterday")]].concat(),
+        [
+            &valid[..],
+            &[("gcslock-done-start", "1970-01-01T10:00:00Z")],
+        ]
+        .concat(),
+        [
+            &valid[..],
+            &[("gcslock-done-start", "9999-12-31T23:59:59-23:59")],
+        ]
+        .concat(),
+        valid
+            .iter()
+            .filter(|(key, _)| *key != "gcslock-done-start")
+            .copied()
+            .collect(),
     ];
     for case in &cases {
         let memory = MemoryBackend::new("b");
         hostile(&memory, case).await;
         let lock = lock_on(Arc::new(memory.clone()), "a");
-        assert!(
-            matches!(lock.status().await, Ok(LockStatus::NotALock { .. })),
-            "{case:?}"
-        );
-        assert!(
-            matches!(
-                lock.acquire(Wait::No).once_per(hour_slot(9)).await,
-                Err(Error::NotALock { .. })
-            ),
-            "{case:?}"
-        );
-        assert!(matches!(
-            lock.break_lock(None).await,
-            Err(Error::NotALock { .. })
-        ));
-        assert_eq!(
-            metadata(&memory)
-                .await
-                .get("gcslock-token")
-                .map(String::as_str),
-            Some("3"),
-            "never overwritten: {case:?}"
-        );
+        match lock.status().await {
+            Ok(
+                status @ LockStatus::Released {
+                    last_completed: None,
+                    ..
+                },
+            ) => {
+                let why = status.unreadable_completion().expect("reported");
+                assert!(why.contains("gcslock-done"), "{case:?}: {why}");
+                assert!(why.len() < 400, "{case:?}: quotes too much: {why}");
+            }
+            other => panic!("{case:?}: {other:?}"),
+        }
+        // The run proceeds, and its completion replaces the unreadable keys.
+        acquired(lock.acquire(Wait::No).once_per(hour_slot(9)).await.unwrap())
+            .release_completed()
+            .await
+            .unwrap();
+        let after = record(&memory).await;
+        assert_eq!(after.token, 4, "{case:?}");
+        assert_eq!(after.completed.map(|done| done.slot), Some(hour_slot(9)));
+        done(lock.acquire(Wait::No).once_per(hour_slot(9)).await.unwrap());
     }
-    // The valid form decodes, and a slot index at the far end of time is fine.
+    // The valid form decodes.
     let memory = MemoryBackend::new("b");
     hostile(&memory, &valid).await;
     let lock = lock_on(Arc::new(memory.clone()), "a");
     done(lock.acquire(Wait::No).once_per(hour_slot(9)).await.unwrap());
+    // A bad lease field still makes the object "not a lock", never overwritten.
+    let memory = MemoryBackend::new("b");
+    hostile(
+        &memory,
+        &[&valid[..], &[("gcslock-ttl-ms", "forever ")]].concat(),
+    )
+    .await;
+    let lock = lock_on(Arc::new(memory.clone()), "a");
+    assert!(matches!(
+        lock.status().await,
+        Ok(LockStatus::NotALock { .. })
+    ));
+    assert!(matches!(
+        lock.acquire(Wait::No).once_per(hour_slot(9)).await,
+        Err(Error::NotALock { .. })
+    ));
+    assert_eq!(record_token(&memory).await, Some("3".into()));
+}
+
+async fn record_token(memory: &MemoryBackend) -> Option<String> {
+    metadata(memory).await.get("gcslock-token").cloned()
+}
+
+/// A record of the previous format (UTC-aligned slots, no zone or start keys) reads
+/// as a UTC completion: done for UTC runs of that slot, not counted elsewhere.
+#[tokio::test(start_paused = true)]
+async fn records_of_the_previous_format_are_utc_slots() {
+    let memory = MemoryBackend::new("b");
+    let index = 20_520 * 24 + 19; // 2026-03-08T19:00Z
+    let index_text = index.to_string();
+    hostile(
+        &memory,
+        &[
+            ("gcslock-done-period-s", "3600"),
+            ("gcslock-done-slot", index_text.as_str()),
+            ("gcslock-done-by", "old:1"),
+            ("gcslock-done-at", "2026-03-08T19:00:05Z"),
+        ],
+    )
+    .await;
+    let lock = lock_on(Arc::new(memory.clone()), "new");
+    let status = lock.status().await.unwrap();
+    let recorded = status.last_completed().expect("read").slot;
+    assert_eq!(recorded, hour_slot(index));
+    assert_eq!(recorded.zone(), SlotZone::UTC);
+    assert_eq!(
+        recorded.local_start().to_rfc3339(),
+        "2026-03-08T19:00:00+00:00"
+    );
+    done(
+        lock.acquire(Wait::No)
+            .once_per(hour_slot(index))
+            .await
+            .unwrap(),
+    );
+    let Some(new_york) = zone("America/New_York") else {
+        return;
+    };
+    // A machine in another zone runs (never skips), and records its zone.
+    let theirs = Slot::in_zone(HOUR, index, new_york).unwrap();
+    acquired(lock.acquire(Wait::No).once_per(theirs).await.unwrap())
+        .release_completed()
+        .await
+        .unwrap();
+    let keys = metadata(&memory).await;
+    assert_eq!(
+        keys.get("gcslock-done-zone").map(String::as_str),
+        Some("America/New_York")
+    );
+}
+
+/// A completion recorded in another zone never counts: the run proceeds.
+#[tokio::test(start_paused = true)]
+async fn a_completion_in_another_zone_does_not_count() {
+    let (Some(paris), Some(tokyo)) = (zone("Europe/Paris"), zone("Asia/Tokyo")) else {
+        return;
+    };
+    let memory = MemoryBackend::new("b");
+    let noon = SystemTime::now();
+    let in_paris = Slot::containing_in(noon, HOUR, paris).unwrap();
+    let in_tokyo = Slot::containing_in(noon, HOUR, tokyo).unwrap();
+    assert!(
+        in_tokyo.index() > in_paris.index(),
+        "Tokyo's wall clock is ahead"
+    );
+    complete(&memory, "tokyo", in_tokyo).await;
+    let lock = lock_on(Arc::new(memory.clone()), "paris");
+    acquired(lock.acquire(Wait::No).once_per(in_paris).await.unwrap())
+        .release_completed()
+        .await
+        .unwrap();
+    done(lock.acquire(Wait::No).once_per(in_paris).await.unwrap());
+}
+
+/// Issue 16, item 7: a machine whose clock is a day fast recorded tomorrow's slot as
+/// done, and every machine with a correct clock then skipped today's. A completion
+/// whose slot starts more than 5 minutes after the server's `Date` does not count.
+#[tokio::test(start_paused = true)]
+async fn a_completion_from_a_fast_clock_does_not_silence_the_fleet() {
+    let memory = MemoryBackend::new("b");
+    let now = SystemTime::from(memory.server_time());
+    let today = utc(now, DAY);
+    let tomorrow = utc(now + DAY, DAY);
+    complete(&memory, "fast:1", tomorrow).await;
+    let lock = lock_on(Arc::new(memory.clone()), "correct");
+    let guard = acquired(lock.acquire(Wait::No).once_per(today).await.unwrap());
+    guard.release_completed().await.unwrap();
+    assert_eq!(record(&memory).await.completed.unwrap().slot, today);
+    done(lock.acquire(Wait::No).once_per(today).await.unwrap());
+
+    // A slot starting within the tolerance after the server's clock counts: a
+    // machine a minute fast that fired just past the boundary is ordinary.
+    let memory = MemoryBackend::new("b");
+    let next_hour = utc(now, HOUR).index() + 1;
+    let boundary = next_hour * 3600;
+    let server_now = u64::try_from(memory.server_time().timestamp()).unwrap();
+    memory.set_server_skew(chrono::Duration::seconds(
+        i64::try_from(boundary - server_now).unwrap() - 60,
+    ));
+    complete(&memory, "a-minute-fast", hour_slot(next_hour)).await;
+    done(
+        lock_on(Arc::new(memory.clone()), "correct")
+            .acquire(Wait::No)
+            .once_per(hour_slot(next_hour - 1))
+            .await
+            .unwrap(),
+    );
+
+    // The server's clock, not ours, is the reference: with the server a day behind,
+    // today's completion lies ahead of it and does not count.
+    let memory = MemoryBackend::new("b");
+    complete(&memory, "a", today).await;
+    memory.set_server_skew(chrono::Duration::days(-2));
+    acquired(
+        lock_on(Arc::new(memory.clone()), "b")
+            .acquire(Wait::No)
+            .once_per(today)
+            .await
+            .unwrap(),
+    )
+    .release()
+    .await
+    .unwrap();
+}
+
+/// Issue 19: two schedules on one lock (`--once-per 2h` after `1h`): the other
+/// period's completion never counts, and the run proceeds.
+#[tokio::test(start_paused = true)]
+async fn mixing_periods_on_one_lock_runs() {
+    let memory = MemoryBackend::new("b");
+    let now = SystemTime::from(memory.server_time());
+    complete(&memory, "hourly", utc(now, HOUR)).await;
+    let two_hours = utc(now, 2 * HOUR);
+    let lock = lock_on(Arc::new(memory.clone()), "two-hourly");
+    acquired(lock.acquire(Wait::No).once_per(two_hours).await.unwrap())
+        .release_completed()
+        .await
+        .unwrap();
+    assert_eq!(record(&memory).await.completed.unwrap().slot, two_hours);
 }
 
 #[tokio::test(start_paused = true)]

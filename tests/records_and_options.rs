@@ -29,13 +29,15 @@ async fn repair_replaces_the_whole_record_so_stray_keys_cannot_keep_it_invalid()
     let memory = MemoryBackend::new("b");
     let invalid = metadata(&[
         ("gcslock-format", "1"),
-        ("gcslock-state", "held"),
+        // Invalid: an unknown state.
+        ("gcslock-state", "HELD"),
         ("gcslock-token", "7"),
         ("gcslock-holder", "host:1"),
         ("gcslock-nonce", "abc"),
         ("gcslock-ttl-ms", "30000"),
         ("gcslock-refresh-seq", "0"),
-        // Only one of the four keys that must come together.
+        // A stray key (unreadable done keys are ignored, PROTOCOL.md §10): a merging
+        // PATCH would keep it, the full upload of a repair must not.
         ("gcslock-done-slot", "12"),
     ]);
     memory

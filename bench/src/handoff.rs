@@ -73,6 +73,8 @@ async fn participant(lock: Lock, shared: Arc<Shared>, mut first: Option<Guard>) 
 pub struct Handoff {
     pub waiters: usize,
     pub handoffs: Summary,
+    /// Every handoff time measured, in order.
+    pub samples: Vec<Duration>,
     pub seconds: f64,
     pub gets: u64,
     pub writes: u64,
@@ -152,6 +154,7 @@ pub async fn measure(
     Ok(Handoff {
         waiters,
         handoffs: summarize(&samples),
+        samples,
         seconds,
         gets: stats.method("GET"),
         writes: stats.writes(),

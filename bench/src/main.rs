@@ -16,6 +16,7 @@ mod cli_overhead;
 mod counting;
 mod counts;
 mod emulator;
+mod failover;
 mod handoff;
 mod latency;
 mod ratelimit;
@@ -32,9 +33,17 @@ use tokio::time::Instant;
 use crate::report::{Config, Report};
 
 const USAGE: &str = "usage: gcslock-bench (--smoke | --full) [--gcslock-bin PATH] [--skip-cli] \
-                     [--only counts,latency,handoff,scale,cli,ratelimit] [--out FILE]";
+                     [--only counts,latency,handoff,scale,cli,ratelimit,failover] [--out FILE]";
 
-const SECTIONS: [&str; 6] = ["counts", "latency", "handoff", "scale", "cli", "ratelimit"];
+const SECTIONS: [&str; 7] = [
+    "counts",
+    "latency",
+    "handoff",
+    "scale",
+    "cli",
+    "ratelimit",
+    "failover",
+];
 
 struct Args {
     config: Config,
@@ -48,7 +57,12 @@ fn parse_args(args: &[String]) -> Result<Args> {
     let mut config = None;
     let mut gcslock_bin = None;
     let mut skip_cli = false;
-    let mut only: Vec<String> = SECTIONS.iter().map(|s| (*s).to_owned()).collect();
+    // Failover takes minutes even in smoke mode (TTLs, crashes): only when asked for.
+    let mut only: Vec<String> = SECTIONS
+        .iter()
+        .filter(|s| **s != "failover")
+        .map(|s| (*s).to_owned())
+        .collect();
     let mut out = None;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -95,7 +109,8 @@ fn main() -> Result<()> {
         _ => {}
     }
     let args = parse_args(&argv)?;
-    let gcslock_bin = if args.skip_cli || !args.only.iter().any(|s| s == "cli") {
+    let needs_bin = args.only.iter().any(|s| s == "cli" || s == "failover");
+    let gcslock_bin = if args.skip_cli || !needs_bin {
         None
     } else {
         Some(cli_overhead::locate_or_build(args.gcslock_bin.clone())?)
@@ -201,6 +216,13 @@ async fn run(args: &Args, gcslock_bin: Option<PathBuf>) -> Result<(Report, Strin
             get = summary::summarize(&samples);
         }
         cli_overhead::run(&emulator, config, &mut report, gcslock_bin.as_deref(), get).await?;
+    }
+    if wants("failover") {
+        let bin = gcslock_bin
+            .as_deref()
+            .context("failover runs `gcslock elect`: drop --skip-cli")?;
+        failover::run(&emulator, config, &mut report, bin).await?;
+        eprintln!("   ({:.1} s so far)", clock.elapsed().as_secs_f64());
     }
     if wants("ratelimit") {
         ratelimit::run(&emulator, config, &mut report).await?;

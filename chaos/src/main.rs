@@ -1,6 +1,7 @@
 //! `gcslock-chaos`: a Jepsen-style checker for gcslock. See chaos/README.md.
 
 mod clock;
+mod dst;
 mod emulator;
 mod history;
 mod procs;
@@ -348,7 +349,9 @@ fn run(args: &RunArgs) -> anyhow::Result<u8> {
     } else {
         chosen
     };
-    let wants_faketime = chosen.iter().any(|s| !s.faketime.is_empty());
+    let wants_faketime = chosen
+        .iter()
+        .any(|s| !s.faketime.is_empty() || matches!(s.chaos, Chaos::OncePer { dst: true, .. }));
     let faketime = if args.no_faketime || !wants_faketime {
         None
     } else {

@@ -107,6 +107,9 @@ struct Shared<'a> {
     /// Every worker has finished.
     done: AtomicBool,
     notes: Mutex<Vec<String>>,
+    /// Scenario `once-per-dst`: the faketime offset (seconds) of the tick being
+    /// fired, which puts every gcslock's wall clock next to a DST change.
+    dst_offset_s: Mutex<Option<i64>>,
 }
 
 impl Shared<'_> {
@@ -189,6 +192,7 @@ pub fn run(ctx: &Context, scenario: &Scenario, seed: u64) -> anyhow::Result<Outc
         stop: AtomicBool::new(false),
         done: AtomicBool::new(false),
         notes: Mutex::new(Vec::new()),
+        dst_offset_s: Mutex::new(None),
     };
 
     let mut wall_limit_hit = false;
@@ -215,6 +219,15 @@ pub fn run(ctx: &Context, scenario: &Scenario, seed: u64) -> anyhow::Result<Outc
                 vec![scope.spawn(move || {
                     stop_gcslock_rounds(shared, rounds, pause_ms, victim_hold_ms, contender_hold_ms)
                 })]
+            }
+            Chaos::OncePer {
+                window_ms,
+                fail_percent,
+                dst: true,
+                ..
+            } => {
+                let shared = &shared;
+                vec![scope.spawn(move || dst_ticks(shared, seed, window_ms, fail_percent))]
             }
             Chaos::OncePer {
                 ticks,
@@ -456,15 +469,23 @@ struct Launched {
     stderr_from: u64,
 }
 
-/// The faketime wrapper and offset for worker `w`, if the scenario skews clocks.
-fn faketime_for(shared: &Shared<'_>, w: u32) -> Option<(PathBuf, &'static str)> {
-    let offsets = &shared.scenario.faketime;
+/// The faketime wrapper and offset for worker `w`, if the scenario skews clocks:
+/// the DST tick's offset, or the scenario's offsets dealt round robin.
+fn faketime_for(shared: &Shared<'_>, w: u32) -> Option<(PathBuf, String)> {
     let faketime = shared.ctx.faketime.as_ref()?;
+    if let Some(offset) = *shared
+        .dst_offset_s
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+    {
+        return Some((faketime.clone(), format!("{offset:+}")));
+    }
+    let offsets = &shared.scenario.faketime;
     if offsets.is_empty() {
         return None;
     }
     let index = usize::try_from(w).unwrap_or(0) % offsets.len();
-    Some((faketime.clone(), offsets[index]))
+    Some((faketime.clone(), offsets[index].to_owned()))
 }
 
 /// What one run's command does.
@@ -498,6 +519,10 @@ fn launch(
     let scenario = shared.scenario;
     let ctx = shared.ctx;
     let fake = faketime_for(shared, run.worker);
+    let dst_offset = *shared
+        .dst_offset_s
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let mut command = match &fake {
         Some((faketime, offset)) => {
             let mut command = Command::new(faketime);
@@ -521,6 +546,10 @@ fn launch(
     };
     if let Some(period) = period {
         command.args(["--once-per", &format!("{period}s")]);
+    }
+    if dst_offset.is_some() {
+        // The zone as cron sees it: TZ.
+        command.env("TZ", crate::dst::ZONE);
     }
     command
         .args(["--identity", &format!("chaos-{run}")])
@@ -580,10 +609,17 @@ fn launch(
             return Ok(None);
         }
         let spawned_at = mono_ns()?;
-        // The slot gcslock will name: its wall clock at start (the same machine's).
+        // The slot gcslock will name: its wall clock at start (the same machine's),
+        // in New York's calendar (by the oracle) for the DST ticks.
         let slot = match period {
             Some(period) if period > 0 => {
-                Some(u64::try_from(wall_ns()?).unwrap_or(0) / 1_000_000_000 / period)
+                let wall = wall_ns()? / 1_000_000_000;
+                let civil = match dst_offset {
+                    Some(offset) => crate::dst::new_york_civil(wall + offset)
+                        .context("a DST tick outside the oracle's stretch of time")?,
+                    None => u64::try_from(wall).unwrap_or(0),
+                };
+                Some(civil / period)
             }
             _ => None,
         };
@@ -603,7 +639,7 @@ fn launch(
     let mut spawn = Event::new(Kind::Spawn, spawned_at).run(run);
     spawn.pgid = Some(pgid);
     spawn.slot = slot;
-    spawn.note = fake.as_ref().map(|(_, offset)| (*offset).to_owned());
+    spawn.note = fake.map(|(_, offset)| offset);
     shared.log.append(&spawn)?;
     Ok(Some(Launched {
         child,
@@ -882,41 +918,95 @@ fn once_per_ticks(
         if !nap(shared, Duration::from_nanos(wait_ns)) && shared.stop.load(Ordering::SeqCst) {
             break;
         }
-        let plans: Vec<(u64, Job)> = (0..scenario.workers)
-            .map(|_| {
-                let offset = rng.random_range(0..=window_ms);
-                let hold_ms = rng.random_range(scenario.hold_ms.0..=scenario.hold_ms.1);
-                let fails = rng.random_range(0..100) < fail_percent;
-                (
-                    offset,
-                    Job {
-                        hold_ms,
-                        exit_code: u8::from(fails),
-                    },
-                )
+        fire_tick(shared, &mut rng, &stderr, tick, window_ms, fail_percent)?;
+    }
+    Ok(())
+}
+
+/// One tick: every worker fires `gcslock run --once-per` once, at a random offset
+/// within `window_ms`; its job fails (exit 1) with `fail_percent` % probability.
+fn fire_tick(
+    shared: &Shared<'_>,
+    rng: &mut StdRng,
+    stderr: &[(PathBuf, std::fs::File)],
+    tick: u32,
+    window_ms: u64,
+    fail_percent: u32,
+) -> anyhow::Result<()> {
+    let scenario = shared.scenario;
+    let plans: Vec<(u64, Job)> = (0..scenario.workers)
+        .map(|_| {
+            let offset = rng.random_range(0..=window_ms);
+            let hold_ms = rng.random_range(scenario.hold_ms.0..=scenario.hold_ms.1);
+            let fails = rng.random_range(0..100) < fail_percent;
+            (
+                offset,
+                Job {
+                    hold_ms,
+                    exit_code: u8::from(fails),
+                },
+            )
+        })
+        .collect();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let handles: Vec<_> = plans
+            .iter()
+            .zip(stderr)
+            .zip(0u32..)
+            .map(|(((offset, job), stderr), w)| {
+                let run = RunId {
+                    worker: w,
+                    attempt: tick,
+                };
+                scope.spawn(move || -> anyhow::Result<()> {
+                    std::thread::sleep(Duration::from_millis(*offset));
+                    if let Some(launched) = launch(shared, run, *job, scenario.wait, stderr)? {
+                        finish(shared, run, launched)?;
+                    }
+                    Ok(())
+                })
             })
             .collect();
-        std::thread::scope(|scope| -> anyhow::Result<()> {
-            let handles: Vec<_> = plans
-                .iter()
-                .zip(&stderr)
-                .zip(0u32..)
-                .map(|(((offset, job), stderr), w)| {
-                    let run = RunId {
-                        worker: w,
-                        attempt: tick,
-                    };
-                    scope.spawn(move || -> anyhow::Result<()> {
-                        std::thread::sleep(Duration::from_millis(*offset));
-                        if let Some(launched) = launch(shared, run, *job, scenario.wait, stderr)? {
-                            finish(shared, run, launched)?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            join_runs(handles)
-        })?;
+        join_runs(handles)
+    })
+}
+
+/// Scenario `once-per-dst`: ticks that fire on New York wall clocks (faketime,
+/// `TZ`) just before and just after each change of `dst::CHANGES`. Each tick's
+/// faketime offset is set as it fires, so its spawns all read a time a few
+/// seconds from the change. The spawns' slots come from `dst::new_york_civil`,
+/// and the checker judges them as scenario once-per's.
+fn dst_ticks(
+    shared: &Shared<'_>,
+    seed: u64,
+    window_ms: u64,
+    fail_percent: u32,
+) -> anyhow::Result<()> {
+    if shared.ctx.faketime.is_none() {
+        shared.note(
+            "SKIPPED: faketime is not installed (apt-get install -y faketime) or was \
+             disabled; the DST ticks need it"
+                .into(),
+        );
+        return Ok(());
+    }
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(7_000_003));
+    let stderr: Vec<_> = (0..shared.scenario.workers)
+        .map(|w| worker_stderr(shared, w))
+        .collect::<anyhow::Result<_>>()?;
+    let ticks = crate::dst::CHANGES
+        .iter()
+        .flat_map(|change| crate::dst::LEADS_S.map(|lead| change + lead));
+    for (tick, fake_at) in (0u32..).zip(ticks) {
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let offset = fake_at - wall_ns()? / 1_000_000_000;
+        *shared
+            .dst_offset_s
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(offset);
+        fire_tick(shared, &mut rng, &stderr, tick, window_ms, fail_percent)?;
     }
     Ok(())
 }

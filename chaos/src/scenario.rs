@@ -60,20 +60,24 @@ pub enum Chaos {
     /// Ticks of `gcslock run --once-per PERIOD`: in each, every worker fires once
     /// at a random offset within `window_ms` after a period boundary; a job fails
     /// (exit 1) with `fail_percent` % probability; `kills` holders are SIGKILLed
-    /// over the scenario (see `runner::once_per_ticks`).
+    /// over the scenario (see `runner::once_per_ticks`). With `dst`, the ticks fire
+    /// just before and just after the daylight-saving changes of `dst::CHANGES`,
+    /// on faked New York wall clocks, instead of at period boundaries (see
+    /// `runner::dst_ticks`).
     OncePer {
         ticks: u32,
         period_s: u64,
         window_ms: u64,
         fail_percent: u32,
         kills: u32,
+        dst: bool,
     },
 }
 
 #[derive(Clone, Debug)]
 pub struct Scenario {
     pub name: &'static str,
-    /// Short id: a, b, c, c2, d, e, f, h, i, j, k, g.
+    /// Short id: a, b, c, c2, d, e, f, h, i, j, k, l, g.
     pub id: &'static str,
     pub what: &'static str,
     pub workers: u32,
@@ -153,7 +157,7 @@ pub fn budget(profile: Profile) -> Option<Duration> {
 /// The least wall time a scenario is given under a budget.
 pub const MIN_SCENARIO: Duration = Duration::from_secs(8);
 
-/// The scenarios of a profile, in order (a) to (f), (h) to (l) (and (g) for soak).
+/// The scenarios of a profile, in order (a) to (f), (h) to (m) (and (g) for soak).
 pub fn scenarios(profile: Profile) -> Vec<Scenario> {
     let soak = profile == Profile::Soak;
     let (workers, iterations) = if soak { (8, 12) } else { (6, 3) };
@@ -327,6 +331,7 @@ pub fn scenarios(profile: Profile) -> Vec<Scenario> {
             window_ms: 1_500,
             fail_percent: 35,
             kills: if soak { 4 } else { 1 },
+            dst: false,
         },
         hold_ms: (300, 700),
         wait: "6s",
@@ -339,6 +344,28 @@ pub fn scenarios(profile: Profile) -> Vec<Scenario> {
              failed slots retried, nothing overlaps",
             if soak { 5 } else { 4 },
             if soak { 8 } else { 3 },
+        )
+    });
+    list.push(Scenario {
+        chaos: Chaos::OncePer {
+            ticks: crate::dst::TICKS,
+            period_s: 2 * 3600,
+            window_ms: 1_500,
+            fail_percent: 35,
+            kills: 0,
+            dst: true,
+        },
+        hold_ms: (300, 700),
+        wait: "6s",
+        wall_limit: limit(60, 90),
+        ..base(
+            "once-per-dst",
+            "l",
+            "`run --once-per 2h` in America/New_York (TZ, faketime) just before and after both \
+             DST changes of 2025: the slot after the spring change runs, the repeated hour \
+             after the autumn change is the slot before it (done); nothing skipped or doubled",
+            4,
+            crate::dst::TICKS,
         )
     });
     list.push(Scenario {
@@ -356,7 +383,7 @@ pub fn scenarios(profile: Profile) -> Vec<Scenario> {
         wall_limit: limit(40, 150),
         ..base(
             "escape",
-            "l",
+            "m",
             "a holder's link to storage black-holed while its job's helper runs in a session of \
              its own (setsid, as daemons do; `timeout` leaves the process group the same way): \
              the boundary (the cgroup) must stop the helper too before waiters take over",
@@ -399,8 +426,8 @@ mod tests {
             let list = scenarios(profile);
             let ids: Vec<&str> = list.iter().map(|s| s.id).collect();
             assert_eq!(
-                ids[..12],
-                ["a", "b", "c", "c2", "d", "e", "f", "h", "i", "j", "k", "l"]
+                ids[..13],
+                ["a", "b", "c", "c2", "d", "e", "f", "h", "i", "j", "k", "l", "m"]
             );
             for s in &list {
                 assert!(s.refresh_ms * 8 <= s.ttl_ms, "{}", s.name);

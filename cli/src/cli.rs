@@ -73,6 +73,14 @@ pub enum Command {
     )]
     Run(cmd::run::RunArgs),
 
+    /// Campaign for leadership; run a command while leading, campaign again after
+    #[command(long_about = cmd::elect::LONG_ABOUT, after_long_help = exit::HELP)]
+    Elect(cmd::elect::ElectArgs),
+
+    /// Print who leads an election, and every change, until interrupted
+    #[command(after_long_help = cmd::observe::HELP)]
+    Observe(cmd::observe::ObserveArgs),
+
     /// Show whether a lock is free, released, held or stale, and by whom
     #[command(after_long_help = cmd::status::HELP)]
     Status(cmd::status::StatusArgs),
@@ -103,6 +111,8 @@ impl Command {
     pub fn url(&self) -> Option<String> {
         match self {
             Self::Run(args) => Some(args.url.to_string()),
+            Self::Elect(args) => Some(args.url.to_string()),
+            Self::Observe(args) => Some(args.url.to_string()),
             Self::Status(args) => Some(args.url.to_string()),
             Self::List(args) => Some(args.url.to_string()),
             Self::Break(args) => Some(args.url.to_string()),
@@ -124,6 +134,8 @@ impl Command {
     pub fn storage_timeout(&self) -> Option<std::time::Duration> {
         match self {
             Self::Run(args) => Some(args.storage_timeout),
+            Self::Elect(args) => Some(args.storage_timeout),
+            Self::Observe(_) => None,
             Self::Status(args) => Some(args.storage_timeout.duration),
             Self::List(args) => Some(args.storage_timeout.duration),
             Self::Break(args) => Some(args.storage_timeout.duration),

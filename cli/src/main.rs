@@ -85,6 +85,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let budget = cli.global.storage_budget;
     match cli.command {
         Command::Run(args) => cmd::run::run(&cli.global, args).await,
+        Command::Elect(args) => cmd::elect::elect(&cli.global, args).await,
+        Command::Observe(args) => cmd::observe::observe(&cli.global, &args).await,
         // Storage only: --storage-timeout bounds the whole command.
         Command::Status(args) => within(budget, cmd::status::status(&cli.global, &args)).await,
         Command::List(args) => within(budget, cmd::list::list(&cli.global, &args)).await,

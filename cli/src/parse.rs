@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use gcslock::once_per::SlotZone;
 use gcslock::{Ttl, Wait};
 
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
@@ -19,6 +20,14 @@ pub fn parse_ttl(value: &str) -> Result<Ttl, String> {
                 format!("{error} (expected a duration such as 30s or 5m, or `forever`)")
             }),
     }
+}
+
+/// A time zone for `--once-per` periods: an IANA name in the system's zone database.
+pub fn parse_timezone(value: &str) -> Result<SlotZone, String> {
+    SlotZone::named(value.trim()).map_err(|error| match error {
+        gcslock::Error::InvalidInput(why) => why,
+        other => other.to_string(),
+    })
 }
 
 pub fn parse_wait(value: &str) -> Result<Wait, String> {

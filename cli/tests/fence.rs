@@ -501,7 +501,7 @@ async fn case_unfenced_objects_are_refused_unless_adopted(t: Target) {
         .write(FencingToken::new(9), &BodySource::from("fenced"))
         .await;
     assert!(
-        matches!(&result, Err(FenceError::Unfenced { why, .. }) if why.contains("not a number")),
+        matches!(&result, Err(FenceError::Unfenced { why, .. }) if why.contains("not a fencing token")),
         "{result:?}"
     );
 

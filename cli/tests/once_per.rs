@@ -23,7 +23,16 @@ fn once(
     extra: &[&str],
     script: &str,
 ) -> Command {
-    let mut args = vec!["run", "--identity", identity, "--once-per", period];
+    // The machine's own zone varies; these tests name periods in UTC.
+    let mut args = vec![
+        "run",
+        "--identity",
+        identity,
+        "--once-per",
+        period,
+        "--timezone",
+        "UTC",
+    ];
     args.extend_from_slice(extra);
     args.extend_from_slice(&[url, "--", "sh", "-c", script]);
     gcslock(Some(emulator), &args)
@@ -178,26 +187,32 @@ async fn the_next_period_runs_again() {
     );
 }
 
-/// `gcslock run --once-per 1h ... -- echo ran` on a machine whose wall clock reads
-/// `clock` (a faketime start time: the clock starts there and runs on).
-fn at_clock(emulator: &Emulator, url: &str, identity: &str, clock: &str) -> Command {
+/// `gcslock run --once-per PERIOD EXTRA URL -- echo ran` under faketime: `clock` is
+/// faketime's argument(s) (`["2026-01-01 10:00:00"]`, a start time read in zone `tz`
+/// that runs on from there, or `["-f", "+1d"]`, an offset), `tz` the machine's `TZ`.
+fn faked(
+    emulator: &Emulator,
+    url: &str,
+    identity: &str,
+    clock: &[&str],
+    tz: &str,
+    period: &str,
+    extra: &[&str],
+) -> Command {
     let mut command = Command::new("faketime");
     command
-        .args([
-            clock,
-            BIN,
-            "run",
-            "--identity",
-            identity,
-            "--once-per",
-            "1h",
-        ])
+        .args(clock)
+        .args([BIN, "run", "--identity", identity, "--once-per", period])
+        .args(extra)
         .args([url, "--", "sh", "-c", "echo ran"])
         // Only the wall clock is skewed; the lease runs on the monotonic clock.
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("TZ", tz)
         .env("STORAGE_EMULATOR_HOST", &emulator.endpoint)
         .env_remove("GCSLOCK_TOKEN")
         .env_remove("GCSLOCK_URL")
+        .env_remove("GCSLOCK_TIMEZONE")
+        .env_remove("GCSLOCK_ONCE_PER")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -205,21 +220,34 @@ fn at_clock(emulator: &Emulator, url: &str, identity: &str, clock: &str) -> Comm
     command
 }
 
+/// `gcslock run --once-per 1h ... -- echo ran` on a UTC machine whose wall clock
+/// reads `clock` (a faketime start time: the clock starts there and runs on).
+fn at_clock(emulator: &Emulator, url: &str, identity: &str, clock: &str) -> Command {
+    faked(emulator, url, identity, &[clock], "UTC", "1h", &[])
+}
+
+/// Whether faketime runs here; in CI it must (apt-get install faketime).
+fn has_faketime() -> bool {
+    let works = std::process::Command::new("faketime")
+        .args(["2026-01-01 00:00:00", "true"])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !works {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "faketime is required in CI (apt-get install faketime)"
+        );
+        eprintln!("once_per: SKIPPED: faketime is not installed");
+    }
+    works
+}
+
 #[tokio::test]
 async fn machines_with_skewed_clocks_agree_on_the_slot() {
     let Some(emulator) = Emulator::strict() else {
         return;
     };
-    let has_faketime = std::process::Command::new("faketime")
-        .args(["2026-01-01 00:00:00", "true"])
-        .status()
-        .is_ok_and(|status| status.success());
-    if !has_faketime {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "faketime is required in CI (apt-get install faketime)"
-        );
-        eprintln!("once_per: SKIPPED skewed clocks: faketime is not installed");
+    if !has_faketime() {
         return;
     }
     let url = emulator.url("once-skew");
@@ -238,7 +266,7 @@ async fn machines_with_skewed_clocks_agree_on_the_slot() {
         } else {
             let stderr = text(&out.stderr);
             assert!(
-                stderr.contains("the 1h slot starting 2026-01-01T10:00:00Z is already done"),
+                stderr.contains("the 1h slot starting 2026-01-01T10:00:00Z (UTC) is already done"),
                 "{stderr}"
             );
         }
@@ -250,7 +278,7 @@ async fn machines_with_skewed_clocks_agree_on_the_slot() {
     assert!(!ran(&behind), "{}", describe(&behind));
     assert!(
         text(&behind.stderr).contains(
-            "the 1h slot starting 2026-01-01T09:00:00Z is already done: \
+            "the 1h slot starting 2026-01-01T09:00:00Z (UTC) is already done: \
              the later slot starting 2026-01-01T10:00:00Z was completed "
         ),
         "{}",
@@ -263,6 +291,202 @@ async fn machines_with_skewed_clocks_agree_on_the_slot() {
         status["last_completed"]["slot_start"],
         "2026-01-01T11:00:00.000Z"
     );
+}
+
+/// Issue 16, item 6: a daily job at 19:30 in New York, with `--once-per 1d`, ran on
+/// 2026-03-07 (00:30 UTC on the 8th) and was skipped on 2026-03-08 (23:30 UTC on the
+/// 8th): UTC-aligned periods. Periods are local calendar days now.
+#[tokio::test]
+async fn a_daily_job_runs_on_both_days_around_a_dst_change() {
+    let Some(emulator) = Emulator::strict() else {
+        return;
+    };
+    if !has_faketime() {
+        return;
+    }
+    let url = emulator.url("once-dst");
+    let zone = "America/New_York";
+    for (machine, day) in [("sat", "2026-03-07"), ("sun", "2026-03-08")] {
+        let clock = format!("{day} 19:30:00");
+        let out = output(faked(&emulator, &url, machine, &[&clock], zone, "1d", &[])).await;
+        assert_eq!(code(&out), 0, "{machine}: {}", describe(&out));
+        assert!(ran(&out), "{machine} must run: {}", describe(&out));
+        let again = output(faked(&emulator, &url, "again", &[&clock], zone, "1d", &[])).await;
+        assert!(!ran(&again), "{}", describe(&again));
+        assert!(
+            text(&again.stderr).contains(&format!(
+                "the 1d slot starting {day}T00:00:00-05:00 (America/New_York) is already done"
+            )),
+            "{}",
+            describe(&again)
+        );
+    }
+    let status = status_json(Some(&emulator), &url).await;
+    let completed = &status["last_completed"];
+    assert_eq!(completed["zone"], zone, "{status}");
+    assert_eq!(completed["slot_start_local"], "2026-03-08T00:00:00-05:00");
+    assert_eq!(completed["period_s"], 86_400);
+    // --timezone names the zone whatever TZ says; the same day in UTC is another
+    // calendar, so the New York completion does not count there: it runs, and warns.
+    let utc = output(faked(
+        &emulator,
+        &url,
+        "utc",
+        &["2026-03-08 23:40:00"],
+        zone,
+        "1d",
+        &["--timezone", "UTC"],
+    ))
+    .await;
+    assert!(ran(&utc), "{}", describe(&utc));
+    let stderr = text(&utc.stderr);
+    assert!(
+        stderr.contains("this run's periods are in time zone UTC, but the lock's last completion is in America/New_York"),
+        "{stderr}"
+    );
+}
+
+/// Issue 16, item 7: a machine whose clock was a day fast recorded tomorrow's period,
+/// and every correct machine then exited 0 "already done" without running.
+#[tokio::test]
+async fn a_fast_clock_does_not_silence_the_fleet() {
+    let Some(emulator) = Emulator::strict() else {
+        return;
+    };
+    if !has_faketime() {
+        return;
+    }
+    let url = emulator.url("once-fast");
+    let fast = output(faked(
+        &emulator,
+        &url,
+        "fast",
+        &["-f", "+1d"],
+        "UTC",
+        "1d",
+        &[],
+    ))
+    .await;
+    assert!(ran(&fast), "{}", describe(&fast));
+    // It is never refused, and says its clock is off.
+    assert!(
+        text(&fast.stderr).contains("this machine's clock is 1d"),
+        "{}",
+        describe(&fast)
+    );
+    assert!(text(&fast.stderr).contains("ahead of the storage server's"));
+    let correct = output(once(&emulator, &url, "correct", "1d", &[], "echo ran")).await;
+    assert_eq!(code(&correct), 0, "{}", describe(&correct));
+    assert!(
+        ran(&correct),
+        "a correct clock must run: {}",
+        describe(&correct)
+    );
+    let stderr = text(&correct.stderr);
+    assert!(stderr.contains("completed by \"fast\""), "{stderr}");
+    assert!(
+        stderr.contains("after the storage server's clock"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("it does not count"), "{stderr}");
+    // Its completion replaced tomorrow's: the next correct machine is done.
+    let next = output(once(&emulator, &url, "next", "1d", &[], "echo ran")).await;
+    assert!(!ran(&next), "{}", describe(&next));
+}
+
+/// Issue 19: `--once-per 2h` after `--once-per 1h` on one lock silently ran again;
+/// it still runs (the other period's completion does not count), and warns.
+#[tokio::test]
+async fn mixing_periods_on_one_lock_warns() {
+    let Some(emulator) = Emulator::strict() else {
+        return;
+    };
+    let url = emulator.url("once-mixed");
+    let hourly = output(once(&emulator, &url, "hourly", "1h", &[], "echo ran")).await;
+    assert!(ran(&hourly), "{}", describe(&hourly));
+    let two = output(once(&emulator, &url, "two", "2h", &[], "echo ran")).await;
+    assert!(ran(&two), "{}", describe(&two));
+    let stderr = text(&two.stderr);
+    assert!(
+        stderr.contains("this run's period is 2h, but the lock's last completion is of period 1h"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("use one lock object per schedule"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn time_zones_are_checked() {
+    let Some(emulator) = Emulator::strict() else {
+        return;
+    };
+    let url = emulator.url("once-zone");
+    let unknown = output(gcslock(
+        Some(&emulator),
+        &[
+            "run",
+            "--once-per",
+            "1h",
+            "--timezone",
+            "Mars/Olympus_Mons",
+            &url,
+            "--",
+            "true",
+        ],
+    ))
+    .await;
+    assert_eq!(code(&unknown), 64, "{}", describe(&unknown));
+    assert!(
+        text(&unknown.stderr).contains("unknown time zone \"Mars/Olympus_Mons\""),
+        "{}",
+        describe(&unknown)
+    );
+    // A period that does not fit the calendar is a usage error too.
+    let odd = output(once(&emulator, &url, "a", "7m", &[], "echo ran")).await;
+    assert_eq!(code(&odd), 64, "{}", describe(&odd));
+    assert!(text(&odd.stderr).contains("does not fit the calendar"));
+    // TZ names the default zone; a POSIX rule has no name to record.
+    let mut posix = gcslock(
+        Some(&emulator),
+        &[
+            "run",
+            "--once-per",
+            "1h",
+            &url,
+            "--",
+            "sh",
+            "-c",
+            "echo ran",
+        ],
+    );
+    posix.env("TZ", "EST5EDT,M3.2.0,M11.1.0");
+    let posix = output(posix).await;
+    assert_eq!(code(&posix), 64, "{}", describe(&posix));
+    assert!(
+        text(&posix.stderr).contains("--timezone"),
+        "{}",
+        describe(&posix)
+    );
+    let mut paris = gcslock(
+        Some(&emulator),
+        &[
+            "run",
+            "--once-per",
+            "1h",
+            &url,
+            "--",
+            "sh",
+            "-c",
+            "echo ran",
+        ],
+    );
+    paris.env("TZ", "Europe/Paris");
+    let paris = output(paris).await;
+    assert!(ran(&paris), "{}", describe(&paris));
+    let status = status_json(Some(&emulator), &url).await;
+    assert_eq!(status["last_completed"]["zone"], "Europe/Paris");
 }
 
 #[tokio::test]

@@ -372,7 +372,11 @@ fn systemd_example_units_say_what_counts_as_success() {
     assert_eq!(single(&service, "Service", "KillMode"), "mixed");
 
     let timer = parse_unit(&read_example("gcslock-nightly.timer"));
-    assert_eq!(single(&timer, "Timer", "OnCalendar"), "*-*-* 02:00:00");
+    // Ticks within one night, so that --once-per 1d retries a failed run.
+    assert_eq!(
+        single(&timer, "Timer", "OnCalendar"),
+        "*-*-* 02..05:00/15:00"
+    );
     let persistent = single(&timer, "Timer", "Persistent");
     assert!(["true", "false"].contains(&persistent), "{persistent}");
     assert_eq!(single(&timer, "Install", "WantedBy"), "timers.target");
@@ -412,6 +416,57 @@ fn systemd_example_units_pass_systemd_analyze_verify() {
     );
 }
 
+/// The election example: a daemon under `gcslock elect` on every machine.
+#[test]
+fn systemd_election_unit_campaigns_on_every_machine() {
+    let service = parse_unit(&read_example("gcslock-scheduler.service"));
+    let exec_start = words(single(&service, "Service", "ExecStart"));
+    assert_eq!(
+        exec_start[..2],
+        ["/usr/bin/gcslock", "elect"],
+        "{exec_start:?}"
+    );
+    let separator = exec_start.iter().position(|w| w == "--").expect("--");
+    assert_eq!(
+        exec_start[separator - 1],
+        "gs://my-bucket/elections/scheduler"
+    );
+    assert_eq!(exec_start[2..separator - 1], ["--ttl", "30s"]);
+    assert_eq!(single(&service, "Service", "Type"), "exec");
+    assert_eq!(single(&service, "Service", "KillMode"), "mixed");
+    assert_eq!(single(&service, "Service", "SuccessExitStatus"), "143");
+    assert_eq!(single(&service, "Service", "Restart"), "on-failure");
+    assert!(
+        single(&service, "Service", "Environment").starts_with("GOOGLE_APPLICATION_CREDENTIALS=")
+    );
+    assert_eq!(single(&service, "Install", "WantedBy"), "multi-user.target");
+    let available = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !available {
+        eprintln!("SKIPPED systemd-analyze verify: systemd-analyze is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unit = dir.path().join("gcslock-scheduler.service");
+    let text = read_example("gcslock-scheduler.service")
+        .replace("/usr/bin/gcslock", BIN)
+        .replace("/usr/local/bin/scheduler", "/bin/true");
+    std::fs::write(&unit, text).expect("write");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "{}",
+        describe(&out)
+    );
+}
+
 fn crontab_command() -> Vec<String> {
     let crontab = read_example("crontab");
     let entries: Vec<&str> = crontab
@@ -430,7 +485,8 @@ fn crontab_command() -> Vec<String> {
         panic!("one crontab entry expected: {entries:?}");
     };
     let fields = words(entry);
-    assert_eq!(fields[..5], ["0", "2", "*", "*", "*"], "{entry}");
+    // Ticks within one night, so that --once-per 1d retries a failed run.
+    assert_eq!(fields[..5], ["*/15", "2-5", "*", "*", "*"], "{entry}");
     fields[5..].to_vec()
 }
 
@@ -525,6 +581,13 @@ fn cronjob_example_forbids_overlap_and_mounts_credentials() {
         assert!(at(pod, &["volumes", "0", "secret", "secretName"]).is_string());
     }
 
+    // The period follows the schedule's zone.
+    assert_eq!(string_at(&job, &["spec", "schedule"]), "*/15 2-5 * * *");
+    assert_eq!(
+        env.get("GCSLOCK_TIMEZONE").copied(),
+        Some(string_at(&job, &["spec", "timeZone"]))
+    );
+
     let command = cronjob_command();
     assert_eq!(command[..2], ["/usr/bin/gcslock", "run"], "{command:?}");
     // A Job succeeds only on 0: busy must map to it.
@@ -533,6 +596,24 @@ fn cronjob_example_forbids_overlap_and_mounts_credentials() {
         .position(|word| word == "--busy-exit-code")
         .and_then(|index| command.get(index + 1));
     assert_eq!(busy_code.map(String::as_str), Some("0"), "{command:?}");
+}
+
+/// Each example says how a failed run is retried (the next tick of its schedule).
+#[test]
+fn scheduler_examples_say_how_a_failed_run_is_retried() {
+    for name in [
+        "crontab",
+        "gcslock-nightly.service",
+        "gcslock-nightly.timer",
+        "cronjob.yaml",
+    ] {
+        let text = read_example(name);
+        assert!(
+            text.contains("Retries:") || text.contains("retries it"),
+            "{name} does not say how a failed run is retried"
+        );
+        assert!(!text.contains("--once-per 1h"), "{name}: a daily schedule");
+    }
 }
 
 /// Each example's `gcslock run` with its own options, URL and TTL, and the job
@@ -552,7 +633,8 @@ async fn example_command_lines_run_against_the_emulator() {
         let url = &command[separator - 1];
         assert_eq!(url, "gs://my-bucket/locks/nightly-report", "{name}");
         let options = &command[2..separator - 1];
-        for (option, value) in [("--ttl", "5m"), ("--wait", "2m"), ("--once-per", "1h")] {
+        // Daily schedules (a night's ticks): one run per day, not per hour.
+        for (option, value) in [("--ttl", "5m"), ("--wait", "2m"), ("--once-per", "1d")] {
             let given = options
                 .iter()
                 .position(|word| word == option)

@@ -2,9 +2,11 @@
 
 pub mod break_lock;
 pub mod cat;
+pub mod elect;
 mod fenced;
 pub mod generate;
 pub mod list;
+pub mod observe;
 pub mod put;
 pub mod run;
 pub mod status;

@@ -10,7 +10,7 @@ use gcslock::{HeldStatus, Lock, LockOptions, LockStatus, Ttl};
 use serde::Serialize;
 
 use crate::global::GlobalArgs;
-use crate::output::{duration, escape, held_by, print_lines, short_duration, timestamp};
+use crate::output::{escape, held_by, print_lines, short_duration, timestamp};
 use crate::parse::parse_duration;
 use crate::target::LockTarget;
 
@@ -43,7 +43,9 @@ Text output shows control and bidi characters read from storage escaped as \\u{.
 \"released_at\", \"generation\", \"metageneration\", \"reason\"}; absent fields are omitted.
 A forever lock has \"ttl_forever\": true instead of \"ttl_ms\"; \"last_heard_ms\" is the server's
 time since the last refresh. A lock used with `run --once-per` has \"last_completed\":
-{\"period_s\", \"slot\", \"slot_start\", \"completed_at\" (server clock), \"completed_by\"}.
+{\"period_s\", \"slot\", \"zone\", \"slot_start\", \"slot_start_local\", \"completed_at\" (server
+clock), \"completed_by\"}, or \"last_completed_unreadable\" (why its keys are ignored).
+A lock held by a `gcslock elect` leader has \"value\": the value it publishes (--value).
 
 Exit codes: 0 when the lock could be read, whatever its state; otherwise as for run.";
 
@@ -130,9 +132,20 @@ pub fn describe(url: &str, status: &LockStatus) -> String {
         LockStatus::NotALock { why } => format!("{url}: not a gcslock lock: {}", escape(why)),
         _ => format!("{url}: in a state this version cannot describe"),
     };
-    match status.last_completed() {
-        Some(done) => format!("{line}; last completed {}", completed_text(done)),
-        None => line,
+    // The value of the term in force only: a stale leader's is no one's.
+    let line = match status {
+        LockStatus::Held(HeldStatus {
+            value: Some(value), ..
+        }) => format!("{line}; leader value \"{}\"", escape(value)),
+        _ => line,
+    };
+    match (status.last_completed(), status.unreadable_completion()) {
+        (Some(done), _) => format!("{line}; last completed {}", completed_text(done)),
+        (None, Some(why)) => format!(
+            "{line}; last completed: unreadable, ignored ({})",
+            escape(why)
+        ),
+        (None, None) => line,
     }
 }
 
@@ -143,12 +156,12 @@ fn ttl_text(ttl: Ttl) -> String {
     }
 }
 
-/// "the 1h slot starting 2026-01-01T10:00:00Z (completed 2026-01-01T10:00:42.123Z by host:12)"
+/// "the 1d slot starting 2026-03-08T00:00:00-05:00 (America/New_York), completed
+/// 2026-03-08T19:30:42.123Z by host:12"
 pub fn completed_text(done: &CompletedSlot) -> String {
     format!(
-        "the {} slot starting {} (completed {} by {})",
-        duration(done.slot.period()),
-        timestamp(&done.slot.start()),
+        "{}, completed {} by {}",
+        done.slot,
         timestamp(&done.completed_at),
         escape(&done.completed_by)
     )
@@ -186,6 +199,13 @@ pub struct StatusView<'a> {
     reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_completed: Option<CompletedView<'a>>,
+    /// Why the completed-slot keys could not be read (they are ignored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_completed_unreadable: Option<&'a str>,
+    /// The value an election's leader publishes (`gcslock elect --value`); only
+    /// while held, never a stale term's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a str>,
 }
 
 /// The last completed slot (`run --once-per`) in JSON.
@@ -193,7 +213,11 @@ pub struct StatusView<'a> {
 struct CompletedView<'a> {
     period_s: u64,
     slot: u64,
+    /// The IANA zone whose calendar the period follows.
+    zone: String,
     slot_start: String,
+    /// The slot's start as the zone's wall clock reads it (RFC 3339 with offset).
+    slot_start_local: String,
     completed_at: String,
     completed_by: &'a str,
 }
@@ -203,7 +227,12 @@ impl<'a> CompletedView<'a> {
         Self {
             period_s: done.slot.period().as_secs(),
             slot: done.slot.index(),
+            zone: done.slot.zone().name().to_owned(),
             slot_start: timestamp(&done.slot.start()),
+            slot_start_local: done
+                .slot
+                .local_start()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             completed_at: timestamp(&done.completed_at),
             completed_by: &done.completed_by,
         }
@@ -228,6 +257,8 @@ impl<'a> StatusView<'a> {
             metageneration: None,
             reason: None,
             last_completed: status.last_completed().map(CompletedView::new),
+            last_completed_unreadable: status.unreadable_completion(),
+            value: None,
         };
         let held = |state, held: &'a HeldStatus| Self {
             token: Some(held.token.value()),
@@ -253,7 +284,10 @@ impl<'a> StatusView<'a> {
                 released_at: Some(timestamp(released_at)),
                 ..empty("released", true)
             },
-            LockStatus::Held(status) => held("held", status),
+            LockStatus::Held(status) => Self {
+                value: status.value.as_deref(),
+                ..held("held", status)
+            },
             LockStatus::Stale(status) => held("stale", status),
             LockStatus::NotALock { why } => Self {
                 reason: Some(why),
@@ -340,8 +374,8 @@ mod tests {
         assert!(line.contains("ttl forever"), "{line}");
         assert!(
             line.ends_with(
-                "; last completed the 1h slot starting 1970-01-01T10:00:00.000Z \
-                 (completed 2026-01-01T10:00:42.000Z by host:9)"
+                "; last completed the 1h slot starting 1970-01-01T10:00:00Z (UTC), \
+                 completed 2026-01-01T10:00:42.000Z by host:9"
             ),
             "{line}"
         );
@@ -352,6 +386,11 @@ mod tests {
         assert_eq!(json["last_heard_ms"], 3 * 3600 * 1000);
         assert_eq!(json["last_completed"]["period_s"], 3600);
         assert_eq!(json["last_completed"]["slot"], 10);
+        assert_eq!(json["last_completed"]["zone"], "UTC");
+        assert_eq!(
+            json["last_completed"]["slot_start_local"],
+            "1970-01-01T10:00:00Z"
+        );
         assert_eq!(
             json["last_completed"]["slot_start"],
             "1970-01-01T10:00:00.000Z"
@@ -361,5 +400,35 @@ mod tests {
             "2026-01-01T10:00:42.000Z"
         );
         assert_eq!(json["last_completed"]["completed_by"], "host:9");
+    }
+
+    /// Unreadable done keys are ignored, and said so (text and JSON).
+    #[tokio::test(start_paused = true)]
+    async fn says_when_the_completed_slot_is_unreadable() {
+        let memory = Arc::new(MemoryBackend::new("b"));
+        let mut metadata = held(Ttl::Finite(Duration::from_secs(60))).to_metadata();
+        metadata.insert("gcslock-done-slot".into(), "12".into()); // alone: partial
+        memory
+            .write("o", WriteCondition::DoesNotExist, &metadata)
+            .await
+            .unwrap();
+        let status = Lock::new(memory, "o", LockOptions::default())
+            .unwrap()
+            .status()
+            .await
+            .unwrap();
+        let line = describe("gs://b/o", &status);
+        assert!(
+            line.contains("; last completed: unreadable, ignored (the completed-slot keys"),
+            "{line}"
+        );
+        let json = serde_json::to_value(StatusView::new("gs://b/o", &status)).unwrap();
+        assert!(json.get("last_completed").is_none());
+        assert!(
+            json["last_completed_unreadable"]
+                .as_str()
+                .is_some_and(|why| why.contains("all present or all absent")),
+            "{json}"
+        );
     }
 }

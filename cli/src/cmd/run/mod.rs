@@ -23,7 +23,7 @@ use std::ffi::OsString;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use gcslock::once_per::{CompletedSlot, PeriodGuard, Slot, SlotAcquire};
+use gcslock::once_per::{CompletedSlot, PeriodGuard, Slot, SlotAcquire, SlotZone};
 use gcslock::{Guard, Lock, LockOptions, Ttl, Wait};
 use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,7 @@ use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
 use crate::logging::OUTCOME;
 use crate::output::{holder_summary, short_duration, timestamp};
-use crate::parse::{parse_duration, parse_ttl, parse_wait};
+use crate::parse::{parse_duration, parse_timezone, parse_ttl, parse_wait};
 use crate::target::LockTarget;
 
 pub const LONG_ABOUT: &str = "\
@@ -84,17 +84,20 @@ If gcslock itself dies (even of SIGKILL), the command dies too: the kernel kills
 its own, kills the command's whole process group.
 
 Once per period (--once-per PERIOD, e.g. `*/5 * * * * gcslock run --once-per 1h URL -- job`:
-hourly, retried every five minutes until one machine succeeds): the run belongs to the slot
-floor(unix time / PERIOD) of this machine's wall clock when gcslock starts. The command starts
-only if the lock records no completed run of that slot (or a later one) for this PERIOD, and
-the lock is free. When the command exits 0 with the lease valid to the end, the release
-records the slot as completed, in the same conditional write; no extra request is made. When
-it fails (non-zero exit, signal, lost lease, --max-runtime), the slot stays open: another
-machine waiting with --wait, or a later cron tick in the same period, runs it. A run whose slot
-is already completed does not start the command and exits 0 (--done-exit-code), with one line
-on stderr saying when the slot completed (server clock) and by whom; a waiter that sees the
-slot completed stops waiting at once. The wall clock only names the slot: clocks must agree to
-within the time between the period boundary and the cron firing time.
+hourly, retried every five minutes until one machine succeeds): periods follow the calendar of
+the local time zone as cron sees it (TZ, else the system zone; --timezone to name one), and the
+run belongs to the period its wall clock is in when gcslock starts: a local calendar day for 1d
+(23 or 25 hours at a daylight-saving change), a part of the local day for a shorter period
+(which must divide 24h evenly), local days counted from 1970-01-01 for several days. The
+command starts only if the lock records no completed run of that period (or a later one) of
+this PERIOD and zone, and the lock is free. When the command exits 0 with the lease valid to
+the end, the release records the period as completed, in the same conditional write; no extra
+request is made. When it fails (non-zero exit, signal, lost lease, --max-runtime), the period
+stays open: another machine waiting with --wait, or a later cron tick, runs it. A run whose
+period is already completed does not start the command and exits 0 (--done-exit-code), with one
+line on stderr saying when it completed (server clock) and by whom. A completion of another
+period or zone, or of a period that starts more than 5 minutes after the storage server's
+clock (a machine whose clock is fast), does not count: the command runs, with a warning.
 
 --max-runtime DURATION (more than zero): once the command has run that long, its process group gets SIGTERM,
 and SIGKILL after --kill-grace; gcslock releases the lock and exits 124.
@@ -133,10 +136,16 @@ pub struct RunArgs {
     )]
     pub ttl: Ttl,
 
-    /// Run at most once per PERIOD slot of this machine's wall clock (10m, 1h, 1d;
-    /// whole seconds, 1s to 366d); a failed run leaves the slot to a retry
+    /// Run at most once per PERIOD of the local calendar (10m, 1h, 1d, 7d: dividing 24h
+    /// evenly, or whole days up to 366d); a failed run leaves the period to a retry
     #[arg(long, env = "GCSLOCK_ONCE_PER", value_name = "PERIOD", value_parser = parse_duration)]
     pub once_per: Option<Duration>,
+
+    /// The time zone whose calendar --once-per periods follow: an IANA name
+    /// (Europe/Paris) or UTC. Default: the local zone as cron sees it (TZ, else the
+    /// system's)
+    #[arg(long, env = "GCSLOCK_TIMEZONE", value_name = "ZONE", value_parser = parse_timezone)]
+    pub timezone: Option<SlotZone>,
 
     /// Exit code when --once-per finds this period's slot already completed
     #[arg(
@@ -236,10 +245,14 @@ fn kill_grace(requested: Option<Duration>, lock: &Lock) -> Result<Duration, Code
 pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     // Catch signals before anything can take time, so none is lost or kills us.
     let mut signals = Signals::install()?;
-    // The slot is named by the wall clock at start: the clock that made cron fire.
+    // The slot is named by the wall clock at start, the clock that made cron fire,
+    // in the calendar of the zone cron fires by.
     let slot = args
         .once_per
-        .map(|period| Slot::containing(SystemTime::now(), period))
+        .map(|period| {
+            let zone = args.timezone.map_or_else(SlotZone::local, Ok)?;
+            Slot::containing_in(SystemTime::now(), period, zone)
+        })
         .transpose()?;
     let backend = args.url.backend(global)?;
     let options = match args.ttl {
@@ -324,6 +337,15 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     end.code
 }
 
+/// `run`'s --kill-grace rule and containment boundary, for `elect`, which runs its
+/// command through the same [`run_job`].
+pub(crate) fn job_settings(
+    requested_grace: Option<Duration>,
+    lock: &Lock,
+) -> Result<(Duration, Option<boundary::Kind>), Coded> {
+    Ok((kill_grace(requested_grace, lock)?, boundary::requested()?))
+}
+
 /// Refuses a --max-runtime of zero (it would stop the command at once) and one
 /// past the end of the clock (it would never come).
 fn check_max_runtime(
@@ -352,25 +374,22 @@ fn check_max_runtime(
     Ok(())
 }
 
-/// "the 1h slot starting 2026-01-01T10:00:00Z is already done: completed ... by ...",
-/// naming the later slot that was completed if it is not ours.
+/// "the 1d slot starting 2026-03-08T00:00:00-05:00 (America/New_York) is already
+/// done: completed ... by ...", naming the later slot that was completed if it is
+/// not ours.
 fn done_line(ours: Option<Slot>, done: &CompletedSlot) -> String {
     let start = |slot: &Slot| {
-        slot.start()
+        slot.local_start()
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     };
-    let period = short_duration(done.slot.period());
     let which = match ours {
         Some(ours) if ours != done.slot => format!(
-            "the {period} slot starting {} is already done: the later slot starting {} was",
-            start(&ours),
+            "{ours} is already done: the later slot starting {} was",
             start(&done.slot)
         ),
-        _ => format!(
-            "the {period} slot starting {} is already done:",
-            start(&done.slot)
-        ),
+        _ => format!("{} is already done:", done.slot),
     };
+    // Log lines are escaped whole when printed (`logging`).
     format!(
         "{which} completed {} by {}",
         timestamp(&done.completed_at),
