@@ -586,6 +586,9 @@ fn launch(
     if scenario.helper {
         command.arg("--helper");
     }
+    if scenario.helper_leaves {
+        command.arg("--helper-setsid");
+    }
     if ctx.fenced {
         command
             .args([

@@ -102,6 +102,8 @@ pub struct Scenario {
     pub term_delay_ms: u64,
     /// The recorder starts a helper process in its group, living as long as the hold.
     pub helper: bool,
+    /// The helper leaves the recorder's process group and session (`setsid`).
+    pub helper_leaves: bool,
     /// Record each recorder's and helper's death as soon as it is seen (a thread
     /// polls /proc), rather than only after its gcslock exited.
     pub watch_deaths: bool,
@@ -140,6 +142,7 @@ fn base(
         faketime: vec![],
         term_delay_ms: 0,
         helper: false,
+        helper_leaves: false,
         watch_deaths: false,
         holders: 1,
     }
@@ -157,7 +160,7 @@ pub fn budget(profile: Profile) -> Option<Duration> {
 /// The least wall time a scenario is given under a budget.
 pub const MIN_SCENARIO: Duration = Duration::from_secs(8);
 
-/// The scenarios of a profile, in order (a) to (f), (h) to (l) (and (g) for soak).
+/// The scenarios of a profile, in order (a) to (f), (h) to (m) (and (g) for soak).
 pub fn scenarios(profile: Profile) -> Vec<Scenario> {
     let soak = profile == Profile::Soak;
     let (workers, iterations) = if soak { (8, 12) } else { (6, 3) };
@@ -368,6 +371,29 @@ pub fn scenarios(profile: Profile) -> Vec<Scenario> {
             crate::dst::TICKS,
         )
     });
+    list.push(Scenario {
+        chaos: Chaos::CutOff {
+            count: if soak { 4 } else { 2 },
+            cut_ms: 2 * TTL_MS + 1_000,
+            every_ms: (500, 1_500),
+        },
+        // The helper lives as long as the hold, well past a takeover after the cut.
+        hold_ms: (4_000, 5_000),
+        term_delay_ms: 3_000,
+        helper: true,
+        helper_leaves: true,
+        watch_deaths: true,
+        wall_limit: limit(40, 150),
+        ..base(
+            "escape",
+            "m",
+            "a holder's link to storage black-holed while its job's helper runs in a session of \
+             its own (setsid, as daemons do; `timeout` leaves the process group the same way): \
+             the boundary (the cgroup) must stop the helper too before waiters take over",
+            3,
+            2,
+        )
+    });
     // Semaphores: more contenders than places, with crashes, slow and lost
     // responses, and partitions. Never more than N sections at once, and each
     // place's tokens grow.
@@ -392,7 +418,7 @@ pub fn scenarios(profile: Profile) -> Vec<Scenario> {
             wall_limit: limit(25, 180),
             ..base(
                 "holders-2",
-                "m",
+                "n",
                 "`run --holders 2` with 5 contenders: SIGKILLed holders, slow responses                  (30+-30 ms), lost mutation responses (10%)",
                 5,
                 if soak { 8 } else { 3 },
@@ -412,7 +438,7 @@ pub fn scenarios(profile: Profile) -> Vec<Scenario> {
             wall_limit: limit(25, 180),
             ..base(
                 "holders-3",
-                "n",
+                "o",
                 "`run --holders 3` with 5 contenders: holders' links to storage black-holed                  mid-section (partition), slow responses (20+-20 ms)",
                 5,
                 if soak { 4 } else { 2 },
@@ -454,10 +480,9 @@ mod tests {
             let list = scenarios(profile);
             let ids: Vec<&str> = list.iter().map(|s| s.id).collect();
             assert_eq!(
-                ids[..14],
-                ["a", "b", "c", "c2", "d", "e", "f", "h", "i", "j", "k", "l", "m", "n"]
+                ids[..15],
+                ["a", "b", "c", "c2", "d", "e", "f", "h", "i", "j", "k", "l", "m", "n", "o"]
             );
-            assert_eq!(ids[11], "l");
             for s in &list {
                 assert!(s.refresh_ms * 8 <= s.ttl_ms, "{}", s.name);
                 assert!(s.hold_ms.0 <= s.hold_ms.1 && s.gap_ms.0 <= s.gap_ms.1);
