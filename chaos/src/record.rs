@@ -50,6 +50,10 @@ pub struct RecordArgs {
     /// as the hold (a grandchild of gcslock: the job is not one process)
     #[arg(long)]
     pub helper: bool,
+    /// The helper leaves the command's process group and session (`setsid`), as
+    /// daemons do and as `timeout` leaves the process group
+    #[arg(long, requires = "helper")]
+    pub helper_setsid: bool,
     /// The job fails: after the hold, record `end` with this code and exit with it
     #[arg(long, default_value_t = 0)]
     pub exit_code: u8,
@@ -115,12 +119,22 @@ pub fn record(args: &RecordArgs) -> anyhow::Result<i32> {
     let started = mono_ns()?;
     let mut start = Event::new(Kind::Start, started).run(run);
     start.token = Some(token);
+    // A semaphore's place (`run --holders N`); a lock's is 0.
+    start.place = std::env::var("GCSLOCK_PLACE")
+        .ok()
+        .and_then(|place| place.parse().ok());
     start.pid = Some(pid);
     start.ppid = Some(ppid);
     start.wall = Some(wall_ns()?);
     log.append(&start)?;
     let mut helper = if args.helper {
-        Some(start_helper(&log, run, pid, args.hold_ms)?)
+        Some(start_helper(
+            &log,
+            run,
+            pid,
+            args.hold_ms,
+            args.helper_setsid,
+        )?)
     } else {
         None
     };
@@ -190,20 +204,32 @@ pub fn record(args: &RecordArgs) -> anyhow::Result<i32> {
     Ok(i32::from(args.exit_code))
 }
 
-/// Starts `gcslock-chaos linger` in this process group and records its pid, so
-/// that the checker knows the job lasts until it is gone too.
+/// Starts `gcslock-chaos linger` in this process group (or, with `setsid`, in a
+/// session of its own) and records its pid, so that the checker knows the job
+/// lasts until it is gone too.
 fn start_helper(
     log: &Log,
     run: RunId,
     pid: i32,
     hold_ms: u64,
+    setsid: bool,
 ) -> anyhow::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt as _;
     let exe = std::env::current_exe().context("cannot find my own executable")?;
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .args(["linger", "--ms", &hold_ms.to_string()])
-        .stdin(Stdio::null())
-        .spawn()
-        .context("cannot start the helper")?;
+        .stdin(Stdio::null());
+    if setsid {
+        // SAFETY: setsid is async-signal-safe and allocates nothing.
+        unsafe {
+            command.pre_exec(|| {
+                nix::unistd::setsid()?;
+                Ok(())
+            });
+        }
+    }
+    let child = command.spawn().context("cannot start the helper")?;
     let mut event = Event::new(Kind::Helper, mono_ns()?).run(run);
     event.pid = Some(i32::try_from(child.id()).context("pid out of range")?);
     event.ppid = Some(pid);

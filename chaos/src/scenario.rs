@@ -131,9 +131,13 @@ pub struct Scenario {
     pub term_delay_ms: u64,
     /// The recorder starts a helper process in its group, living as long as the hold.
     pub helper: bool,
+    /// The helper leaves the recorder's process group and session (`setsid`).
+    pub helper_leaves: bool,
     /// Record each recorder's and helper's death as soon as it is seen (a thread
     /// polls /proc), rather than only after its gcslock exited.
     pub watch_deaths: bool,
+    /// `gcslock run --holders N`: at most N sections at once (1: the lock).
+    pub holders: u32,
     /// gcslock's stderr is a pipe that nobody reads, full before the first run:
     /// its logging must not delay a signal, a refresh or the deadline (issue 16,
     /// item 1). Under `-q`, a cut-off holder's first line is its "stopping the
@@ -172,7 +176,9 @@ fn base(
         faketime: vec![],
         term_delay_ms: 0,
         helper: false,
+        helper_leaves: false,
         watch_deaths: false,
+        holders: 1,
         undrained_stderr: false,
     }
 }
@@ -181,7 +187,7 @@ fn base(
 /// scenarios left still get [`MIN_SCENARIO`] each (see `main`).
 pub fn budget(profile: Profile) -> Option<Duration> {
     match profile {
-        Profile::Short => Some(Duration::from_secs(230)),
+        Profile::Short => Some(Duration::from_secs(280)),
         Profile::Soak => None,
     }
 }
@@ -189,7 +195,7 @@ pub fn budget(profile: Profile) -> Option<Duration> {
 /// The least wall time a scenario is given under a budget.
 pub const MIN_SCENARIO: Duration = Duration::from_secs(8);
 
-/// The scenarios of a profile, in order (a) to (f), (h) to (l) (and (g) for soak).
+/// The scenarios of a profile, in order (a) to (f), (h) to (m) (and (g) for soak).
 pub fn scenarios(profile: Profile) -> Vec<Scenario> {
     let soak = profile == Profile::Soak;
     let (workers, iterations) = if soak { (8, 12) } else { (6, 3) };
@@ -400,6 +406,80 @@ pub fn scenarios(profile: Profile) -> Vec<Scenario> {
             crate::dst::TICKS,
         )
     });
+    list.push(Scenario {
+        chaos: Chaos::CutOff {
+            count: if soak { 4 } else { 2 },
+            cut_ms: 2 * TTL_MS + 1_000,
+            every_ms: (500, 1_500),
+        },
+        // The helper lives as long as the hold, well past a takeover after the cut.
+        hold_ms: (4_000, 5_000),
+        term_delay_ms: 3_000,
+        helper: true,
+        helper_leaves: true,
+        watch_deaths: true,
+        wall_limit: limit(40, 150),
+        ..base(
+            "escape",
+            "m",
+            "a holder's link to storage black-holed while its job's helper runs in a session of \
+             its own (setsid, as daemons do; `timeout` leaves the process group the same way): \
+             the boundary (the cgroup) must stop the helper too before waiters take over",
+            3,
+            2,
+        )
+    });
+    // Semaphores: more contenders than places, with crashes, slow and lost
+    // responses, and partitions. Never more than N sections at once, and each
+    // place's tokens grow.
+    list.extend([
+        Scenario {
+            holders: 2,
+            hold_ms: (300, 800),
+            emulator: flags(&[
+                "--latency-ms",
+                "30",
+                "--jitter-ms",
+                "30",
+                "--reset-after",
+                "0.1",
+                "--fault-scope",
+                "mutations",
+            ]),
+            chaos: Chaos::Kill {
+                count: if soak { 6 } else { 2 },
+                every_ms: (1_000, 2_000),
+            },
+            wall_limit: limit(25, 180),
+            ..base(
+                "holders-2",
+                "n",
+                "`run --holders 2` with 5 contenders: SIGKILLed holders, slow responses                  (30+-30 ms), lost mutation responses (10%)",
+                5,
+                if soak { 8 } else { 3 },
+            )
+        },
+        Scenario {
+            holders: 3,
+            emulator: flags(&["--latency-ms", "20", "--jitter-ms", "20"]),
+            chaos: Chaos::CutOff {
+                count: if soak { 4 } else { 1 },
+                cut_ms: 2 * TTL_MS + 1_000,
+                every_ms: (500, 1_500),
+            },
+            hold_ms: (2_500, 3_500),
+            term_delay_ms: 3_000,
+            watch_deaths: true,
+            wall_limit: limit(25, 180),
+            ..base(
+                "holders-3",
+                "o",
+                "`run --holders 3` with 5 contenders: holders' links to storage black-holed                  mid-section (partition), slow responses (20+-20 ms)",
+                5,
+                if soak { 4 } else { 2 },
+            )
+        },
+    ]);
     list.push(election::scenario(soak));
     list.push(undrained::scenario(soak));
     if soak {
@@ -437,11 +517,10 @@ mod tests {
             let list = scenarios(profile);
             let ids: Vec<&str> = list.iter().map(|s| s.id).collect();
             assert_eq!(
-                ids[..11],
-                ["a", "b", "c", "c2", "d", "e", "f", "h", "i", "j", "k"]
+                ids[..15],
+                ["a", "b", "c", "c2", "d", "e", "f", "h", "i", "j", "k", "l", "m", "n", "o"]
             );
-            assert_eq!(ids[11], "l");
-            assert!(ids.contains(&"el") && ids.contains(&"h2"));
+            assert!(ids[15..].starts_with(&["el", "h2"]));
             for s in &list {
                 assert!(s.refresh_ms * 8 <= s.ttl_ms, "{}", s.name);
                 assert!(s.hold_ms.0 <= s.hold_ms.1 && s.gap_ms.0 <= s.gap_ms.1);
@@ -451,7 +530,7 @@ mod tests {
             }
         }
         // The profile's budget, not the sum of the limits, bounds a short run.
-        assert!(budget(Profile::Short).is_some_and(|b| b < Duration::from_secs(240)));
+        assert!(budget(Profile::Short).is_some_and(|b| b < Duration::from_secs(300)));
         assert!(budget(Profile::Soak).is_none());
     }
 }

@@ -37,9 +37,10 @@ pub struct Cgroup {
     name: CString,
     /// `cgroup.procs`, open for writing: the command writes `0` to it to join.
     procs: OwnedFd,
-    /// `cgroup.kill` (Linux 5.14 and later), else `cgroup.procs` open for reading,
-    /// to kill what it lists.
-    kill: Result<OwnedFd, OwnedFd>,
+    /// `cgroup.kill` (Linux 5.14 and later).
+    kill: Option<OwnedFd>,
+    /// `cgroup.procs` open for reading, to kill what it lists.
+    listed: OwnedFd,
     events: OwnedFd,
 }
 
@@ -85,7 +86,7 @@ impl Cgroup {
         .map_err(|error| format!("cannot open {}: {error}", parent_path.display()))?;
         let (name, path) = make_child(&parent, &parent_path)?;
         let opened = Self::open_files(&path);
-        let (procs, kill, events) = match opened {
+        let (procs, kill, listed, events) = match opened {
             Ok(files) => files,
             Err(error) => {
                 let _ = unlinkat(&parent, name.as_c_str(), AtFlags::REMOVEDIR);
@@ -101,11 +102,13 @@ impl Cgroup {
             name,
             procs,
             kill,
+            listed,
             events,
         })
     }
 
-    fn open_files(path: &Path) -> io::Result<(OwnedFd, Result<OwnedFd, OwnedFd>, OwnedFd)> {
+    #[allow(clippy::type_complexity)]
+    fn open_files(path: &Path) -> io::Result<(OwnedFd, Option<OwnedFd>, OwnedFd, OwnedFd)> {
         let write = |file: &str| {
             OpenOptions::new()
                 .write(true)
@@ -114,14 +117,13 @@ impl Cgroup {
         };
         let procs = write("cgroup.procs")?;
         let kill = match write("cgroup.kill") {
-            Ok(kill) => Ok(kill),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                Err(std::fs::File::open(path.join("cgroup.procs"))?.into())
-            }
+            Ok(kill) => Some(kill),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
             Err(error) => return Err(error),
         };
+        let listed = std::fs::File::open(path.join("cgroup.procs"))?.into();
         let events = std::fs::File::open(path.join("cgroup.events"))?.into();
-        Ok((procs, kill, events))
+        Ok((procs, kill, listed, events))
     }
 
     pub fn path(&self) -> &Path {
@@ -138,22 +140,19 @@ impl Cgroup {
         Handles {
             parent: self.parent.as_fd(),
             name: &self.name,
-            kill: match &self.kill {
-                Ok(kill) => Ok(kill.as_fd()),
-                Err(procs) => Err(procs.as_fd()),
-            },
+            kill: self.kill.as_ref().map(AsFd::as_fd),
+            listed: self.listed.as_fd(),
             events: self.events.as_fd(),
         }
     }
 
-    /// Sends `signal` to every process in the cgroup; SIGKILL through `cgroup.kill`,
-    /// which also reaches a process in the middle of a fork.
+    /// Sends `signal` to every process in the cgroup (SIGKILL: see
+    /// [`Handles::kill_all`]).
     pub fn signal(&self, signal: Signal) -> io::Result<()> {
         if signal == Signal::SIGKILL {
             return self.handles().kill_all();
         }
-        let procs = std::fs::File::open(self.path.join("cgroup.procs"))?;
-        signal_listed(procs.as_fd(), signal)
+        signal_listed(self.listed.as_fd(), signal)
     }
 
     pub fn populated(&self) -> io::Result<bool> {
@@ -175,19 +174,23 @@ const NESTING: u32 = 8;
 pub struct Handles<'a> {
     pub parent: BorrowedFd<'a>,
     pub name: &'a CStr,
-    /// `cgroup.kill`, or on kernels without it `cgroup.procs` open for reading.
-    pub kill: Result<BorrowedFd<'a>, BorrowedFd<'a>>,
+    /// `cgroup.kill`, on kernels that have it.
+    pub kill: Option<BorrowedFd<'a>>,
+    /// `cgroup.procs`, open for reading.
+    pub listed: BorrowedFd<'a>,
     pub events: BorrowedFd<'a>,
 }
 
 impl Handles<'_> {
     /// SIGKILL to every process in the cgroup: `cgroup.kill` if the kernel has it,
-    /// else each pid listed in `cgroup.procs` (one round; call until empty).
+    /// which also reaches a process in the middle of a fork, and to each pid that
+    /// `cgroup.procs` lists, as `cgroup.kill` misses a process whose main thread has
+    /// exited while its other threads run (measured on Linux 6.18). One round: call
+    /// until the cgroup is empty.
     pub fn kill_all(&self) -> io::Result<()> {
-        match self.kill {
-            Ok(kill) => write_all(kill, b"1"),
-            Err(procs) => signal_listed(procs, Signal::SIGKILL),
-        }
+        let killed = self.kill.map(|kill| write_all(kill, b"1"));
+        signal_listed(self.listed, Signal::SIGKILL)?;
+        killed.unwrap_or(Ok(()))
     }
 
     pub fn populated(&self) -> io::Result<bool> {
@@ -299,8 +302,10 @@ pub fn remove_at(parent: BorrowedFd<'_>, name: &CStr, depth: u32) -> io::Result<
     Ok(unlinkat(parent, name, AtFlags::REMOVEDIR)?)
 }
 
-/// Creates `gcslock-run-PID` (or `-PID-N` if taken) under `parent`.
+/// Creates `gcslock-run-PID` (or `-PID-N` if taken) under `parent`, after removing
+/// the empty ones whose gcslock is gone (killed together with its watchdog).
 fn make_child(parent: &OwnedFd, parent_path: &Path) -> Result<(CString, PathBuf), String> {
+    remove_stale(parent, parent_path);
     let pid = std::process::id();
     for attempt in 0..100u32 {
         let name = match attempt {
@@ -326,6 +331,34 @@ fn make_child(parent: &OwnedFd, parent_path: &Path) -> Result<(CString, PathBuf)
         "cannot create a cgroup in {}: every name is taken",
         parent_path.display()
     ))
+}
+
+/// Removes `gcslock-run-PID[-N]` cgroups under `parent` whose gcslock (PID) no
+/// longer exists and in which nothing runs.
+fn remove_stale(parent: &OwnedFd, parent_path: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent_path) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("gcslock-run-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| parse_id(pid.as_bytes()))
+        else {
+            continue;
+        };
+        let owner_gone =
+            nix::sys::signal::kill(Pid::from_raw(owner), None) == Err(nix::errno::Errno::ESRCH);
+        let empty = std::fs::read(entry.path().join("cgroup.events"))
+            .is_ok_and(|events| events.windows(11).any(|line| line == b"populated 0"));
+        if owner_gone && empty {
+            if let Ok(name) = CString::new(name.as_bytes()) {
+                let _ = remove_at(parent.as_fd(), &name, NESTING);
+            }
+        }
+    }
 }
 
 /// gcslock's cgroup v2 path, from the `0::` line of /proc/self/cgroup.

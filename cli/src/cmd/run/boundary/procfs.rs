@@ -222,10 +222,7 @@ impl PathBuffer {
 pub fn format_id(id: i32, digits: &mut [u8; 12]) -> &[u8] {
     let mut start = digits.len();
     let mut rest = id.unsigned_abs();
-    loop {
-        let Some(next) = start.checked_sub(1) else {
-            break;
-        };
+    while let Some(next) = start.checked_sub(1) {
         start = next;
         if let Some(slot) = digits.get_mut(start) {
             // `rest % 10` is below 10.
