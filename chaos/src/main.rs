@@ -73,7 +73,8 @@ struct RunArgs {
 
     /// Run only these scenarios (name or letter; repeatable): steady|a, kill|b, pause|c,
     /// pause-acquire|c2, storm|d, lost-responses|e, skew|f, cut-off|h, gcslock-killed|i,
-    /// gcslock-stopped|j, mixed|g (soak only)
+    /// gcslock-stopped|j, once-per|k, once-per-dst|l, escape|m, holders-2|n, holders-3|o,
+    /// elect|el, stderr-full|h2, mixed|g (soak only)
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
 
