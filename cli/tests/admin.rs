@@ -16,7 +16,7 @@ use gcslock::backend::gcs::GcsBackend;
 use gcslock::backend::{Backend, BackendError, WriteCondition};
 use gcslock::testing::{LockRecord, LockState};
 use harness::{
-    code, describe, exits, gcslock, is_gone, output, status_json, text, Emulator, HANG_GUARD,
+    code, describe, exits, gcslock, hold, is_gone, output, status_json, text, Emulator, HANG_GUARD,
 };
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -590,4 +590,21 @@ async fn a_blocked_stderr_never_delays_the_kill_of_a_cut_off_command() {
         assert_eq!(status.code(), expected, "{cut:?} {flags:?}");
         drop(read);
     }
+}
+
+/// A revoke that lands between two refreshes is found only by the release. The
+/// command ran (at least partly) without the lock, so the run must not exit 0.
+#[tokio::test]
+async fn a_revoke_found_only_by_the_release_exits_76() {
+    let Some(emulator) = Emulator::strict() else {
+        return;
+    };
+    let url = emulator.url("revoked-before-release");
+    // TTL 5m: the next refresh is 37.5s away, long after this test ends.
+    let (mut holder, _pid, _token) = hold(Some(&emulator), &url, &["--ttl", "5m"]).await;
+    exits(Some(&emulator), &["break", &url], 0).await;
+    holder.send_line().await;
+    let (status, _, stderr) = holder.finish().await;
+    assert_eq!(status.code(), Some(76), "{stderr}");
+    assert!(stderr.contains("lost before the command's end"), "{stderr}");
 }

@@ -339,7 +339,18 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     // signal was forwarded to it.
     let completed = slot.is_some() && matches!(end.code, Ok(0));
     if end.may_release {
-        release(guard, &url, completed).await;
+        if let Some(reason) = release(guard, &url, completed).await {
+            // Nobody noticed before the command ended: a break or takeover that came
+            // between two refreshes. The command may have run without the lock.
+            if !matches!(end.code, Ok(exit::LEASE_LOST)) {
+                tracing::error!(
+                    target: OUTCOME,
+                    "lease on {url} was lost before the command's end could be released \
+                     ({reason}); the command may have run without the lock"
+                );
+                return Ok(exit::LEASE_LOST);
+            }
+        }
     } else {
         tracing::error!(
             "{url}: not released, as the command's processes may still write; the lock expires \
@@ -522,8 +533,9 @@ async fn cancellable(
 
 /// Releases the lock, bounded in time; failures are reported, not fatal: an
 /// unreleased lock expires after its TTL. With `completed`, the release also
-/// records the guard's --once-per slot as completed.
-async fn release(guard: Held, url: &str, completed: bool) {
+/// records the guard's --once-per slot as completed. Returns the loss the release
+/// found instead, if the lease was no longer ours.
+async fn release(guard: Held, url: &str, completed: bool) -> Option<gcslock::LossReason> {
     let released = async {
         match guard {
             Held::Period(guard) if completed => guard.release_completed().await,
@@ -536,14 +548,14 @@ async fn release(guard: Held, url: &str, completed: bool) {
             tracing::debug!("{url}: released; the slot is recorded as completed")
         }
         Ok(Ok(())) => tracing::debug!("{url}: released"),
+        Ok(Err(gcslock::Error::LeaseLost { reason, .. })) => {
+            tracing::debug!("{url}: nothing to release: {reason}");
+            return Some(reason);
+        }
         Ok(Err(error)) if completed => tracing::warn!(
             "{url}: the command succeeded, but its slot could not be recorded as completed \
              ({error}); another run may repeat it"
         ),
-        // Already reported when it happened.
-        Ok(Err(gcslock::Error::LeaseLost { reason, .. })) => {
-            tracing::debug!("{url}: nothing to release: {reason}");
-        }
         Ok(Err(error)) => {
             tracing::warn!("could not release {url}: {error}; it stays locked until its TTL passes")
         }
@@ -552,6 +564,7 @@ async fn release(guard: Held, url: &str, completed: bool) {
             short_duration(RELEASE_TIMEOUT)
         ),
     }
+    None
 }
 
 #[cfg(test)]
