@@ -92,6 +92,25 @@ pub enum Error {
         why: String,
     },
 
+    /// A semaphore contender met a live holder that allows another number of
+    /// holders at once (`--holders`): all contenders of one name must agree. Nothing
+    /// of this contender is left held.
+    #[error(
+        "{lock}: this contender allows at most {ours} holder(s), but {holder} holds it \
+         allowing {theirs}; every contender must use the same limit (to change it, stop \
+         every holder, or break their places, first)"
+    )]
+    HoldersMismatch {
+        /// The semaphore (its first place), for messages.
+        lock: String,
+        /// The limit this contender was created with.
+        ours: u32,
+        /// The limit recorded by the live holder met.
+        theirs: u32,
+        /// That holder's identity and place.
+        holder: String,
+    },
+
     /// The operation was cancelled through its cancellation token.
     #[error("cancelled while waiting for {lock}")]
     Cancelled {

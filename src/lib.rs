@@ -50,8 +50,9 @@
 //! `record` and `options` are the building blocks (`slot`: once per period, see
 //! [`once_per`]); `status` judges a lock by the server's clock;
 //! `lease` is the keep-alive task and validity checks; `lock` the acquire/takeover
-//! algorithm, `election` leader election on a lock ([`Election`]), and `break_lock`
-//! the forced release. What the lock guarantees and what it cannot is in
+//! algorithm, `election` leader election on a lock ([`Election`]), `semaphore` at
+//! most N holders made of N lock places ([`Semaphore`]), and `break_lock` the
+//! forced release. What the lock guarantees and what it cannot is in
 //! docs/guarantees.md; PROTOCOL.md specifies every request.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -76,6 +77,7 @@ mod lock;
 mod options;
 mod record;
 mod retry;
+mod semaphore;
 mod slot;
 mod status;
 mod token;
@@ -88,7 +90,8 @@ pub use error::{Error, HolderSummary, LossReason, Result};
 pub use lease::Guard;
 pub use lock::{Acquire, Lock, Wait};
 pub use options::LockOptions;
-pub use record::Ttl;
+pub use record::{Ttl, MAX_HOLDERS};
+pub use semaphore::{place_name, place_of, Permit, PlaceStatus, Semaphore};
 pub use status::{list_locks, HeldStatus, LockStatus};
 pub use token::FencingToken;
 // For the modules that check names before any request.
@@ -116,6 +119,11 @@ pub mod testing {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// docs/semaphore.md.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/semaphore.md")]
+pub struct SemaphoreDoctests;
 
 /// docs/once-per.md.
 #[cfg(doctest)]

@@ -9,6 +9,7 @@
 //! * waiters poll with reads, and write only when the lock is free or stale;
 //! * an ambiguous write is resolved by reading the nonce back.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,14 +17,14 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, BackendError, ObjectInfo, ObjectVersion, WriteCondition};
+use crate::backend::{Backend, BackendError, ObjectInfo, ObjectVersion, Stamped, WriteCondition};
 use crate::backoff::{jittered_poll, steady_poll, Backoff};
 use crate::clock::{instant_after, SendTime};
 use crate::error::{Error, HolderSummary, LossReason};
 use crate::identity::new_nonce;
 use crate::lease::{Guard, PeriodGuard};
 use crate::options::{default_margin, LockOptions, LockSettings};
-use crate::record::{LockRecord, LockState, RecordedSlot, Ttl, KEY_VALUE};
+use crate::record::{recorded_holders, LockRecord, LockState, RecordedSlot, Ttl, KEY_VALUE};
 use crate::slot::{CompletedSlot, Slot, SlotAcquire, SlotCheck};
 use crate::status::LockStatus;
 use crate::token::FencingToken;
@@ -47,8 +48,10 @@ pub struct Lock {
     leader_value: Option<String>,
 }
 
-enum Attempt {
-    Acquired(Guard),
+/// The outcome of one inspect-then-write round; `T` is what winning yields (a
+/// guard, or a semaphore's permit).
+pub(crate) enum Attempt<T = Guard> {
+    Acquired(T),
     /// The slot asked for is already completed: nothing was written.
     Done(CompletedSlot),
     /// The write succeeded, but the lease had already run out by the time its answer
@@ -101,10 +104,56 @@ impl PendingCreates {
 
 /// A failure of one attempt: retry it (transient), give up (fatal), or stop
 /// because the caller cancelled before anything was written.
-enum Failure {
+pub(crate) enum Failure {
     Transient(BackendError),
     Fatal(Error),
     Cancelled,
+}
+
+/// What one acquire remembers about one lock object between its rounds: the
+/// version first seen and when (the local staleness rule), and its creates whose
+/// outcome is unknown.
+#[derive(Default)]
+pub(crate) struct Inspections {
+    seen: Option<(ObjectVersion, Instant)>,
+    pending: PendingCreates,
+}
+
+/// One round of an acquire: inspect, and write if free or stale. The wait loop
+/// ([`Lock::acquire_rounds`]) is shared by a lock and a semaphore.
+pub(crate) trait Round: Send {
+    /// What winning a round yields.
+    type Won: Send;
+
+    fn attempt(
+        &mut self,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<Attempt<Self::Won>, Failure>> + Send;
+
+    /// Before acquire gives up: resolves creates of ours whose outcome stayed
+    /// unknown. One that applied is returned with `keep`, else released.
+    fn settle(&mut self, keep: bool) -> impl Future<Output = Option<Self::Won>> + Send;
+}
+
+/// A plain lock's round: read the object, then write.
+struct LockRound<'a> {
+    lock: &'a Lock,
+    inspections: Inspections,
+    check: Option<SlotCheck>,
+}
+
+impl Round for LockRound<'_> {
+    type Won = Guard;
+
+    async fn attempt(&mut self, cancel: &CancellationToken) -> Result<Attempt, Failure> {
+        self.lock
+            .attempt(&mut self.inspections, cancel, self.check.as_ref())
+            .await
+    }
+
+    async fn settle(&mut self, keep: bool) -> Option<Guard> {
+        self.lock.settle(&mut self.inspections, keep).await
+    }
 }
 
 impl Lock {
@@ -117,6 +166,23 @@ impl Lock {
     ) -> Result<Self, Error> {
         Ok(Self {
             inner: Arc::new(LockSettings::new(backend, object, options)?),
+            leader_value: None,
+        })
+    }
+
+    /// One place of a semaphore of `holders` places (PROTOCOL.md §13): a lock
+    /// that records the limit with every acquire and refuses a live holder that
+    /// records another. `None`: a plain lock.
+    pub(crate) fn place(
+        backend: Arc<dyn Backend>,
+        object: &str,
+        options: LockOptions,
+        holders: Option<u32>,
+    ) -> Result<Self, Error> {
+        let mut settings = LockSettings::new(backend, object, options)?;
+        settings.holders = holders;
+        Ok(Self {
+            inner: Arc::new(settings),
             leader_value: None,
         })
     }
@@ -197,6 +263,27 @@ impl Lock {
         cancel: &CancellationToken,
         slot: Option<Slot>,
     ) -> Result<Acquired, Error> {
+        let mut round = LockRound {
+            lock: self,
+            inspections: Inspections::default(),
+            check: slot.map(SlotCheck::new),
+        };
+        Ok(match self.acquire_rounds(wait, cancel, &mut round).await? {
+            Ok(guard) => Acquired::Guard(guard),
+            Err(done) => Acquired::Done(done),
+        })
+    }
+
+    /// Runs `round` until it wins, finds its slot done, fails for good, is cancelled,
+    /// or the wait is over (`Error::Busy`). Waiters sleep between rounds with jittered
+    /// backoff, waking just after the holder could turn stale; transient failures are
+    /// retried for `unavailable_timeout` beyond the wait. Errors name this lock.
+    pub(crate) async fn acquire_rounds<R: Round>(
+        &self,
+        wait: Wait,
+        cancel: &CancellationToken,
+        round: &mut R,
+    ) -> Result<Result<R::Won, CompletedSlot>, Error> {
         let lock = &self.inner;
         let start = Instant::now();
         let wait_until = match wait {
@@ -208,12 +295,9 @@ impl Lock {
         // Transient failures back off exponentially; a live holder is polled steadily.
         let mut backoff = Backoff::new(lock.poll_min, lock.poll_max);
         let poll = steady_poll(lock.poll_min, lock.poll_max);
-        let mut seen: Option<(ObjectVersion, Instant)> = None;
-        let mut pending = PendingCreates::default();
         let mut failing_since: Option<Instant> = None;
         let mut last_busy: Option<HolderSummary> = None;
         let mut expired_in_a_row = 0;
-        let check = slot.map(SlotCheck::new);
         loop {
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled {
@@ -221,20 +305,15 @@ impl Lock {
                 });
             }
             let attempt_started = Instant::now();
-            let attempt = self
-                .attempt(&mut seen, &mut pending, cancel, check.as_ref())
-                .await;
+            let attempt = round.attempt(cancel).await;
             let now = Instant::now();
-            let acquired = |guard: Guard| Ok(Acquired::Guard(guard));
             let wake = match attempt {
-                Ok(Attempt::Acquired(guard)) => return acquired(guard),
-                Ok(Attempt::Done(done)) => return Ok(Acquired::Done(done)),
+                Ok(Attempt::Acquired(won)) => return Ok(Ok(won)),
+                Ok(Attempt::Done(done)) => return Ok(Err(done)),
                 Err(Failure::Fatal(error)) => return Err(error),
                 Err(Failure::Cancelled) => {
-                    if let Some(guard) = self.settle_pending(&mut pending).await {
-                        // Cancelled: the caller no longer wants the lock we got.
-                        let _released_or_lost = guard.release().await;
-                    }
+                    // Cancelled: the caller no longer wants a lock we got unseen.
+                    round.settle(false).await;
                     return Err(Error::Cancelled {
                         lock: lock.url.clone(),
                     });
@@ -297,8 +376,8 @@ impl Lock {
                     if wait_until.is_some() && give_up_at.is_some_and(|at| now >= at) {
                         // A create of ours may have applied unseen: it is ours (a
                         // forever lock would otherwise stay held by nobody).
-                        if let Some(guard) = self.settle_pending(&mut pending).await {
-                            return acquired(guard);
+                        if let Some(won) = round.settle(true).await {
+                            return Ok(Ok(won));
                         }
                         return Err(Error::from_backend(&lock.url, error));
                     }
@@ -313,9 +392,7 @@ impl Lock {
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
                 () = cancel.cancelled() => {
-                    if let Some(guard) = self.settle_pending(&mut pending).await {
-                        let _released_or_lost = guard.release().await;
-                    }
+                    round.settle(false).await;
                     return Err(Error::Cancelled { lock: lock.url.clone() });
                 }
             }
@@ -338,8 +415,7 @@ impl Lock {
     /// is sent it runs to completion, so cancellation never leaves a lock behind.
     async fn attempt(
         &self,
-        seen: &mut Option<(ObjectVersion, Instant)>,
-        pending: &mut PendingCreates,
+        inspections: &mut Inspections,
         cancel: &CancellationToken,
         slot: Option<&SlotCheck>,
     ) -> Result<Attempt, Failure> {
@@ -349,7 +425,22 @@ impl Lock {
             () = cancel.cancelled() => return Err(Failure::Cancelled),
             read = lock.backend.read(&lock.object) => read.map_err(|e| self.classify(e))?,
         };
-        let received = Instant::now();
+        self.attempt_inspected(read, Instant::now(), inspections, cancel, slot)
+            .await
+    }
+
+    /// The rest of a round, given what an inspect (a read, or a semaphore's listing)
+    /// showed of the object and when its answer was `received`.
+    pub(crate) async fn attempt_inspected(
+        &self,
+        read: Stamped<Option<ObjectInfo>>,
+        received: Instant,
+        inspections: &mut Inspections,
+        cancel: &CancellationToken,
+        slot: Option<&SlotCheck>,
+    ) -> Result<Attempt, Failure> {
+        let lock = &self.inner;
+        let Inspections { seen, pending } = inspections;
         if let Some(slot) = slot {
             slot.check_clock(&lock.url, read.server_time);
         }
@@ -384,10 +475,11 @@ impl Lock {
                             (WriteCondition::Matches(info.version), next_token)
                         }
                         Staleness::Fresh { retry_in } => {
+                            self.check_holders(info, &record)?;
                             return Ok(Attempt::Busy {
                                 holder: summary(&record, retry_in),
                                 retry_in,
-                            })
+                            });
                         }
                     }
                 }
@@ -405,7 +497,7 @@ impl Lock {
             refresh_seq: 0,
             completed: carried_completion(read.value.as_ref()),
         };
-        let mut metadata = record.to_metadata();
+        let mut metadata = lock.metadata_of(&record);
         if let Some(value) = &self.leader_value {
             metadata.insert(KEY_VALUE.to_owned(), value.clone());
         }
@@ -521,6 +613,17 @@ impl Lock {
         Err(Failure::Transient(last_error))
     }
 
+    /// Settles an acquire's pending creates ([`Lock::settle_pending`]): the lease
+    /// of one that applied is returned with `keep`, else released.
+    pub(crate) async fn settle(&self, inspections: &mut Inspections, keep: bool) -> Option<Guard> {
+        let guard = self.settle_pending(&mut inspections.pending).await?;
+        if keep {
+            return Some(guard);
+        }
+        let _released_or_lost = guard.release().await;
+        None
+    }
+
     /// Before acquire gives up (time out, cancellation): a create of ours whose
     /// outcome stayed unknown may have applied. Read until the object shows one
     /// (it is ours: its lease is returned, started from when it was sent) or shows
@@ -592,6 +695,28 @@ impl Lock {
     fn is_ours(&self, info: &ObjectInfo, ours: &LockRecord) -> bool {
         LockRecord::from_metadata(&info.metadata)
             .is_ok_and(|record| ours.same_lease(&record) && record.state == LockState::Held)
+    }
+
+    /// A live holder must agree on the holder limit (PROTOCOL.md §13): one that
+    /// allows another number is refused, never waited for.
+    fn check_holders(&self, info: &ObjectInfo, record: &LockRecord) -> Result<(), Failure> {
+        let lock = &self.inner;
+        let theirs = recorded_holders(&info.metadata).map_err(|why| {
+            Failure::Fatal(Error::NotALock {
+                lock: lock.url.clone(),
+                why,
+            })
+        })?;
+        let ours = lock.holder_limit();
+        if theirs == ours {
+            return Ok(());
+        }
+        Err(Failure::Fatal(Error::HoldersMismatch {
+            lock: lock.url.clone(),
+            ours,
+            theirs,
+            holder: format!("{} (token {}) at {}", record.holder, record.token, lock.url),
+        }))
     }
 
     fn decode(&self, info: &ObjectInfo) -> Result<LockRecord, Failure> {

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Backend;
+use crate::backend::Metadata;
 use crate::error::Error;
 use crate::identity::{check_name, default_identity, MAX_IDENTITY_LEN};
-use crate::record::Ttl;
+use crate::record::{LockRecord, Ttl, KEY_HOLDERS};
 
 /// TTLs outside this range are refused: below it no refresh can keep up with
 /// request latency; above it a crashed holder blocks everyone for days.
@@ -154,6 +155,9 @@ pub(crate) struct LockSettings {
     pub poll_min: Duration,
     pub poll_max: Duration,
     pub unavailable_timeout: Duration,
+    /// A semaphore place's holder limit, written with every acquire; `None` for a
+    /// plain lock, which writes no limit and counts as a limit of 1.
+    pub holders: Option<u32>,
 }
 
 impl LockSettings {
@@ -232,6 +236,7 @@ impl LockSettings {
             poll_min: options.poll_min,
             poll_max: options.poll_max,
             unavailable_timeout: options.unavailable_timeout,
+            holders: None,
         })
     }
 
@@ -268,6 +273,20 @@ impl LockSettings {
             margin: Duration::ZERO,
             ..Self::new(backend, object, shared)?
         })
+    }
+
+    /// The holder limit this contender agrees to (1 for a plain lock).
+    pub(crate) fn holder_limit(&self) -> u32 {
+        self.holders.unwrap_or(1)
+    }
+
+    /// The metadata an acquire writes: the record, and a semaphore place's limit.
+    pub(crate) fn metadata_of(&self, record: &LockRecord) -> Metadata {
+        let mut metadata = record.to_metadata();
+        if let Some(limit) = self.holders {
+            metadata.insert(KEY_HOLDERS.to_owned(), limit.to_string());
+        }
+        metadata
     }
 
     /// The TTL as recorded in the lock.

@@ -48,6 +48,11 @@ pub(crate) const KEY_DONE_ZONE: &str = "gcslock-done-zone";
 pub(crate) const KEY_DONE_START: &str = "gcslock-done-start";
 pub(crate) const KEY_DONE_BY: &str = "gcslock-done-by";
 pub(crate) const KEY_DONE_AT: &str = "gcslock-done-at";
+/// The holder limit N of a semaphore place (PROTOCOL.md §13); absent means 1.
+pub(crate) const KEY_HOLDERS: &str = "gcslock-holders";
+/// The largest holder limit accepted: one listing page (GCS: 1000 objects) covers
+/// every place, so an acquire stays one listing plus one write.
+pub const MAX_HOLDERS: u32 = 1000;
 /// The value an election's leader publishes (PROTOCOL.md, election); written only by
 /// election terms, so a plain acquire (a full rewrite) drops it.
 pub(crate) const KEY_VALUE: &str = "gcslock-value";
@@ -351,6 +356,23 @@ fn decode_completed(metadata: &Metadata) -> Result<Option<RecordedSlot>, String>
     }))
 }
 
+/// The holder limit a place's metadata records: 1 when the key is absent (a plain
+/// lock), else a canonical decimal from 1 to [`MAX_HOLDERS`].
+pub(crate) fn recorded_holders(metadata: &Metadata) -> Result<u32, String> {
+    let Some(value) = metadata.get(KEY_HOLDERS) else {
+        return Ok(1);
+    };
+    parse_decimal(value)
+        .and_then(|limit| u32::try_from(limit).ok())
+        .filter(|limit| (1..=MAX_HOLDERS).contains(limit))
+        .ok_or_else(|| {
+            format!(
+                "metadata key {KEY_HOLDERS} must be a plain decimal from 1 to {MAX_HOLDERS}: {}",
+                quoted(value)
+            )
+        })
+}
+
 /// Why `value` cannot be a leader's published value, if it cannot: at most
 /// [`MAX_VALUE_LEN`] bytes, no control characters (it is printed, one line each).
 pub(crate) fn check_value(value: &str) -> Result<(), String> {
@@ -388,6 +410,20 @@ fn quoted(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_holder_limit_is_one_when_absent_and_refused_when_absurd() {
+        assert_eq!(recorded_holders(&valid()), Ok(1));
+        assert_eq!(recorded_holders(&with(KEY_HOLDERS, "3")), Ok(3));
+        assert_eq!(
+            recorded_holders(&with(KEY_HOLDERS, "1000")),
+            Ok(MAX_HOLDERS)
+        );
+        for hostile in ["0", "1001", "03", "+3", "", "3\n", "99999999999999999999"] {
+            let why = recorded_holders(&with(KEY_HOLDERS, hostile)).unwrap_err();
+            assert!(why.contains(KEY_HOLDERS), "{hostile:?}: {why}");
+        }
+    }
 
     #[test]
     fn round_trips_and_rejects_foreign_metadata() {

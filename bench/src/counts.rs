@@ -15,7 +15,7 @@ use crate::emulator::{Emulator, Stats};
 use crate::report::{table, Config, Report};
 
 /// Runs `operation` and returns its value and the requests the emulator saw meanwhile.
-async fn counted<T, E>(
+pub(crate) async fn counted<T, E>(
     emulator: &Emulator,
     operation: impl std::future::IntoFuture<Output = Result<T, E>>,
 ) -> Result<(T, Stats)>

@@ -22,6 +22,7 @@ mod latency;
 mod ratelimit;
 mod report;
 mod scale;
+mod semaphore;
 mod summary;
 mod sys;
 
@@ -33,9 +34,10 @@ use tokio::time::Instant;
 use crate::report::{Config, Report};
 
 const USAGE: &str = "usage: gcslock-bench (--smoke | --full) [--gcslock-bin PATH] [--skip-cli] \
-                     [--only counts,latency,handoff,scale,cli,ratelimit,failover] [--out FILE]";
+                     [--only counts,latency,handoff,scale,cli,ratelimit,failover,semaphore] \
+                     [--out FILE]";
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "counts",
     "latency",
     "handoff",
@@ -43,6 +45,7 @@ const SECTIONS: [&str; 7] = [
     "cli",
     "ratelimit",
     "failover",
+    "semaphore",
 ];
 
 struct Args {
@@ -189,6 +192,10 @@ async fn run(args: &Args, gcslock_bin: Option<PathBuf>) -> Result<(Report, Strin
                 summary::us(outcome.get_cpu)
             ),
         );
+    }
+    if wants("semaphore") {
+        semaphore::run(&emulator, config, &mut report).await?;
+        eprintln!("   ({:.1} s so far)", clock.elapsed().as_secs_f64());
     }
     if wants("handoff") {
         handoff::run(&emulator, config, &mut report).await?;

@@ -119,6 +119,10 @@ pub fn record(args: &RecordArgs) -> anyhow::Result<i32> {
     let started = mono_ns()?;
     let mut start = Event::new(Kind::Start, started).run(run);
     start.token = Some(token);
+    // A semaphore's place (`run --holders N`); a lock's is 0.
+    start.place = std::env::var("GCSLOCK_PLACE")
+        .ok()
+        .and_then(|place| place.parse().ok());
     start.pid = Some(pid);
     start.ppid = Some(ppid);
     start.wall = Some(wall_ns()?);

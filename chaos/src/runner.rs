@@ -165,6 +165,7 @@ pub fn run(ctx: &Context, scenario: &Scenario, seed: u64) -> anyhow::Result<Outc
     let mut begin = Event::new(Kind::Begin, t0);
     begin.wall = Some(wall_ns()?);
     begin.ttl_ms = Some(scenario.ttl_ms);
+    begin.holders = (scenario.holders > 1).then_some(scenario.holders);
     begin.note = Some(format!(
         "scenario {} seed {seed} strict-gcs {} {}",
         scenario.name,
@@ -324,7 +325,7 @@ pub fn run(ctx: &Context, scenario: &Scenario, seed: u64) -> anyhow::Result<Outc
         .unwrap_or(t0);
     let lock_deadline = history::lock_free_deadline(last_exit, ms(scenario.ttl_ms));
     let (final_state, final_json, final_t) = loop {
-        let (state, json) = lock_status(ctx, &shared.endpoint);
+        let (state, json) = lock_status(ctx, &shared.endpoint, scenario.holders);
         let now = mono_ns()?;
         if matches!(state.as_str(), "free" | "released" | "stale") || now > lock_deadline {
             break (state, json, now);
@@ -394,16 +395,27 @@ pub fn run(ctx: &Context, scenario: &Scenario, seed: u64) -> anyhow::Result<Outc
     })
 }
 
-/// `gcslock status --json`: (state, the JSON) or ("error", the message).
-fn lock_status(ctx: &Context, endpoint: &str) -> (String, Value) {
+/// `gcslock status --json`: (state, the JSON) or ("error", the message). A
+/// semaphore (`--holders N`) is `free` when no place is held, else `held`.
+fn lock_status(ctx: &Context, endpoint: &str, holders: u32) -> (String, Value) {
+    let holders = holders.to_string();
     let output = Command::new(&ctx.gcslock)
-        .args(["-q", "status", "--json", "--endpoint", endpoint, LOCK_URL])
+        .args(["-q", "status", "--json", "--holders", &holders])
+        .args(["--endpoint", endpoint, LOCK_URL])
         .env_remove("STORAGE_EMULATOR_HOST")
         .stdin(Stdio::null())
         .output();
     match output {
         Ok(output) if output.status.success() => {
             match serde_json::from_slice::<Value>(&output.stdout) {
+                Ok(value) if value.get("places").is_some() => {
+                    let held = value
+                        .get("held")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(u64::MAX);
+                    let state = if held == 0 { "free" } else { "held" };
+                    (state.to_owned(), value)
+                }
                 Ok(value) => (
                     value
                         .get("state")
@@ -540,6 +552,9 @@ fn launch(
         .args(["--ttl", &format!("{}ms", scenario.ttl_ms)])
         .args(["--refresh-interval", &format!("{}ms", scenario.refresh_ms)])
         .args(["--kill-grace", "500ms"]);
+    if scenario.holders > 1 {
+        command.args(["--holders", &scenario.holders.to_string()]);
+    }
     let period = match scenario.chaos {
         Chaos::OncePer { period_s, .. } => Some(period_s),
         _ => None,

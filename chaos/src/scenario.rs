@@ -107,6 +107,8 @@ pub struct Scenario {
     /// Record each recorder's and helper's death as soon as it is seen (a thread
     /// polls /proc), rather than only after its gcslock exited.
     pub watch_deaths: bool,
+    /// `gcslock run --holders N`: at most N sections at once (1: the lock).
+    pub holders: u32,
 }
 
 const TTL_MS: u64 = 2_000;
@@ -142,6 +144,7 @@ fn base(
         helper: false,
         helper_leaves: false,
         watch_deaths: false,
+        holders: 1,
     }
 }
 
@@ -149,7 +152,7 @@ fn base(
 /// scenarios left still get [`MIN_SCENARIO`] each (see `main`).
 pub fn budget(profile: Profile) -> Option<Duration> {
     match profile {
-        Profile::Short => Some(Duration::from_secs(230)),
+        Profile::Short => Some(Duration::from_secs(280)),
         Profile::Soak => None,
     }
 }
@@ -391,6 +394,57 @@ pub fn scenarios(profile: Profile) -> Vec<Scenario> {
             2,
         )
     });
+    // Semaphores: more contenders than places, with crashes, slow and lost
+    // responses, and partitions. Never more than N sections at once, and each
+    // place's tokens grow.
+    list.extend([
+        Scenario {
+            holders: 2,
+            hold_ms: (300, 800),
+            emulator: flags(&[
+                "--latency-ms",
+                "30",
+                "--jitter-ms",
+                "30",
+                "--reset-after",
+                "0.1",
+                "--fault-scope",
+                "mutations",
+            ]),
+            chaos: Chaos::Kill {
+                count: if soak { 6 } else { 2 },
+                every_ms: (1_000, 2_000),
+            },
+            wall_limit: limit(25, 180),
+            ..base(
+                "holders-2",
+                "n",
+                "`run --holders 2` with 5 contenders: SIGKILLed holders, slow responses                  (30+-30 ms), lost mutation responses (10%)",
+                5,
+                if soak { 8 } else { 3 },
+            )
+        },
+        Scenario {
+            holders: 3,
+            emulator: flags(&["--latency-ms", "20", "--jitter-ms", "20"]),
+            chaos: Chaos::CutOff {
+                count: if soak { 4 } else { 1 },
+                cut_ms: 2 * TTL_MS + 1_000,
+                every_ms: (500, 1_500),
+            },
+            hold_ms: (2_500, 3_500),
+            term_delay_ms: 3_000,
+            watch_deaths: true,
+            wall_limit: limit(25, 180),
+            ..base(
+                "holders-3",
+                "o",
+                "`run --holders 3` with 5 contenders: holders' links to storage black-holed                  mid-section (partition), slow responses (20+-20 ms)",
+                5,
+                if soak { 4 } else { 2 },
+            )
+        },
+    ]);
     if soak {
         let mut mixed = storm;
         mixed.extend(flags(&["--reset-after", "0.05"]));
@@ -426,8 +480,8 @@ mod tests {
             let list = scenarios(profile);
             let ids: Vec<&str> = list.iter().map(|s| s.id).collect();
             assert_eq!(
-                ids[..13],
-                ["a", "b", "c", "c2", "d", "e", "f", "h", "i", "j", "k", "l", "m"]
+                ids[..15],
+                ["a", "b", "c", "c2", "d", "e", "f", "h", "i", "j", "k", "l", "m", "n", "o"]
             );
             for s in &list {
                 assert!(s.refresh_ms * 8 <= s.ttl_ms, "{}", s.name);
@@ -438,7 +492,7 @@ mod tests {
             }
         }
         // The profile's budget, not the sum of the limits, bounds a short run.
-        assert!(budget(Profile::Short).is_some_and(|b| b < Duration::from_secs(240)));
+        assert!(budget(Profile::Short).is_some_and(|b| b < Duration::from_secs(300)));
         assert!(budget(Profile::Soak).is_none());
     }
 }

@@ -7,7 +7,7 @@ pub const SUMMARY: &str = "\
 Exit codes: the command's own (128+N if it died of signal N); 75 busy; 76 lease lost;
 64 usage; 65 not a lock; 66 no such bucket; 68 endpoint is not GCS; 69 storage unavailable;
 70 internal; 74 I/O error; 77 permission denied; 78 stale fencing token (put);
-124 --max-runtime passed; 126/127 command not executable/not found. See --help for details.";
+79 --holders disagrees with a live holder's; 124 --max-runtime passed; 126/127 command not executable/not found. See --help for details.";
 
 /// The table under every long `--help` (and in the man page).
 pub const HELP: &str = "\
@@ -39,6 +39,9 @@ Exit codes:
   77     permission denied by storage, or no credentials (EX_NOPERM)
   78     `gcslock put`: the fencing token is stale: the object was already written with
          a larger one, by a newer holder; nothing was written
+  79     `gcslock run --holders N`: a live holder of URL allows another number of holders;
+         every contender must give the same N. The command did not run and nothing is
+         left held
   124    gcslock run --max-runtime: the command ran too long and was stopped (SIGTERM, then
          SIGKILL after --kill-grace); the lock was released, and the slot of --once-per
          was not recorded (as timeout(1) does)
@@ -71,6 +74,8 @@ pub const NO_PERMISSION: u8 = 77;
 /// `gcslock put`: the fencing token is stale; a newer lock holder has written the
 /// object (sysexits has no such meaning; 78 is the first code after those gcslock uses).
 pub const STALE_TOKEN: u8 = 78;
+/// `run --holders N` met a live holder that allows another number of holders.
+pub const HOLDERS_MISMATCH: u8 = 79;
 /// `run --max-runtime` passed and the command was stopped (as `timeout(1)` exits).
 pub const TIMED_OUT: u8 = 124;
 /// The command could not be executed.
@@ -124,6 +129,7 @@ pub fn for_lock_error(error: &gcslock::Error) -> u8 {
             ..
         } => NOT_STORAGE,
         Error::Unavailable { .. } => UNAVAILABLE,
+        Error::HoldersMismatch { .. } => HOLDERS_MISMATCH,
         // `Cancelled` is handled where the signal is known; `InsufficientTime` is not
         // used by the binary.
         _ => INTERNAL,

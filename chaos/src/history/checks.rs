@@ -116,10 +116,21 @@ pub fn analyze(events: &[Event], malformed: &[String]) -> Analysis {
     findings.extend(misfits);
     findings.extend(unresolved_ends(&sections, origin));
     findings.extend(clock_sanity(events, &sections, origin));
-    findings.extend(overlaps(&sections, origin));
-    findings.extend(unrecorded_overlaps(events, &sections, origin));
-    findings.extend(token_order(&sections, origin));
-    findings.extend(commit_order(&sections, origin));
+    let holders = events
+        .iter()
+        .find(|e| e.ev == Kind::Begin)
+        .and_then(|e| e.holders)
+        .unwrap_or(1);
+    // A semaphore's places are locks: each obeys the lock's rules on its own.
+    findings.extend(per_place(&sections, |place| overlaps(place, origin)));
+    if holders > 1 {
+        findings.extend(over_capacity(&sections, holders, origin));
+    } else {
+        // An unrecorded command's place is unknown: judged for a lock only.
+        findings.extend(unrecorded_overlaps(events, &sections, origin));
+    }
+    findings.extend(per_place(&sections, |place| token_order(place, origin)));
+    findings.extend(per_place(&sections, |place| commit_order(place, origin)));
     findings.extend(lock_left_held(events, origin));
     findings.extend(stopped_after_resume(events, &sections, origin));
     findings.extend(once_per_slots(events, &sections, origin));
@@ -248,6 +259,71 @@ fn overlaps(sections: &[Section], origin: u64) -> Vec<Finding> {
                 ),
                 runs: vec![a.run, b.run],
                 at: b.start,
+            });
+        }
+    }
+    findings
+}
+
+/// Runs `check` on the sections of each place separately (one place for a lock).
+fn per_place(sections: &[Section], check: impl Fn(&[Section]) -> Vec<Finding>) -> Vec<Finding> {
+    let mut places: Vec<u32> = sections.iter().map(|s| s.place).collect();
+    places.sort_unstable();
+    places.dedup();
+    places
+        .into_iter()
+        .flat_map(|place| {
+            let of_place: Vec<Section> = sections
+                .iter()
+                .filter(|s| s.place == place)
+                .cloned()
+                .collect();
+            check(&of_place)
+        })
+        .collect()
+}
+
+/// Rule 1 for a semaphore (`--holders N`): never more than N sections at once,
+/// whichever places they hold (expected only if one of them was paused while it ran).
+fn over_capacity(sections: &[Section], holders: u32, origin: u64) -> Vec<Finding> {
+    let mut marks: Vec<(u64, i8, usize)> = sections
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| [(s.start, 1, i), (s.end_bound(), -1, i)])
+        .collect();
+    // At one instant, ends before starts: touching sections do not overlap.
+    marks.sort();
+    let mut open: Vec<&Section> = Vec::new();
+    let mut findings = Vec::new();
+    for (t, delta, i) in marks {
+        let Some(section) = sections.get(i) else {
+            continue;
+        };
+        if delta < 0 {
+            open.retain(|s| s.run != section.run);
+            continue;
+        }
+        open.push(section);
+        if open.len() > usize::try_from(holders).unwrap_or(usize::MAX) {
+            let expected = open.iter().any(|s| s.paused_at.is_some_and(|p| p <= t));
+            findings.push(Finding {
+                kind: FindingKind::Overlap,
+                expected,
+                message: format!(
+                    "{} sections at once, more than the {holders} places: {}{}",
+                    open.len(),
+                    open.iter()
+                        .map(|s| format!("{} (place {})", span(s, origin), s.place))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if expected {
+                        " (expected: a holder was paused past its TTL)"
+                    } else {
+                        ""
+                    }
+                ),
+                runs: open.iter().map(|s| s.run).collect(),
+                at: t,
             });
         }
     }

@@ -110,6 +110,12 @@ pub struct Event {
     /// the wall clock at the spawn (`ttl_ms`-like: `period_s` in `note`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<u64>,
+    /// Start: the semaphore place the section holds (`GCSLOCK_PLACE`); absent: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<u32>,
+    /// Begin: `gcslock run --holders N` (absent: 1, a lock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holders: Option<u32>,
 }
 
 impl Event {
@@ -132,6 +138,8 @@ impl Event {
             state: None,
             note: None,
             slot: None,
+            place: None,
+            holders: None,
         }
     }
 

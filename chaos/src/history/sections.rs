@@ -47,6 +47,8 @@ impl Commit {
 pub struct Section {
     pub run: RunId,
     pub token: u64,
+    /// The semaphore place held (`--holders N`); 0 for a lock.
+    pub place: u32,
     pub pid: i32,
     pub start: u64,
     pub end: SectionEnd,
@@ -189,6 +191,7 @@ pub fn build(events: &[Event]) -> (Vec<Section>, Vec<Finding>) {
             }
         };
         let mut section = Section {
+            place: event.place.unwrap_or(0),
             run,
             token,
             pid,

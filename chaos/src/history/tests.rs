@@ -663,3 +663,64 @@ fn a_killed_holder_counts_as_a_failed_run_of_its_slot() {
     let a = clean(&events);
     assert_eq!(kinds(&a, false), vec![FindingKind::FailedSlotNotRetried]);
 }
+
+/// A section of a semaphore place.
+fn placed(r: RunId, from: u64, to: u64, token: u64, place: u32) -> [Event; 2] {
+    let [mut s, e] = section(r, from, to, token);
+    s.place = Some(place);
+    [s, e]
+}
+
+fn begin_holders(holders: u32) -> Event {
+    let mut e = begin(2000);
+    e.holders = Some(holders);
+    e
+}
+
+#[test]
+fn a_semaphore_allows_n_at_once_with_tokens_per_place() {
+    let mut events = vec![begin_holders(2)];
+    // Two places busy at once, each place's tokens growing on their own.
+    events.extend(placed(run(1, 0), S, 3 * S, 1, 0));
+    events.extend(placed(run(2, 0), 2 * S, 4 * S, 1, 1));
+    events.extend(placed(run(3, 0), 3 * S, 5 * S, 2, 0));
+    events.extend(placed(run(4, 0), 4 * S, 6 * S, 2, 1));
+    events.push(exit(run(4, 0), 6 * S));
+    events.push(final_state(6 * S + 100, "free"));
+    let a = clean(&events);
+    assert!(a.findings.is_empty(), "{:?}", a.findings);
+    assert_eq!(a.max_concurrent, 2);
+}
+
+#[test]
+fn a_semaphore_rejects_n_plus_one_at_once_and_a_place_shared_or_going_back() {
+    let mut events = vec![begin_holders(2)];
+    events.extend(placed(run(1, 0), S, 4 * S, 1, 0));
+    events.extend(placed(run(2, 0), 2 * S, 4 * S, 1, 1));
+    // A third at once: more than the two places.
+    events.extend(placed(run(3, 0), 3 * S, 5 * S, 5, 2));
+    events.push(exit(run(3, 0), 5 * S));
+    events.push(final_state(5 * S + 100, "free"));
+    let a = clean(&events);
+    assert_eq!(kinds(&a, false), vec![FindingKind::Overlap]);
+    assert!(
+        a.findings[0]
+            .message
+            .contains("3 sections at once, more than the 2 places"),
+        "{}",
+        a.findings[0].message
+    );
+
+    // Two holders of one place at once, and that place's token going back.
+    let mut events = vec![begin_holders(3)];
+    events.extend(placed(run(1, 0), S, 3 * S, 4, 1));
+    events.extend(placed(run(2, 0), 2 * S, 4 * S, 5, 1));
+    events.extend(placed(run(3, 0), 5 * S, 6 * S, 3, 1));
+    let a = clean(&events);
+    let found = kinds(&a, false);
+    assert!(found.contains(&FindingKind::Overlap), "{found:?}");
+    assert!(
+        found.contains(&FindingKind::AcquireTokenRegression),
+        "{found:?}"
+    );
+}

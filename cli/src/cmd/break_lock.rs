@@ -6,9 +6,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 use gcslock::backend::{Backend, ObjectVersion};
-use gcslock::{BreakOptions, BreakOutcome, FencingToken, Lock, LockOptions};
+use gcslock::{place_name, BreakOptions, BreakOutcome, FencingToken, Lock, LockOptions, Semaphore};
 use serde::Serialize;
 
+use crate::cmd::places;
 use crate::cmd::status::StorageTimeout;
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
@@ -36,6 +37,10 @@ Which to use:
 
 The lock is never deleted: fencing tokens keep growing (the next holder gets token+1).
 With --token N the lock is broken only if it still carries token N.
+
+A semaphore (`run --holders N`): `gcslock break --holders N URL --holder NAME` (or --token T,
+or both) breaks the one place that holder has, as above, conditional on its token; the other
+places are untouched. Nothing matching: exit 75; several places match: exit 64.
 
 --repair: an object whose gcslock record is invalid (written by something else: missing
 fields, numbers out of range, an unknown state) is refused without it (exit 65). With it,
@@ -87,6 +92,15 @@ pub struct BreakArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// A semaphore of N holders (`run --holders N`): break the one place held by
+    /// --holder and/or --token
+    #[arg(long, env = "GCSLOCK_HOLDERS", value_name = "N", default_value_t = 1)]
+    pub holders: u32,
+
+    /// With --holders: the identity of the holder to break
+    #[arg(long, value_name = "NAME", requires = "holders")]
+    pub holder: Option<String>,
+
     #[command(flatten)]
     pub storage_timeout: StorageTimeout,
 }
@@ -97,9 +111,23 @@ pub async fn break_lock(global: &GlobalArgs, args: &BreakArgs) -> anyhow::Result
     if let Some(identity) = &args.identity {
         options = options.identity(identity.clone());
     }
-    let lock = Lock::new(backend, args.url.object(), options)?;
+    let (lock, url, token) = if args.holders > 1 {
+        let semaphore = Semaphore::new(backend, args.url.object(), args.holders, options)?;
+        let (place, token) =
+            places::chosen_place(&semaphore, args.holder.as_deref(), args.token).await?;
+        let lock = semaphore
+            .place(place)
+            .cloned()
+            .context("the chosen place is within the limit")?;
+        let object = place_name(args.url.object(), place);
+        let url = places::place_url(&args.url.to_string(), args.url.object(), &object);
+        (lock, url, Some(token))
+    } else {
+        let lock = Lock::new(backend, args.url.object(), options)?;
+        (lock, args.url.to_string(), args.token)
+    };
     let break_options = BreakOptions::new()
-        .expected_token(args.token.map(FencingToken::new))
+        .expected_token(token.map(FencingToken::new))
         .now(args.now)
         .repair(args.repair);
     let outcome = match lock.break_with(&break_options).await {
@@ -119,7 +147,6 @@ pub async fn break_lock(global: &GlobalArgs, args: &BreakArgs) -> anyhow::Result
         }
         Err(error) => return Err(error.into()),
     };
-    let url = args.url.to_string();
     let line = if args.json {
         serde_json::to_string(&BreakView::new(&url, &outcome))
             .context("cannot encode the outcome as JSON")?

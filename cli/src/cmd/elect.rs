@@ -127,6 +127,7 @@ pub async fn elect(global: &GlobalArgs, args: ElectArgs) -> anyhow::Result<u8> {
     let job = Job {
         command: &args.command,
         url: &url,
+        place: 0,
         kill_grace,
         max_runtime: None,
         remove_from_environment: &remove_from_environment,

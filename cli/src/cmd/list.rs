@@ -1,9 +1,8 @@
 //! `gcslock list`: the locks under a prefix, one line (or JSON line) each.
 
-use anyhow::Context as _;
 use clap::Args;
 
-use crate::cmd::status::{describe, StatusView, StorageTimeout};
+use crate::cmd::status::StorageTimeout;
 use crate::global::GlobalArgs;
 use crate::output::print_lines;
 use crate::target::ListTarget;
@@ -12,6 +11,9 @@ pub const HELP: &str = "\
 --json prints JSON lines: one object per lock, in name order, with the fields of
 `gcslock status --json`. Nothing is printed when no object matches. Text output shows
 control and bidi characters in object names and holders escaped as \\u{..}.
+
+The places of a semaphore (`run --holders N`), objects named NAME/place-K, end with \"; place K
+of the semaphore NAME\" (JSON: \"semaphore\", \"place\"); place 0 is NAME itself.
 
 Exit codes: 0 when the listing succeeded; otherwise as for run.";
 
@@ -36,12 +38,9 @@ pub async fn list(global: &GlobalArgs, args: &ListArgs) -> anyhow::Result<u8> {
     let mut lines = Vec::with_capacity(locks.len());
     for (name, status) in &locks {
         let url = args.url.object_url(name);
-        lines.push(if args.json {
-            serde_json::to_string(&StatusView::new(&url, status))
-                .context("cannot encode the listing as JSON")?
-        } else {
-            describe(&url, status)
-        });
+        lines.push(crate::cmd::places::list_line(
+            &url, name, status, args.json,
+        )?);
     }
     print_lines(lines)?;
     Ok(0)

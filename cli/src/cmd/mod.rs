@@ -7,6 +7,7 @@ mod fenced;
 pub mod generate;
 pub mod list;
 pub mod observe;
+mod places;
 pub mod put;
 pub mod run;
 pub mod status;

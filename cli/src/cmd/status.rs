@@ -47,6 +47,11 @@ time since the last refresh. A lock used with `run --once-per` has \"last_comple
 clock), \"completed_by\"}, or \"last_completed_unreadable\" (why its keys are ignored).
 A lock held by a `gcslock elect` leader has \"value\": the value it publishes (--value).
 
+--holders N (a semaphore, `run --holders N`; one listing): a summary line, then one line per
+place (\"place K: ...\", place K being the object URL/place-K, place 0 URL itself), or with --json
+one object {\"url\", \"holders\", \"held\", \"places\": [{\"place\", \"recorded_holders\", and the
+fields above}]}. Places beyond N that exist (left by contenders with a larger N) are listed too.
+
 Exit codes: 0 when the lock could be read, whatever its state; otherwise as for run.";
 
 #[derive(Debug, Args)]
@@ -59,6 +64,10 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Show the places of a semaphore of N holders (`run --holders N`)
+    #[arg(long, env = "GCSLOCK_HOLDERS", value_name = "N", default_value_t = 1)]
+    pub holders: u32,
+
     #[command(flatten)]
     pub storage_timeout: StorageTimeout,
 }
@@ -66,6 +75,21 @@ pub struct StatusArgs {
 pub async fn status(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<u8> {
     let backend = args.url.backend(global)?;
     let options = LockOptions::default().unavailable_timeout(args.storage_timeout.duration);
+    if args.holders > 1 {
+        let url = args.url.to_string();
+        let object = args.url.object();
+        let lines = crate::cmd::places::status_lines(
+            backend,
+            &url,
+            object,
+            args.holders,
+            options,
+            args.json,
+        )
+        .await?;
+        print_lines(lines)?;
+        return Ok(0);
+    }
     let lock = Lock::new(backend, args.url.object(), options)?;
     let status = lock.status().await?;
     if let LockStatus::Held(held) | LockStatus::Stale(held) = &status {

@@ -17,6 +17,8 @@ use crate::exit::{self, Coded};
 /// What the command finds in its environment besides gcslock's own.
 pub struct Environment<'a> {
     pub token: u64,
+    /// The semaphore place held (`--holders`); 0 for a lock.
+    pub place: u32,
     pub url: &'a str,
     /// Variables that configured this run only (see `per_run_variables`).
     pub remove: &'a [String],
@@ -61,6 +63,7 @@ fn start(
     }
     process
         .env("GCSLOCK_TOKEN", environment.token.to_string())
+        .env("GCSLOCK_PLACE", environment.place.to_string())
         .env("GCSLOCK_URL", environment.url);
     let (cgroup, new_session) = match prepared {
         Prepared::Cgroup(cgroup) => (Some(cgroup.procs().as_raw_fd()), false),
@@ -216,6 +219,7 @@ mod tests {
         let (read, write) = nix::unistd::pipe().expect("pipe");
         let environment = Environment {
             token: 1,
+            place: 0,
             url: "gs://b/o",
             remove: &[],
         };

@@ -23,6 +23,8 @@ pub struct Job<'a> {
     pub command: &'a [OsString],
     /// The lock's URL, for messages and the command's `GCSLOCK_URL`.
     pub url: &'a str,
+    /// The semaphore place held (`--holders`), for the command's `GCSLOCK_PLACE`.
+    pub place: u32,
     pub kill_grace: Duration,
     pub max_runtime: Option<Duration>,
     /// Variables removed from the command's environment (see `per_run_variables`).
@@ -87,6 +89,7 @@ pub async fn run_job(guard: &Guard, job: &Job<'_>, signals: &mut Signals) -> Job
     }
     let environment = Environment {
         token: guard.token().value(),
+        place: job.place,
         url,
         remove: job.remove_from_environment,
     };

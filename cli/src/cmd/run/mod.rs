@@ -14,6 +14,7 @@
 
 mod boundary;
 mod child;
+mod holders;
 pub mod job;
 pub mod signals;
 mod supervisor;
@@ -23,11 +24,12 @@ use std::ffi::OsString;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use gcslock::once_per::{CompletedSlot, PeriodGuard, Slot, SlotAcquire, SlotZone};
+use gcslock::once_per::{CompletedSlot, PeriodGuard, Slot, SlotZone};
 use gcslock::{Guard, Lock, LockOptions, Ttl, Wait};
 use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 
+use self::holders::Contender;
 use self::job::{per_run_variables, run_job, Job};
 use self::signals::Signals;
 use crate::exit::{self, Coded};
@@ -122,6 +124,16 @@ refreshes (every minute by default) so that `gcslock status` shows when it was l
 and keeps its lease while refreshes fail. Older gcslock versions see such a lock as
 \"not a gcslock lock\" and never touch it.
 
+At most N at once (--holders N, 2 to 1000): up to N commands hold URL at the same time, across
+all machines, each on a place of its own (place 0 is the object URL itself, place K the object
+URL/place-K), with every guarantee above per place; the command also gets GCSLOCK_PLACE (its
+place; 0 for the plain lock) and GCSLOCK_TOKEN (that place's fencing token). With all N places
+held, a run is busy (exit 75) or waits with --wait, polling by listing without writing. Every
+contender of URL must give the same N: one that meets a live holder with another N exits 79
+without running the command (to change N, stop every holder, or `gcslock break` their places,
+first). --once-per with --holders above 1 is refused (exit 64). --holders 1 (the default) is the
+plain lock.
+
 Every option can also be set by an environment variable (shown with each option; the option
 wins), as cron and systemd units like to configure things.
 
@@ -170,8 +182,7 @@ pub struct RunArgs {
     )]
     pub done_exit_code: u8,
 
-    /// Stop the command (SIGTERM, SIGKILL after --kill-grace) after it has run this
-    /// long; exit 124, and the --once-per slot is not recorded
+    /// Stop the command after this long (SIGTERM, SIGKILL after --kill-grace): exit 124
     #[arg(long, env = "GCSLOCK_MAX_RUNTIME", value_name = "DURATION", value_parser = parse_duration)]
     pub max_runtime: Option<Duration>,
 
@@ -187,6 +198,17 @@ pub struct RunArgs {
     /// margin - refresh interval) / 2. Default: 10s or that limit if shorter
     #[arg(long, env = "GCSLOCK_KILL_GRACE", value_name = "DURATION", value_parser = parse_duration)]
     pub kill_grace: Option<Duration>,
+
+    /// Up to N holders at once, across machines (1 to 1000); every contender gives the
+    /// same N
+    #[arg(
+        long,
+        env = "GCSLOCK_HOLDERS",
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(gcslock::MAX_HOLDERS))
+    )]
+    pub holders: u32,
 
     /// Exit code when the lock is busy
     #[arg(long, env = "GCSLOCK_BUSY_EXIT_CODE", value_name = "CODE", default_value_t = exit::BUSY)]
@@ -279,14 +301,20 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     if let Some(identity) = &args.identity {
         options = options.identity(identity.clone());
     }
-    let lock = Lock::new(backend, args.url.object(), options)?;
-    let kill_grace = kill_grace(args.kill_grace, &lock)?;
+    let contender = Contender::new(
+        backend,
+        args.url.object(),
+        options,
+        args.holders,
+        args.once_per,
+    )?;
+    let kill_grace = kill_grace(args.kill_grace, contender.lock())?;
     check_max_runtime(args.max_runtime, tokio::time::Instant::now())?;
     let boundary = boundary::requested()?;
     let url = args.url.to_string();
 
     let (acquired, interrupted) = acquire(
-        &lock,
+        &contender,
         slot,
         args.wait.unwrap_or(Wait::No),
         &mut signals,
@@ -328,6 +356,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     let job = Job {
         command: &args.command,
         url: &url,
+        place: contender.place_of(&guard),
         kill_grace,
         max_runtime: args.max_runtime,
         remove_from_environment: &remove_from_environment,
@@ -462,7 +491,7 @@ enum Acquired {
 /// A first attempt does not wait, so that a wait is announced (at info level) only
 /// when the lock is actually busy.
 async fn acquire(
-    lock: &Lock,
+    lock: &Contender,
     slot: Option<Slot>,
     wait: Wait,
     signals: &mut Signals,
@@ -497,27 +526,14 @@ async fn acquire(
 }
 
 async fn cancellable(
-    lock: &Lock,
+    lock: &Contender,
     slot: Option<Slot>,
     wait: Wait,
     cancel: &CancellationToken,
     signals: &mut Signals,
     interrupted: &mut Option<Signal>,
 ) -> Result<Acquired, gcslock::Error> {
-    let acquire = async {
-        match slot {
-            Some(slot) => Ok(
-                match lock.acquire(wait).once_per(slot).cancel_on(cancel).await? {
-                    SlotAcquire::Acquired(guard) => Acquired::Held(Held::Period(guard)),
-                    SlotAcquire::AlreadyDone(done) => Acquired::Done(done),
-                },
-            ),
-            None => {
-                let guard = lock.acquire(wait).cancel_on(cancel).await?;
-                Ok(Acquired::Held(Held::Plain(guard)))
-            }
-        }
-    };
+    let acquire = lock.acquire(slot, wait, cancel);
     tokio::pin!(acquire);
     loop {
         tokio::select! {
