@@ -4,10 +4,10 @@
 //! [`job::run_job`] is the one way to run a command under a held [`Guard`]: it takes
 //! the guard (by reference), the command, the kill grace, `--max-runtime` and the
 //! forwarded [`Signals`], and returns gcslock's exit code and whether the lock may
-//! be released. `run` wraps it in acquire and release; `elect` calls it once per
-//! term.
+//! be released. `run` wraps it in acquire and release (of the lock, or of a
+//! semaphore place with `--holders`); `elect` calls it once per term.
 //!
-//! `boundary`: what "the command and everything it started" is (cgroup, session or
+//! `holders`: what `run` contends for (a lock or a semaphore place); `boundary`: what "the command and everything it started" is (cgroup, session or
 //! process group; see docs/containment.md); `child`: starting the command in it;
 //! `signals`: the signals gcslock forwards; `supervisor`: when to stop the boundary;
 //! `watchdog`: the boundary dies with gcslock; `job`: all of it for one command.
