@@ -17,7 +17,7 @@ use crate::error::Error;
 /// that carries a completion holds one inline.
 const MAX_NAME_LEN: usize = 40;
 
-/// A time zone by its IANA name, or UTC. Small and `Copy`, so that a [`crate::Slot`]
+/// A time zone by its IANA name, or UTC. Small and `Copy`, so that a [`crate::once_per::Slot`]
 /// stays a plain value.
 ///
 /// ```
