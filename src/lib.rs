@@ -51,9 +51,9 @@
 //! [`once_per`]); `status` judges a lock by the server's clock;
 //! `lease` is the keep-alive task and validity checks; `lock` the acquire/takeover
 //! algorithm, `election` leader election on a lock ([`Election`]), `semaphore` at
-//! most N holders made of N lock places, and `break_lock` the forced release. The
-//! README states what the lock
-//! guarantees and what it cannot.
+//! most N holders made of N lock places ([`Semaphore`]), and `break_lock` the
+//! forced release. What the lock guarantees and what it cannot is in
+//! docs/guarantees.md; PROTOCOL.md specifies every request.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(rustdoc::broken_intra_doc_links)]

@@ -4,10 +4,10 @@
 //! [`job::run_job`] is the one way to run a command under a held [`Guard`]: it takes
 //! the guard (by reference), the command, the kill grace, `--max-runtime` and the
 //! forwarded [`Signals`], and returns gcslock's exit code and whether the lock may
-//! be released. `run` wraps it in acquire and release; the leader-election and
-//! semaphore modes are to call it the same way.
+//! be released. `run` wraps it in acquire and release (of the lock, or of a
+//! semaphore place with `--holders`); `elect` calls it once per term.
 //!
-//! `boundary`: what "the command and everything it started" is (cgroup, session or
+//! `holders`: what `run` contends for (a lock or a semaphore place); `boundary`: what "the command and everything it started" is (cgroup, session or
 //! process group; see docs/containment.md); `child`: starting the command in it;
 //! `signals`: the signals gcslock forwards; `supervisor`: when to stop the boundary;
 //! `watchdog`: the boundary dies with gcslock; `job`: all of it for one command.
@@ -40,8 +40,8 @@ use crate::parse::{parse_duration, parse_timezone, parse_ttl, parse_wait};
 use crate::target::LockTarget;
 
 pub const LONG_ABOUT: &str = "\
-Run COMMAND while holding the lock gs://BUCKET/OBJECT; stop it if the lease is lost.
-Details: `man gcslock-run`, or the README.";
+Run COMMAND while holding the lock gs://BUCKET/OBJECT; stop everything it started before
+the lease can run out. Details: `man gcslock-run`, docs/command.md and docs/containment.md.";
 
 /// Shown right after the usage line, in `-h` and `--help`.
 pub const EXAMPLES: &str = "\
@@ -52,38 +52,51 @@ Examples:
 
 /// The explanations behind `run`'s options, in the man page (`gcslock generate man`).
 pub const MANUAL: &str = "\
-The command inherits stdin, stdout and stderr and runs in its own process group, with
-GCSLOCK_TOKEN (the fencing token: larger than every earlier holder's) and GCSLOCK_URL in its
-environment. gcslock's own messages go to stderr only. The lock URL is never read from the
-environment, so a `gcslock run` inside the command works on its own lock.
+The command inherits stdin, stdout and stderr, with GCSLOCK_TOKEN (the fencing token: larger
+than every earlier holder's) and GCSLOCK_URL in its environment, and without the GCSLOCK_*
+variables of this run's own options (wait, TTL, once-per, ...: docs/environment.md) or
+GCSLOCK_BOUNDARY, so that a `gcslock run` inside the command is configured by its own. Connection and output settings (GCSLOCK_ENDPOINT,
+GCSLOCK_STORAGE_TIMEOUT, GCSLOCK_LOG_FORMAT, GCSLOCK_QUIET) stay. The lock URL is never read
+from the environment. gcslock's own messages go to stderr only, through a queue: when stderr
+is not drained, its lines are dropped (and counted once it flows again) rather than delay a
+refresh or a signal.
 
-Signals INT, TERM, HUP and QUIT sent to gcslock are forwarded to the command's whole process
-group; while gcslock is still waiting for the lock they abort the wait instead (exit 128+N).
+Everything the command starts is kept in a boundary: its own cgroup v2 where gcslock can
+create one (Linux with a writable cgroup v2; under systemd only in a unit with
+Delegate=yes), which no process can leave; else its own session, which processes that change
+their process group (timeout, set -m) stay in but processes that call setsid (daemons, sudo
+with use_pty, docker run containers) leave. GCSLOCK_BOUNDARY=cgroup|session|group forces one;
+a forced boundary that is not available is an error (exit 126, the command is not started).
+`gcslock -v run` names the boundary in force.
+
+Signals INT, TERM, HUP and QUIT sent to gcslock are forwarded to every process of the boundary;
+a run during which one was forwarded exits 128+N (N: the first one) whatever the command's
+code, and is never recorded as a completed --once-per period. While gcslock is still waiting
+for the lock they abort the wait instead (exit 128+N).
 
 The command never outlives the lease. gcslock's own lease deadline (TTL minus the safety
 margin after the last refresh was sent) comes at least two safety margins before any other
 client may take the lock over. If the lease is not refreshed and no more than --kill-grace
-is left before that deadline, the command's process group gets SIGTERM, and SIGKILL at the
-deadline at the latest. If the lock was broken or taken over, someone else may already run,
-and the group gets SIGKILL at once; likewise when gcslock wakes from a system suspend after
-the lease ran out. Either way gcslock exits 76 (also when the loss is found only as the
-command exits). Processes the command leaves behind in its process group are stopped the same
-way once it exits, so that nothing runs without the lock. The lock is released on every way out,
-except when part of the group survives SIGKILL for 5s (a process stuck in uninterruptible sleep):
-then the lock is left to expire by its TTL, as the group's writes may still land (exit 76 if the
-lease was lost, else 70). Only the command's process group is covered: processes that leave it
-(setsid, daemons, `sudo` with use_pty, `docker run` containers) are neither stopped nor waited for.
+is left before that deadline, the boundary gets SIGTERM, and SIGKILL at the deadline at the
+latest. If the lock was broken or taken over, someone else may already run, and the boundary
+gets SIGKILL at once; likewise when gcslock wakes from a system suspend after the lease ran
+out. Either way gcslock exits 76 (also when the loss is found only as the command exits).
+Processes the command leaves behind are stopped the same way once it exits, and the lock is
+released only once nothing of the boundary runs. Processes that survive SIGKILL (stuck in
+uninterruptible sleep) keep the lease refreshed while it is valid; if it is lost first, the
+lock is left to expire by its TTL, as their writes may still land (exit 76).
 
-Ctrl-Z (SIGTSTP), SIGTTIN and SIGTTOU are ignored with a warning: a stopped gcslock could neither
-refresh the lease nor stop the command.
+Ctrl-Z (SIGTSTP) and SIGTTIN are ignored with a warning: a stopped gcslock could neither
+refresh the lease nor stop the command. SIGTTOU is ignored, so that a background gcslock
+writing to a `stty tostop` terminal does not hang; the command gets the default back.
 
 A healthy lease has as little as TTL - margin - refresh interval left just before each refresh,
 so --kill-grace may be at most half of that (TTL 5m: about 1m56s; TTL 10s: about 3.9s); a longer one
 is refused (exit 64). The default is 10s or that limit, whichever is shorter.
 
 If gcslock itself dies (even of SIGKILL), the command dies too: the kernel kills the command
-(parent-death signal) and a small watchdog process, `gcslock __watchdog` in a process group of
-its own, kills the command's whole process group.
+(parent-death signal), and a watchdog that gcslock forks before starting the command (no
+second program start) kills the whole boundary and removes its cgroup.
 
 Once per period (--once-per PERIOD, e.g. `*/5 * * * * gcslock run --once-per 1h URL -- job`:
 hourly, retried every five minutes until one machine succeeds): periods follow the calendar of
@@ -93,16 +106,17 @@ run belongs to the period its wall clock is in when gcslock starts: a local cale
 (which must divide 24h evenly), local days counted from 1970-01-01 for several days. The
 command starts only if the lock records no completed run of that period (or a later one) of
 this PERIOD and zone, and the lock is free. When the command exits 0 with the lease valid to
-the end, the release records the period as completed, in the same conditional write; no extra
-request is made. When it fails (non-zero exit, signal, lost lease, --max-runtime), the period
-stays open: another machine waiting with --wait, or a later cron tick, runs it. A run whose
-period is already completed does not start the command and exits 0 (--done-exit-code), with one
-line on stderr saying when it completed (server clock) and by whom. A completion of another
-period or zone, or of a period that starts more than 5 minutes after the storage server's
-clock (a machine whose clock is fast), does not count: the command runs, with a warning.
+the end and no signal forwarded, the release records the period as completed, in the same
+conditional write; no extra request is made. When it fails (non-zero exit, signal, lost lease,
+--max-runtime), the period stays open: another machine waiting with --wait, or a later cron
+tick, runs it. A run whose period is already completed does not start the command and exits 0
+(--done-exit-code), with one line on stderr saying when it completed (server clock) and by
+whom. A completion of another period or zone, or of a period that starts more than 5 minutes
+after the storage server's clock (a machine whose clock is fast), does not count: the command
+runs, with a warning.
 
---max-runtime DURATION (more than zero): once the command has run that long, its process group gets SIGTERM,
-and SIGKILL after --kill-grace; gcslock releases the lock and exits 124.
+--max-runtime DURATION (more than zero): once the command has run that long, its boundary gets
+SIGTERM, and SIGKILL after --kill-grace; gcslock releases the lock and exits 124.
 
 --ttl forever: the lease never expires by time and no waiter ever takes it over; only
 `gcslock break --now` frees the lock (a crashed holder's lock stays until then). The holder still
@@ -124,7 +138,8 @@ Every option can also be set by an environment variable (shown with each option;
 wins), as cron and systemd units like to configure things.
 
 The command is not in the terminal's foreground process group: it can write to a terminal
-but not read from one (it would be stopped by SIGTTIN).";
+but not read from one (it would be stopped by SIGTTIN); in the session boundary it has no
+controlling terminal and can read the terminal it inherited.";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -153,9 +168,8 @@ pub struct RunArgs {
     #[arg(long, env = "GCSLOCK_ONCE_PER", value_name = "PERIOD", value_parser = parse_duration)]
     pub once_per: Option<Duration>,
 
-    /// The time zone whose calendar --once-per periods follow: an IANA name
-    /// (Europe/Paris) or UTC. Default: the local zone as cron sees it (TZ, else the
-    /// system's)
+    /// Zone of --once-per's calendar: IANA name (Europe/Paris) or UTC. Default: TZ,
+    /// else the system zone
     #[arg(long, env = "GCSLOCK_TIMEZONE", value_name = "ZONE", value_parser = parse_timezone)]
     pub timezone: Option<SlotZone>,
 
@@ -168,8 +182,7 @@ pub struct RunArgs {
     )]
     pub done_exit_code: u8,
 
-    /// Stop the command after it has run this long: SIGTERM to its process group,
-    /// SIGKILL after --kill-grace; exit 124, and the --once-per slot is not recorded
+    /// Stop the command after this long (SIGTERM, SIGKILL after --kill-grace): exit 124
     #[arg(long, env = "GCSLOCK_MAX_RUNTIME", value_name = "DURATION", value_parser = parse_duration)]
     pub max_runtime: Option<Duration>,
 
@@ -181,14 +194,13 @@ pub struct RunArgs {
     #[arg(long, env = "GCSLOCK_IDENTITY", value_name = "NAME")]
     pub identity: Option<String>,
 
-    /// Time between SIGTERM and SIGKILL when the command must stop because the lease
-    /// is running out. At most (TTL - safety margin - refresh interval) / 2. Default:
-    /// 10s or that limit, whichever is shorter
+    /// Time between SIGTERM and SIGKILL when the lease runs out: at most (TTL -
+    /// margin - refresh interval) / 2. Default: 10s or that limit if shorter
     #[arg(long, env = "GCSLOCK_KILL_GRACE", value_name = "DURATION", value_parser = parse_duration)]
     pub kill_grace: Option<Duration>,
 
-    /// At most N commands hold URL at once, across all machines (1 to 1000; 1 is the
-    /// plain lock). Every contender of URL must give the same N
+    /// Up to N holders at once, across machines (1 to 1000); every contender gives the
+    /// same N
     #[arg(
         long,
         env = "GCSLOCK_HOLDERS",
@@ -202,8 +214,8 @@ pub struct RunArgs {
     #[arg(long, env = "GCSLOCK_BUSY_EXIT_CODE", value_name = "CODE", default_value_t = exit::BUSY)]
     pub busy_exit_code: u8,
 
-    /// How long to keep retrying while storage is unreachable before giving up (exit 69);
-    /// no single request outlasts it. The retries also continue until the end of --wait
+    /// How long storage may fail before gcslock gives up (exit 69), and the longest
+    /// request; --wait extends the retries
     #[arg(
         long,
         env = "GCSLOCK_STORAGE_TIMEOUT",
