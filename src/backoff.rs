@@ -1,5 +1,6 @@
-//! Jittered exponential backoff for waiters and retries, and the one rule for a
-//! rate-limited (429) answer: slow down, then wait.
+//! Jittered exponential backoff for retries after failures, the steady jittered poll
+//! of waiters while a holder is alive, and the one rule for a rate-limited (429)
+//! answer: slow down, then wait.
 
 use std::time::Duration;
 

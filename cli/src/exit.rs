@@ -24,9 +24,7 @@ Exit codes:
   68     the endpoint does not answer like Google Cloud Storage (an HTTP server that is not
          GCS or a GCS emulator, e.g. a wrong --endpoint or $STORAGE_EMULATOR_HOST)
   69     storage unreachable or failing until the time allowed ran out (EX_UNAVAILABLE)
-  70     internal error in gcslock itself (EX_SOFTWARE); `gcslock run`: processes of the
-         command's group survived SIGKILL with the lease still held: the lock was not
-         released and expires after its TTL
+  70     internal error in gcslock itself (EX_SOFTWARE)
   74     `gcslock put`/`cat`: I/O error on stdin, the spool file or stdout (EX_IOERR)
   75     the lock is busy: held by someone else after any --wait (EX_TEMPFAIL);
          --busy-exit-code changes it. `gcslock break --token N`: the lock carries
@@ -34,8 +32,9 @@ Exit codes:
          concurrent writers kept winning the race (contended)
   76     the lease was lost, or was about to run out unrefreshed, while the command ran;
          the command was stopped (or, if the lease ran out before it could start, e.g.
-         gcslock was suspended, not started); if part of the command's group survived
-         SIGKILL, the lock was not released and expires after its TTL
+         gcslock was suspended, not started); processes of the command that survive
+         SIGKILL keep the lease refreshed while it lasts; if it is lost before they are
+         gone, the lock is not released and expires after its TTL
   77     permission denied by storage, or no credentials (EX_NOPERM)
   78     `gcslock put`: the fencing token is stale: the object was already written with
          a larger one, by a newer holder; nothing was written

@@ -27,7 +27,7 @@ machines runs it at a time, and another takes over when it stops.
 
 gcslock is a candidate: it reads the lock once a second (jittered, reads only) while another
 leader is alive, and takes the lock when it is free, released, or stale by the server's clock.
-While it leads, COMMAND runs exactly as under `gcslock run` (own process group, GCSLOCK_TOKEN and
+While it leads, COMMAND runs exactly as under `gcslock run` (in its own cgroup, GCSLOCK_TOKEN and
 GCSLOCK_URL in its environment, stopped before the lease can run out, killed at once if the lock
 is broken or taken over, and with gcslock if gcslock dies). Each term has its own fencing token,
 larger than every earlier term's. --value is published in the lock for `gcslock observe` and
@@ -39,7 +39,7 @@ second) and waits two poll intervals before campaigning, so that the other candi
 when leadership is lost, COMMAND is stopped and gcslock campaigns again.
 
 SIGTERM, SIGINT, SIGHUP or SIGQUIT: forwarded to COMMAND while it runs; gcslock waits for it
-(SIGKILL after --kill-grace once the lease needs it), resigns at once, and exits 128+N. While
+at most --kill-grace (then SIGKILL), resigns at once, and exits 128+N. While
 campaigning, they stop the campaign and gcslock exits 128+N at once.
 
 A crashed leader's term ends when its lease is stale: after TTL plus a tenth of it (the safety
@@ -133,6 +133,7 @@ pub async fn elect(global: &GlobalArgs, args: ElectArgs) -> anyhow::Result<u8> {
         remove_from_environment: &remove_from_environment,
         boundary,
         log_format: global.log_format,
+        bound_forwarded: true,
     };
     loop {
         tracing::info!("{url}: campaigning as {}", election.lock().identity());

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use super::boundary::{self, Prepared};
 use super::child::{self, describe_status, exit_code, Environment};
 use super::signals::Signals;
-use super::supervisor::{supervise, Group, Supervised, Supervision};
+use super::supervisor::{supervise_bounded, Group, Supervised, Supervision};
 use super::watchdog::Watchdog;
 use crate::exit::{self, Coded};
 use crate::global::LogFormat;
@@ -33,6 +33,9 @@ pub struct Job<'a> {
     pub boundary: Option<boundary::Kind>,
     /// For the watchdog's one message.
     pub log_format: LogFormat,
+    /// Kill the command if it still runs a kill grace after a forwarded signal
+    /// (`elect`); `run` waits for it as long as the lease lasts.
+    pub bound_forwarded: bool,
 }
 
 /// How a job ended.
@@ -110,13 +113,14 @@ pub async fn run_job(guard: &Guard, job: &Job<'_>, signals: &mut Signals) -> Job
     let started = tokio::time::Instant::now();
     // Past the end of the clock (refused up front) means no limit.
     let max_runtime_end = job.max_runtime.and_then(|limit| started.checked_add(limit));
-    let supervision = supervise(
+    let supervision = supervise_bounded(
         &mut group,
         guard,
         signals,
         job.kill_grace,
         url,
         max_runtime_end,
+        job.bound_forwarded,
     )
     .await;
     // Disarmed only once nothing of the boundary runs, so that a session or process
@@ -214,6 +218,12 @@ fn code_of(
                 short_duration(max_runtime.unwrap_or_default())
             );
             Ok(terminated("the stop".to_owned()).unwrap_or(exit::TIMED_OUT))
+        }
+        Supervised::Killed(status) => {
+            if let Some(status) = status {
+                tracing::info!("{url}: the command ended with {}", describe_status(status));
+            }
+            Ok(terminated("SIGKILL".to_owned()).unwrap_or(exit::signal(Signal::SIGKILL as i32)))
         }
         Supervised::WaitFailed(error) => Err(Coded::new(
             exit::INTERNAL,

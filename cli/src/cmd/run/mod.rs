@@ -362,6 +362,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         remove_from_environment: &remove_from_environment,
         boundary,
         log_format: global.log_format,
+        bound_forwarded: false,
     };
     let end = run_job(&guard, &job, &mut signals).await;
     // Exit 0 means the command succeeded with the lease valid to the end, and no

@@ -91,6 +91,9 @@ pub enum Supervised {
     Stopped(Option<ExitStatus>),
     /// The command ran past `--max-runtime` and was stopped; its status if reaped.
     TimedOut(Option<ExitStatus>),
+    /// The command outlived the kill grace after a forwarded signal and was killed
+    /// (`elect`: a graceful stop must hand over promptly); its status if reaped.
+    Killed(Option<ExitStatus>),
     /// Waiting for the command failed; its group was killed.
     WaitFailed(io::Error),
     /// The group survived SIGKILL (say, a process stuck in uninterruptible sleep)
@@ -180,12 +183,15 @@ enum Event {
     Exited(io::Result<ExitStatus>),
     Look,
     Signal(Signal),
+    /// The kill grace after a forwarded signal ran out.
+    GraceOver,
 }
 
 /// Waits for the command, forwarding signals to its group, and stops the group as
 /// the lease requires (see the module's documentation), or once `max_runtime_end`
 /// passes (`--max-runtime`: SIGTERM, then SIGKILL after the kill grace or at the
 /// lease's deadline if sooner).
+#[cfg(test)]
 pub async fn supervise<G: Group, L: Lease>(
     group: &mut G,
     lease: &L,
@@ -194,18 +200,45 @@ pub async fn supervise<G: Group, L: Lease>(
     url: &str,
     max_runtime_end: Option<Instant>,
 ) -> Supervision {
-    let mut forwarded = None;
-    let ended = supervise_group(
+    supervise_bounded(
         group,
         lease,
         signals,
-        &mut forwarded,
         kill_grace,
         url,
         max_runtime_end,
+        false,
     )
-    .await;
+    .await
+}
+
+/// [`supervise`], and with `bound_forwarded` a command still running a kill grace
+/// after gcslock forwarded it a signal is killed (`elect`'s graceful stop: the next
+/// leader must not wait on a command that ignores SIGTERM).
+pub async fn supervise_bounded<G: Group, L: Lease>(
+    group: &mut G,
+    lease: &L,
+    signals: &mut Signals,
+    kill_grace: Duration,
+    url: &str,
+    max_runtime_end: Option<Instant>,
+    bound_forwarded: bool,
+) -> Supervision {
+    let mut forwarded = None;
+    let limits = Limits {
+        kill_grace,
+        max_runtime_end,
+        bound_forwarded,
+    };
+    let ended = supervise_group(group, lease, signals, &mut forwarded, &limits, url).await;
     Supervision { ended, forwarded }
+}
+
+/// When the group must stop besides the lease.
+struct Limits {
+    kill_grace: Duration,
+    max_runtime_end: Option<Instant>,
+    bound_forwarded: bool,
 }
 
 async fn supervise_group<G: Group, L: Lease>(
@@ -213,10 +246,11 @@ async fn supervise_group<G: Group, L: Lease>(
     lease: &L,
     signals: &mut Signals,
     forwarded: &mut Option<Signal>,
-    kill_grace: Duration,
+    limits: &Limits,
     url: &str,
-    max_runtime_end: Option<Instant>,
 ) -> Supervised {
+    let (kill_grace, max_runtime_end) = (limits.kill_grace, limits.max_runtime_end);
+    let mut grace_over = None;
     let lost = lease.lost_notice();
     tokio::pin!(lost);
     let mut lost_seen = false;
@@ -232,11 +266,30 @@ async fn supervise_group<G: Group, L: Lease>(
             }
             _ = tick.tick() => Event::Look,
             () = sleep_until_some(max_runtime_end) => Event::Look,
+            () = sleep_until_some(grace_over) => Event::GraceOver,
             Some(signal) = signals.recv() => Event::Signal(signal),
         };
         match event {
             Event::Exited(status) => break status,
-            Event::Signal(signal) => forward(group, signal, forwarded),
+            Event::Signal(signal) => {
+                forward(group, signal, forwarded);
+                if limits.bound_forwarded && grace_over.is_none() {
+                    let now = Instant::now();
+                    grace_over = Some(now.checked_add(kill_grace).unwrap_or(now));
+                }
+            }
+            Event::GraceOver => {
+                let name = group.name().to_owned();
+                let announce = || {
+                    tracing::warn!(
+                        "the command still ran {} after the forwarded signal; killing its {name}",
+                        short_duration(kill_grace)
+                    );
+                };
+                let stopping =
+                    stop_by(group, Instant::now(), lease, signals, forwarded, announce).await;
+                return stopping.outcome(Supervised::Killed);
+            }
             Event::Look => {
                 let now = Instant::now();
                 if let Some(stop) = decide(lease.state(), kill_grace, now) {
@@ -758,6 +811,44 @@ mod tests {
         assert_eq!(outcome.forwarded, Some(Signal::SIGHUP));
         let sent: Vec<Signal> = group.sent().into_iter().map(|(s, _)| s).collect();
         assert_eq!(sent, vec![Signal::SIGHUP, Signal::SIGCONT]);
+    }
+
+    /// `elect`'s graceful stop: a command that ignores the forwarded SIGTERM is
+    /// killed one kill grace later (before, it ran until it chose to exit).
+    #[tokio::test(start_paused = true)]
+    async fn a_bounded_forward_kills_a_command_that_ignores_it_after_the_grace() {
+        let mut group = FakeGroup::new(Some(Duration::from_secs(3600)));
+        let lease = FakeLease::ending_in(Duration::from_secs(7200));
+        let (sender, mut signals) = Signals::from_channel();
+        sender.send(Signal::SIGTERM).unwrap();
+        let outcome = supervise_bounded(
+            &mut group,
+            &lease,
+            &mut signals,
+            GRACE,
+            "gs://b/o",
+            None,
+            true,
+        )
+        .await;
+        assert!(
+            matches!(outcome.ended, Supervised::Killed(_)),
+            "{outcome:?}"
+        );
+        assert_eq!(outcome.forwarded, Some(Signal::SIGTERM));
+        assert_eq!(group.first(Signal::SIGTERM), Some(Duration::ZERO));
+        assert_eq!(group.first(Signal::SIGKILL), Some(GRACE));
+
+        // Unbounded (`run`), the same command is only forwarded the signal.
+        let mut group = FakeGroup::new(Some(Duration::from_secs(3600)));
+        let (sender, mut signals) = Signals::from_channel();
+        sender.send(Signal::SIGTERM).unwrap();
+        let outcome = supervise(&mut group, &lease, &mut signals, GRACE, "gs://b/o", None).await;
+        assert!(
+            matches!(outcome.ended, Supervised::Exited(_)),
+            "{outcome:?}"
+        );
+        assert_eq!(group.first(Signal::SIGKILL), None);
     }
 
     #[tokio::test(start_paused = true)]
