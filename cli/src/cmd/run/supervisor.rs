@@ -638,7 +638,12 @@ mod tests {
     fn log_into(journal: &Journal) -> tracing::subscriber::DefaultGuard {
         use tracing_subscriber::layer::SubscriberExt as _;
         let subscriber = tracing_subscriber::registry().with(journal.clone());
-        tracing::subscriber::set_default(subscriber)
+        let guard = tracing::subscriber::set_default(subscriber);
+        // Tests on other threads register callsites concurrently; one registered while
+        // no subscriber of ours existed may have cached "never". Recompute it now that
+        // ours is in place (seen once as a missing "the lease is kept" line).
+        tracing::callsite::rebuild_interest_cache();
+        guard
     }
 
     /// A lease whose deadline the test moves; its loss notice never comes, as when
