@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use super::boundary::{self, Prepared};
 use super::child::{self, describe_status, exit_code, Environment};
 use super::signals::Signals;
-use super::supervisor::{supervise_bounded, Group, Supervised, Supervision};
+use super::supervisor::{supervise, Group, Supervised, Supervision};
 use super::watchdog::Watchdog;
 use crate::exit::{self, Coded};
 use crate::global::LogFormat;
@@ -113,7 +113,7 @@ pub async fn run_job(guard: &Guard, job: &Job<'_>, signals: &mut Signals) -> Job
     let started = tokio::time::Instant::now();
     // Past the end of the clock (refused up front) means no limit.
     let max_runtime_end = job.max_runtime.and_then(|limit| started.checked_add(limit));
-    let supervision = supervise_bounded(
+    let supervision = supervise(
         &mut group,
         guard,
         signals,

@@ -190,32 +190,10 @@ enum Event {
 /// Waits for the command, forwarding signals to its group, and stops the group as
 /// the lease requires (see the module's documentation), or once `max_runtime_end`
 /// passes (`--max-runtime`: SIGTERM, then SIGKILL after the kill grace or at the
-/// lease's deadline if sooner).
-#[cfg(test)]
+/// lease's deadline if sooner). With `bound_forwarded`, a command still running a
+/// kill grace after gcslock forwarded it a signal is killed (`elect`'s graceful
+/// stop: the next leader must not wait on a command that ignores SIGTERM).
 pub async fn supervise<G: Group, L: Lease>(
-    group: &mut G,
-    lease: &L,
-    signals: &mut Signals,
-    kill_grace: Duration,
-    url: &str,
-    max_runtime_end: Option<Instant>,
-) -> Supervision {
-    supervise_bounded(
-        group,
-        lease,
-        signals,
-        kill_grace,
-        url,
-        max_runtime_end,
-        false,
-    )
-    .await
-}
-
-/// [`supervise`], and with `bound_forwarded` a command still running a kill grace
-/// after gcslock forwarded it a signal is killed (`elect`'s graceful stop: the next
-/// leader must not wait on a command that ignores SIGTERM).
-pub async fn supervise_bounded<G: Group, L: Lease>(
     group: &mut G,
     lease: &L,
     signals: &mut Signals,
@@ -698,7 +676,7 @@ mod tests {
         let (_sender, mut signals) = Signals::from_channel();
         tokio::time::timeout(
             HANG_GUARD,
-            supervise(group, lease, &mut signals, grace, "gs://b/o", end),
+            supervise(group, lease, &mut signals, grace, "gs://b/o", end, false),
         )
         .await
         .expect("the supervisor never stopped the group")
@@ -808,7 +786,16 @@ mod tests {
         let lease = FakeLease::ending_in(Duration::from_secs(3600));
         let (sender, mut signals) = Signals::from_channel();
         sender.send(Signal::SIGHUP).unwrap();
-        let outcome = supervise(&mut group, &lease, &mut signals, GRACE, "gs://b/o", None).await;
+        let outcome = supervise(
+            &mut group,
+            &lease,
+            &mut signals,
+            GRACE,
+            "gs://b/o",
+            None,
+            false,
+        )
+        .await;
         assert!(
             matches!(outcome.ended, Supervised::Exited(_)),
             "{outcome:?}"
@@ -826,7 +813,7 @@ mod tests {
         let lease = FakeLease::ending_in(Duration::from_secs(7200));
         let (sender, mut signals) = Signals::from_channel();
         sender.send(Signal::SIGTERM).unwrap();
-        let outcome = supervise_bounded(
+        let outcome = supervise(
             &mut group,
             &lease,
             &mut signals,
@@ -848,7 +835,16 @@ mod tests {
         let mut group = FakeGroup::new(Some(Duration::from_secs(3600)));
         let (sender, mut signals) = Signals::from_channel();
         sender.send(Signal::SIGTERM).unwrap();
-        let outcome = supervise(&mut group, &lease, &mut signals, GRACE, "gs://b/o", None).await;
+        let outcome = supervise(
+            &mut group,
+            &lease,
+            &mut signals,
+            GRACE,
+            "gs://b/o",
+            None,
+            false,
+        )
+        .await;
         assert!(
             matches!(outcome.ended, Supervised::Exited(_)),
             "{outcome:?}"
@@ -881,6 +877,7 @@ mod tests {
             GRACE,
             "gs://b/o",
             Some(end),
+            false,
         )
         .await;
         assert!(
@@ -1000,7 +997,16 @@ mod tests {
         let (sender, mut signals) = Signals::from_channel();
         sender.send(Signal::SIGTERM).unwrap();
         sender.send(Signal::SIGINT).unwrap();
-        let outcome = supervise(&mut group, &lease, &mut signals, GRACE, "gs://b/o", None).await;
+        let outcome = supervise(
+            &mut group,
+            &lease,
+            &mut signals,
+            GRACE,
+            "gs://b/o",
+            None,
+            false,
+        )
+        .await;
         assert!(
             matches!(outcome.ended, Supervised::Exited(status) if status.success()),
             "{outcome:?}"
