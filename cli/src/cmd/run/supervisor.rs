@@ -612,6 +612,27 @@ mod tests {
         }
     }
 
+    /// Supervises `group` after `signal` arrived for gcslock to forward.
+    async fn after_signal<G: Group>(
+        group: &mut G,
+        lease: &FakeLease,
+        signal: Signal,
+        bound_forwarded: bool,
+    ) -> Supervision {
+        let (sender, mut signals) = Signals::from_channel();
+        sender.send(signal).unwrap();
+        supervise(
+            group,
+            lease,
+            &mut signals,
+            GRACE,
+            "gs://b/o",
+            None,
+            bound_forwarded,
+        )
+        .await
+    }
+
     /// Logs into `journal` on this thread (the paused-clock tests run on one).
     fn log_into(journal: &Journal) -> tracing::subscriber::DefaultGuard {
         use tracing_subscriber::layer::SubscriberExt as _;
@@ -784,18 +805,7 @@ mod tests {
     async fn signals_are_forwarded_to_the_group() {
         let mut group = FakeGroup::new(Some(Duration::from_secs(10)));
         let lease = FakeLease::ending_in(Duration::from_secs(3600));
-        let (sender, mut signals) = Signals::from_channel();
-        sender.send(Signal::SIGHUP).unwrap();
-        let outcome = supervise(
-            &mut group,
-            &lease,
-            &mut signals,
-            GRACE,
-            "gs://b/o",
-            None,
-            false,
-        )
-        .await;
+        let outcome = after_signal(&mut group, &lease, Signal::SIGHUP, false).await;
         assert!(
             matches!(outcome.ended, Supervised::Exited(_)),
             "{outcome:?}"
@@ -811,18 +821,7 @@ mod tests {
     async fn a_bounded_forward_kills_a_command_that_ignores_it_after_the_grace() {
         let mut group = FakeGroup::new(Some(Duration::from_secs(3600)));
         let lease = FakeLease::ending_in(Duration::from_secs(7200));
-        let (sender, mut signals) = Signals::from_channel();
-        sender.send(Signal::SIGTERM).unwrap();
-        let outcome = supervise(
-            &mut group,
-            &lease,
-            &mut signals,
-            GRACE,
-            "gs://b/o",
-            None,
-            true,
-        )
-        .await;
+        let outcome = after_signal(&mut group, &lease, Signal::SIGTERM, true).await;
         assert!(
             matches!(outcome.ended, Supervised::Killed(_)),
             "{outcome:?}"
@@ -833,18 +832,7 @@ mod tests {
 
         // Unbounded (`run`), the same command is only forwarded the signal.
         let mut group = FakeGroup::new(Some(Duration::from_secs(3600)));
-        let (sender, mut signals) = Signals::from_channel();
-        sender.send(Signal::SIGTERM).unwrap();
-        let outcome = supervise(
-            &mut group,
-            &lease,
-            &mut signals,
-            GRACE,
-            "gs://b/o",
-            None,
-            false,
-        )
-        .await;
+        let outcome = after_signal(&mut group, &lease, Signal::SIGTERM, false).await;
         assert!(
             matches!(outcome.ended, Supervised::Exited(_)),
             "{outcome:?}"
