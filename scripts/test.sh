@@ -35,4 +35,4 @@ done
 export GCSLOCK_REQUIRE_STRICT=1 GCSLOCK_REQUIRE_OBJECT_STORE=1
 
 section "cargo test"
-cargo test --workspace --all-features "$@"
+cargo test --workspace --all-features --no-fail-fast "$@"

@@ -147,7 +147,9 @@ fn read_stat(proc: BorrowedFd<'_>, pid: i32, tid: Option<i32>) -> Option<Stat> {
 }
 
 /// "pid (comm) state ppid pgrp session ...": the name may contain anything, even
-/// ')', so the fields start after the last ')'.
+/// ')', so the fields start after the last ')'. A group or session whose leader is
+/// outside our PID namespace reads as 0 (a container entered with `docker exec`,
+/// say); such a process is still scanned, since it may belong to the other id.
 fn parse_stat(stat: &[u8]) -> Option<Stat> {
     let close = stat.iter().rposition(|&byte| byte == b')')?;
     let mut fields = stat
@@ -156,8 +158,8 @@ fn parse_stat(stat: &[u8]) -> Option<Stat> {
         .filter(|field| !field.is_empty());
     let state = *fields.next()?.first()?;
     let _ppid = fields.next()?;
-    let pgrp = parse_id(fields.next()?)?;
-    let session = parse_id(fields.next()?)?;
+    let pgrp = parse_id_or_outside(fields.next()?)?;
+    let session = parse_id_or_outside(fields.next()?)?;
     Some(Stat {
         state,
         pgrp,
@@ -180,6 +182,15 @@ pub fn parse_id(digits: &[u8]) -> Option<i32> {
             .checked_add(i32::from(digit.checked_sub(b'0')?))?;
     }
     (value > 0).then_some(value)
+}
+
+/// An id, or 0 for one outside our PID namespace. No membership is ever 0, so a 0
+/// never matches.
+fn parse_id_or_outside(digits: &[u8]) -> Option<i32> {
+    match digits {
+        b"0" => Some(0),
+        _ => parse_id(digits),
+    }
 }
 
 /// A NUL-terminated relative path built on the stack ("PID/task/TID/stat").
@@ -253,6 +264,15 @@ mod tests {
                 session: 4200
             })
         );
+        // Leaders outside our PID namespace read as 0; the process still counts.
+        assert_eq!(
+            parse_stat(b"6 (sleep) S 2 6 0 0 -1"),
+            Some(Stat {
+                state: b'S',
+                pgrp: 6,
+                session: 0
+            })
+        );
         assert_eq!(parse_stat(b"4242 (sh"), None);
         assert_eq!(parse_stat(b"4242 (sh) Z 1 x 3"), None);
     }
@@ -269,12 +289,44 @@ mod tests {
         assert_eq!(format_id(i32::MAX, &mut digits), b"2147483647");
     }
 
-    #[test]
-    fn our_own_session_has_a_running_member_and_a_made_up_one_has_none() {
+    /// A child of its own in a new session, so that the test does not depend on
+    /// where the test runner's session leader lives: inside a PID namespace whose
+    /// session leader is outside it (as in CI), our own session id reads as 0.
+    fn spawn_sleeper(new_session: bool) -> std::process::Child {
+        use std::os::unix::process::CommandExt as _;
+        let mut command = std::process::Command::new("sleep");
+        command.arg("60");
+        if new_session {
+            // SAFETY: setsid is a single system call; nothing is allocated or locked.
+            unsafe {
+                command.pre_exec(|| Ok(nix::unistd::setsid().map(drop)?));
+            }
+        } else {
+            command.process_group(0);
+        }
+        command.spawn().expect("spawn sleep")
+    }
+
+    fn members_run(membership: Membership) -> bool {
         let proc = open_proc().expect("/proc");
-        let session = nix::unistd::getsid(None).expect("getsid").as_raw();
-        assert!(any_member_runs(proc.as_fd(), Membership::Session(session)).expect("scan"));
-        let nobody = Membership::ProcessGroup(i32::MAX);
-        assert!(!any_member_runs(proc.as_fd(), nobody).expect("scan"));
+        any_member_runs(proc.as_fd(), membership).expect("scan")
+    }
+
+    #[test]
+    fn a_live_session_or_group_has_a_running_member_and_a_reaped_one_has_none() {
+        for new_session in [true, false] {
+            let mut child = spawn_sleeper(new_session);
+            let id = i32::try_from(child.id()).expect("pid");
+            let membership = if new_session {
+                Membership::Session(id)
+            } else {
+                Membership::ProcessGroup(id)
+            };
+            assert!(members_run(membership), "{membership:?} while it sleeps");
+            child.kill().expect("kill");
+            child.wait().expect("wait");
+            assert!(!members_run(membership), "{membership:?} once reaped");
+        }
+        assert!(!members_run(Membership::ProcessGroup(i32::MAX)));
     }
 }
