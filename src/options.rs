@@ -8,7 +8,7 @@ use crate::backend::Backend;
 use crate::backend::Metadata;
 use crate::error::Error;
 use crate::identity::{check_name, default_identity, MAX_IDENTITY_LEN};
-use crate::record::{LockRecord, Ttl, KEY_HOLDERS};
+use crate::record::{check_boundary, LockRecord, Ttl, KEY_BOUNDARY, KEY_HOLDERS};
 
 /// TTLs outside this range are refused: below it no refresh can keep up with
 /// request latency; above it a crashed holder blocks everyone for days.
@@ -51,6 +51,7 @@ pub struct LockOptions {
     poll_min: Duration,
     poll_max: Duration,
     unavailable_timeout: Duration,
+    boundary: Option<String>,
 }
 
 impl Default for LockOptions {
@@ -64,6 +65,7 @@ impl Default for LockOptions {
             poll_min: Duration::from_millis(250),
             poll_max: Duration::from_secs(8),
             unavailable_timeout: crate::retry::DEFAULT_TIMEOUT,
+            boundary: None,
         }
     }
 }
@@ -137,6 +139,15 @@ impl LockOptions {
         self.unavailable_timeout = timeout;
         self
     }
+
+    /// Names what contains the holder's work, recorded with every acquire so that
+    /// [`crate::status`] shows it (`gcslock run` writes `cgroup`, `session` or
+    /// `group`): 1 to 32 lowercase letters, digits or '-'. It only informs; no one
+    /// acts on it. Default: none recorded.
+    pub fn boundary(mut self, name: impl Into<String>) -> Self {
+        self.boundary = Some(name.into());
+        self
+    }
 }
 
 /// Validated settings shared by a lock and its leases.
@@ -158,6 +169,8 @@ pub(crate) struct LockSettings {
     /// A semaphore place's holder limit, written with every acquire; `None` for a
     /// plain lock, which writes no limit and counts as a limit of 1.
     pub holders: Option<u32>,
+    /// What contains the holder's work ([`LockOptions::boundary`]).
+    pub boundary: Option<String>,
 }
 
 impl LockSettings {
@@ -223,6 +236,9 @@ impl LockSettings {
                 "identity must not start with {REVOKED_PREFIX:?}, which marks a revoked lock"
             )));
         }
+        if let Some(boundary) = &options.boundary {
+            check_boundary(boundary).map_err(Error::InvalidInput)?;
+        }
         let url = format!("{}/{}", backend.describe(), object);
         Ok(Self {
             backend,
@@ -237,6 +253,7 @@ impl LockSettings {
             poll_max: options.poll_max,
             unavailable_timeout: options.unavailable_timeout,
             holders: None,
+            boundary: options.boundary,
         })
     }
 
@@ -280,11 +297,15 @@ impl LockSettings {
         self.holders.unwrap_or(1)
     }
 
-    /// The metadata an acquire writes: the record, and a semaphore place's limit.
+    /// The metadata an acquire writes: the record, a semaphore place's limit, and
+    /// the holder's boundary.
     pub(crate) fn metadata_of(&self, record: &LockRecord) -> Metadata {
         let mut metadata = record.to_metadata();
         if let Some(limit) = self.holders {
             metadata.insert(KEY_HOLDERS.to_owned(), limit.to_string());
+        }
+        if let Some(boundary) = &self.boundary {
+            metadata.insert(KEY_BOUNDARY.to_owned(), boundary.clone());
         }
         metadata
     }

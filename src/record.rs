@@ -56,6 +56,12 @@ pub const MAX_HOLDERS: u32 = 1000;
 /// The value an election's leader publishes (PROTOCOL.md, election); written only by
 /// election terms, so a plain acquire (a full rewrite) drops it.
 pub(crate) const KEY_VALUE: &str = "gcslock-value";
+/// What contains the holder's work, as the holder declared it (`gcslock run` writes
+/// `cgroup`, `session` or `group`); informational, for `status`. Written by the
+/// acquiring write only.
+pub(crate) const KEY_BOUNDARY: &str = "gcslock-boundary";
+/// The longest boundary name accepted.
+pub(crate) const MAX_BOUNDARY_LEN: usize = 32;
 /// The longest leader value accepted: GCS allows 8 KiB of custom metadata in all.
 pub(crate) const MAX_VALUE_LEN: usize = 1024;
 
@@ -391,6 +397,28 @@ pub(crate) fn check_value(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `name` may be recorded as a boundary: 1 to [`MAX_BOUNDARY_LEN`] bytes of
+/// lowercase letters, digits and '-', so that it prints the same everywhere.
+pub(crate) fn check_boundary(name: &str) -> Result<(), String> {
+    let allowed = |byte: u8| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-';
+    if name.is_empty() || name.len() > MAX_BOUNDARY_LEN || !name.bytes().all(allowed) {
+        return Err(format!(
+            "boundary must be 1 to {MAX_BOUNDARY_LEN} lowercase letters, digits or '-', not {}",
+            quoted(name)
+        ));
+    }
+    Ok(())
+}
+
+/// The boundary `metadata` declares. It only informs, so one that is not well-formed
+/// (someone else wrote it) counts as absent rather than making the record unreadable.
+pub(crate) fn decode_boundary(metadata: &Metadata) -> Option<String> {
+    metadata
+        .get(KEY_BOUNDARY)
+        .filter(|name| check_boundary(name).is_ok())
+        .cloned()
+}
+
 /// The leader value `metadata` carries, if any; untrusted, so checked as written.
 pub(crate) fn decode_value(metadata: &Metadata) -> Result<Option<String>, String> {
     metadata
@@ -577,6 +605,43 @@ mod tests {
         for hostile in [too_long.as_str(), "a\nb", "\u{1b}[2J", "\0", "\u{85}"] {
             let why = decode_value(&with(KEY_VALUE, hostile)).unwrap_err();
             assert!(why.contains(KEY_VALUE) && why.len() < 300, "{why}");
+        }
+    }
+
+    #[test]
+    fn boundaries_are_short_plain_names_and_hostile_ones_count_as_absent() {
+        assert_eq!(decode_boundary(&valid()), None);
+        for fine in [
+            "cgroup",
+            "session",
+            "group",
+            "k8s-pod",
+            &"b".repeat(MAX_BOUNDARY_LEN),
+        ] {
+            assert_eq!(check_boundary(fine), Ok(()));
+            assert_eq!(
+                decode_boundary(&with(KEY_BOUNDARY, fine)),
+                Some(fine.to_owned())
+            );
+        }
+        let too_long = "b".repeat(MAX_BOUNDARY_LEN + 1);
+        for hostile in [
+            "",
+            "Cgroup",
+            "a b",
+            "cgroup\n",
+            "\u{202e}group",
+            too_long.as_str(),
+        ] {
+            let why = check_boundary(hostile).unwrap_err();
+            assert!(why.len() < 200, "{why}");
+            assert_eq!(
+                decode_boundary(&with(KEY_BOUNDARY, hostile)),
+                None,
+                "{hostile:?}"
+            );
+            // The record itself stays readable.
+            assert!(LockRecord::from_metadata(&with(KEY_BOUNDARY, hostile)).is_ok());
         }
     }
 

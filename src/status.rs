@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::backend::{Backend, ObjectInfo, ObjectVersion};
 use crate::error::Error;
 use crate::options::default_margin;
-use crate::record::{decode_value, LockRecord, LockState, Ttl};
+use crate::record::{decode_boundary, decode_value, LockRecord, LockState, Ttl};
 use crate::retry::Retry;
 use crate::slot::CompletedSlot;
 use crate::token::FencingToken;
@@ -70,6 +70,10 @@ pub struct HeldStatus {
     /// The value this holder published as an election's leader
     /// ([`crate::Election`]), if it did.
     pub value: Option<String>,
+    /// What contains the holder's work, as it declared it
+    /// ([`crate::LockOptions::boundary`]); `None` if it declared none, or nothing
+    /// well-formed.
+    pub boundary: Option<String>,
 }
 
 impl LockStatus {
@@ -147,6 +151,7 @@ impl LockStatus {
             last_completed,
             unreadable_completion,
             value,
+            boundary: decode_boundary(&info.metadata),
         };
         if expires_in == Some(Duration::ZERO) {
             Self::Stale(held)

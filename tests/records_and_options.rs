@@ -154,3 +154,43 @@ mod object_store_body {
         assert!(patched.is_err(), "{patched:?}");
     }
 }
+
+/// The boundary a holder declares goes with its acquiring write and shows in status;
+/// one that could print as something else is refused before any request.
+#[tokio::test(start_paused = true)]
+async fn a_declared_boundary_is_recorded_with_the_acquire_and_shown_by_status() {
+    let memory = MemoryBackend::new("b");
+    let options = || LockOptions::default().ttl(Duration::from_secs(30));
+    let lock =
+        Lock::new(Arc::new(memory.clone()), NAME, options().boundary("cgroup")).expect("lock");
+    let guard = lock.acquire(Wait::No).await.expect("acquire");
+    let first = lock.status().await.expect("status");
+    // Refreshes (every 3.75 s) merge their keys into the record and keep it.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let refreshed = lock.status().await.expect("status");
+    let versions = [first, refreshed].map(|status| match status {
+        LockStatus::Held(held) => {
+            assert_eq!(held.boundary.as_deref(), Some("cgroup"));
+            held.version
+        }
+        other => panic!("{other:?}"),
+    });
+    assert_ne!(versions[0], versions[1], "no refresh happened");
+    guard.release().await.expect("release");
+
+    let plain = Lock::new(Arc::new(memory.clone()), NAME, options()).expect("lock");
+    let guard = plain.acquire(Wait::No).await.expect("acquire");
+    match plain.status().await.expect("status") {
+        LockStatus::Held(held) => assert_eq!(held.boundary, None, "a full write drops it"),
+        other => panic!("{other:?}"),
+    }
+    guard.release().await.expect("release");
+
+    for bad in ["", "CGroup", "cgroup\u{1b}[2J", "\u{202e}puorgc"] {
+        let refused = Lock::new(Arc::new(memory.clone()), NAME, options().boundary(bad));
+        assert!(
+            matches!(&refused, Err(Error::InvalidInput(why)) if why.contains("boundary")),
+            "{bad:?}: {refused:?}"
+        );
+    }
+}

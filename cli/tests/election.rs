@@ -62,6 +62,11 @@ async fn a_leader_whose_command_exits_is_replaced_and_campaigns_again() {
     let first = leads(&mut a, "a").await;
     let status = status_json(Some(&emulator), &url).await;
     assert_eq!(status["value"], "addr-a", "{status}");
+    // Terms record the boundary that holds their command, as `run` does.
+    assert!(
+        matches!(status["boundary"].as_str(), Some("cgroup" | "session")),
+        "{status}"
+    );
     let mut b = candidate(&emulator, &url, "b");
     b.expect_stderr("campaigning as b").await;
 

@@ -18,7 +18,7 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use harness::{code, describe, gcslock, output, text, Emulator, Running};
+use harness::{code, describe, gcslock, output, status_json, text, Emulator, Running};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -401,4 +401,53 @@ async fn a_background_gcslock_writing_to_a_tostop_terminal_does_not_spin() {
     })
     .await;
     assert_eq!(text(&out.stdout), "exited 69\n", "{}", describe(&out));
+}
+
+/// `status` says which boundary holds a running command (the acquiring write records
+/// it), in text and in JSON; a busy run leaves no cgroup behind, as its boundary is
+/// made ready before it asks for the lock.
+#[tokio::test]
+async fn status_shows_the_boundary_that_holds_the_command() {
+    let Some(emulator) = Emulator::strict() else {
+        return;
+    };
+    for boundary in ALL {
+        let url = emulator.url(&format!("status-{boundary:?}"));
+        let args = ["-v", "run", &url, "--", "sh", "-c", "echo ready; read _"];
+        let mut command = gcslock(Some(&emulator), &args);
+        boundary.apply(&mut command);
+        let mut holder = Running::start(command);
+        holder.expect_line("ready").await;
+        let json = status_json(Some(&emulator), &url).await;
+        let shown = json["boundary"].as_str().map(str::to_owned);
+        let out = output(gcslock(Some(&emulator), &["status", &url])).await;
+        let line = text(&out.stdout);
+
+        let mut busy = gcslock(Some(&emulator), &["run", &url, "--", "true"]);
+        boundary.apply(&mut busy);
+        let busy = busy.spawn().expect("gcslock");
+        let busy_cgroup = format!("gcslock-run-{}", busy.id().expect("pid"));
+        let busy = busy.wait_with_output().await.expect("gcslock");
+        assert_eq!(code(&busy), 75, "{}", describe(&busy));
+
+        holder.send_line().await;
+        let (status, _, stderr) = holder.finish().await;
+        assert!(status.success(), "{stderr}");
+        let expected = match (boundary, cgroup_in_force(&stderr, boundary)) {
+            (_, Some(cgroup)) => {
+                assert_removed(Some(&cgroup));
+                let parent = cgroup.parent().expect("a parent cgroup");
+                let left = parent.join(&busy_cgroup);
+                assert!(!left.exists(), "the busy run left {}", left.display());
+                "cgroup"
+            }
+            (Boundary::Group, None) => "group",
+            (_, None) => "session",
+        };
+        assert_eq!(shown.as_deref(), Some(expected), "{boundary:?}: {json}");
+        assert!(
+            line.contains(&format!("; boundary {expected}")),
+            "{boundary:?}: {line}"
+        );
+    }
 }

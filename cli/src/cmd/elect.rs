@@ -11,8 +11,8 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::SignalKind;
 use tokio_util::sync::CancellationToken;
 
-use super::run::job::{per_run_variables, run_job, Job};
-use super::run::job_settings;
+use super::run::job::{per_run_variables, run_job, Job, Ready};
+use super::run::job_kill_grace;
 use super::run::signals::Signals;
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
@@ -109,9 +109,16 @@ pub async fn elect(global: &GlobalArgs, args: ElectArgs) -> anyhow::Result<u8> {
     let mut signals = Signals::install()?;
     let stop = Stop::install()?;
     let backend = args.url.backend(global)?;
+    // Each term gets a boundary of its own, made ready before it campaigns (see
+    // `Ready`); every term's is of the kind the first one found, which the lock records.
+    let mut ready = Some(Ready::requested()?);
+    let kind = ready.as_ref().and_then(Ready::kind);
     let mut options = LockOptions::default()
         .ttl(args.ttl)
         .unavailable_timeout(args.storage_timeout);
+    if let Some(kind) = kind {
+        options = options.boundary(kind.name());
+    }
     if let Some(interval) = args.refresh_interval {
         options = options.refresh_interval(interval);
     }
@@ -119,7 +126,7 @@ pub async fn elect(global: &GlobalArgs, args: ElectArgs) -> anyhow::Result<u8> {
         options = options.identity(identity.clone());
     }
     let lock = Lock::new(backend, args.url.object(), options)?;
-    let (kill_grace, boundary) = job_settings(args.kill_grace, &lock)?;
+    let kill_grace = job_kill_grace(args.kill_grace, &lock)?;
     let election = Election::from_lock(lock);
     let url = args.url.to_string();
     let remove_from_environment =
@@ -131,11 +138,14 @@ pub async fn elect(global: &GlobalArgs, args: ElectArgs) -> anyhow::Result<u8> {
         kill_grace,
         max_runtime: None,
         remove_from_environment: &remove_from_environment,
-        boundary,
         log_format: global.log_format,
         bound_forwarded: true,
     };
     loop {
+        let term_ready = match ready.take() {
+            Some(first) => first,
+            None => Ready::new(kind)?,
+        };
         tracing::info!("{url}: campaigning as {}", election.lock().identity());
         let leadership = match election.campaign(&args.value, &stop.token).await {
             Ok(leadership) => leadership,
@@ -148,7 +158,7 @@ pub async fn elect(global: &GlobalArgs, args: ElectArgs) -> anyhow::Result<u8> {
             Err(error) => return Err(error.into()),
         };
         tracing::info!(target: OUTCOME, "{url}: leading (token {})", leadership.token());
-        let end = run_job(leadership.guard(), &job, &mut signals).await;
+        let end = run_job(leadership.guard(), &job, term_ready, &mut signals).await;
         let code = end.code;
         if !end.may_release {
             // Part of the command's group survived SIGKILL: no new term may start

@@ -46,6 +46,8 @@ time since the last refresh. A lock used with `run --once-per` has \"last_comple
 {\"period_s\", \"slot\", \"zone\", \"slot_start\", \"slot_start_local\", \"completed_at\" (server
 clock), \"completed_by\"}, or \"last_completed_unreadable\" (why its keys are ignored).
 A lock held by a `gcslock elect` leader has \"value\": the value it publishes (--value).
+A lock held by `gcslock run` or `elect` has \"boundary\": \"cgroup\", \"session\" or \"group\", what
+holds the command and everything it started (docs/containment.md).
 
 --holders N (a semaphore, `run --holders N`; one listing): a summary line, then one line per
 place (\"place K: ...\", place K being the object URL/place-K, place 0 URL itself), or with --json
@@ -156,6 +158,18 @@ pub fn describe(url: &str, status: &LockStatus) -> String {
         LockStatus::NotALock { why } => format!("{url}: not a gcslock lock: {}", escape(why)),
         _ => format!("{url}: in a state this version cannot describe"),
     };
+    // What held the holder's work: for a stale lock too, whose work may run on.
+    let line = match status {
+        LockStatus::Held(HeldStatus {
+            boundary: Some(boundary),
+            ..
+        })
+        | LockStatus::Stale(HeldStatus {
+            boundary: Some(boundary),
+            ..
+        }) => format!("{line}; boundary {}", escape(boundary)),
+        _ => line,
+    };
     // The value of the term in force only: a stale leader's is no one's.
     let line = match status {
         LockStatus::Held(HeldStatus {
@@ -230,6 +244,10 @@ pub struct StatusView<'a> {
     /// while held, never a stale term's.
     #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<&'a str>,
+    /// What contains the holder's work, as it declared it (`run` and `elect`:
+    /// "cgroup", "session" or "group"; docs/containment.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    boundary: Option<&'a str>,
 }
 
 /// The last completed slot (`run --once-per`) in JSON.
@@ -283,6 +301,7 @@ impl<'a> StatusView<'a> {
             last_completed: status.last_completed().map(CompletedView::new),
             last_completed_unreadable: status.unreadable_completion(),
             value: None,
+            boundary: None,
         };
         let held = |state, held: &'a HeldStatus| Self {
             token: Some(held.token.value()),
@@ -297,6 +316,7 @@ impl<'a> StatusView<'a> {
             expires_in_ms: held.expires_in.map(|left| left.as_millis()),
             generation: Some(held.version.generation),
             metageneration: Some(held.version.metageneration),
+            boundary: held.boundary.as_deref(),
             ..empty(state, false)
         };
         match status {

@@ -29,13 +29,50 @@ pub struct Job<'a> {
     pub max_runtime: Option<Duration>,
     /// Variables removed from the command's environment (see `per_run_variables`).
     pub remove_from_environment: &'a [String],
-    /// The boundary asked for (`GCSLOCK_BOUNDARY`); `None`: the strongest available.
-    pub boundary: Option<boundary::Kind>,
     /// For the watchdog's one message.
     pub log_format: LogFormat,
     /// Kill the command if it still runs a kill grace after a forwarded signal
     /// (`elect`); `run` waits for it as long as the lease lasts.
     pub bound_forwarded: bool,
+}
+
+/// The command's boundary, made ready before the lock is taken so that the
+/// acquiring write can record which one holds the command (`status` shows it),
+/// and so that a boundary that cannot be had fails before the lock is touched.
+/// One that is never used removes itself.
+pub struct Ready {
+    prepared: Option<Prepared>,
+    /// Why no stronger boundary was available, if one was not.
+    weaker: Option<String>,
+}
+
+impl Ready {
+    /// The boundary asked for (`GCSLOCK_BOUNDARY`), or the strongest available.
+    pub fn new(requested: Option<boundary::Kind>) -> Result<Self, Coded> {
+        let (prepared, weaker) = Prepared::new(requested)?;
+        Ok(Self {
+            prepared: Some(prepared),
+            weaker,
+        })
+    }
+
+    /// The boundary `GCSLOCK_BOUNDARY` asks for, or the strongest available.
+    pub fn requested() -> Result<Self, Coded> {
+        Self::new(boundary::requested()?)
+    }
+
+    /// The boundary's kind, as the lock records it.
+    pub fn kind(&self) -> Option<boundary::Kind> {
+        self.prepared.as_ref().map(Prepared::kind)
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        if let Some(Prepared::Cgroup(cgroup)) = &self.prepared {
+            let _ = cgroup.remove();
+        }
+    }
 }
 
 /// How a job ended.
@@ -54,7 +91,12 @@ pub struct JobEnd {
 /// Runs `job` under `guard`: starts the command in its boundary, forwards
 /// `signals`, stops it as the lease and `--max-runtime` require, and returns once
 /// nothing of it runs (or once the lease is lost with survivors).
-pub async fn run_job(guard: &Guard, job: &Job<'_>, signals: &mut Signals) -> JobEnd {
+pub async fn run_job(
+    guard: &Guard,
+    job: &Job<'_>,
+    mut ready: Ready,
+    signals: &mut Signals,
+) -> JobEnd {
     let end = |code: u8| JobEnd {
         code: Ok(code),
         may_release: true,
@@ -64,18 +106,15 @@ pub async fn run_job(guard: &Guard, job: &Job<'_>, signals: &mut Signals) -> Job
         tracing::info!("{url}: {signal} arrived before the command started; releasing the lock");
         return end(exit::signal(signal as i32));
     }
-    let (prepared, weaker) = match Prepared::new(job.boundary) {
-        Ok(prepared) => prepared,
-        Err(error) => {
-            tracing::error!("{error}");
-            return end(error.code);
-        }
+    let Some(prepared) = ready.prepared.take() else {
+        tracing::error!("{url}: the command's boundary was used up; the command was not started");
+        return end(exit::INTERNAL);
     };
     let watchdog = match Watchdog::start(&prepared, job.log_format) {
         Ok(watchdog) => watchdog,
         Err(error) => {
             tracing::error!("{error}; the command was not started");
-            remove_unused(&prepared);
+            ready.prepared = Some(prepared);
             return end(error.code);
         }
     };
@@ -86,7 +125,7 @@ pub async fn run_job(guard: &Guard, job: &Job<'_>, signals: &mut Signals) -> Job
             "lease on {} lost: {reason}; the command was not started",
             guard.url()
         );
-        remove_unused(&prepared);
+        ready.prepared = Some(prepared);
         watchdog.done();
         return end(exit::LEASE_LOST);
     }
@@ -104,7 +143,7 @@ pub async fn run_job(guard: &Guard, job: &Job<'_>, signals: &mut Signals) -> Job
             return end(error.code);
         }
     };
-    announce_boundary(url, &group, weaker.as_deref());
+    announce_boundary(url, &group, ready.weaker.as_deref());
     tracing::info!(
         token = guard.token().value(),
         pid = group.pid().as_raw(),
@@ -135,13 +174,6 @@ pub async fn run_job(guard: &Guard, job: &Job<'_>, signals: &mut Signals) -> Job
     JobEnd {
         code: code_of(supervision, guard, url, job.max_runtime),
         may_release,
-    }
-}
-
-/// Removes a cgroup made for a command that never started.
-fn remove_unused(prepared: &Prepared) {
-    if let Prepared::Cgroup(cgroup) = prepared {
-        let _ = cgroup.remove();
     }
 }
 

@@ -30,7 +30,7 @@ use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 
 use self::holders::Contender;
-use self::job::{per_run_variables, run_job, Job};
+use self::job::{per_run_variables, run_job, Job, Ready};
 use self::signals::Signals;
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
@@ -290,11 +290,17 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         })
         .transpose()?;
     let backend = args.url.backend(global)?;
+    // Made ready first: the acquiring write records it, and a boundary that cannot
+    // be had fails before the lock is touched.
+    let ready = Ready::requested()?;
     let options = match args.ttl {
         Ttl::Finite(ttl) => LockOptions::default().ttl(ttl),
         _ => LockOptions::default().ttl(Ttl::Forever),
     };
     let mut options = options.unavailable_timeout(args.storage_timeout);
+    if let Some(kind) = ready.kind() {
+        options = options.boundary(kind.name());
+    }
     if let Some(interval) = args.refresh_interval {
         options = options.refresh_interval(interval);
     }
@@ -310,7 +316,6 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     )?;
     let kill_grace = kill_grace(args.kill_grace, contender.lock())?;
     check_max_runtime(args.max_runtime, tokio::time::Instant::now())?;
-    let boundary = boundary::requested()?;
     let url = args.url.to_string();
 
     let (acquired, interrupted) = acquire(
@@ -360,11 +365,10 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         kill_grace,
         max_runtime: args.max_runtime,
         remove_from_environment: &remove_from_environment,
-        boundary,
         log_format: global.log_format,
         bound_forwarded: false,
     };
-    let end = run_job(&guard, &job, &mut signals).await;
+    let end = run_job(&guard, &job, ready, &mut signals).await;
     // Exit 0 means the command succeeded with the lease valid to the end, and no
     // signal was forwarded to it.
     let completed = slot.is_some() && matches!(end.code, Ok(0));
@@ -391,13 +395,10 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     end.code
 }
 
-/// `run`'s --kill-grace rule and containment boundary, for `elect`, which runs its
-/// command through the same [`run_job`].
-pub(crate) fn job_settings(
-    requested_grace: Option<Duration>,
-    lock: &Lock,
-) -> Result<(Duration, Option<boundary::Kind>), Coded> {
-    Ok((kill_grace(requested_grace, lock)?, boundary::requested()?))
+/// `run`'s --kill-grace rule, for `elect`, which runs its command through the same
+/// [`run_job`].
+pub(crate) fn job_kill_grace(requested: Option<Duration>, lock: &Lock) -> Result<Duration, Coded> {
+    kill_grace(requested, lock)
 }
 
 /// Refuses a --max-runtime of zero (it would stop the command at once) and one
