@@ -141,7 +141,7 @@ impl LockOptions {
     }
 
     /// Names what contains the holder's work, recorded with every acquire so that
-    /// [`crate::status`] shows it (`gcslock run` writes `cgroup`, `session` or
+    /// [`crate::Lock::status`] shows it (`gcslock run` writes `cgroup`, `session` or
     /// `group`): 1 to 32 lowercase letters, digits or '-'. It only informs; no one
     /// acts on it. Default: none recorded.
     pub fn boundary(mut self, name: impl Into<String>) -> Self {
