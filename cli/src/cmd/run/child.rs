@@ -11,7 +11,8 @@ use nix::sys::signal::{SigHandler, Signal};
 use nix::unistd::Pid;
 
 use super::boundary::procfs::format_id;
-use super::boundary::{Boundary, Prepared};
+use super::boundary::{Boundary, Leader, Prepared};
+use super::clone_into::{self, Refused};
 use crate::exit::{self, Coded};
 
 /// What the command finds in its environment besides gcslock's own.
@@ -35,7 +36,7 @@ pub fn spawn(
     prepared: Prepared,
     watchdog: Option<RawFd>,
 ) -> Result<Boundary, Coded> {
-    let spawned = start(command, environment, &prepared, watchdog);
+    let spawned = start(command, environment, &prepared, watchdog, Entry::Clone);
     match spawned {
         Ok((child, pid)) => Ok(Boundary::new(child, pid, prepared)),
         Err(error) => {
@@ -47,24 +48,97 @@ pub fn spawn(
     }
 }
 
+/// How a command enters its cgroup: cloned straight into it where the kernel allows
+/// (`clone_into`), or moved there by itself before it executes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entry {
+    Clone,
+    /// Where the kernel refuses the clone; tests also force it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Move,
+}
+
 fn start(
     command: &[OsString],
     environment: &Environment<'_>,
     prepared: &Prepared,
     watchdog: Option<RawFd>,
-) -> Result<(tokio::process::Child, Pid), Coded> {
+    entry: Entry,
+) -> Result<(Leader, Pid), Coded> {
     let (program, arguments) = command
         .split_first()
         .ok_or_else(|| Coded::new(exit::USAGE, "no command given"))?;
+    let cannot_run = |error: io::Error| {
+        let code = match error.kind() {
+            io::ErrorKind::NotFound => exit::NOT_FOUND,
+            _ => exit::CANNOT_EXECUTE,
+        };
+        Coded::new(
+            code,
+            format!("cannot run {}: {error}", program.to_string_lossy()),
+        )
+    };
+    let added = [
+        ("GCSLOCK_TOKEN", environment.token.to_string()),
+        ("GCSLOCK_PLACE", environment.place.to_string()),
+        ("GCSLOCK_URL", environment.url.to_owned()),
+    ];
+    let parent = nix::unistd::getpid();
+    // What the child does before it executes the command, in every boundary.
+    let prepare_child = move || -> io::Result<()> {
+        die_with_parent(parent)?;
+        // gcslock ignores SIGTTOU (see `signals`); an ignored signal stays
+        // ignored across exec, and the command must get the default.
+        // SAFETY: setting a default disposition installs no handler.
+        unsafe { nix::sys::signal::signal(Signal::SIGTTOU, SigHandler::SigDfl) }?;
+        match watchdog {
+            // SAFETY: the watchdog's pipe stays open until the command is started.
+            Some(fd) => arm_watchdog(unsafe { BorrowedFd::borrow_raw(fd) }),
+            None => Ok(()),
+        }
+    };
+    if let (Prepared::Cgroup(cgroup), Entry::Clone) = (prepared, entry) {
+        let kept = std::env::vars_os().filter(|(name, _)| {
+            !environment
+                .remove
+                .iter()
+                .any(|removed| name == removed.as_str())
+                && !added.iter().any(|(added, _)| name == *added)
+        });
+        let variables = kept.chain(
+            added
+                .iter()
+                .map(|(name, value)| (OsString::from(name), OsString::from(value))),
+        );
+        let program = clone_into::Program::new(command, variables).ok_or_else(|| {
+            cannot_run(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a NUL byte in the command or the environment",
+            ))
+        })?;
+        let mut setup = || {
+            nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+            prepare_child()
+        };
+        match clone_into::spawn(&program, cgroup.directory(), &mut setup) {
+            Ok(cloned) => {
+                let pid = cloned.pid();
+                return Ok((Leader::Cloned(cloned), pid));
+            }
+            Err(Refused::Failed(error)) => return Err(cannot_run(error)),
+            Err(Refused::Unsupported(error)) => tracing::debug!(
+                "cannot clone the command into its cgroup ({error}); it moves there itself"
+            ),
+        }
+    }
     let mut process = tokio::process::Command::new(program);
     process.args(arguments);
     for name in environment.remove {
         process.env_remove(name);
     }
-    process
-        .env("GCSLOCK_TOKEN", environment.token.to_string())
-        .env("GCSLOCK_PLACE", environment.place.to_string())
-        .env("GCSLOCK_URL", environment.url);
+    for (name, value) in &added {
+        process.env(name, value);
+    }
     let (cgroup, new_session) = match prepared {
         Prepared::Cgroup(cgroup) => (Some(cgroup.procs().as_raw_fd()), false),
         Prepared::Session(_) => (None, true),
@@ -74,7 +148,6 @@ fn start(
     if !new_session {
         process.process_group(0);
     }
-    let parent = nix::unistd::getpid();
     // SAFETY: the closure runs between fork and exec and makes only system calls
     // (write, setsid, prctl, getppid, getpid, sigaction) on stack buffers; it
     // allocates nothing and takes no lock. The descriptors are open (close-on-exec)
@@ -87,26 +160,10 @@ fn start(
             if new_session {
                 nix::unistd::setsid()?;
             }
-            die_with_parent(parent)?;
-            // gcslock ignores SIGTTOU (see `signals`); an ignored signal stays
-            // ignored across exec, and the command must get the default.
-            nix::sys::signal::signal(Signal::SIGTTOU, SigHandler::SigDfl)?;
-            match watchdog {
-                Some(fd) => arm_watchdog(BorrowedFd::borrow_raw(fd)),
-                None => Ok(()),
-            }
+            prepare_child()
         });
     }
-    let child = process.spawn().map_err(|error| {
-        let code = match error.kind() {
-            io::ErrorKind::NotFound => exit::NOT_FOUND,
-            _ => exit::CANNOT_EXECUTE,
-        };
-        Coded::new(
-            code,
-            format!("cannot run {}: {error}", program.to_string_lossy()),
-        )
-    })?;
+    let child = process.spawn().map_err(cannot_run)?;
     let Some(pid) = child
         .id()
         .and_then(|id| i32::try_from(id).ok())
@@ -118,7 +175,7 @@ fn start(
             "the command's process id is unknown",
         ));
     };
-    Ok((child, pid))
+    Ok((Leader::Spawned(child), pid))
 }
 
 /// In the forked child: moves itself into the command's cgroup (`0` is "me").
@@ -240,6 +297,94 @@ mod tests {
             .read_to_string(&mut said)
             .expect("read");
         assert_eq!(said, format!("watch {pgid}\n"));
+    }
+
+    /// Both ways into a cgroup (cloned into it, or moved there) start the command
+    /// inside it, in a process group of its own, with its environment, and with the
+    /// watchdog armed; a command that cannot run fails as the shell would.
+    #[tokio::test]
+    async fn both_ways_into_a_cgroup_start_the_command_inside_it() {
+        use super::super::boundary::Kind;
+        use super::super::supervisor::Group as _;
+        for entry in [Entry::Clone, Entry::Move] {
+            let prepared = match Prepared::new(Some(Kind::Cgroup)) {
+                Ok((prepared, _)) => prepared,
+                Err(error) => {
+                    // /proc/self belongs to our effective user.
+                    let owner = std::fs::metadata("/proc/self").expect("/proc/self");
+                    let root = std::os::unix::fs::MetadataExt::uid(&owner) == 0;
+                    assert!(!root, "running as root, yet no cgroup: {error}");
+                    eprintln!("no writable cgroup v2 here: {error}");
+                    return;
+                }
+            };
+            let Prepared::Cgroup(cgroup) = &prepared else {
+                panic!("a cgroup was asked for");
+            };
+            let name = cgroup.path().file_name().expect("a name").to_owned();
+            let report = std::env::temp_dir()
+                .join(format!("gcslock-entry-{entry:?}-{}", std::process::id()));
+            let script = format!(
+                "{{ cat /proc/self/cgroup; echo \"pgid $(cut -d' ' -f5 /proc/self/stat) \
+                 token $GCSLOCK_TOKEN place $GCSLOCK_PLACE home ${{HOME-unset}}\"; }} > {}; exit 5",
+                report.display()
+            );
+            let (read, write) = nix::unistd::pipe().expect("pipe");
+            let environment = Environment {
+                token: 42,
+                place: 3,
+                url: "gs://b/o",
+                remove: &["HOME".to_owned()],
+            };
+            let command = ["sh".into(), "-c".into(), script.into()];
+            let (leader, pid) = start(
+                &command,
+                &environment,
+                &prepared,
+                Some(write.as_raw_fd()),
+                entry,
+            )
+            .expect("start");
+            drop(write);
+            let mut group = Boundary::new(leader, pid, prepared);
+            let status = group.wait().await.expect("wait");
+            assert_eq!(status.code(), Some(5), "{entry:?}");
+            let said = std::fs::read_to_string(&report).expect("report");
+            let _ = std::fs::remove_file(&report);
+            let cgroup_line = said
+                .lines()
+                .find(|line| line.starts_with("0::"))
+                .expect("0::");
+            assert!(
+                cgroup_line.ends_with(&format!("/{}", name.to_string_lossy())),
+                "{entry:?}: {said}"
+            );
+            assert!(
+                said.contains(&format!("pgid {pid} token 42 place 3 home unset")),
+                "{entry:?}: {said}"
+            );
+            let mut armed = String::new();
+            std::fs::File::from(read)
+                .read_to_string(&mut armed)
+                .expect("read");
+            assert_eq!(armed, format!("watch {pid}\n"), "{entry:?}");
+            group.remove();
+
+            let (prepared, _) = Prepared::new(Some(Kind::Cgroup)).expect("cgroup");
+            let missing = ["gcslock-no-such-command".into()];
+            let error = start(&missing, &environment, &prepared, None, entry)
+                .err()
+                .expect("a missing command fails");
+            assert_eq!(error.code, exit::NOT_FOUND, "{entry:?}: {error}");
+            let denied = ["/dev/null".into()];
+            let error = start(&denied, &environment, &prepared, None, entry)
+                .err()
+                .expect("a file that is not executable fails");
+            assert_eq!(error.code, exit::CANNOT_EXECUTE, "{entry:?}: {error}");
+            if let Prepared::Cgroup(cgroup) = &prepared {
+                cgroup.remove().expect("remove");
+            }
+        }
     }
 
     #[test]

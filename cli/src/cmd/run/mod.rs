@@ -14,6 +14,7 @@
 
 mod boundary;
 mod child;
+mod clone_into;
 mod holders;
 pub mod job;
 pub mod signals;

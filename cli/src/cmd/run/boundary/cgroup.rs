@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use rustix::fs::{openat, seek, unlinkat, AtFlags, FileType, Mode, OFlags, RawDir, SeekFrom};
+use rustix::fs::{
+    openat, seek, unlinkat, AtFlags, FileType, FlockOperation, Mode, OFlags, RawDir, SeekFrom,
+};
 
 use super::procfs::parse_id;
 
@@ -35,7 +37,10 @@ pub struct Cgroup {
     /// The cgroup gcslock runs in, and the name of ours in it, for `rmdir`.
     parent: OwnedFd,
     name: CString,
-    /// `cgroup.procs`, open for writing: the command writes `0` to it to join.
+    /// The cgroup's directory, for `clone3(CLONE_INTO_CGROUP)`.
+    directory: OwnedFd,
+    /// `cgroup.procs`, open for writing: the command writes `0` to it to join
+    /// where it cannot be cloned into the cgroup.
     procs: OwnedFd,
     /// `cgroup.kill` (Linux 5.14 and later).
     kill: Option<OwnedFd>,
@@ -77,16 +82,10 @@ impl Cgroup {
                 parent_path.display()
             )
         })?;
-        let parent = openat(
-            rustix::fs::CWD,
-            &parent_path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|error| format!("cannot open {}: {error}", parent_path.display()))?;
-        let (name, path) = make_child(&parent, &parent_path)?;
-        let opened = Self::open_files(&path);
-        let (procs, kill, listed, events) = match opened {
+        let parent = openat(rustix::fs::CWD, &parent_path, DIRECTORY, Mode::empty())
+            .map_err(|error| format!("cannot open {}: {error}", parent_path.display()))?;
+        let (name, path, directory) = make_child(&parent, &parent_path)?;
+        let (procs, kill, listed, events) = match Self::open_files(&path) {
             Ok(files) => files,
             Err(error) => {
                 let _ = unlinkat(&parent, name.as_c_str(), AtFlags::REMOVEDIR);
@@ -100,6 +99,7 @@ impl Cgroup {
             path,
             parent,
             name,
+            directory,
             procs,
             kill,
             listed,
@@ -128,6 +128,11 @@ impl Cgroup {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The cgroup's directory, for the command to be cloned into.
+    pub fn directory(&self) -> BorrowedFd<'_> {
+        self.directory.as_fd()
     }
 
     /// `cgroup.procs`, for the command to join by writing `0` before it executes.
@@ -165,6 +170,10 @@ impl Cgroup {
         self.handles().remove()
     }
 }
+
+const DIRECTORY: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC);
 
 /// How deep `remove` follows cgroups nested in the command's.
 const NESTING: u32 = 8;
@@ -304,9 +313,15 @@ pub fn remove_at(parent: BorrowedFd<'_>, name: &CStr, depth: u32) -> io::Result<
 
 /// Creates `gcslock-run-PID` (or `-PID-N` if taken) under `parent`, after removing
 /// the empty ones whose gcslock is gone (killed together with its watchdog).
-fn make_child(parent: &OwnedFd, parent_path: &Path) -> Result<(CString, PathBuf), String> {
+fn make_child(parent: &OwnedFd, parent_path: &Path) -> Result<(CString, PathBuf, OwnedFd), String> {
     remove_stale(parent, parent_path);
     let pid = std::process::id();
+    let cannot = |error: rustix::io::Errno| {
+        format!(
+            "cannot create a cgroup in {}: {error}",
+            parent_path.display()
+        )
+    };
     for attempt in 0..100u32 {
         let name = match attempt {
             0 => format!("gcslock-run-{pid}"),
@@ -314,18 +329,23 @@ fn make_child(parent: &OwnedFd, parent_path: &Path) -> Result<(CString, PathBuf)
         };
         let name = CString::new(name).map_err(|error| error.to_string())?;
         match rustix::fs::mkdirat(parent, name.as_c_str(), Mode::from_raw_mode(0o755)) {
-            Ok(()) => {
-                let path = parent_path.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
-                return Ok((name, path));
-            }
-            Err(rustix::io::Errno::EXIST) => {}
-            Err(error) => {
-                return Err(format!(
-                    "cannot create a cgroup in {}: {error}",
-                    parent_path.display()
-                ))
-            }
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => continue,
+            Err(error) => return Err(cannot(error)),
         }
+        let directory =
+            openat(parent, name.as_c_str(), DIRECTORY, Mode::empty()).map_err(cannot)?;
+        // The lock says "in use" to every other gcslock, whatever PID namespace it
+        // sees (`remove_stale`): the cgroup may stay empty while the lock is waited
+        // for. Held while any copy of the descriptor is open (the watchdog's too).
+        // Lost to a remover between mkdir and here: take another name.
+        if rustix::fs::flock(&directory, FlockOperation::NonBlockingLockExclusive).is_err()
+            || rustix::fs::statat(&directory, "cgroup.procs", AtFlags::empty()).is_err()
+        {
+            continue;
+        }
+        let path = parent_path.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
+        return Ok((name, path, directory));
     }
     Err(format!(
         "cannot create a cgroup in {}: every name is taken",
@@ -349,12 +369,23 @@ fn remove_stale(parent: &OwnedFd, parent_path: &Path) {
         else {
             continue;
         };
+        // A PID seen from another PID namespace may look gone: the owner's lock
+        // (`make_child`) is what tells, the PID only for versions without it.
         let owner_gone =
             nix::sys::signal::kill(Pid::from_raw(owner), None) == Err(nix::errno::Errno::ESRCH);
         let empty = std::fs::read(entry.path().join("cgroup.events"))
             .is_ok_and(|events| events.windows(11).any(|line| line == b"populated 0"));
+        let Ok(name) = CString::new(name.as_bytes()) else {
+            continue;
+        };
         if owner_gone && empty {
-            if let Ok(name) = CString::new(name.as_bytes()) {
+            let unowned =
+                openat(parent, name.as_c_str(), DIRECTORY, Mode::empty()).and_then(|directory| {
+                    rustix::fs::flock(&directory, FlockOperation::NonBlockingLockExclusive)
+                        .map(|()| directory)
+                });
+            // Removed while locked, so that no one takes it in between.
+            if let Ok(_locked) = unowned {
                 let _ = remove_at(parent.as_fd(), &name, NESTING);
             }
         }
@@ -502,5 +533,44 @@ mod tests {
         let session = Path::new("/sys/fs/cgroup/user.slice/user-1000.slice/session-3.scope");
         assert_eq!(systemd_unit(session), Some(session.to_path_buf()));
         assert_eq!(systemd_unit(Path::new("/sys/fs/cgroup/unified/")), None);
+    }
+
+    /// Before, an empty cgroup whose owner's PID looked gone was removed: from
+    /// another PID namespace (CI's), a live gcslock waiting for its lock with its
+    /// cgroup made ready looks gone, and lost its cgroup (exit 126). The owner's
+    /// lock keeps it now; once the owner lets go, it is stale and removed.
+    #[test]
+    fn an_empty_cgroup_is_removed_as_stale_only_when_no_one_holds_it() {
+        let ours = match Cgroup::create() {
+            Ok(cgroup) => cgroup,
+            Err(error) => {
+                // /proc/self belongs to our effective user.
+                let owner = std::fs::metadata("/proc/self").expect("/proc/self");
+                let root = std::os::unix::fs::MetadataExt::uid(&owner) == 0;
+                assert!(!root, "running as root, yet no cgroup: {error}");
+                eprintln!("no writable cgroup v2 here: {error}");
+                return;
+            }
+        };
+        let parent_path = ours.path().parent().expect("a parent").to_path_buf();
+        // A PID that does not run here, as a live owner in another namespace looks.
+        let name = CString::new(format!("gcslock-run-{}", i32::MAX - 7)).expect("name");
+        let _ = unlinkat(&ours.parent, name.as_c_str(), AtFlags::REMOVEDIR);
+        rustix::fs::mkdirat(&ours.parent, name.as_c_str(), Mode::from_raw_mode(0o755))
+            .expect("mkdir");
+        let path = parent_path.join(name.to_str().expect("utf-8"));
+        let owner = openat(&ours.parent, name.as_c_str(), DIRECTORY, Mode::empty()).expect("open");
+        rustix::fs::flock(&owner, FlockOperation::NonBlockingLockExclusive).expect("flock");
+        remove_stale(&ours.parent, &parent_path);
+        assert!(path.exists(), "a held cgroup was removed as stale");
+        drop(owner);
+        remove_stale(&ours.parent, &parent_path);
+        assert!(
+            !path.exists(),
+            "an unheld, empty cgroup of a gone PID stays"
+        );
+        // Our own is held, and its PID runs.
+        assert!(ours.path().exists());
+        ours.remove().expect("remove");
     }
 }

@@ -28,6 +28,7 @@ use tokio::process::Child;
 
 use self::cgroup::Cgroup;
 use self::procfs::Membership;
+use super::clone_into::Cloned;
 use super::supervisor::Group;
 use crate::exit::{self, Coded};
 
@@ -122,16 +123,32 @@ impl Prepared {
     }
 }
 
+/// The command's own process: spawned by std's `Command`, or cloned straight into
+/// its cgroup (`clone_into`).
+pub enum Leader {
+    Spawned(Child),
+    Cloned(Cloned),
+}
+
+impl Leader {
+    async fn wait(&mut self) -> io::Result<ExitStatus> {
+        match self {
+            Self::Spawned(child) => child.wait().await,
+            Self::Cloned(cloned) => cloned.wait().await,
+        }
+    }
+}
+
 /// The running command and its boundary.
 pub struct Boundary {
-    leader: Child,
+    leader: Leader,
     pid: Pid,
     prepared: Prepared,
     name: String,
 }
 
 impl Boundary {
-    pub fn new(leader: Child, pid: Pid, prepared: Prepared) -> Self {
+    pub fn new(leader: Leader, pid: Pid, prepared: Prepared) -> Self {
         let name = match &prepared {
             Prepared::Cgroup(cgroup) => format!("cgroup {}", cgroup.path().display()),
             Prepared::Session(_) => format!("session {pid}"),
