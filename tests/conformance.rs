@@ -46,6 +46,27 @@ use cases::*;
 use support::Store;
 use targets::{run_case, run_suite_case, Needs, Which};
 
+/// `MACRO! { targets: { TARGET => WHICH, .. } REST }`: the one list of targets,
+/// handed to the macro that writes a test module per target.
+macro_rules! for_every_target {
+    ($macro:ident! { $($rest:tt)* }) => {
+        $macro! {
+            targets: {
+                memory => Which::Memory,
+                emulator => Which::Emulator,
+                strict => Which::Strict,
+                #[cfg(feature = "object-store")]
+                object_store_memory => Which::ObjectStore(Store::Memory),
+                #[cfg(feature = "object-store")]
+                s3 => Which::ObjectStore(Store::S3),
+                #[cfg(feature = "object-store")]
+                azure => Which::ObjectStore(Store::Azure),
+            }
+            $($rest)*
+        }
+    };
+}
+
 /// `mod suite { mod TARGET { #[tokio::test] async fn CASE() .. } }`: each case of
 /// the published suite on each target, through `gcslock::conformance`'s API.
 macro_rules! suite_per_target {
@@ -70,18 +91,7 @@ macro_rules! suite_per_target {
 mod suite {
     use super::*;
 
-    suite_per_target! {
-        targets: {
-            memory => Which::Memory,
-            emulator => Which::Emulator,
-            strict => Which::Strict,
-            #[cfg(feature = "object-store")]
-            object_store_memory => Which::ObjectStore(Store::Memory),
-            #[cfg(feature = "object-store")]
-            s3 => Which::ObjectStore(Store::S3),
-            #[cfg(feature = "object-store")]
-            azure => Which::ObjectStore(Store::Azure),
-        }
+    for_every_target!(suite_per_target! {
         cases: {
             case_create_if_absent_succeeds_once,
             case_created_object_has_metadata_and_first_version,
@@ -108,7 +118,7 @@ mod suite {
             case_concurrent_updates_of_one_version_have_one_winner,
             case_foreign_objects_are_reported_and_never_taken,
         }
-    }
+    });
 
     #[test]
     fn every_published_case_runs_on_every_target() {
@@ -147,19 +157,8 @@ mod suite {
 }
 
 // The cases only this project's targets run (tests/conformance/cases.rs).
-per_target! {
+for_every_target!(per_target! {
     run: run_case;
-    targets: {
-        memory => Which::Memory,
-        emulator => Which::Emulator,
-        strict => Which::Strict,
-        #[cfg(feature = "object-store")]
-        object_store_memory => Which::ObjectStore(Store::Memory),
-        #[cfg(feature = "object-store")]
-        s3 => Which::ObjectStore(Store::S3),
-        #[cfg(feature = "object-store")]
-        azure => Which::ObjectStore(Store::Azure),
-    }
     cases: {
         #[cfg(feature = "object-store")]
         case_foreign_objects_are_never_rewritten => [Needs::ObjectStore],
@@ -168,4 +167,4 @@ per_target! {
         case_missing_bucket_is_reported_as_such => [Needs::OtherBuckets],
         case_fake_gcs_server_gaps_are_as_documented => [Needs::FakeGcsGaps],
     }
-}
+});

@@ -9,43 +9,10 @@ use crate::backend::{Backend, BackendError, Metadata, ObjectInfo, ObjectVersion,
 use crate::record::LockRecord;
 use crate::{Error, Lock, LockOptions};
 
+use super::steps::{assert_missing, create, metadata, read_existing};
 use super::Target;
 
 // ---------------------------------------------------------------- helpers
-
-pub(super) fn md(pairs: &[(&str, &str)]) -> Metadata {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
-async fn create(b: &dyn Backend, name: &str, metadata: &Metadata) -> ObjectInfo {
-    b.write(name, DoesNotExist, metadata)
-        .await
-        .unwrap_or_else(|e| panic!("create {name:?}: {e}"))
-        .value
-}
-
-async fn read_some(b: &dyn Backend, name: &str) -> ObjectInfo {
-    b.read(name)
-        .await
-        .unwrap_or_else(|e| panic!("read {name:?}: {e}"))
-        .value
-        .unwrap_or_else(|| panic!("{name:?} should exist"))
-}
-
-async fn read_none(b: &dyn Backend, name: &str) {
-    let found = b
-        .read(name)
-        .await
-        .unwrap_or_else(|e| panic!("read {name:?}: {e}"));
-    assert!(
-        found.value.is_none(),
-        "{name:?} should not exist: {:?}",
-        found.value
-    );
-}
 
 fn assert_precondition_failed<T: std::fmt::Debug>(result: Result<T, BackendError>, what: &str) {
     assert!(
@@ -57,7 +24,7 @@ fn assert_precondition_failed<T: std::fmt::Debug>(result: Result<T, BackendError
 /// Creates `PREFIX/lock` with `holder=a`: the first version most cases start from.
 async fn create_lock(ctx: &Target) -> (String, ObjectInfo) {
     let name = ctx.name("lock");
-    let v1 = create(&*ctx.backend, &name, &md(&[("holder", "a")])).await;
+    let v1 = create(&*ctx.backend, &name, &metadata(&[("holder", "a")])).await;
     (name, v1)
 }
 
@@ -68,7 +35,7 @@ async fn update(
     expected: ObjectVersion,
     pairs: &[(&str, &str)],
 ) -> ObjectInfo {
-    b.update_metadata(name, expected, &md(pairs))
+    b.update_metadata(name, expected, &metadata(pairs))
         .await
         .unwrap_or_else(|e| panic!("update {name:?} at {expected}: {e}"))
         .value
@@ -81,7 +48,7 @@ async fn replace(
     expected: ObjectVersion,
     pairs: &[(&str, &str)],
 ) -> ObjectInfo {
-    b.write(name, Matches(expected), &md(pairs))
+    b.write(name, Matches(expected), &metadata(pairs))
         .await
         .unwrap_or_else(|e| panic!("replace {name:?} at {expected}: {e}"))
         .value
@@ -118,9 +85,9 @@ async fn round_trip_names(ctx: &Target, suffixes: &[&str]) -> Vec<ObjectInfo> {
     let mut created = Vec::new();
     for suffix in suffixes {
         let name = ctx.name(suffix);
-        let object = create(b, &name, &md(&[("name", &name)])).await;
+        let object = create(b, &name, &metadata(&[("name", &name)])).await;
         assert_eq!(object.name, name);
-        assert_eq!(read_some(b, &name).await, object, "{name:?}");
+        assert_eq!(read_existing(b, &name).await, object, "{name:?}");
         created.push(object);
     }
     created.sort_by(|x, y| x.name.cmp(&y.name));
@@ -146,14 +113,16 @@ const EMPTY_SEGMENT_NAMES: [&str; 2] = ["trailing-slash/", "double//slash"];
 pub(super) async fn case_create_if_absent_succeeds_once(ctx: &Target) {
     let b = &*ctx.backend;
     let (name, first) = create_lock(ctx).await;
-    let second = b.write(&name, DoesNotExist, &md(&[("holder", "b")])).await;
+    let second = b
+        .write(&name, DoesNotExist, &metadata(&[("holder", "b")]))
+        .await;
     assert_precondition_failed(second, "second create-if-absent");
-    let now = read_some(b, &name).await;
+    let now = read_existing(b, &name).await;
     assert_eq!(
         now.version, first.version,
         "the loser must not replace the object"
     );
-    assert_eq!(now.metadata, md(&[("holder", "a")]));
+    assert_eq!(now.metadata, metadata(&[("holder", "a")]));
 }
 
 pub(super) async fn case_created_object_has_metadata_and_first_version(ctx: &Target) {
@@ -161,7 +130,7 @@ pub(super) async fn case_created_object_has_metadata_and_first_version(ctx: &Tar
     let name = ctx.name("lock");
     // Non-ASCII values and '-' in keys: impossible in S3 metadata headers and Azure
     // metadata names, so the object_store backend keeps them in the object body.
-    let metadata = md(&[
+    let metadata = metadata(&[
         ("gcslock-holder", "host-1 pid 42"),
         ("gcslock-nonce", "0123456789abcdef"),
         ("gcslock-ttl", "300s"),
@@ -176,12 +145,12 @@ pub(super) async fn case_created_object_has_metadata_and_first_version(ctx: &Tar
         "a new object starts at metageneration 1"
     );
     assert_eq!(
-        read_some(b, &name).await,
+        read_existing(b, &name).await,
         created,
         "read must return what the write returned"
     );
     assert_eq!(
-        read_some(&*ctx.fresh(), &name).await,
+        read_existing(&*ctx.fresh(), &name).await,
         created,
         "another process (a backend that never saw the object) reads the same"
     );
@@ -192,19 +161,19 @@ pub(super) async fn case_empty_metadata_reads_back_empty(ctx: &Target) {
     let name = ctx.name("bare");
     let created = create(b, &name, &Metadata::new()).await;
     assert!(created.metadata.is_empty(), "{:?}", created.metadata);
-    assert!(read_some(b, &name).await.metadata.is_empty());
+    assert!(read_existing(b, &name).await.metadata.is_empty());
 }
 
 pub(super) async fn case_read_of_missing_object_is_none(ctx: &Target) {
-    read_none(&*ctx.backend, &ctx.name("never-written")).await;
-    read_none(&*ctx.backend, &ctx.name("dir/never-written")).await;
+    assert_missing(&*ctx.backend, &ctx.name("never-written")).await;
+    assert_missing(&*ctx.backend, &ctx.name("dir/never-written")).await;
 }
 
 pub(super) async fn case_responses_carry_server_time(ctx: &Target) {
     let b = &*ctx.backend;
     let name = ctx.name("lock");
     let created = b
-        .write(&name, DoesNotExist, &md(&[("a", "1")]))
+        .write(&name, DoesNotExist, &metadata(&[("a", "1")]))
         .await
         .expect("create");
     let updated = created.value.updated;
@@ -227,7 +196,7 @@ pub(super) async fn case_responses_carry_server_time(ctx: &Target) {
 pub(super) async fn case_write_matching_version_replaces_with_new_generation(ctx: &Target) {
     let b = &*ctx.backend;
     let name = ctx.name("lock");
-    let v1 = create(b, &name, &md(&[("holder", "a"), ("only-in-v1", "x")])).await;
+    let v1 = create(b, &name, &metadata(&[("holder", "a"), ("only-in-v1", "x")])).await;
     let v2 = replace(b, &name, v1.version, &[("holder", "b")]).await;
     assert_ne!(
         v2.version.generation, v1.version.generation,
@@ -236,10 +205,10 @@ pub(super) async fn case_write_matching_version_replaces_with_new_generation(ctx
     assert_eq!(v2.version.metageneration, 1);
     assert_eq!(
         v2.metadata,
-        md(&[("holder", "b")]),
+        metadata(&[("holder", "b")]),
         "a write replaces metadata, it does not merge"
     );
-    assert_eq!(read_some(b, &name).await, v2);
+    assert_eq!(read_existing(b, &name).await, v2);
 }
 
 pub(super) async fn case_write_with_stale_generation_fails(ctx: &Target) {
@@ -247,17 +216,17 @@ pub(super) async fn case_write_with_stale_generation_fails(ctx: &Target) {
     let (name, v1) = create_lock(ctx).await;
     let v2 = replace(b, &name, v1.version, &[("holder", "b")]).await;
     let stale = b
-        .write(&name, Matches(v1.version), &md(&[("holder", "c")]))
+        .write(&name, Matches(v1.version), &metadata(&[("holder", "c")]))
         .await;
     assert_precondition_failed(stale, "write with the replaced generation");
-    assert_eq!(read_some(b, &name).await, v2);
+    assert_eq!(read_existing(b, &name).await, v2);
 
     let missing = ctx.name("missing");
     let result = b
-        .write(&missing, Matches(v1.version), &md(&[("holder", "c")]))
+        .write(&missing, Matches(v1.version), &metadata(&[("holder", "c")]))
         .await;
     assert_precondition_failed(result, "write matching a version of a missing object");
-    read_none(b, &missing).await;
+    assert_missing(b, &missing).await;
 }
 
 pub(super) async fn case_write_with_stale_metageneration_fails(ctx: &Target) {
@@ -265,13 +234,13 @@ pub(super) async fn case_write_with_stale_metageneration_fails(ctx: &Target) {
     let (name, v1) = create_lock(ctx).await;
     let refreshed = update(b, &name, v1.version, &[("refreshed", "1")]).await;
     let stale = b
-        .write(&name, Matches(v1.version), &md(&[("holder", "b")]))
+        .write(&name, Matches(v1.version), &metadata(&[("holder", "b")]))
         .await;
     assert_precondition_failed(
         stale,
         "write with the generation right but a stale metageneration",
     );
-    assert_eq!(read_some(b, &name).await.version, refreshed.version);
+    assert_eq!(read_existing(b, &name).await.version, refreshed.version);
 }
 
 // ---------------------------------------------------------------- metadata updates
@@ -279,9 +248,13 @@ pub(super) async fn case_write_with_stale_metageneration_fails(ctx: &Target) {
 pub(super) async fn case_update_metadata_merges_and_bumps_metageneration(ctx: &Target) {
     let b = &*ctx.backend;
     let name = ctx.name("lock");
-    let v1 = create(b, &name, &md(&[("holder", "a"), ("keep", "k")])).await;
+    let v1 = create(b, &name, &metadata(&[("holder", "a"), ("keep", "k")])).await;
     let up = b
-        .update_metadata(&name, v1.version, &md(&[("holder", "a2"), ("added", "n")]))
+        .update_metadata(
+            &name,
+            v1.version,
+            &metadata(&[("holder", "a2"), ("added", "n")]),
+        )
         .await
         .expect("update with the exact version");
     assert_server_time("update", up.server_time, v1.updated);
@@ -293,7 +266,7 @@ pub(super) async fn case_update_metadata_merges_and_bumps_metageneration(ctx: &T
     assert_eq!(v2.version.metageneration, v1.version.metageneration + 1);
     assert_eq!(
         v2.metadata,
-        md(&[("holder", "a2"), ("keep", "k"), ("added", "n")])
+        metadata(&[("holder", "a2"), ("keep", "k"), ("added", "n")])
     );
     assert!(
         v2.updated >= v1.updated,
@@ -301,7 +274,7 @@ pub(super) async fn case_update_metadata_merges_and_bumps_metageneration(ctx: &T
         v2.updated,
         v1.updated
     );
-    assert_eq!(read_some(b, &name).await, v2);
+    assert_eq!(read_existing(b, &name).await, v2);
 
     let v3 = update(b, &name, v2.version, &[("again", "1")]).await;
     assert_eq!(v3.version.metageneration, v1.version.metageneration + 2);
@@ -313,7 +286,7 @@ pub(super) async fn case_update_metadata_with_stale_version_fails(ctx: &Target) 
     let (name, v1) = create_lock(ctx).await;
     let v2 = update(b, &name, v1.version, &[("n", "1")]).await;
     let stale_meta = b
-        .update_metadata(&name, v1.version, &md(&[("n", "x")]))
+        .update_metadata(&name, v1.version, &metadata(&[("n", "x")]))
         .await;
     assert_precondition_failed(stale_meta, "update with a stale metageneration");
 
@@ -324,11 +297,11 @@ pub(super) async fn case_update_metadata_with_stale_version_fails(ctx: &Target) 
         metageneration: v3.version.metageneration,
     };
     let result = b
-        .update_metadata(&name, stale_gen, &md(&[("n", "x")]))
+        .update_metadata(&name, stale_gen, &metadata(&[("n", "x")]))
         .await;
     assert_precondition_failed(result, "update with a stale generation");
     assert_eq!(
-        read_some(b, &name).await,
+        read_existing(b, &name).await,
         v3,
         "failed updates must change nothing"
     );
@@ -341,12 +314,14 @@ pub(super) async fn case_update_metadata_of_missing_object_is_not_found(ctx: &Ta
         generation: 1,
         metageneration: 1,
     };
-    let result = b.update_metadata(&name, version, &md(&[("n", "1")])).await;
+    let result = b
+        .update_metadata(&name, version, &metadata(&[("n", "1")]))
+        .await;
     assert!(
         matches!(result, Err(BackendError::NotFound)),
         "update of a missing object: expected NotFound, got {result:?}"
     );
-    read_none(b, &name).await;
+    assert_missing(b, &name).await;
 }
 
 // ---------------------------------------------------------------- deletes
@@ -357,14 +332,14 @@ pub(super) async fn case_delete_with_matching_version_removes(ctx: &Target) {
     b.delete(&name, v1.version)
         .await
         .expect("delete the exact version");
-    read_none(b, &name).await;
+    assert_missing(b, &name).await;
 
     let again = b.delete(&name, v1.version).await;
     assert!(
         matches!(again, Err(BackendError::NotFound)),
         "delete of a deleted object: expected NotFound, got {again:?}"
     );
-    let v2 = create(b, &name, &md(&[("holder", "b")])).await;
+    let v2 = create(b, &name, &metadata(&[("holder", "b")])).await;
     assert_ne!(
         v2.version.generation, v1.version.generation,
         "a re-created object gets a new generation"
@@ -380,19 +355,19 @@ pub(super) async fn case_delete_with_stale_version_fails_and_keeps_object(ctx: &
         b.delete(&name, v1.version).await,
         "delete with a stale generation",
     );
-    assert_eq!(read_some(b, &name).await, v2);
+    assert_eq!(read_existing(b, &name).await, v2);
 
     let v3 = update(b, &name, v2.version, &[("n", "1")]).await;
     assert_precondition_failed(
         b.delete(&name, v2.version).await,
         "delete with a stale metageneration",
     );
-    assert_eq!(read_some(b, &name).await, v3);
+    assert_eq!(read_existing(b, &name).await, v3);
 
     b.delete(&name, v3.version)
         .await
         .expect("delete the current version");
-    read_none(b, &name).await;
+    assert_missing(b, &name).await;
 }
 
 /// Where the two cases above cannot run: object_store has no conditional delete, and
@@ -416,7 +391,7 @@ pub(super) async fn case_delete_is_refused_and_changes_nothing(ctx: &Target) {
             other => panic!("delete must be refused, got {other:?}"),
         }
     }
-    assert_eq!(read_some(b, &name).await, v1);
+    assert_eq!(read_existing(b, &name).await, v1);
 }
 
 // ---------------------------------------------------------------- lists and names
@@ -427,7 +402,7 @@ pub(super) async fn case_list_returns_prefix_matches_in_name_order(ctx: &Target)
     let mut created = Vec::new();
     for suffix in ["b", "a/2", "a/10", "a/1", "c d"] {
         let name = format!("{dir}{suffix}");
-        created.push(create(b, &name, &md(&[("suffix", suffix)])).await);
+        created.push(create(b, &name, &metadata(&[("suffix", suffix)])).await);
     }
     // Siblings that share a shorter prefix must not be listed.
     create(b, &ctx.name("listx"), &Metadata::new()).await;
@@ -461,7 +436,14 @@ pub(super) async fn case_list_follows_pages(ctx: &Target) {
     let dir = ctx.name("pages/");
     let mut expected = Vec::new();
     for i in 0..7 {
-        expected.push(create(b, &format!("{dir}{i:02}"), &md(&[("i", &i.to_string())])).await);
+        expected.push(
+            create(
+                b,
+                &format!("{dir}{i:02}"),
+                &metadata(&[("i", &i.to_string())]),
+            )
+            .await,
+        );
     }
     let listed = objects(b.list(&dir).await.expect("list"));
     assert_eq!(listed, expected, "all pages, in name order");
@@ -499,7 +481,7 @@ pub(super) async fn case_objects_of_any_name_are_deleted(ctx: &Target) {
         b.delete(&object.name, object.version)
             .await
             .unwrap_or_else(|e| panic!("delete {:?}: {e}", object.name));
-        read_none(b, &object.name).await;
+        assert_missing(b, &object.name).await;
     }
 }
 
@@ -512,33 +494,33 @@ pub(super) async fn case_conditions_hold_for_a_backend_that_never_saw_the_object
     let (name, v1) = create_lock(ctx).await;
     // `other` conditions on v1 without ever having read it.
     let v2 = other
-        .update_metadata(&name, v1.version, &md(&[("by", "other")]))
+        .update_metadata(&name, v1.version, &metadata(&[("by", "other")]))
         .await
         .expect("update through a backend that never saw the object")
         .value;
     // `a` last saw v1 (object_store: v1's ETag is cached, so its If-Match carries
     // it): the store refuses.
     assert_precondition_failed(
-        a.update_metadata(&name, v1.version, &md(&[("by", "a")]))
+        a.update_metadata(&name, v1.version, &metadata(&[("by", "a")]))
             .await,
         "update with a stale version this backend saw",
     );
     assert_precondition_failed(
-        a.write(&name, Matches(v1.version), &md(&[("holder", "a2")]))
+        a.write(&name, Matches(v1.version), &metadata(&[("holder", "a2")]))
             .await,
         "write with a stale version this backend saw",
     );
-    assert_eq!(read_some(a, &name).await, v2);
+    assert_eq!(read_existing(a, &name).await, v2);
     // Both now know v2; a takeover through a third backend wins, and the others lose.
     let third = ctx.fresh();
     let v3 = replace(&*third, &name, v2.version, &[("holder", "c")]).await;
     assert_precondition_failed(
         other
-            .update_metadata(&name, v2.version, &md(&[("x", "1")]))
+            .update_metadata(&name, v2.version, &metadata(&[("x", "1")]))
             .await,
         "refresh of a replaced version",
     );
-    assert_eq!(read_some(&*other, &name).await, v3);
+    assert_eq!(read_existing(&*other, &name).await, v3);
 }
 
 /// Runs `attempt(backend, i)` for i in 0..8 at once, each through a backend of its
@@ -572,14 +554,18 @@ pub(super) async fn case_concurrent_creates_have_one_winner(ctx: &Target) {
             let name = name.clone();
             async move {
                 backend
-                    .write(&name, DoesNotExist, &md(&[("holder", &i.to_string())]))
+                    .write(
+                        &name,
+                        DoesNotExist,
+                        &metadata(&[("holder", &i.to_string())]),
+                    )
                     .await
             }
         },
     )
     .await;
     assert_eq!(winners.len(), 1, "{winners:?}");
-    assert_eq!(read_some(&*ctx.backend, &name).await, winners[0]);
+    assert_eq!(read_existing(&*ctx.backend, &name).await, winners[0]);
 }
 
 pub(super) async fn case_concurrent_updates_of_one_version_have_one_winner(ctx: &Target) {
@@ -599,14 +585,14 @@ pub(super) async fn case_concurrent_updates_of_one_version_have_one_winner(ctx: 
             let name = name.clone();
             async move {
                 backend
-                    .update_metadata(&name, v1.version, &md(&[("refresh", &i.to_string())]))
+                    .update_metadata(&name, v1.version, &metadata(&[("refresh", &i.to_string())]))
                     .await
             }
         },
     )
     .await;
     assert_eq!(winners.len(), 1, "{winners:?}");
-    let now = read_some(&*ctx.backend, &name).await;
+    let now = read_existing(&*ctx.backend, &name).await;
     assert_eq!(now, winners[0]);
     assert_eq!(now.version.metageneration, 2);
 }
@@ -615,7 +601,7 @@ pub(super) async fn case_concurrent_updates_of_one_version_have_one_winner(ctx: 
 
 /// What someone else's object carries: metadata that is not a lock record.
 fn foreign_metadata() -> Metadata {
-    md(&[("owner", "someone")])
+    metadata(&[("owner", "someone")])
 }
 
 /// An object gcslock did not write: metadata that is not a lock record.
@@ -629,7 +615,7 @@ pub(super) async fn case_foreign_objects_are_reported_and_never_taken(ctx: &Targ
     let info = create_foreign(ctx, &name).await;
     assert!(info.version.generation > 0);
     assert_eq!(info.metadata, foreign_metadata());
-    assert_eq!(read_some(b, &name).await, info);
+    assert_eq!(read_existing(b, &name).await, info);
     assert!(
         LockRecord::from_metadata(&info.metadata).is_err(),
         "{info:?}"
@@ -638,5 +624,5 @@ pub(super) async fn case_foreign_objects_are_reported_and_never_taken(ctx: &Targ
     let lock = Lock::new(ctx.backend.clone(), &name, LockOptions::default()).expect("lock");
     let result = lock.acquire(crate::Wait::No).await;
     assert!(matches!(result, Err(Error::NotALock { .. })), "{result:?}");
-    assert_eq!(read_some(b, &name).await, info, "unchanged");
+    assert_eq!(read_existing(b, &name).await, info, "unchanged");
 }

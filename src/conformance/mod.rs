@@ -8,7 +8,8 @@
 //! what it lacks of GCS's semantics ([`Needs`]). Then run every case with
 //! [`run_all`], or one with [`Case::run`]. A case the target lacks something for
 //! is skipped with the reason, so no case passes for the wrong reason. Cases
-//! assert by panicking, as tests do; run them from a test.
+//! assert by panicking, as tests do; run them from a test. [`steps`] holds the
+//! backend calls the cases make, for writing cases of your own.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -31,6 +32,7 @@
 //! Azure emulators, the in-memory stores) in `tests/conformance.rs`.
 
 mod cases;
+pub mod steps;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -5,49 +5,18 @@
 //! and runs here through that API.
 
 use gcslock::backend::WriteCondition::{DoesNotExist, Matches};
-use gcslock::backend::{Backend, BackendError, Metadata, ObjectInfo, ObjectVersion};
+#[cfg(feature = "object-store")]
+use gcslock::backend::{Backend as _, ObjectInfo};
+use gcslock::backend::{BackendError, Metadata, ObjectVersion};
+use gcslock::conformance::steps::{assert_missing, create, metadata, read_existing};
 
 use crate::support::{loud, run_id};
 use crate::targets::{Ctx, Needs};
 
-pub fn md(pairs: &[(&str, &str)]) -> Metadata {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
-async fn create(b: &dyn Backend, name: &str, metadata: &Metadata) -> ObjectInfo {
-    b.write(name, DoesNotExist, metadata)
-        .await
-        .unwrap_or_else(|e| panic!("create {name:?}: {e}"))
-        .value
-}
-
-async fn read_some(b: &dyn Backend, name: &str) -> ObjectInfo {
-    b.read(name)
-        .await
-        .unwrap_or_else(|e| panic!("read {name:?}: {e}"))
-        .value
-        .unwrap_or_else(|| panic!("{name:?} should exist"))
-}
-
-async fn read_none(b: &dyn Backend, name: &str) {
-    let found = b
-        .read(name)
-        .await
-        .unwrap_or_else(|e| panic!("read {name:?}: {e}"));
-    assert!(
-        found.value.is_none(),
-        "{name:?} should not exist: {:?}",
-        found.value
-    );
-}
-
 /// What someone else's object carries: metadata that is not a lock record.
 #[cfg(feature = "object-store")]
 fn foreign_metadata() -> Metadata {
-    md(&[("owner", "someone")])
+    metadata(&[("owner", "someone")])
 }
 
 /// An object gcslock did not write: on object_store a plain put of another body
@@ -72,7 +41,7 @@ async fn create_foreign(ctx: &Ctx, name: &str) -> ObjectInfo {
             .put_opts(&Path::from(name), "not a lock".into(), options)
             .await
             .expect("a plain object");
-        return read_some(&**backend, name).await;
+        return read_existing(&**backend, name).await;
     }
     create(&*ctx.backend, name, &foreign_metadata()).await
 }
@@ -86,7 +55,7 @@ pub async fn case_foreign_objects_are_never_rewritten(ctx: &Ctx) {
     let name = ctx.name("foreign");
     let info = create_foreign(ctx, &name).await;
     let result = backend
-        .update_metadata(&name, info.version, &md(&[("x", "1")]))
+        .update_metadata(&name, info.version, &metadata(&[("x", "1")]))
         .await;
     assert!(
         matches!(result, Err(BackendError::Rejected { .. })),
@@ -101,7 +70,7 @@ pub async fn case_foreign_objects_are_never_rewritten(ctx: &Ctx) {
         .await
         .expect("body");
     assert_eq!(&body[..], b"not a lock");
-    assert_eq!(read_some(&**backend, &name).await, info, "unchanged");
+    assert_eq!(read_existing(&**backend, &name).await, info, "unchanged");
 }
 
 // ---------------------------------------------------------------- the store itself
@@ -247,20 +216,20 @@ pub async fn case_missing_bucket_is_reported_as_such(ctx: &Ctx) {
 pub async fn case_fake_gcs_server_gaps_are_as_documented(ctx: &Ctx) {
     let b = &*ctx.backend;
     let name = ctx.name("lock");
-    let v1 = create(b, &name, &md(&[("a", "1")])).await;
+    let v1 = create(b, &name, &metadata(&[("a", "1")])).await;
 
     // PATCH applies, but its response has no metageneration.
     let patched = b
-        .update_metadata(&name, v1.version, &md(&[("b", "2")]))
+        .update_metadata(&name, v1.version, &metadata(&[("b", "2")]))
         .await;
     assert!(
         matches!(&patched, Err(BackendError::InvalidResponse(m)) if m.contains("metageneration")),
         "{patched:?}"
     );
-    let after = read_some(b, &name).await;
+    let after = read_existing(b, &name).await;
     assert_eq!(
         after.metadata,
-        md(&[("a", "1"), ("b", "2")]),
+        metadata(&[("a", "1"), ("b", "2")]),
         "the PATCH was applied"
     );
     assert_eq!(after.version, v1.version, "metageneration did not grow");
@@ -271,9 +240,11 @@ pub async fn case_fake_gcs_server_gaps_are_as_documented(ctx: &Ctx) {
         generation: v1.version.generation + 1,
         metageneration: 7,
     };
-    let _ = b.update_metadata(&name, wrong, &md(&[("c", "3")])).await;
+    let _ = b
+        .update_metadata(&name, wrong, &metadata(&[("c", "3")]))
+        .await;
     assert!(
-        read_some(b, &name).await.metadata.contains_key("c"),
+        read_existing(b, &name).await.metadata.contains_key("c"),
         "stale PATCH applied"
     );
 
@@ -283,7 +254,7 @@ pub async fn case_fake_gcs_server_gaps_are_as_documented(ctx: &Ctx) {
         metageneration: 7,
     };
     let v2 = b
-        .write(&name, Matches(stale_meta), &md(&[("holder", "b")]))
+        .write(&name, Matches(stale_meta), &metadata(&[("holder", "b")]))
         .await
         .expect("fake-gcs-server ignores ifMetagenerationMatch on uploads")
         .value;
@@ -292,6 +263,6 @@ pub async fn case_fake_gcs_server_gaps_are_as_documented(ctx: &Ctx) {
     b.delete(&name, wrong)
         .await
         .expect("fake-gcs-server ignores DELETE preconditions");
-    read_none(b, &name).await;
+    assert_missing(b, &name).await;
     assert_ne!(v2.version.generation, wrong.generation);
 }

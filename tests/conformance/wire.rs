@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::cases::md;
+use gcslock::conformance::steps::metadata;
 
 /// Upper bound for anything that should fail fast; never a sleep.
 const BOUND: Duration = Duration::from_secs(10);
@@ -160,7 +160,7 @@ async fn read_sends_one_encoded_segment_without_credentials() {
     let info = read.value.expect("object");
     assert_eq!(info.name, "a/b c");
     assert_eq!(info.version, VERSION);
-    assert_eq!(info.metadata, md(&[("holder", "h")]));
+    assert_eq!(info.metadata, metadata(&[("holder", "h")]));
     assert_eq!(
         read.server_time.map(|t| t.to_rfc3339()).as_deref(),
         Some("2026-11-25T03:18:07+00:00")
@@ -180,7 +180,7 @@ async fn write_is_one_multipart_upload_with_its_precondition() {
     let (endpoint, mut requests) =
         serve(vec![json("200 OK", OBJECT), json("200 OK", OBJECT)]).await;
     let b = backend(&endpoint);
-    let metadata = md(&[("holder", "h"), ("nonce", "n1")]);
+    let metadata = metadata(&[("holder", "h"), ("nonce", "n1")]);
     within(b.write("a/b c", WriteCondition::DoesNotExist, &metadata))
         .await
         .expect("create");
@@ -226,7 +226,7 @@ async fn update_and_delete_send_both_preconditions() {
     ])
     .await;
     let b = backend(&endpoint);
-    let updated = within(b.update_metadata("a/b c", VERSION, &md(&[("k", "v")])))
+    let updated = within(b.update_metadata("a/b c", VERSION, &metadata(&[("k", "v")])))
         .await
         .expect("update");
     assert_eq!(updated.value.version, VERSION);
