@@ -46,11 +46,18 @@ use cases::*;
 use support::Store;
 use targets::{run_case, run_suite_case, Needs, Which};
 
-/// `MACRO! { targets: { TARGET => WHICH, .. } REST }`: the one list of targets,
-/// handed to the macro that writes a test module per target.
+/// `MACRO! { [run: RUN;] targets: { TARGET => WHICH, .. } REST }`: the one list
+/// of targets, handed to the macro that writes a test module per target.
 macro_rules! for_every_target {
+    ($macro:ident! { run: $run:path; $($rest:tt)* }) => {
+        for_every_target!(@call $macro, { run: $run; }, { $($rest)* });
+    };
     ($macro:ident! { $($rest:tt)* }) => {
+        for_every_target!(@call $macro, {}, { $($rest)* });
+    };
+    (@call $macro:ident, { $($before:tt)* }, { $($rest:tt)* }) => {
         $macro! {
+            $($before)*
             targets: {
                 memory => Which::Memory,
                 emulator => Which::Emulator,

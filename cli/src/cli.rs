@@ -133,8 +133,8 @@ impl Command {
     /// The command's --storage-timeout, if it talks to storage.
     pub fn storage_timeout(&self) -> Option<std::time::Duration> {
         match self {
-            Self::Run(args) => Some(args.storage_timeout),
-            Self::Elect(args) => Some(args.storage_timeout),
+            Self::Run(args) => Some(args.storage_timeout.duration),
+            Self::Elect(args) => Some(args.storage_timeout.duration),
             Self::Observe(_) => None,
             Self::Status(args) => Some(args.storage_timeout.duration),
             Self::List(args) => Some(args.storage_timeout.duration),
@@ -168,7 +168,7 @@ mod tests {
             panic!("should parse: {parsed:?}");
         };
         assert_eq!(
-            run.command,
+            run.command.argv,
             vec![OsString::from("true"), OsString::from("-x")]
         );
         assert!(Cli::try_parse_from(["gcslock", "run", "gs://bucket/o"]).is_err());

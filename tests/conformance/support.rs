@@ -69,15 +69,15 @@ pub fn not_configured<T>(
 ///
 /// ```ignore
 /// per_target! {
-///     targets: { memory => Which::Memory, #[cfg(..)] s3 => Which::S3, }
 ///     run: run_case;
+///     targets: { memory => Which::Memory, #[cfg(..)] s3 => Which::S3, }
 ///     cases: { case_a => [], case_b => [Needs::X, Needs::Y], #[cfg(..)] case_c => [], }
 /// }
 /// ```
 macro_rules! per_target {
     (
-        targets: { $($(#[$attr:meta])* $target:ident => $which:expr,)* }
         run: $run:path;
+        targets: { $($(#[$attr:meta])* $target:ident => $which:expr,)* }
         cases: $cases:tt
     ) => {
         $($(#[$attr])* per_target!(@target $run, $target, $which, $cases);)*

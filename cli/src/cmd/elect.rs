@@ -1,7 +1,6 @@
 //! `gcslock elect`: campaign for leadership, run the command while leading (under
 //! `run`'s supervision), and campaign again whenever a term ends, until stopped.
 
-use std::ffi::OsString;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -12,8 +11,9 @@ use tokio::signal::unix::SignalKind;
 use tokio_util::sync::CancellationToken;
 
 use super::run::job::{per_run_variables, run_job, Job, Ready};
-use super::run::job_kill_grace;
 use super::run::signals::Signals;
+use super::run::{job_kill_grace, CommandArgs};
+use crate::cmd::status::{StorageTimeout, STORAGE_TIMEOUT};
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
 use crate::logging::OUTCOME;
@@ -46,6 +46,13 @@ A crashed leader's term ends when its lease is stale: after TTL plus a tenth of 
 margin) plus one poll. Choose --ttl accordingly (default 30s: about 34 s).";
 
 #[derive(Debug, Args)]
+#[command(
+    mut_arg(STORAGE_TIMEOUT, |arg| arg.help(
+        "How long a single storage operation keeps retrying transient failures; a campaign \
+         itself retries for as long as it waits"
+    )),
+    mut_arg("command", |arg| arg.help("The command to run while leading, after `--`"))
+)]
 pub struct ElectArgs {
     /// The election's lock: gs://BUCKET/OBJECT (with the object-store feature also s3://, az://)
     #[arg(value_name = "URL", value_parser = LockTarget::parse)]
@@ -78,26 +85,11 @@ pub struct ElectArgs {
     #[arg(long, env = "GCSLOCK_KILL_GRACE", value_name = "DURATION", value_parser = parse_duration)]
     pub kill_grace: Option<Duration>,
 
-    /// How long a single storage operation keeps retrying transient failures; a
-    /// campaign itself retries for as long as it waits
-    #[arg(
-        long,
-        env = "GCSLOCK_STORAGE_TIMEOUT",
-        value_name = "DURATION",
-        value_parser = parse_duration,
-        default_value = "10s"
-    )]
-    pub storage_timeout: Duration,
+    #[command(flatten)]
+    pub storage_timeout: StorageTimeout,
 
-    /// The command to run while leading, after `--`
-    #[arg(
-        value_name = "COMMAND",
-        last = true,
-        required = true,
-        num_args = 1..,
-        value_parser = clap::value_parser!(OsString)
-    )]
-    pub command: Vec<OsString>,
+    #[command(flatten)]
+    pub command: CommandArgs,
 }
 
 /// The longest gcslock spends resigning before it moves on (the lock then expires).
@@ -115,7 +107,7 @@ pub async fn elect(global: &GlobalArgs, args: ElectArgs) -> anyhow::Result<u8> {
     let kind = ready.as_ref().and_then(Ready::kind);
     let mut options = LockOptions::default()
         .ttl(args.ttl)
-        .unavailable_timeout(args.storage_timeout);
+        .unavailable_timeout(args.storage_timeout.duration);
     if let Some(kind) = kind {
         options = options.boundary(kind.name());
     }
@@ -132,7 +124,7 @@ pub async fn elect(global: &GlobalArgs, args: ElectArgs) -> anyhow::Result<u8> {
     let remove_from_environment =
         per_run_variables(&ElectArgs::augment_args(clap::Command::new("elect")));
     let job = Job {
-        command: &args.command,
+        command: &args.command.argv,
         url: &url,
         place: 0,
         kill_grace,

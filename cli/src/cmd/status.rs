@@ -14,7 +14,11 @@ use crate::output::{escape, held_by, print_lines, short_duration, timestamp};
 use crate::parse::parse_duration;
 use crate::target::LockTarget;
 
-/// The storage budget of `status`, `list`, `break`, `cat` and `put`: how long they
+/// The clap id of `--storage-timeout`, for a command that explains it in its own
+/// words (`#[command(mut_arg(STORAGE_TIMEOUT, ..))]`).
+pub const STORAGE_TIMEOUT: &str = "duration";
+
+/// The storage budget of every command that talks to storage: how long they
 /// retry transient storage failures (503, 429, timeouts, resets) before giving up
 /// with exit 69. No request outlasts it.
 #[derive(Debug, Args)]

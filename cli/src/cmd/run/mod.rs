@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use self::holders::Contender;
 use self::job::{per_run_variables, run_job, Job, Ready};
 use self::signals::Signals;
+use crate::cmd::status::{StorageTimeout, STORAGE_TIMEOUT};
 use crate::exit::{self, Coded};
 use crate::global::GlobalArgs;
 use crate::logging::OUTCOME;
@@ -143,6 +144,10 @@ but not read from one (it would be stopped by SIGTTIN); in the session boundary 
 controlling terminal and can read the terminal it inherited.";
 
 #[derive(Debug, Args)]
+#[command(mut_arg(STORAGE_TIMEOUT, |arg| arg.help(
+    "How long storage may fail before gcslock gives up (exit 69), and the longest request; \
+     --wait extends the retries"
+)))]
 pub struct RunArgs {
     /// The lock: gs://BUCKET/OBJECT (with the object-store feature also s3://, az://)
     #[arg(value_name = "URL", value_parser = LockTarget::parse)]
@@ -215,26 +220,26 @@ pub struct RunArgs {
     #[arg(long, env = "GCSLOCK_BUSY_EXIT_CODE", value_name = "CODE", default_value_t = exit::BUSY)]
     pub busy_exit_code: u8,
 
-    /// How long storage may fail before gcslock gives up (exit 69), and the longest
-    /// request; --wait extends the retries
-    #[arg(
-        long,
-        env = "GCSLOCK_STORAGE_TIMEOUT",
-        value_name = "DURATION",
-        value_parser = parse_duration,
-        default_value = "10s"
-    )]
-    pub storage_timeout: Duration,
+    #[command(flatten)]
+    pub storage_timeout: StorageTimeout,
 
+    #[command(flatten)]
+    pub command: CommandArgs,
+}
+
+/// The command `run` and `elect` run under the lock, after `--`.
+#[derive(Debug, Args)]
+pub struct CommandArgs {
     /// The command to run, after `--`
     #[arg(
+        id = "command",
         value_name = "COMMAND",
         last = true,
         required = true,
         num_args = 1..,
         value_parser = clap::value_parser!(OsString)
     )]
-    pub command: Vec<OsString>,
+    pub argv: Vec<OsString>,
 }
 
 /// The longest gcslock spends releasing the lock before it exits anyway (the lock
@@ -298,7 +303,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         Ttl::Finite(ttl) => LockOptions::default().ttl(ttl),
         _ => LockOptions::default().ttl(Ttl::Forever),
     };
-    let mut options = options.unavailable_timeout(args.storage_timeout);
+    let mut options = options.unavailable_timeout(args.storage_timeout.duration);
     if let Some(kind) = ready.kind() {
         options = options.boundary(kind.name());
     }
@@ -360,7 +365,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
     let remove_from_environment =
         per_run_variables(&RunArgs::augment_args(clap::Command::new("run")));
     let job = Job {
-        command: &args.command,
+        command: &args.command.argv,
         url: &url,
         place: contender.place_of(&guard),
         kill_grace,
