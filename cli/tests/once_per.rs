@@ -10,7 +10,9 @@ mod harness;
 use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use harness::{code, describe, gcslock, hold, output, status_json, text, Emulator, Running, BIN};
+use harness::{
+    code, describe, gcslock, hold, output, run_script, status_json, text, Emulator, Running, BIN,
+};
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -450,16 +452,7 @@ async fn time_zones_are_checked() {
     // TZ names the default zone; a POSIX rule has no name to record.
     let mut posix = gcslock(
         Some(&emulator),
-        &[
-            "run",
-            "--once-per",
-            "1h",
-            &url,
-            "--",
-            "sh",
-            "-c",
-            "echo ran",
-        ],
+        &run_script(&["--once-per", "1h"], &url, "echo ran"),
     );
     posix.env("TZ", "EST5EDT,M3.2.0,M11.1.0");
     let posix = output(posix).await;
@@ -471,16 +464,7 @@ async fn time_zones_are_checked() {
     );
     let mut paris = gcslock(
         Some(&emulator),
-        &[
-            "run",
-            "--once-per",
-            "1h",
-            &url,
-            "--",
-            "sh",
-            "-c",
-            "echo ran",
-        ],
+        &run_script(&["--once-per", "1h"], &url, "echo ran"),
     );
     paris.env("TZ", "Europe/Paris");
     let paris = output(paris).await;
@@ -521,16 +505,7 @@ async fn max_runtime_stops_the_command_and_leaves_the_slot_open() {
     // Also without --once-per, and for a command that ends in time: its own code.
     let quick = output(gcslock(
         Some(&emulator),
-        &[
-            "run",
-            "--max-runtime",
-            "30s",
-            &url,
-            "--",
-            "sh",
-            "-c",
-            "exit 3",
-        ],
+        &run_script(&["--max-runtime", "30s"], &url, "exit 3"),
     ))
     .await;
     assert_eq!(code(&quick), 3, "{}", describe(&quick));
