@@ -1,38 +1,27 @@
 //! The prepare/commit pattern: a long, discardable preparation under the lease,
 //! then a short commit that runs only after a final validity check.
 //!
-//! Runs against GCS, or an emulator via STORAGE_EMULATOR_HOST:
+//! Runs against any lock URL (GCS, or an emulator via STORAGE_EMULATOR_HOST):
 //!
 //! ```text
 //! cargo run --example prepare_commit -- gs://BUCKET/jobs/report
 //! ```
 //!
-//! Without an argument it runs on the in-memory backend, so it works anywhere.
+//! Without an argument it runs on the in-memory backend (`memory://example/...`), so
+//! it works anywhere. Any lock URL works: `gcslock::backend::open` is the one way
+//! from a URL to a backend, for the command line too.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use gcslock::backend::gcs::GcsBackend;
-use gcslock::backend::memory::MemoryBackend;
-use gcslock::backend::Backend;
-use gcslock::fence::ObjectUrl;
+use gcslock::backend::{open, OpenOptions};
 use gcslock::{Lock, LockOptions, Wait};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (backend, object): (Arc<dyn Backend>, String) = match std::env::args().nth(1) {
-        Some(url) => {
-            let url: ObjectUrl = url.parse()?;
-            (
-                Arc::new(GcsBackend::builder(url.bucket()).build()?),
-                url.object().to_owned(),
-            )
-        }
-        None => (
-            Arc::new(MemoryBackend::new("example")),
-            "jobs/report".into(),
-        ),
-    };
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "memory://example/jobs/report".to_owned());
+    let (backend, object) = open(&url, &OpenOptions::default())?;
     let lock = Lock::new(
         backend,
         &object,

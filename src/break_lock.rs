@@ -283,8 +283,8 @@ fn plan(
                 "its TTL ({}) is above the longest TTL gcslock accepts ({}), so revoking it \
                  would keep it blocked that long; break it at once instead (`--now`, \
                  BreakOptions::now), after making sure its holder has stopped",
-                humantime::format_duration(ttl),
-                humantime::format_duration(MAX_TTL)
+                crate::duration_text::written(ttl),
+                crate::duration_text::written(MAX_TTL)
             ),
         });
     }
@@ -436,7 +436,7 @@ fn stale_after(url: &str, record: &LockRecord, info: &ObjectInfo) -> Result<Date
             lock: url.to_owned(),
             why: format!(
                 "its TTL ({}) is too large to compute when it turns stale",
-                humantime::format_duration(ttl)
+                crate::duration_text::written(ttl)
             ),
         })
 }

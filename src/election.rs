@@ -48,8 +48,10 @@ pub struct Leader {
     pub value: Option<String>,
     /// The term's fencing token: larger than every earlier term's.
     pub token: FencingToken,
-    /// When the term began by the server's clock, if the object still shows the
-    /// term's first write (before its first refresh); see [`Observation::at`].
+    /// When the term began, by the server's clock: the creation of the object
+    /// version the term wrote (GCS's `timeCreated`, which refreshes keep). On a
+    /// store that does not report creation times, known only until the term's first
+    /// refresh; see [`Observation::at`].
     pub since: Option<DateTime<Utc>>,
     /// The leader's last write (acquire, refresh or proclaim), by the server's clock.
     pub last_refresh: DateTime<Utc>,
@@ -192,6 +194,14 @@ impl Leadership {
         let released = guard.release().await;
         *locked(&rejoin_at) = Some(instant_after(Instant::now(), rejoin_delay));
         released
+    }
+
+    /// Ends this candidate's part in the term without a write: the keep-alive stops
+    /// at once and the lock expires by its TTL ([`Guard::abandon`]). For a leader
+    /// whose work may still be writing, so that no other term starts before the
+    /// lease runs out.
+    pub fn abandon(self) {
+        self.guard.abandon();
     }
 
     /// The guard alone, for code that takes a [`Guard`]; resigning is then a release
@@ -401,7 +411,9 @@ fn judge(read: &Stamped<Option<ObjectInfo>>) -> Observed {
                 identity: held.holder,
                 value: held.value,
                 token: held.token,
-                since: first_write.then_some(held.last_refresh),
+                since: info
+                    .and_then(|info| info.created)
+                    .or(first_write.then_some(held.last_refresh)),
                 last_refresh: held.last_refresh,
             })
         }

@@ -152,7 +152,7 @@ impl fmt::Display for HolderSummary {
             write!(
                 f,
                 ", stale in {}",
-                humantime::format_duration(Duration::from_secs(left.as_secs()))
+                crate::duration_text::written(Duration::from_secs(left.as_secs()))
             )?;
         }
         Ok(())

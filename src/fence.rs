@@ -773,6 +773,7 @@ mod tests {
                 metageneration: 1,
             },
             updated: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+            created: None,
             metadata: metadata
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

@@ -64,9 +64,12 @@ pub mod backend;
 mod backoff;
 mod break_lock;
 mod clock;
+// Shared with gcslock-cli, which prints durations the same way; not part of the API.
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
+#[doc(hidden)]
+pub mod duration_text;
 mod election;
 mod error;
 pub mod fence;

@@ -188,25 +188,25 @@ impl LockSettings {
         if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
             return Err(Error::InvalidInput(format!(
                 "TTL {} is out of range: it must be between {} and {}",
-                humantime::format_duration(ttl),
-                humantime::format_duration(MIN_TTL),
-                humantime::format_duration(MAX_TTL)
+                crate::duration_text::written(ttl),
+                crate::duration_text::written(MIN_TTL),
+                crate::duration_text::written(MAX_TTL)
             )));
         }
         let margin = options.safety_margin.unwrap_or_else(|| default_margin(ttl));
         if margin >= ttl / 2 {
             return Err(Error::InvalidInput(format!(
                 "safety margin {} must be less than half the TTL {}",
-                humantime::format_duration(margin),
-                humantime::format_duration(ttl)
+                crate::duration_text::written(margin),
+                crate::duration_text::written(ttl)
             )));
         }
         let refresh_interval = options.refresh_interval.unwrap_or(ttl / 8);
         if refresh_interval.is_zero() || refresh_interval >= ttl - margin {
             return Err(Error::InvalidInput(format!(
                 "refresh interval {} must be above zero and below the TTL minus the safety margin ({})",
-                humantime::format_duration(refresh_interval),
-                humantime::format_duration(ttl - margin)
+                crate::duration_text::written(refresh_interval),
+                crate::duration_text::written(ttl - margin)
             )));
         }
         if let Some(floor) = backend.min_mutation_interval() {
@@ -214,10 +214,10 @@ impl LockSettings {
                 return Err(Error::InvalidInput(format!(
                     "refresh interval {} is below {}: {} throttles faster writes to one object; \
                      use a TTL of at least {} (refreshed every TTL/8)",
-                    humantime::format_duration(refresh_interval),
-                    humantime::format_duration(floor),
+                    crate::duration_text::written(refresh_interval),
+                    crate::duration_text::written(floor),
                     backend.describe(),
-                    humantime::format_duration(floor * 8)
+                    crate::duration_text::written(floor * 8)
                 )));
             }
         }
@@ -272,9 +272,9 @@ impl LockSettings {
         {
             return Err(Error::InvalidInput(format!(
                 "refresh interval {} of a forever lock must be at least {} and at most {}",
-                humantime::format_duration(refresh_interval),
-                humantime::format_duration(floor.max(Duration::from_millis(1))),
-                humantime::format_duration(MAX_TTL / 2),
+                crate::duration_text::written(refresh_interval),
+                crate::duration_text::written(floor.max(Duration::from_millis(1))),
+                crate::duration_text::written(MAX_TTL / 2),
             )));
         }
         let shared = LockOptions {

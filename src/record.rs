@@ -9,7 +9,7 @@
 //!   only a break frees it. Versions of gcslock from before forever TTLs fail to
 //!   parse it as a number, so they judge the object "not a lock" and never
 //!   overwrite it, rather than taking it over as stale.
-//! * **The last completed slot** ([`crate::Slot`], `--once-per`): written by the
+//! * **The last completed slot** ([`crate::once_per::Slot`], `--once-per`): written by the
 //!   release that follows a successful run, in the same conditional write that
 //!   releases the lock, and carried over by every later write (acquire, takeover,
 //!   refresh, release, break). Keys: `gcslock-done-period-s` (the period in whole
@@ -89,7 +89,7 @@ impl From<Duration> for Ttl {
 impl std::fmt::Display for Ttl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Finite(ttl) => write!(f, "{}", humantime::format_duration(*ttl)),
+            Self::Finite(ttl) => write!(f, "{}", crate::duration_text::written(*ttl)),
             Self::Forever => f.write_str("forever"),
         }
     }
@@ -272,8 +272,8 @@ impl LockRecord {
                     "metadata key {KEY_TTL_MS} is out of range: {} ms (locks accept {} to {}, \
                      or {TTL_FOREVER})",
                     ttl.as_millis(),
-                    humantime::format_duration(MIN_TTL),
-                    humantime::format_duration(MAX_TTL)
+                    crate::duration_text::written(MIN_TTL),
+                    crate::duration_text::written(MAX_TTL)
                 ));
             }
             Ttl::Finite(ttl)

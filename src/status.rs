@@ -211,6 +211,7 @@ mod tests {
                 metageneration: 1,
             },
             updated,
+            created: Some(updated),
             metadata,
         }
     }

@@ -278,6 +278,48 @@ async fn observe_without_server_dates_waits_a_full_ttl_of_unchanged_version() {
     drop(crashed);
 }
 
+/// Failed before: `since` was known only until the term's first refresh.
+#[tokio::test(start_paused = true)]
+async fn leader_since_is_the_term_start_through_refreshes_and_proclaims() {
+    let memory = MemoryBackend::new("b");
+    let watcher = election(Arc::new(memory.clone()), "watcher");
+    let a = election(Arc::new(memory.clone()), "a");
+    let leading = lead(&a, "x").await;
+    let started = memory.server_time();
+    // Three refreshes (every TTL/8 = 10 s) and a proclaim later.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    leading.proclaim("y").await.expect("proclaim");
+    let leader = watcher.leader().await.expect("read").expect("a leads");
+    assert_eq!(leader.since, Some(started), "the term's start");
+    assert!(leader.last_refresh >= started + chrono::Duration::seconds(35));
+
+    // A new term has a new start.
+    leading.resign().await.expect("resign");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let b = election(Arc::new(memory.clone()), "b");
+    let _leading = lead(&b, "z").await;
+    let leader = watcher.leader().await.expect("read").expect("b leads");
+    assert!(leader.since > Some(started + chrono::Duration::seconds(35)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn abandoned_leadership_writes_nothing_and_the_term_runs_out() {
+    let memory = MemoryBackend::new("b");
+    let a = election(Arc::new(memory.clone()), "a");
+    let leading = lead(&a, "x").await;
+    let before = memory.request_count();
+    let lost = leading.lost();
+    leading.abandon();
+    assert_eq!(lost.await, gcslock::LossReason::Released);
+    // Let a release spawned in the background (what dropping does) run.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(memory.request_count(), before, "no release, no refresh");
+    let leader = a.leader().await.expect("read").expect("still the leader");
+    assert_eq!(leader.identity, "a", "held until its TTL runs out");
+}
+
 #[tokio::test(start_paused = true)]
 async fn leader_is_none_when_free_released_or_stale() {
     let (memory, faulty) = faulty_bucket();

@@ -38,31 +38,9 @@ pub fn short_duration(duration: Duration) -> String {
 }
 
 /// A duration as people write it on the command line, and as gcslock parses it:
-/// `366d`, `7d`, `1h30m`, `90s` is `1m30s`, `750ms`. Days are the largest unit
-/// (humantime's own format turns 366d into "1year 18h"); below a millisecond is
-/// dropped, and zero is `0s`.
-pub fn duration(duration: Duration) -> String {
-    const UNITS: [(&str, u64); 5] = [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-        ("ms", 1),
-    ];
-    let mut left = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-    let mut text = String::new();
-    for (unit, millis) in UNITS {
-        let count = left / millis;
-        if count > 0 {
-            text.push_str(&format!("{count}{unit}"));
-            left %= millis;
-        }
-    }
-    if text.is_empty() {
-        text.push_str("0s");
-    }
-    text
-}
+/// `366d`, `7d`, `1h30m`, `90s` is `1m30s`, `750ms` (the library's messages print
+/// durations the same way).
+pub use gcslock::duration_text::written as duration;
 
 /// "held by NAME" for a lock's holder read from storage; a lock that `gcslock
 /// break` revoked records its holder as `revoked by NAME`, which reads as "revoked

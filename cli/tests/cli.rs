@@ -129,7 +129,7 @@ async fn ttl_out_of_range_is_a_usage_error() {
             "--endpoint",
             "http://127.0.0.1:1",
             "--ttl",
-            "30d",
+            "400d",
             "gs://gcslock-test/o",
             "--",
             "true",
@@ -139,7 +139,11 @@ async fn ttl_out_of_range_is_a_usage_error() {
     assert_eq!(code(&out), 64, "{}", describe(&out));
     let stderr = text(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("TTL"), "{stderr}");
+    // Durations as written, not humantime's "1year 1month 4days 13h 30m" (failed before).
+    assert!(
+        stderr.contains("TTL 400d is out of range") && stderr.contains(" and 7d"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -792,14 +796,15 @@ async fn the_object_store_hint_names_the_cli_crate() {
     }
     let out = exits(None, &["run", "s3://bucket/o", "--", "true"], 64).await;
     assert!(
-        text(&out.stderr).contains("cargo install gcslock-cli --features object-store"),
+        text(&out.stderr).contains("cargo install --locked --path cli --features object-store"),
         "{}",
         describe(&out)
     );
 }
 
 /// With --log-format json every event carries the command's fields: the lock URL
-/// always, the period as written, the token once acquired, the exit code at the end.
+/// always, the period as written, the holder and token once acquired (the holder
+/// failed before), the exit code at the end.
 #[tokio::test]
 async fn json_log_lines_carry_url_token_period_and_exit_code() {
     let Some((emulator, url)) = lock_on(Emulator::strict(), "json-fields") else {
@@ -814,6 +819,8 @@ async fn json_log_lines_carry_url_token_period_and_exit_code() {
             "run",
             "--once-per",
             "1h",
+            "--identity",
+            "json-runner",
             &url,
             "--",
             "sh",
@@ -847,6 +854,7 @@ async fn json_log_lines_carry_url_token_period_and_exit_code() {
         .unwrap_or_else(|| panic!("no 'command started': {lines:?}"));
     for line in &lines[started..] {
         assert_eq!(line["token"], token, "{line}");
+        assert_eq!(line["holder"], "json-runner", "{line}");
     }
     let last = lines.last().expect("a line");
     assert_eq!(last["exit_code"], 0, "{last}");

@@ -370,6 +370,8 @@ fn systemd_example_units_say_what_counts_as_success() {
         "credentials"
     );
     assert_eq!(single(&service, "Service", "KillMode"), "mixed");
+    // The cgroup boundary needs the unit's cgroup delegated (docs/containment.md).
+    assert_eq!(single(&service, "Service", "Delegate"), "yes");
 
     let timer = parse_unit(&read_example("gcslock-nightly.timer"));
     // Ticks within one night, so that --once-per 1d retries a failed run.
@@ -434,6 +436,8 @@ fn systemd_election_unit_campaigns_on_every_machine() {
     assert_eq!(exec_start[2..separator - 1], ["--ttl", "30s"]);
     assert_eq!(single(&service, "Service", "Type"), "exec");
     assert_eq!(single(&service, "Service", "KillMode"), "mixed");
+    // The cgroup boundary needs the unit's cgroup delegated (docs/containment.md).
+    assert_eq!(single(&service, "Service", "Delegate"), "yes");
     assert_eq!(single(&service, "Service", "SuccessExitStatus"), "143");
     assert_eq!(single(&service, "Service", "Restart"), "on-failure");
     assert!(

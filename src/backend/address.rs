@@ -151,8 +151,9 @@ impl StorageUrl {
         if !scheme.is_available() {
             return Err(Error::InvalidInput(format!(
                 "{scheme}:// locks need gcslock built with the `object-store` feature \
-                 (the command: cargo install gcslock-cli --features object-store; the \
-                 library: gcslock = {{ features = [\"object-store\"] }})"
+                 (the command, from a checkout: cargo install --locked --path cli \
+                 --features object-store; the library: gcslock = {{ features = \
+                 [\"object-store\"] }})"
             )));
         }
         let (bucket, name) = rest.split_once('/').unwrap_or((rest, ""));

@@ -39,6 +39,7 @@ struct StoredObject {
     generation: i64,
     metageneration: i64,
     updated: DateTime<Utc>,
+    created: DateTime<Utc>,
     metadata: Metadata,
     body: Bytes,
 }
@@ -127,6 +128,7 @@ impl MemoryBackend {
                     generation,
                     metageneration: 1,
                     updated: now,
+                    created: now,
                     metadata,
                     body,
                 };
@@ -209,6 +211,7 @@ fn to_info(name: &str, object: &StoredObject) -> ObjectInfo {
             metageneration: object.metageneration,
         },
         updated: object.updated,
+        created: Some(object.created),
         metadata: object.metadata.clone(),
     }
 }

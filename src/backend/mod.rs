@@ -5,7 +5,8 @@
 //! only the algorithm knows how to resolve an ambiguous outcome (by nonce) and how
 //! long it may keep trying (until its lease deadline).
 //!
-//! Every backend must pass the conformance suite in `tests/conformance/`.
+//! Every backend must pass the conformance suite, published as `gcslock::conformance`
+//! (feature `conformance`) and run by the project's own tests on every backend.
 //!
 //! [`open`] turns a lock URL (`gs://`, `s3://`, `az://`, `memory://`) into a
 //! backend. To observe or alter calls (count them, inject faults, rewrite
@@ -69,6 +70,10 @@ pub struct ObjectInfo {
     pub version: ObjectVersion,
     /// Last modification of data or metadata, by the server's clock.
     pub updated: DateTime<Utc>,
+    /// When this generation was written, by the server's clock: kept by metadata
+    /// updates, new with every write. `None` where the store does not report it
+    /// (object_store's stores rewrite the object to change its metadata).
+    pub created: Option<DateTime<Utc>>,
     /// Its custom metadata.
     pub metadata: Metadata,
 }

@@ -396,6 +396,7 @@ impl ObjectStoreBackend {
                             metageneration: body.metageneration,
                         },
                         updated,
+                        created: None,
                         metadata: body.metadata,
                     },
                     put_version,
@@ -412,6 +413,7 @@ impl ObjectStoreBackend {
                         metageneration: 1,
                     },
                     updated,
+                    created: None,
                     metadata: attributes
                         .iter()
                         .filter_map(|(attribute, value)| match attribute {
@@ -499,6 +501,7 @@ impl ObjectStoreBackend {
                     metageneration: body.metageneration,
                 },
                 updated: self.updated(last_modified),
+                created: None,
                 metadata: body.metadata,
             },
             put_version: UpdateVersion {

@@ -274,6 +274,8 @@ pub(super) async fn case_update_metadata_merges_and_bumps_metageneration(ctx: &T
         v2.updated,
         v1.updated
     );
+    // A leader's term start (`Leader::since`) is its generation's creation.
+    assert_eq!(v2.created, v1.created, "an update keeps the creation time");
     assert_eq!(read_existing(b, &name).await, v2);
 
     let v3 = update(b, &name, v2.version, &[("again", "1")]).await;

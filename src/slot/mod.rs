@@ -292,9 +292,9 @@ fn period_secs(period: Duration) -> Result<u64, Error> {
     if !(MIN_PERIOD..=MAX_PERIOD).contains(&period) || period.subsec_nanos() != 0 {
         return Err(Error::InvalidInput(format!(
             "period {} must be a whole number of seconds between {} and {}",
-            humantime::format_duration(period),
-            humantime::format_duration(MIN_PERIOD),
-            humantime::format_duration(MAX_PERIOD)
+            crate::duration_text::written(period),
+            crate::duration_text::written(MIN_PERIOD),
+            crate::duration_text::written(MAX_PERIOD)
         )));
     }
     Ok(period.as_secs())
@@ -310,7 +310,7 @@ fn calendar_period_secs(period: Duration) -> Result<u64, Error> {
         "period {} does not fit the calendar: a period shorter than a day must divide 24h \
          evenly (such as 1m, 5m, 10m, 15m, 20m, 30m, 1h, 2h, 3h, 4h, 6h, 8h, 12h), and a \
          longer one must be whole days",
-        humantime::format_duration(period)
+        crate::duration_text::written(period)
     )))
 }
 

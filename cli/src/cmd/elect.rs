@@ -154,9 +154,10 @@ pub async fn elect(global: &GlobalArgs, args: ElectArgs) -> anyhow::Result<u8> {
         let code = end.code;
         if !end.may_release {
             // Part of the command's group survived SIGKILL: no new term may start
-            // beside it, so stop being a candidate and let the lease expire.
+            // beside it, so stop being a candidate and let the lease expire: no
+            // write, not even the release a dropped guard would send.
             tracing::error!("{url}: not resigning, as the command's processes may still write");
-            drop(leadership.into_guard());
+            leadership.abandon();
             return code;
         }
         let lost = leadership.check().is_err();

@@ -28,6 +28,8 @@ pub(super) struct RawObject {
     #[serde(deserialize_with = "int64")]
     metageneration: i64,
     updated: DateTime<Utc>,
+    #[serde(default, rename = "timeCreated")]
+    time_created: Option<DateTime<Utc>>,
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
 }
@@ -41,6 +43,7 @@ impl RawObject {
                 metageneration: self.metageneration,
             },
             updated: self.updated,
+            created: self.time_created,
             metadata: self.metadata.unwrap_or_default(),
         }
     }

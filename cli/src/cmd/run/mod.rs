@@ -361,7 +361,9 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         }
         (Err(error), None) => return Err(error.into()),
     };
-    tracing::Span::current().record("token", guard.token().value());
+    let span = tracing::Span::current();
+    span.record("holder", guard.identity());
+    span.record("token", guard.token().value());
     let remove_from_environment =
         per_run_variables(&RunArgs::augment_args(clap::Command::new("run")));
     let job = Job {
