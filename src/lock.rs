@@ -888,28 +888,41 @@ impl Acquire {
         }
     }
 
-    /// Runs the acquire loop in a task of its own, which dropping the returned
-    /// future cancels (through a child of the caller's token, which stays
-    /// untouched): a create in flight is resolved, and a lock acquired after all
-    /// is released, by that task.
+    /// Runs the acquire loop in a task of its own ([`detached`]).
     async fn run(self, slot: Option<Slot>) -> Result<Acquired, Error> {
         let url = self.lock.inner.url.clone();
-        let cancel = self
-            .cancel
-            .as_ref()
-            .map_or_else(CancellationToken::new, CancellationToken::child_token);
-        let cancel_on_drop = cancel.clone().drop_guard();
         let lock = self.lock;
         let wait = self.wait;
-        let task = tokio::spawn(async move { lock.acquire_for(wait, &cancel, slot).await });
-        let joined = task.await;
-        cancel_on_drop.disarm();
-        match joined {
-            Ok(result) => result,
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            // The runtime is shutting down.
-            Err(_) => Err(Error::Cancelled { lock: url }),
-        }
+        detached(url, self.cancel.as_ref(), move |cancel| async move {
+            lock.acquire_for(wait, &cancel, slot).await
+        })
+        .await
+    }
+}
+
+/// Runs an acquire loop in a task of its own, which dropping the returned future
+/// cancels (through a child of the caller's `cancel`, which stays untouched): a
+/// create in flight is resolved, and a lock acquired after all is released, by that
+/// task, so a dropped acquire leaves nothing behind.
+pub(crate) async fn detached<T, F, Fut>(
+    url: String,
+    cancel: Option<&CancellationToken>,
+    attempt: F,
+) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+{
+    let cancel = cancel.map_or_else(CancellationToken::new, CancellationToken::child_token);
+    let cancel_on_drop = cancel.clone().drop_guard();
+    let joined = tokio::spawn(attempt(cancel)).await;
+    cancel_on_drop.disarm();
+    match joined {
+        Ok(result) => result,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        // The runtime is shutting down.
+        Err(_) => Err(Error::Cancelled { lock: url }),
     }
 }
 

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{Backend, BackendError, ObjectInfo, Stamped};
 use crate::error::{Error, HolderSummary};
 use crate::lease::Guard;
-use crate::lock::{Attempt, Failure, Inspections, Lock, Round, Wait};
+use crate::lock::{detached, Attempt, Failure, Inspections, Lock, Round, Wait};
 use crate::options::LockOptions;
 use crate::record::{recorded_holders, LockRecord, LockState, MAX_HOLDERS};
 use crate::retry::Retry;
@@ -172,24 +172,25 @@ impl Semaphore {
     }
 
     /// Acquires a free or stale place, waiting as `wait` says; `Error::Busy` when
-    /// every place stays held by a live holder. See
-    /// [`Semaphore::acquire_cancellable`] to stop a wait.
-    pub async fn acquire(&self, wait: Wait) -> Result<Permit, Error> {
-        self.acquire_cancellable(wait, &CancellationToken::new())
-            .await
+    /// every place stays held by a live holder: `semaphore.acquire(Wait::No).await`.
+    /// A cancellation token goes on the returned [`AcquirePermit`] before `.await`
+    /// ([`AcquirePermit::cancel_on`]).
+    ///
+    /// **Cancel safety**, as for [`Lock::acquire`]: cancelled or dropped, the
+    /// acquire leaves no place held. It runs in a task of its own, which resolves a
+    /// create already sent (read back by nonce) and releases a place it acquired
+    /// after all; only if the runtime shuts down first may that place stay held
+    /// until its TTL passes.
+    pub fn acquire(&self, wait: Wait) -> AcquirePermit {
+        AcquirePermit {
+            semaphore: self.clone(),
+            wait,
+            cancel: None,
+        }
     }
 
-    /// Like [`Semaphore::acquire`], and stops waiting when `cancel` fires, as a
-    /// lock's acquire does with [`crate::Acquire::cancel_on`]: it returns a permit
-    /// or `Error::Cancelled`, and leaves no place held (a create whose answer was
-    /// lost is resolved first, and released if it applied). Stop a wait through
-    /// `cancel`: dropping the future while a create is in flight may leave that
-    /// place held until its TTL passes.
-    pub async fn acquire_cancellable(
-        &self,
-        wait: Wait,
-        cancel: &CancellationToken,
-    ) -> Result<Permit, Error> {
+    /// The acquire loop (in the task [`AcquirePermit`] runs it in).
+    async fn acquire_for(&self, wait: Wait, cancel: &CancellationToken) -> Result<Permit, Error> {
         if self.places.len() == 1 {
             let guard = self.first().acquire_cancellable(wait, cancel).await?;
             return Ok(Permit {
@@ -248,6 +249,46 @@ impl Semaphore {
             }
         }
         Ok(places)
+    }
+}
+
+/// A semaphore acquire being set up: returned by [`Semaphore::acquire`], run by
+/// `.await` (see there for its cancel safety).
+#[derive(Debug)]
+#[must_use = "an acquire does nothing until it is awaited"]
+pub struct AcquirePermit {
+    semaphore: Semaphore,
+    wait: Wait,
+    cancel: Option<CancellationToken>,
+}
+
+impl AcquirePermit {
+    /// Stops waiting when `cancel` fires, with `Error::Cancelled`; no place is
+    /// left held (a create of ours whose answer was lost is resolved first, and
+    /// released if it applied).
+    pub fn cancel_on(mut self, cancel: &CancellationToken) -> Self {
+        self.cancel = Some(cancel.clone());
+        self
+    }
+}
+
+impl std::future::IntoFuture for AcquirePermit {
+    type Output = Result<Permit, Error>;
+    type IntoFuture = futures_util::future::BoxFuture<'static, Result<Permit, Error>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let Self {
+            semaphore,
+            wait,
+            cancel,
+        } = self;
+        Box::pin(async move {
+            let url = semaphore.url().to_owned();
+            detached(url, cancel.as_ref(), move |cancel| async move {
+                semaphore.acquire_for(wait, &cancel).await
+            })
+            .await
+        })
     }
 }
 

@@ -426,7 +426,7 @@ async fn a_waiter_can_be_cancelled_and_leaves_nothing_held() {
     let cancel = tokio_util::sync::CancellationToken::new();
     let waiting = {
         let cancel = cancel.clone();
-        tokio::spawn(async move { waiter.acquire_cancellable(Wait::Forever, &cancel).await })
+        tokio::spawn(async move { waiter.acquire(Wait::Forever).cancel_on(&cancel).await })
     };
     tokio::time::sleep(Duration::from_secs(5)).await;
     cancel.cancel();
@@ -437,4 +437,34 @@ async fn a_waiter_can_be_cancelled_and_leaves_nothing_held() {
     );
     assert_eq!(meter.count(Operation::Write), 0);
     assert!(meter.count(Operation::List) >= 2);
+}
+
+/// Failed before: the semaphore's acquire ran in the caller's future, so dropping
+/// it while a place's create was in flight left that place held by nobody until
+/// its TTL passed.
+#[tokio::test(start_paused = true)]
+async fn dropping_an_acquire_mid_create_leaves_no_place_held() {
+    let faulty = FaultyBackend::new(Arc::new(MemoryBackend::new("b")));
+    // The create applies at once; its answer takes 5 s.
+    faulty.inject(
+        Operation::Write,
+        Fault::DelayResponse(Duration::from_secs(5)),
+    );
+    let holders = semaphore(Arc::new(faulty), 3, "dropper");
+    let dropped = tokio::time::timeout(Duration::from_secs(1), holders.acquire(Wait::No)).await;
+    assert!(dropped.is_err(), "the caller gave up mid-create");
+    let held = |places: Vec<gcslock::PlaceStatus>| {
+        places
+            .iter()
+            .filter(|place| matches!(place.status, LockStatus::Held(_)))
+            .count()
+    };
+    assert_eq!(held(holders.status().await.expect("status")), 1);
+    // The create's answer arrives at 5 s; the place would be stale only at 11 s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        held(holders.status().await.expect("status")),
+        0,
+        "the place the dropped acquire got was released, not left for a TTL"
+    );
 }

@@ -70,7 +70,7 @@ impl Contender {
     ) -> Result<Acquired, gcslock::Error> {
         Ok(match (&self.semaphore, slot) {
             (Some(semaphore), _) => {
-                let permit = semaphore.acquire_cancellable(wait, cancel).await?;
+                let permit = semaphore.acquire(wait).cancel_on(cancel).await?;
                 Acquired::Held(Held::Plain(permit.into_guard()))
             }
             (None, Some(slot)) => {
