@@ -92,6 +92,7 @@ impl Observed {
 
 /// One change seen by [`Election::observe`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Observation {
     /// The state from this change on.
     pub state: Observed,

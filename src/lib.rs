@@ -50,10 +50,10 @@
 //! `record` and `options` are the building blocks (`slot`: once per period, see
 //! [`once_per`]); `status` judges a lock by the server's clock;
 //! `lease` is the keep-alive task and validity checks; `lock` the acquire/takeover
-//! algorithm, `election` leader election on a lock ([`Election`]), `semaphore` at
-//! most N holders made of N lock places ([`Semaphore`]), and `break_lock` the
-//! forced release. What the lock guarantees and what it cannot is in
-//! docs/guarantees.md; PROTOCOL.md specifies every request.
+//! algorithm, [`election`] leader election on a lock, [`semaphore`] at most N
+//! holders made of N lock places, and `break_lock` the forced release ([`admin`]
+//! gathers status, listing and break). What the lock guarantees and what it cannot
+//! is in docs/guarantees.md; PROTOCOL.md specifies every request.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(rustdoc::broken_intra_doc_links)]
@@ -64,13 +64,12 @@ pub mod backend;
 mod backoff;
 mod break_lock;
 mod clock;
-// Shared with gcslock-cli, which prints durations the same way; not part of the API.
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
-#[doc(hidden)]
+#[doc(hidden)] // shared with gcslock-cli, which prints durations the same way; no API
 pub mod duration_text;
-mod election;
+pub mod election;
 mod error;
 pub mod fence;
 mod identity;
@@ -80,22 +79,16 @@ mod lock;
 mod options;
 mod record;
 mod retry;
-mod semaphore;
+pub mod semaphore;
 mod slot;
 mod status;
 mod token;
 
-pub use break_lock::{BreakOptions, BreakOutcome};
-pub use election::{
-    Election, Leader, Leadership, Observation, Observed, Observer, DEFAULT_POLL_INTERVAL,
-};
 pub use error::{Error, HolderSummary, LossReason, Result};
 pub use lease::Guard;
 pub use lock::{Acquire, Lock, Wait};
 pub use options::LockOptions;
-pub use record::{Ttl, MAX_HOLDERS};
-pub use semaphore::{place_name, place_of, Permit, PlaceStatus, Semaphore};
-pub use status::{list_locks, HeldStatus, LockStatus};
+pub use record::Ttl;
 pub use token::FencingToken;
 // For the modules that check names before any request.
 pub(crate) use location::{validate_bucket_name, validate_object_name};
@@ -107,6 +100,13 @@ pub mod once_per {
     pub use crate::lease::PeriodGuard;
     pub use crate::lock::AcquirePeriod;
     pub use crate::slot::{CompletedSlot, Slot, SlotAcquire, SlotZone, MAX_PERIOD, MIN_PERIOD};
+}
+
+/// What operators do: a lock's status ([`Lock::status`]), every lock under a
+/// prefix ([`admin::list_locks`]), and breaking a lock ([`Lock::break_lock`]).
+pub mod admin {
+    pub use crate::break_lock::{BreakOptions, BreakOutcome};
+    pub use crate::status::{list_locks, HeldStatus, LockStatus};
 }
 
 /// The lock object's wire format (PROTOCOL.md), for tests and tools that write or

@@ -26,7 +26,8 @@ use crate::error::{Error, HolderSummary};
 use crate::lease::Guard;
 use crate::lock::{detached, Attempt, Failure, Inspections, Lock, Round, Wait};
 use crate::options::LockOptions;
-use crate::record::{recorded_holders, LockRecord, LockState, MAX_HOLDERS};
+pub use crate::record::MAX_HOLDERS;
+use crate::record::{recorded_holders, LockRecord, LockState};
 use crate::retry::Retry;
 use crate::status::LockStatus;
 

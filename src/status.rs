@@ -68,7 +68,7 @@ pub struct HeldStatus {
     /// (they are then ignored: PROTOCOL.md §10).
     pub unreadable_completion: Option<String>,
     /// The value this holder published as an election's leader
-    /// ([`crate::Election`]), if it did.
+    /// ([`crate::election::Election`]), if it did.
     pub value: Option<String>,
     /// What contains the holder's work, as it declared it
     /// ([`crate::LockOptions::boundary`]); `None` if it declared none, or nothing

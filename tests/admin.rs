@@ -6,14 +6,12 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gcslock::admin::{BreakOptions, BreakOutcome, LockStatus};
 use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, WriteCondition};
 use gcslock::testing::{LockRecord, LockState};
-use gcslock::{
-    BreakOptions, BreakOutcome, Error, FencingToken, Guard, Lock, LockOptions, LockStatus,
-    LossReason, Wait,
-};
+use gcslock::{Error, FencingToken, Guard, Lock, LockOptions, LossReason, Wait};
 use support::{faulty_bucket, record_at};
 use tokio::time::Instant;
 
@@ -115,7 +113,7 @@ async fn status_and_list_retry_transient_errors_then_succeed() {
         LockStatus::Held(held) => assert_eq!(held.token, holder.token()),
         other => panic!("expected held, got {other:?}"),
     }
-    let listed = gcslock::list_locks(&faults, "jobs/", STORAGE_TIMEOUT)
+    let listed = gcslock::admin::list_locks(&faults, "jobs/", STORAGE_TIMEOUT)
         .await
         .expect("list after retries");
     assert_eq!(listed.len(), 1);
@@ -141,8 +139,12 @@ async fn persistent_failure_is_unavailable_after_the_timeout_not_before() {
 
     gives_up_after_the_storage_timeout(admin.break_lock(None)).await;
 
-    gives_up_after_the_storage_timeout(gcslock::list_locks(&faults, "jobs/", STORAGE_TIMEOUT))
-        .await;
+    gives_up_after_the_storage_timeout(gcslock::admin::list_locks(
+        &faults,
+        "jobs/",
+        STORAGE_TIMEOUT,
+    ))
+    .await;
 }
 
 #[tokio::test(start_paused = true)]

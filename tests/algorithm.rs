@@ -7,14 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gcslock::admin::{BreakOptions, LockStatus};
 use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::intercept::{Intercept, NoDate};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, WriteCondition};
 use gcslock::testing::{LockRecord, LockState};
-use gcslock::{
-    BreakOptions, Error, FencingToken, Guard, Lock, LockOptions, LockStatus, LossReason, Wait,
-};
+use gcslock::{Error, FencingToken, Guard, Lock, LockOptions, LossReason, Wait};
 use support::{faulty_bucket, record_at};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -595,7 +594,7 @@ async fn status_reports_server_judged_state() {
         lock.status().await.expect("status"),
         LockStatus::Stale(_)
     ));
-    let listed = gcslock::list_locks(&memory, "jobs/", Duration::from_secs(10))
+    let listed = gcslock::admin::list_locks(&memory, "jobs/", Duration::from_secs(10))
         .await
         .expect("list");
     assert_eq!(listed.len(), 1);

@@ -1,4 +1,4 @@
-//! Leader election ([`gcslock::Election`]) on the in-memory backend under tokio's
+//! Leader election ([`gcslock::election::Election`]) on the in-memory backend under tokio's
 //! paused clock, and once on strict-gcs over the wire.
 
 mod support;
@@ -10,7 +10,8 @@ use gcslock::backend::fault::{Fault, FaultError, Operation};
 use gcslock::backend::intercept::{Intercept, NoDate};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::Backend;
-use gcslock::{Election, Error, Leadership, LockOptions, Observed, Observer};
+use gcslock::election::{Election, Leadership, Observed, Observer};
+use gcslock::{Error, LockOptions};
 use support::{faulty_bucket, record_at};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

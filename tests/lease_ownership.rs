@@ -12,11 +12,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
+use gcslock::admin::LockStatus;
 use gcslock::backend::fault::Fault;
 use gcslock::backend::intercept::{Call, Hook, Intercept, Operation, Outcome};
 use gcslock::backend::memory::{MemoryBackend, Mutation};
 use gcslock::backend::{Backend, BackendError};
-use gcslock::{Lock, LockOptions, LockStatus, LossReason, Ttl, Wait};
+use gcslock::{Lock, LockOptions, LossReason, Ttl, Wait};
 use support::record_at;
 use tokio::time::Instant;
 

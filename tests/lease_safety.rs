@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
+use gcslock::admin::list_locks;
+use gcslock::admin::LockStatus;
 use gcslock::backend::fault::{Fault, FaultError, Operation};
 use gcslock::backend::intercept::{Call, Hook, Intercept, Outcome};
 use gcslock::backend::memory::{MemoryBackend, Mutation};
 use gcslock::backend::{Backend, BackendError, Metadata, WriteCondition};
 use gcslock::testing::{LockRecord, LockState};
-use gcslock::{list_locks, Guard, Lock};
-use gcslock::{Error, LockOptions, LockStatus, LossReason, Wait};
+use gcslock::{Error, LockOptions, LossReason, Wait};
+use gcslock::{Guard, Lock};
 use support::{faulty_bucket, record_at};
 use tokio::time::Instant;
 

@@ -4,14 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use gcslock::admin::{BreakOptions, BreakOutcome, LockStatus};
 use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, ObjectVersion, WriteCondition};
 use gcslock::once_per::{CompletedSlot, PeriodGuard, Slot, SlotAcquire, SlotZone, MAX_PERIOD};
 use gcslock::testing::{LockRecord, LockState};
-use gcslock::{
-    BreakOptions, BreakOutcome, Error, FencingToken, Lock, LockOptions, LockStatus, Ttl, Wait,
-};
+use gcslock::{Error, FencingToken, Lock, LockOptions, Ttl, Wait};
 
 const NAME: &str = "jobs/hourly";
 const TTL: Duration = Duration::from_secs(80);

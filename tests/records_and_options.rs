@@ -8,10 +8,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gcslock::admin::{BreakOptions, BreakOutcome, LockStatus};
 use gcslock::backend::fault::{Fault, FaultError, Operation};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, Metadata, WriteCondition};
-use gcslock::{BreakOptions, BreakOutcome, Error, Lock, LockOptions, LockStatus, Wait};
+use gcslock::{Error, Lock, LockOptions, Wait};
 
 const NAME: &str = "jobs/review";
 

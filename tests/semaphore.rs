@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
+use gcslock::admin::LockStatus;
 use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::intercept::{Call, Hook, Intercept, Outcome};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, BackendError};
+use gcslock::semaphore::{place_name, Semaphore};
 use gcslock::testing::LockState;
-use gcslock::{place_name, Error, Lock, LockOptions, LockStatus, Semaphore, Wait};
+use gcslock::{Error, Lock, LockOptions, Wait};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(10);
@@ -453,7 +455,7 @@ async fn dropping_an_acquire_mid_create_leaves_no_place_held() {
     let holders = semaphore(Arc::new(faulty), 3, "dropper");
     let dropped = tokio::time::timeout(Duration::from_secs(1), holders.acquire(Wait::No)).await;
     assert!(dropped.is_err(), "the caller gave up mid-create");
-    let held = |places: Vec<gcslock::PlaceStatus>| {
+    let held = |places: Vec<gcslock::semaphore::PlaceStatus>| {
         places
             .iter()
             .filter(|place| matches!(place.status, LockStatus::Held(_)))

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use gcslock::backend::Backend;
-use gcslock::{LockOptions, Semaphore, Wait};
+use gcslock::semaphore::Semaphore;
+use gcslock::{LockOptions, Wait};
 use tokio::time::Instant;
 
 use crate::counting::{Counter, Op};

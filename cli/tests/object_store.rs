@@ -32,10 +32,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::object_store::{path::Path, PutMode, PutOptions};
+use gcslock::admin::LockStatus;
 use gcslock::backend::object_store::ObjectStoreBackend;
 use gcslock::backend::{Backend, BackendError, Metadata, WriteCondition::DoesNotExist};
 use gcslock::testing::{LockRecord, LockState};
-use gcslock::{Error, Lock, LockOptions, LockStatus, LossReason, Wait};
+use gcslock::{Error, Lock, LockOptions, LossReason, Wait};
 use harness::support::{configured, loud, test_prefix, Store, StoreTarget, OBJECT_STORE_ROOT};
 use harness::{
     describe, gcslock, hold, output, status_json, text, unique_url, wait_for, SHORT_TTL,
@@ -197,11 +198,11 @@ async fn lock_a_broken_lease_is_noticed_by_its_holder(t: &Ctx) {
     let breaker = Lock::new(t.fresh(), name, short("breaker")).expect("lock");
     // At once (`--now`): the next acquire below must not wait out a revoked lease.
     let outcome = breaker
-        .break_with(&gcslock::BreakOptions::new().now(true))
+        .break_with(&gcslock::admin::BreakOptions::new().now(true))
         .await
         .expect("break");
     assert!(
-        matches!(outcome, gcslock::BreakOutcome::Broken { token, .. } if token.value() == 1),
+        matches!(outcome, gcslock::admin::BreakOutcome::Broken { token, .. } if token.value() == 1),
         "{outcome:?}"
     );
     let reason = tokio::time::timeout(Duration::from_secs(10), lost)

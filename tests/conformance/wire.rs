@@ -332,8 +332,9 @@ async fn list_stamps_each_object_with_its_own_pages_date() {
 /// judged by that page's clock, not by a much later page's.
 #[tokio::test]
 async fn list_locks_judges_each_lock_by_its_own_pages_clock() {
+    use gcslock::admin::{list_locks, LockStatus};
     use gcslock::backend::memory::MemoryBackend;
-    use gcslock::{list_locks, Lock, LockOptions, LockStatus, Wait};
+    use gcslock::{Lock, LockOptions, Wait};
 
     let memory = MemoryBackend::new("bkt");
     let lock = Lock::new(

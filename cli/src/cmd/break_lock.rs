@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
+use gcslock::admin::{BreakOptions, BreakOutcome};
 use gcslock::backend::{Backend, ObjectVersion};
-use gcslock::{place_name, BreakOptions, BreakOutcome, FencingToken, Lock, LockOptions, Semaphore};
+use gcslock::semaphore::{place_name, Semaphore};
+use gcslock::{FencingToken, Lock, LockOptions};
 use serde::Serialize;
 
 use crate::cmd::places;

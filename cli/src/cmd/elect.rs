@@ -5,7 +5,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use clap::Args;
-use gcslock::{Election, Leadership, Lock, LockOptions};
+use gcslock::election::{Election, Leadership};
+use gcslock::{Lock, LockOptions};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::SignalKind;
 use tokio_util::sync::CancellationToken;

@@ -34,7 +34,8 @@ pub struct ListArgs {
 pub async fn list(global: &GlobalArgs, args: &ListArgs) -> anyhow::Result<u8> {
     let backend = args.url.backend(global)?;
     let locks =
-        gcslock::list_locks(&*backend, args.url.prefix(), args.storage_timeout.duration).await?;
+        gcslock::admin::list_locks(&*backend, args.url.prefix(), args.storage_timeout.duration)
+            .await?;
     let mut lines = Vec::with_capacity(locks.len());
     for (name, status) in &locks {
         let url = args.url.object_url(name);

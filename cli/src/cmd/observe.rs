@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use gcslock::{Election, LockOptions, Observation, Observed};
+use gcslock::election::{Election, Observation, Observed};
+use gcslock::LockOptions;
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
 

@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use gcslock::admin::LockStatus;
 use gcslock::backend::Backend;
-use gcslock::{LockOptions, LockStatus, PlaceStatus, Semaphore};
+use gcslock::semaphore::{PlaceStatus, Semaphore};
+use gcslock::LockOptions;
 use serde::Serialize;
 
 use crate::cmd::status::{describe, StatusView};
@@ -148,7 +150,7 @@ fn which(identity: Option<&str>, token: Option<u64>) -> String {
 /// `NAME` itself, cannot be told from a plain lock by its name.)
 fn semaphore_of(object: &str) -> Option<(&str, u32)> {
     let (name, _) = object.rsplit_once('/')?;
-    gcslock::place_of(name, object).map(|place| (name, place))
+    gcslock::semaphore::place_of(name, object).map(|place| (name, place))
 }
 
 /// A `list` line (text or JSON) for the object `name` at `url`, naming the

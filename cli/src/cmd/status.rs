@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use gcslock::admin::{HeldStatus, LockStatus};
 use gcslock::once_per::CompletedSlot;
-use gcslock::{HeldStatus, Lock, LockOptions, LockStatus, Ttl};
+use gcslock::{Lock, LockOptions, Ttl};
 use serde::Serialize;
 
 use crate::global::GlobalArgs;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use gcslock::backend::Backend;
 use gcslock::once_per::{Slot, SlotAcquire};
-use gcslock::{Guard, Lock, LockOptions, Semaphore, Wait};
+use gcslock::semaphore::Semaphore;
+use gcslock::{Guard, Lock, LockOptions, Wait};
 use tokio_util::sync::CancellationToken;
 
 use super::{Acquired, Held};
@@ -93,6 +94,6 @@ impl Contender {
 
     /// Which place `guard` holds (0 for the plain lock), for `GCSLOCK_PLACE`.
     pub fn place_of(&self, guard: &Guard) -> u32 {
-        gcslock::place_of(self.lock.url(), guard.url()).unwrap_or(0)
+        gcslock::semaphore::place_of(self.lock.url(), guard.url()).unwrap_or(0)
     }
 }

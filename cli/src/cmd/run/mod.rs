@@ -212,7 +212,7 @@ pub struct RunArgs {
         env = "GCSLOCK_HOLDERS",
         value_name = "N",
         default_value_t = 1,
-        value_parser = clap::value_parser!(u32).range(1..=i64::from(gcslock::MAX_HOLDERS))
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(gcslock::semaphore::MAX_HOLDERS))
     )]
     pub holders: u32,
 
