@@ -473,6 +473,17 @@ fn delegated(unit: &Path) -> bool {
     })
 }
 
+/// For tests that need a cgroup and got `error` instead: only a machine where we
+/// are not root may lack one (CI runs as root on cgroup v2, and must test it).
+#[cfg(test)]
+pub fn skip_without_cgroup(error: &dyn std::fmt::Display) {
+    // /proc/self belongs to our effective user.
+    let owner = std::fs::metadata("/proc/self").expect("/proc/self");
+    let root = std::os::unix::fs::MetadataExt::uid(&owner) == 0;
+    assert!(!root, "running as root, yet no cgroup: {error}");
+    eprintln!("no writable cgroup v2 here: {error}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,14 +554,7 @@ mod tests {
     fn an_empty_cgroup_is_removed_as_stale_only_when_no_one_holds_it() {
         let ours = match Cgroup::create() {
             Ok(cgroup) => cgroup,
-            Err(error) => {
-                // /proc/self belongs to our effective user.
-                let owner = std::fs::metadata("/proc/self").expect("/proc/self");
-                let root = std::os::unix::fs::MetadataExt::uid(&owner) == 0;
-                assert!(!root, "running as root, yet no cgroup: {error}");
-                eprintln!("no writable cgroup v2 here: {error}");
-                return;
-            }
+            Err(error) => return skip_without_cgroup(&error),
         };
         let parent_path = ours.path().parent().expect("a parent").to_path_buf();
         // A PID that does not run here, as a live owner in another namespace looks.
