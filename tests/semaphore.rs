@@ -15,7 +15,7 @@ use gcslock::backend::fault::{Fault, FaultError, FaultyBackend, Operation};
 use gcslock::backend::intercept::{Call, Hook, Intercept, Outcome};
 use gcslock::backend::memory::MemoryBackend;
 use gcslock::backend::{Backend, BackendError};
-use gcslock::semaphore::{place_name, Semaphore};
+use gcslock::semaphore::{place_name, Permit, Semaphore};
 use gcslock::testing::LockState;
 use gcslock::{Error, Lock, LockOptions, Wait};
 use tokio::time::Instant;
@@ -69,6 +69,19 @@ impl Hook for Meter {
 
 fn metered(memory: &MemoryBackend) -> Arc<Intercept<Meter>> {
     Arc::new(Intercept::new(Arc::new(memory.clone())))
+}
+
+/// A semaphore of 2 whose places are both held (keep the permits), and a waiter on
+/// it whose requests are counted.
+async fn both_places_held_and_a_metered_waiter() -> (Vec<Permit>, Arc<Intercept<Meter>>, Semaphore)
+{
+    let memory = MemoryBackend::new("b");
+    let holders = semaphore(Arc::new(memory.clone()), 2, "holder");
+    let a = holders.acquire(Wait::No).await.expect("a");
+    let b = holders.acquire(Wait::No).await.expect("b");
+    let meter = metered(&memory);
+    let waiter = semaphore(meter.clone(), 2, "waiter");
+    (vec![a, b], meter, waiter)
 }
 
 #[tokio::test(start_paused = true)]
@@ -160,12 +173,7 @@ async fn the_n_plus_first_is_busy_and_each_holder_has_its_own_place() {
 
 #[tokio::test(start_paused = true)]
 async fn waiters_send_no_writes_while_every_place_is_held() {
-    let memory = MemoryBackend::new("b");
-    let holders = semaphore(Arc::new(memory.clone()), 2, "holder");
-    let _a = holders.acquire(Wait::No).await.expect("a");
-    let _b = holders.acquire(Wait::No).await.expect("b");
-    let meter = metered(&memory);
-    let waiter = semaphore(meter.clone(), 2, "waiter");
+    let (_held, meter, waiter) = both_places_held_and_a_metered_waiter().await;
     let started = Instant::now();
     let outcome = waiter.acquire(Wait::For(Duration::from_secs(30))).await;
     assert!(matches!(outcome, Err(Error::Busy { .. })), "{outcome:?}");
@@ -419,12 +427,7 @@ async fn strict_gcs_at_most_n_and_a_mismatch_refused() {
 
 #[tokio::test(start_paused = true)]
 async fn a_waiter_can_be_cancelled_and_leaves_nothing_held() {
-    let memory = MemoryBackend::new("b");
-    let holders = semaphore(Arc::new(memory.clone()), 2, "holder");
-    let _a = holders.acquire(Wait::No).await.expect("a");
-    let _b = holders.acquire(Wait::No).await.expect("b");
-    let meter = metered(&memory);
-    let waiter = semaphore(meter.clone(), 2, "waiter");
+    let (_held, meter, waiter) = both_places_held_and_a_metered_waiter().await;
     let cancel = tokio_util::sync::CancellationToken::new();
     let waiting = {
         let cancel = cancel.clone();
