@@ -247,8 +247,7 @@ impl Lock {
         }
     }
 
-    /// [`Lock::acquire`] with `cancel` (for the crate's own users of `Lock`).
-    #[allow(dead_code)] // kept for election/semaphore, which build on Lock
+    /// [`Lock::acquire`] with `cancel`, for election and the semaphore, which build on `Lock`.
     pub(crate) async fn acquire_cancellable(
         &self,
         wait: Wait,

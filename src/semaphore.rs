@@ -38,7 +38,8 @@ const PLACE_INFIX: &str = "/place-";
 ///
 /// ```
 /// use std::{sync::Arc, time::Duration};
-/// use gcslock::{backend::memory::MemoryBackend, LockOptions, Semaphore, Wait};
+/// use gcslock::semaphore::Semaphore;
+/// use gcslock::{backend::memory::MemoryBackend, LockOptions, Wait};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), gcslock::Error> {
