@@ -19,24 +19,21 @@ fn candidate(emulator: &Emulator, url: &str, id: &str) -> Running {
     let script = format!(
         r#"trap 'echo "term {id}"; exit 0' TERM; echo "lead {id} $GCSLOCK_TOKEN"; exec 3<&0; read _ <&3 & wait $!"#
     );
-    Running::start(gcslock(
-        Some(emulator),
-        &[
-            "-v",
-            "elect",
-            "--ttl",
-            "10s",
-            "--identity",
-            id,
-            "--value",
-            &format!("addr-{id}"),
-            url,
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-    ))
+    elect(
+        emulator,
+        url,
+        &["--ttl", "10s", "--value", &format!("addr-{id}")],
+        id,
+        &script,
+    )
+}
+
+/// `gcslock -v elect OPTIONS --identity ID URL -- sh -c SCRIPT`.
+fn elect(emulator: &Emulator, url: &str, options: &[&str], id: &str, script: &str) -> Running {
+    let mut args = vec!["-v", "elect"];
+    args.extend_from_slice(options);
+    args.extend(["--identity", id, url, "--", "sh", "-c", script]);
+    Running::start(gcslock(Some(emulator), &args))
 }
 
 /// Reads `lead ID TOKEN` and returns the token.
@@ -198,22 +195,7 @@ async fn a_leader_whose_gcslock_is_killed_loses_its_command_before_the_next_term
     let url = emulator.url("elect-sigkill");
     let start = |id: &str| {
         let script = format!(r#"echo "lead {id} $GCSLOCK_TOKEN $$"; exec sleep 600"#);
-        Running::start(gcslock(
-            Some(&emulator),
-            &[
-                "-v",
-                "elect",
-                "--ttl",
-                "2s",
-                "--identity",
-                id,
-                &url,
-                "--",
-                "sh",
-                "-c",
-                &script,
-            ],
-        ))
+        elect(&emulator, &url, &["--ttl", "2s"], id, &script)
     };
     let mut a = start("a");
     let first = a.expect_line("lead a").await;
@@ -252,22 +234,7 @@ async fn a_broken_leadership_stops_the_command_and_the_candidate_campaigns_again
     };
     let url = emulator.url("elect-broken");
     let script = r#"echo "lead a $GCSLOCK_TOKEN"; exec sleep 600"#;
-    let mut a = Running::start(gcslock(
-        Some(&emulator),
-        &[
-            "-v",
-            "elect",
-            "--ttl",
-            "2s",
-            "--identity",
-            "a",
-            &url,
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-    ));
+    let mut a = elect(&emulator, &url, &["--ttl", "2s"], "a", script);
     let first: u64 = a.expect_line("lead a").await.parse().expect("token");
     let broken = harness::output(gcslock(Some(&emulator), &["break", &url])).await;
     assert_eq!(

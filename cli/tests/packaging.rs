@@ -384,8 +384,10 @@ fn systemd_example_units_say_what_counts_as_success() {
     assert_eq!(single(&timer, "Install", "WantedBy"), "timers.target");
 }
 
-#[test]
-fn systemd_example_units_pass_systemd_analyze_verify() {
+/// Runs `systemd-analyze verify` on `units` (file name, text), written to a temporary
+/// directory; any output is a failure (unknown keys are only warnings). Skipped
+/// where systemd-analyze is not installed (CI installs it).
+fn systemd_verify(units: &[(&str, String)]) {
     let available = std::process::Command::new("systemd-analyze")
         .arg("--version")
         .stdout(Stdio::null())
@@ -395,27 +397,34 @@ fn systemd_example_units_pass_systemd_analyze_verify() {
         eprintln!("SKIPPED systemd-analyze verify: systemd-analyze is not installed");
         return;
     }
-    // verify insists that ExecStart's program exists: point it at the built binary.
     let dir = tempfile::tempdir().expect("tempdir");
-    let service = read_example("gcslock-nightly.service").replace("/usr/bin/gcslock", BIN);
-    std::fs::write(dir.path().join("gcslock-nightly.service"), service).expect("write");
-    std::fs::write(
-        dir.path().join("gcslock-nightly.timer"),
-        read_example("gcslock-nightly.timer"),
-    )
-    .expect("write");
-    let out = std::process::Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(dir.path().join("gcslock-nightly.timer"))
-        .arg(dir.path().join("gcslock-nightly.service"))
-        .output()
-        .expect("systemd-analyze");
-    // Unknown keys are warnings only: any output is a failure.
+    let mut verify = std::process::Command::new("systemd-analyze");
+    verify.args(["verify", "--man=no"]);
+    for (name, text) in units {
+        std::fs::write(dir.path().join(name), text).expect("write");
+        verify.arg(dir.path().join(name));
+    }
+    let out = verify.output().expect("systemd-analyze");
     assert!(
         out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
         "{}",
         describe(&out)
     );
+}
+
+#[test]
+fn systemd_example_units_pass_systemd_analyze_verify() {
+    // verify insists that ExecStart's program exists: point it at the built binary.
+    systemd_verify(&[
+        (
+            "gcslock-nightly.timer",
+            read_example("gcslock-nightly.timer"),
+        ),
+        (
+            "gcslock-nightly.service",
+            read_example("gcslock-nightly.service").replace("/usr/bin/gcslock", BIN),
+        ),
+    ]);
 }
 
 /// The election example: a daemon under `gcslock elect` on every machine.
@@ -444,31 +453,12 @@ fn systemd_election_unit_campaigns_on_every_machine() {
         single(&service, "Service", "Environment").starts_with("GOOGLE_APPLICATION_CREDENTIALS=")
     );
     assert_eq!(single(&service, "Install", "WantedBy"), "multi-user.target");
-    let available = std::process::Command::new("systemd-analyze")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if !available {
-        eprintln!("SKIPPED systemd-analyze verify: systemd-analyze is not installed");
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let unit = dir.path().join("gcslock-scheduler.service");
-    let text = read_example("gcslock-scheduler.service")
-        .replace("/usr/bin/gcslock", BIN)
-        .replace("/usr/local/bin/scheduler", "/bin/true");
-    std::fs::write(&unit, text).expect("write");
-    let out = std::process::Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&unit)
-        .output()
-        .expect("systemd-analyze");
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "{}",
-        describe(&out)
-    );
+    systemd_verify(&[(
+        "gcslock-scheduler.service",
+        read_example("gcslock-scheduler.service")
+            .replace("/usr/bin/gcslock", BIN)
+            .replace("/usr/local/bin/scheduler", "/bin/true"),
+    )]);
 }
 
 fn crontab_command() -> Vec<String> {
