@@ -28,6 +28,25 @@ where
     Ok((value, after.since(&before)))
 }
 
+/// What a holder's keep-alive sends for (at least) three refreshes every `interval`
+/// from now: the emulator's counts and the refreshes the wrapper saw.
+pub(crate) async fn three_refreshes(
+    emulator: &Emulator,
+    counting: &Counter,
+    interval: Duration,
+) -> Result<(Stats, u64)> {
+    let before = emulator.stats().await?;
+    let updates_before = counting.count(Op::UpdateMetadata);
+    let hang_guard = Instant::now() + Duration::from_secs(30);
+    while counting.count(Op::UpdateMetadata) < updates_before + 3 && Instant::now() < hang_guard {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The third refresh has been sent; wait for its answer, well before the fourth.
+    tokio::time::sleep(interval / 4).await;
+    let refresh = emulator.stats().await?.since(&before);
+    Ok((refresh, counting.count(Op::UpdateMetadata) - updates_before))
+}
+
 fn options(identity: &str) -> LockOptions {
     LockOptions::default()
         .ttl(Duration::from_secs(60))
@@ -113,16 +132,7 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
         options("bench-refresh").refresh_interval(interval),
     )?;
     let guard = lock.acquire(Wait::No).await?;
-    let before = emulator.stats().await?;
-    let updates_before = counting.count(Op::UpdateMetadata);
-    let hang_guard = Instant::now() + Duration::from_secs(30);
-    while counting.count(Op::UpdateMetadata) < updates_before + 3 && Instant::now() < hang_guard {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    // The third refresh has been sent; wait for its answer, well before the fourth.
-    tokio::time::sleep(interval / 4).await;
-    let refresh = emulator.stats().await?.since(&before);
-    let refreshes = counting.count(Op::UpdateMetadata) - updates_before;
+    let (refresh, refreshes) = three_refreshes(emulator, &counting, interval).await?;
     guard.release().await?;
     row(
         &format!(

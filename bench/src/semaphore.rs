@@ -12,7 +12,7 @@ use gcslock::{LockOptions, Wait};
 use tokio::time::Instant;
 
 use crate::counting::{Counter, Op};
-use crate::counts::counted;
+use crate::counts::{counted, three_refreshes};
 use crate::emulator::Emulator;
 use crate::report::{table, Config, Report};
 
@@ -79,15 +79,7 @@ pub async fn run(emulator: &Emulator, config: &Config, report: &mut Report) -> R
             .refresh_interval(interval),
     )?;
     let permit = sem.acquire(Wait::No).await?;
-    let before = emulator.stats().await?;
-    let updates_before = counting.count(Op::UpdateMetadata);
-    let hang_guard = Instant::now() + Duration::from_secs(30);
-    while counting.count(Op::UpdateMetadata) < updates_before + 3 && Instant::now() < hang_guard {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tokio::time::sleep(interval / 4).await;
-    let refresh = emulator.stats().await?.since(&before);
-    let refreshes = counting.count(Op::UpdateMetadata) - updates_before;
+    let (refresh, refreshes) = three_refreshes(emulator, &counting, interval).await?;
     permit.release().await?;
     rows.push(vec![
         format!("refresh x{refreshes}"),
