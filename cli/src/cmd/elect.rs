@@ -105,7 +105,8 @@ pub async fn elect(global: &GlobalArgs, args: ElectArgs) -> anyhow::Result<u8> {
     // Each term gets a boundary of its own, made ready before it campaigns (see
     // `Ready`); every term's is of the kind the first one found, which the lock records.
     let mut ready = Some(Ready::requested()?);
-    let kind = ready.as_ref().and_then(Ready::kind);
+    let first = ready.as_ref().and_then(Ready::first);
+    let kind = first.as_ref().map(|first| first.kind);
     let mut options = LockOptions::default()
         .ttl(args.ttl)
         .unavailable_timeout(args.storage_timeout.duration);
@@ -137,7 +138,10 @@ pub async fn elect(global: &GlobalArgs, args: ElectArgs) -> anyhow::Result<u8> {
     loop {
         let term_ready = match ready.take() {
             Some(first) => first,
-            None => Ready::new(kind)?,
+            None => match &first {
+                Some(first) => Ready::again(first)?,
+                None => Ready::requested()?,
+            },
         };
         tracing::info!("{url}: campaigning as {}", election.lock().identity());
         let leadership = match election.campaign(&args.value, &stop.token).await {

@@ -46,6 +46,13 @@ pub struct Ready {
     weaker: Option<String>,
 }
 
+/// The kind of `elect`'s first boundary, and why no stronger one was available.
+#[derive(Clone, Debug)]
+pub struct FirstBoundary {
+    pub kind: boundary::Kind,
+    weaker: Option<String>,
+}
+
 impl Ready {
     /// The boundary asked for (`GCSLOCK_BOUNDARY`), or the strongest available.
     pub fn new(requested: Option<boundary::Kind>) -> Result<Self, Coded> {
@@ -59,6 +66,23 @@ impl Ready {
     /// The boundary `GCSLOCK_BOUNDARY` asks for, or the strongest available.
     pub fn requested() -> Result<Self, Coded> {
         Self::new(boundary::requested()?)
+    }
+
+    /// A boundary of the same kind as `first`'s, for `elect`'s later terms (the
+    /// lock records one kind), announced for the same reason.
+    pub fn again(first: &FirstBoundary) -> Result<Self, Coded> {
+        Ok(Self {
+            prepared: Some(Prepared::again(first.kind)?),
+            weaker: first.weaker.clone(),
+        })
+    }
+
+    /// What later terms need to know of this, the first term's, boundary.
+    pub fn first(&self) -> Option<FirstBoundary> {
+        Some(FirstBoundary {
+            kind: self.kind()?,
+            weaker: self.weaker.clone(),
+        })
     }
 
     /// The boundary's kind, as the lock records it.

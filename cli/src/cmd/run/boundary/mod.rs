@@ -73,6 +73,28 @@ pub fn requested() -> Result<Option<Kind>, Coded> {
     }
 }
 
+/// Who chose a boundary's kind, named when that kind is not available.
+#[derive(Clone, Copy, Debug)]
+enum Asker {
+    Variable,
+    FirstTerm,
+}
+
+/// The command cannot start: the boundary `asker` chose is not available.
+fn unavailable(kind: Kind, asker: Asker, reason: &str) -> Coded {
+    let chosen = match asker {
+        Asker::Variable => format!("{VARIABLE}={} asks for", kind.name()),
+        Asker::FirstTerm => format!(
+            "every term uses its first term's boundary, {}, which is",
+            kind.name()
+        ),
+    };
+    Coded::new(
+        exit::CANNOT_EXECUTE,
+        format!("{chosen} a boundary that is not available: {reason}; the command was not started"),
+    )
+}
+
 /// A boundary made ready before the command starts (and before the watchdog is
 /// forked, which takes its descriptors along).
 #[derive(Debug)]
@@ -84,32 +106,41 @@ pub enum Prepared {
 }
 
 impl Prepared {
-    /// The boundary asked for, or the strongest available; the reason when a
-    /// stronger one was not.
+    /// The boundary asked for (`GCSLOCK_BOUNDARY`), or the strongest available; the
+    /// reason when a stronger one was not.
     pub fn new(requested: Option<Kind>) -> Result<(Self, Option<String>), Coded> {
-        let unavailable = |kind: Kind, reason: String| {
-            Coded::new(
-                exit::CANNOT_EXECUTE,
-                format!(
-                    "{VARIABLE}={} asks for a boundary that is not available: {reason}; the \
-                     command was not started",
-                    kind.name()
-                ),
-            )
-        };
+        Self::prepare(requested, Asker::Variable)
+    }
+
+    /// A boundary of `kind` again: `elect`'s later terms use the kind of its first,
+    /// which the lock records.
+    pub fn again(kind: Kind) -> Result<Self, Coded> {
+        Self::prepare(Some(kind), Asker::FirstTerm).map(|(prepared, _)| prepared)
+    }
+
+    fn prepare(requested: Option<Kind>, asker: Asker) -> Result<(Self, Option<String>), Coded> {
         let proc = |kind: Kind| {
             procfs::open_proc()
-                .map_err(|error| unavailable(kind, format!("cannot open /proc: {error}")))
+                .map_err(|error| unavailable(kind, asker, &format!("cannot open /proc: {error}")))
         };
         match requested {
             Some(Kind::Cgroup) => Cgroup::create()
                 .map(|cgroup| (Self::Cgroup(cgroup), None))
-                .map_err(|reason| unavailable(Kind::Cgroup, reason)),
+                .map_err(|reason| unavailable(Kind::Cgroup, asker, &reason)),
             Some(Kind::Session) => Ok((Self::Session(proc(Kind::Session)?), None)),
             Some(Kind::Group) => Ok((Self::Group(proc(Kind::Group)?), None)),
             None => match Cgroup::create() {
                 Ok(cgroup) => Ok((Self::Cgroup(cgroup), None)),
-                Err(reason) => Ok((Self::Session(proc(Kind::Session)?), Some(reason))),
+                Err(reason) => match procfs::open_proc() {
+                    Ok(proc) => Ok((Self::Session(proc), Some(reason))),
+                    Err(error) => Err(Coded::new(
+                        exit::CANNOT_EXECUTE,
+                        format!(
+                            "no boundary is available: no cgroup ({reason}), and cannot open \
+                             /proc: {error}; the command was not started"
+                        ),
+                    )),
+                },
             },
         }
     }
@@ -254,5 +285,28 @@ fn reap_group(pgid: Pid) {
         if status == WaitStatus::StillAlive {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Before, a later term of `elect` whose boundary had become unavailable was
+    /// blamed on GCSLOCK_BOUNDARY, even when the variable was unset.
+    #[test]
+    fn an_unavailable_boundary_names_who_chose_it() {
+        let by_variable = unavailable(Kind::Cgroup, Asker::Variable, "gone").message;
+        assert_eq!(
+            by_variable,
+            "GCSLOCK_BOUNDARY=cgroup asks for a boundary that is not available: gone; the \
+             command was not started"
+        );
+        let by_first_term = unavailable(Kind::Cgroup, Asker::FirstTerm, "gone").message;
+        assert!(!by_first_term.contains(VARIABLE), "{by_first_term}");
+        assert!(
+            by_first_term.starts_with("every term uses its first term's boundary, cgroup,"),
+            "{by_first_term}"
+        );
     }
 }
