@@ -177,6 +177,81 @@ async fn processes_that_leave_the_process_group_are_stopped_with_their_boundary(
     }
 }
 
+/// Where gcslock's cgroup is not writable to it, the default boundary falls back to
+/// the session by itself, says why at -v, and still stops the worker that left the
+/// process group (the daemon in a session of its own escapes, as documented). Run as
+/// root (CI), the test drops to the user `nobody` with `setpriv`, who cannot write
+/// `cgroup.procs` of the root's cgroup; elsewhere the default test above already
+/// runs without a cgroup.
+#[tokio::test]
+async fn without_a_writable_cgroup_the_default_boundary_is_the_session() {
+    let Some(emulator) = Emulator::strict() else {
+        return;
+    };
+    let root =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").expect("/proc/self"))
+            == 0;
+    if !root {
+        eprintln!("SKIPPED: not root, so the default test above is the fallback's");
+        return;
+    }
+    // A copy that `nobody` may run, whatever the permissions of the build directory.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = dir.path().join("gcslock");
+    std::fs::copy(harness::BIN, &bin).expect("copy gcslock");
+    for path in [dir.path(), bin.as_path()] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+    }
+    let bin = bin.to_str().expect("UTF-8 path");
+    let setpriv = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        bin,
+    ];
+    let url = emulator.url("fallback");
+    let args = [
+        "-v",
+        "run",
+        "--max-runtime",
+        "3s",
+        "--kill-grace",
+        "500ms",
+        &url,
+        "--",
+        "sh",
+        "-c",
+        ESCAPING_JOB,
+    ];
+    let mut command = harness::gcslock_via(&setpriv, Some(&emulator), &args);
+    command.current_dir("/");
+    let mut holder = Running::start(command);
+    let ready = holder.expect_line("ready").await;
+    let pids: Vec<i32> = ready
+        .split_whitespace()
+        .map(|pid| pid.parse().expect("pid"))
+        .collect();
+    let [worker, daemon] = pids[..] else {
+        panic!("two pids: {ready:?}");
+    };
+    let (status, _, stderr) = holder.finish().await;
+    let (worker_runs, daemon_runs) = (runs(worker), runs(daemon));
+    reap_escaped(&pids);
+    assert_eq!(status.code(), Some(124), "{stderr}");
+    assert!(
+        stderr.contains("the command runs in its own session ")
+            && stderr.contains("(boundary session: no cgroup, as cannot move processes out of "),
+        "{stderr}"
+    );
+    assert!(!worker_runs, "the worker under timeout ran on: {stderr}");
+    assert!(
+        daemon_runs,
+        "the setsid daemon should have escaped the session"
+    );
+}
+
 /// A leftover process whose main thread called `pthread_exit` while another thread
 /// works on (and SIGTERM is ignored); the command prints `ready PID` once the
 /// leftover's main thread is gone, and exits 0.

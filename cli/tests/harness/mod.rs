@@ -87,7 +87,15 @@ pub fn unique_url(base: &str, test: &str) -> String {
 /// `gcslock ARGS` pointed at `emulator` (through `STORAGE_EMULATOR_HOST`) if any,
 /// without an inherited token or URL; stdin empty, stdout and stderr piped.
 pub fn gcslock(emulator: Option<&Emulator>, args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
+    gcslock_via(&[BIN], emulator, args)
+}
+
+/// [`gcslock`] started through `program` (its first word; the gcslock binary among
+/// the others), e.g. `setpriv … BIN` to run it as another user.
+pub fn gcslock_via(program: &[&str], emulator: Option<&Emulator>, args: &[&str]) -> Command {
+    let (first, rest) = program.split_first().expect("a program");
+    let mut command = Command::new(first);
+    command.args(rest);
     // Only what each test sets: none of the caller's GCSLOCK_* configuration.
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("GCSLOCK_") {
