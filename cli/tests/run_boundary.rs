@@ -108,6 +108,27 @@ rm -r "$d"
 wait
 "#;
 
+/// Runs `command` (a gcslock running ESCAPING_JOB) to its end; returns its status,
+/// its stderr, and whether the worker and the daemon still ran then (both are
+/// killed afterwards, so nothing is left behind).
+async fn escaping_job(
+    command: tokio::process::Command,
+) -> (std::process::ExitStatus, String, bool, bool) {
+    let mut holder = Running::start(command);
+    let ready = holder.expect_line("ready").await;
+    let pids: Vec<i32> = ready
+        .split_whitespace()
+        .map(|pid| pid.parse().expect("pid"))
+        .collect();
+    let [worker, daemon] = pids[..] else {
+        panic!("two pids: {ready:?}");
+    };
+    let (status, _, stderr) = holder.finish().await;
+    let (worker_runs, daemon_runs) = (runs(worker), runs(daemon));
+    reap_escaped(&pids);
+    (status, stderr, worker_runs, daemon_runs)
+}
+
 /// Before the cgroup and session boundaries, gcslock exited 124 at --max-runtime and
 /// released the lock while the worker under `timeout` ran on.
 #[tokio::test]
@@ -132,18 +153,7 @@ async fn processes_that_leave_the_process_group_are_stopped_with_their_boundary(
         ];
         let mut command = gcslock(Some(&emulator), &args);
         boundary.apply(&mut command);
-        let mut holder = Running::start(command);
-        let ready = holder.expect_line("ready").await;
-        let pids: Vec<i32> = ready
-            .split_whitespace()
-            .map(|pid| pid.parse().expect("pid"))
-            .collect();
-        let [worker, daemon] = pids[..] else {
-            panic!("two pids: {ready:?}");
-        };
-        let (status, _, stderr) = holder.finish().await;
-        let (worker_runs, daemon_runs) = (runs(worker), runs(daemon));
-        reap_escaped(&pids);
+        let (status, stderr, worker_runs, daemon_runs) = escaping_job(command).await;
         assert_eq!(status.code(), Some(124), "{boundary:?}: {stderr}");
         if boundary != Boundary::Group {
             assert!(
@@ -227,18 +237,7 @@ async fn without_a_writable_cgroup_the_default_boundary_is_the_session() {
     ];
     let mut command = harness::gcslock_via(&setpriv, Some(&emulator), &args);
     command.current_dir("/");
-    let mut holder = Running::start(command);
-    let ready = holder.expect_line("ready").await;
-    let pids: Vec<i32> = ready
-        .split_whitespace()
-        .map(|pid| pid.parse().expect("pid"))
-        .collect();
-    let [worker, daemon] = pids[..] else {
-        panic!("two pids: {ready:?}");
-    };
-    let (status, _, stderr) = holder.finish().await;
-    let (worker_runs, daemon_runs) = (runs(worker), runs(daemon));
-    reap_escaped(&pids);
+    let (status, stderr, worker_runs, daemon_runs) = escaping_job(command).await;
     assert_eq!(status.code(), Some(124), "{stderr}");
     assert!(
         stderr.contains("the command runs in its own session ")
