@@ -108,6 +108,23 @@ rm -r "$d"
 wait
 "#;
 
+/// `gcslock -v run` of ESCAPING_JOB on `url`, stopped by --max-runtime after 3 s.
+fn escaping_run(url: &str) -> [&str; 11] {
+    [
+        "-v",
+        "run",
+        "--max-runtime",
+        "3s",
+        "--kill-grace",
+        "500ms",
+        url,
+        "--",
+        "sh",
+        "-c",
+        ESCAPING_JOB,
+    ]
+}
+
 /// Runs `command` (a gcslock running ESCAPING_JOB) to its end; returns its status,
 /// its stderr, and whether the worker and the daemon still ran then (both are
 /// killed afterwards, so nothing is left behind).
@@ -138,19 +155,7 @@ async fn processes_that_leave_the_process_group_are_stopped_with_their_boundary(
     };
     for boundary in ALL {
         let url = emulator.url("escape");
-        let args = [
-            "-v",
-            "run",
-            "--max-runtime",
-            "3s",
-            "--kill-grace",
-            "500ms",
-            &url,
-            "--",
-            "sh",
-            "-c",
-            ESCAPING_JOB,
-        ];
+        let args = escaping_run(&url);
         let mut command = gcslock(Some(&emulator), &args);
         boundary.apply(&mut command);
         let (status, stderr, worker_runs, daemon_runs) = escaping_job(command).await;
@@ -222,19 +227,7 @@ async fn without_a_writable_cgroup_the_default_boundary_is_the_session() {
         bin,
     ];
     let url = emulator.url("fallback");
-    let args = [
-        "-v",
-        "run",
-        "--max-runtime",
-        "3s",
-        "--kill-grace",
-        "500ms",
-        &url,
-        "--",
-        "sh",
-        "-c",
-        ESCAPING_JOB,
-    ];
+    let args = escaping_run(&url);
     let mut command = harness::gcslock_via(&setpriv, Some(&emulator), &args);
     command.current_dir("/");
     let (status, stderr, worker_runs, daemon_runs) = escaping_job(command).await;
